@@ -1,0 +1,539 @@
+//! Custody operations over the key table: create, import, rotate (scheduled and manual),
+//! revoke, rewrap, list, and the public views (JWKS, verifying keys) of one realm.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::signature::ParsedPublicKey;
+use store::{KeyOrigin, KeyPurpose, KeyRecord, Kid, RealmId, Store, UnixTime};
+use zeroize::Zeroizing;
+
+use crate::material::{Jwk, Jwks, PrivateKey, PublicMaterial};
+use crate::{Algorithm, Error, Kek, Result, Signer};
+
+/// The rotation schedule, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// A new key takes over signing this long after the previous one did (default 7 days).
+    pub rotation_period: i64,
+    /// A scheduled key is published in JWKS this long before it signs (default 24 hours), so
+    /// relying parties that cache JWKS already know it.
+    pub publish_ahead: i64,
+    /// The longest lifetime of any token a key signs; a retired key stays published this long
+    /// after it stops signing.
+    pub max_token_lifetime: i64,
+}
+
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        Self {
+            rotation_period: 7 * 86_400,
+            publish_ahead: 86_400,
+            max_token_lifetime: 3_600,
+        }
+    }
+}
+
+impl KeyPolicy {
+    /// The hard expiry of a key that starts signing at `activates_at`: one rotation period of
+    /// signing, the publish-ahead slack for its successor, then every token it signed expiring.
+    /// Validators refuse the key after this even if rotation stopped, so a stalled rotation
+    /// fails loudly instead of leaving an ageing key trusted (Storm-0558 step 1).
+    fn expiry(&self, activates_at: UnixTime) -> UnixTime {
+        activates_at + self.rotation_period + self.publish_ahead + self.max_token_lifetime
+    }
+}
+
+/// Where a key is in its life at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyState {
+    /// Published, not yet signing.
+    Pending,
+    /// The key that signs new tokens for its realm, purpose and algorithm.
+    Active,
+    /// Superseded: signs nothing new, still verifies tokens it signed until expiry.
+    Retiring,
+    /// Past its hard expiry; unpublished and refused.
+    Expired,
+    /// Revoked; unpublished and refused.
+    Revoked,
+}
+
+impl KeyState {
+    /// Whether tokens signed by a key in this state may verify.
+    pub fn verifies(self) -> bool {
+        matches!(self, KeyState::Active | KeyState::Retiring)
+    }
+
+    /// Whether the key is in the realm's JWKS.
+    pub fn published(self) -> bool {
+        matches!(
+            self,
+            KeyState::Pending | KeyState::Active | KeyState::Retiring
+        )
+    }
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Pending => "pending",
+            KeyState::Active => "active",
+            KeyState::Retiring => "retiring",
+            KeyState::Expired => "expired",
+            KeyState::Revoked => "revoked",
+        }
+    }
+}
+
+/// Computes each record's state. A key is superseded once any newer key of the same realm,
+/// purpose and algorithm has activated, even if that newer key was later revoked: revoking the
+/// active key never silently brings an older one back.
+pub(crate) fn states(records: &[KeyRecord], now: UnixTime) -> Vec<KeyState> {
+    records
+        .iter()
+        .map(|k| {
+            if k.revoked_at.is_some() {
+                return KeyState::Revoked;
+            }
+            if now >= k.expires_at {
+                return KeyState::Expired;
+            }
+            if now < k.activates_at {
+                return KeyState::Pending;
+            }
+            let superseded = records.iter().any(|o| {
+                o.realm == k.realm
+                    && o.purpose == k.purpose
+                    && o.alg == k.alg
+                    && o.activates_at <= now
+                    && (o.activates_at, o.created_at, &o.kid)
+                        > (k.activates_at, k.created_at, &k.kid)
+            });
+            if superseded {
+                KeyState::Retiring
+            } else {
+                KeyState::Active
+            }
+        })
+        .collect()
+}
+
+/// What `keys list` shows about a key. No private material.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    /// Key id.
+    pub kid: Kid,
+    /// Realm.
+    pub realm: RealmId,
+    /// Purpose.
+    pub purpose: KeyPurpose,
+    /// Algorithm.
+    pub alg: String,
+    /// State now.
+    pub state: KeyState,
+    /// Generated or imported.
+    pub origin: KeyOrigin,
+    /// Created (and published).
+    pub created_at: UnixTime,
+    /// Starts signing.
+    pub activates_at: UnixTime,
+    /// Hard expiry.
+    pub expires_at: UnixTime,
+    /// Revoked at.
+    pub revoked_at: Option<UnixTime>,
+}
+
+/// A public key that may verify tokens of one realm, parsed once.
+pub struct VerifyingKey {
+    record: KeyRecord,
+    alg: Algorithm,
+    parsed: ParsedPublicKey,
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.record.kid)
+            .field("realm", &self.record.realm)
+            .finish()
+    }
+}
+
+impl VerifyingKey {
+    /// Key id.
+    pub fn kid(&self) -> &Kid {
+        &self.record.kid
+    }
+    /// The realm the key is bound to.
+    pub fn realm(&self) -> &RealmId {
+        &self.record.realm
+    }
+    /// The algorithm the key is pinned to.
+    pub fn alg(&self) -> Algorithm {
+        self.alg
+    }
+    /// What the key signs.
+    pub fn purpose(&self) -> KeyPurpose {
+        self.record.purpose
+    }
+    /// When it starts signing.
+    pub fn activates_at(&self) -> UnixTime {
+        self.record.activates_at
+    }
+    /// Hard expiry.
+    pub fn expires_at(&self) -> UnixTime {
+        self.record.expires_at
+    }
+    /// When it was revoked.
+    pub fn revoked_at(&self) -> Option<UnixTime> {
+        self.record.revoked_at
+    }
+    /// Verifies a signature over `input` (constant-time library code).
+    pub fn verify(&self, input: &[u8], signature: &[u8]) -> bool {
+        self.parsed.verify_sig(input, signature).is_ok()
+    }
+}
+
+fn parse_verifying(record: KeyRecord) -> Option<VerifyingKey> {
+    let alg = Algorithm::from_jose(&record.alg)?;
+    let jwk: Jwk = serde_json::from_str(&record.public_jwk).ok()?;
+    let parsed = match jwk.verification_material()? {
+        PublicMaterial::Raw(bytes) => ParsedPublicKey::new(alg.verification(), bytes).ok()?,
+        PublicMaterial::Rsa { n, e } => {
+            let params = match alg {
+                Algorithm::PS256 => &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
+                _ => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            };
+            aws_lc_rs::rsa::PublicKeyComponents { n, e }
+                .to_parsed_public_key(params)
+                .ok()?
+        }
+    };
+    Some(VerifyingKey {
+        record,
+        alg,
+        parsed,
+    })
+}
+
+/// Every key Keypost knows, indexed by realm, for validation. Revoked and expired keys are kept
+/// so the validator can name the reason; [`VerifyingKeys::in_realm`] is the only lookup that
+/// may find a key to verify with.
+#[derive(Debug, Default)]
+pub struct VerifyingKeys {
+    by_realm: HashMap<RealmId, HashMap<Kid, Arc<VerifyingKey>>>,
+}
+
+impl VerifyingKeys {
+    /// Looks `kid` up in `realm`'s keys and nowhere else.
+    pub fn in_realm(&self, realm: &RealmId, kid: &str) -> Option<&Arc<VerifyingKey>> {
+        self.by_realm
+            .get(realm)?
+            .iter()
+            .find(|(k, _)| k.as_str() == kid)
+            .map(|(_, v)| v)
+    }
+
+    /// The realm a kid belongs to, if any. For diagnostics (the audit reason) only: never use
+    /// the answer to choose a key.
+    pub fn owner_of(&self, kid: &str) -> Option<&RealmId> {
+        self.by_realm
+            .iter()
+            .find(|(_, keys)| keys.keys().any(|k| k.as_str() == kid))
+            .map(|(r, _)| r)
+    }
+}
+
+/// Key custody over a [`Store`] and a [`Kek`].
+pub struct Custody {
+    store: Arc<dyn Store>,
+    kek: Arc<Kek>,
+    policy: KeyPolicy,
+    verifying: Mutex<Option<(i64, Arc<VerifyingKeys>)>>,
+}
+
+impl std::fmt::Debug for Custody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Custody")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn aad(kid: &Kid, realm: &RealmId, purpose: KeyPurpose, alg: &str) -> Vec<u8> {
+    format!("keypost-key-v1|{kid}|{realm}|{purpose}|{alg}").into_bytes()
+}
+
+impl Custody {
+    /// Custody over `store`, sealing with `kek`.
+    pub fn new(store: Arc<dyn Store>, kek: Arc<Kek>, policy: KeyPolicy) -> Self {
+        Self {
+            store,
+            kek,
+            policy,
+            verifying: Mutex::new(None),
+        }
+    }
+
+    /// The rotation policy.
+    pub fn policy(&self) -> KeyPolicy {
+        self.policy
+    }
+
+    /// A signer over the same keys. The signer is the only holder of unsealed private keys.
+    pub fn signer(&self) -> Signer {
+        Signer::new(self.store.clone(), self.kek.clone())
+    }
+
+    fn seal_and_store(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        key: &PrivateKey,
+        pkcs8: &Zeroizing<Vec<u8>>,
+        origin: KeyOrigin,
+        activates_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Kid> {
+        let jwk = key.public_jwk();
+        let kid = Kid::new(jwk.kid.clone()).map_err(|_| Error::Crypto)?;
+        let alg = key.alg().as_str();
+        let sealed = self.kek.seal(pkcs8, &aad(&kid, realm, purpose, alg))?;
+        let record = KeyRecord {
+            kid: kid.clone(),
+            realm: realm.clone(),
+            purpose,
+            alg: alg.to_owned(),
+            public_jwk: serde_json::to_string(&jwk).map_err(|_| Error::Crypto)?,
+            sealed,
+            origin,
+            created_at: now,
+            activates_at,
+            expires_at: self.policy.expiry(activates_at),
+            revoked_at: None,
+        };
+        match self.store.insert_key(&record) {
+            Err(store::Error::Conflict(_)) => return Err(Error::DuplicateKey(kid.to_string())),
+            other => other?,
+        }
+        tracing::info!(target: "keypost::security", %kid, %realm, %purpose, alg, activates_at, "key created");
+        Ok(kid)
+    }
+
+    /// Generates a key for `realm` that starts signing at `activates_at`.
+    pub fn generate(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        activates_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Kid> {
+        self.require_realm(realm)?;
+        let (key, pkcs8) = PrivateKey::generate(alg)?;
+        self.seal_and_store(
+            realm,
+            purpose,
+            &key,
+            &pkcs8,
+            KeyOrigin::Generated,
+            activates_at,
+            now,
+        )
+    }
+
+    /// Binds an externally generated key (PKCS#8 PEM or private JWK) to exactly one realm and
+    /// makes it that realm's active key for `purpose`. For access-token keys the realm's
+    /// access-token algorithm follows the key. Returns the kid and algorithm.
+    pub fn import(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        bytes: &[u8],
+        rsa_alg: Algorithm,
+        now: UnixTime,
+    ) -> Result<(Kid, Algorithm)> {
+        self.require_realm(realm)?;
+        let (key, pkcs8) = PrivateKey::import(bytes, rsa_alg)?;
+        let alg = key.alg();
+        let kid =
+            self.seal_and_store(realm, purpose, &key, &pkcs8, KeyOrigin::Imported, now, now)?;
+        if purpose == KeyPurpose::AccessToken {
+            self.store.set_access_token_alg(realm, alg.as_str())?;
+        }
+        Ok((kid, alg))
+    }
+
+    fn require_realm(&self, realm: &RealmId) -> Result<store::Realm> {
+        self.store
+            .get_realm(realm)?
+            .ok_or_else(|| Error::UnknownRealm(realm.to_string()))
+    }
+
+    /// The (purpose, algorithm) pairs a realm must always have an active key for: its
+    /// access-token algorithm, RS256 ID tokens, and every ID-token algorithm a client registered.
+    pub fn needs(&self, realm: &RealmId) -> Result<Vec<(KeyPurpose, Algorithm)>> {
+        let r = self.require_realm(realm)?;
+        let mut needs = vec![
+            (KeyPurpose::AccessToken, r.access_token_alg.parse()?),
+            (KeyPurpose::IdToken, Algorithm::RS256),
+        ];
+        for c in self.store.list_clients(realm)? {
+            if let Some(a) = c.id_token_alg.as_deref().and_then(Algorithm::from_jose) {
+                if !needs.contains(&(KeyPurpose::IdToken, a)) {
+                    needs.push((KeyPurpose::IdToken, a));
+                }
+            }
+        }
+        Ok(needs)
+    }
+
+    /// One step of the automatic schedule for one realm: creates an immediately active key
+    /// where none is active, and publishes the successor `publish_ahead` before the active key
+    /// has served its rotation period. Idempotent; returns the kids it created.
+    pub fn ensure(&self, realm: &RealmId, now: UnixTime) -> Result<Vec<Kid>> {
+        let mut created = Vec::new();
+        for (purpose, alg) in self.needs(realm)? {
+            let records: Vec<KeyRecord> = self
+                .store
+                .list_keys(Some(realm))?
+                .into_iter()
+                .filter(|k| k.purpose == purpose && k.alg == alg.as_str())
+                .collect();
+            let st = states(&records, now);
+            let active = records
+                .iter()
+                .zip(&st)
+                .find(|(_, s)| **s == KeyState::Active)
+                .map(|(k, _)| k);
+            let pending = st.contains(&KeyState::Pending);
+            match active {
+                None if !pending => created.push(self.generate(realm, purpose, alg, now, now)?),
+                None => {}
+                Some(current) => {
+                    let due = current.activates_at + self.policy.rotation_period;
+                    if !pending && now >= due - self.policy.publish_ahead {
+                        // Normally `due`; later if we are late (the server was down), but never
+                        // after the current key stops being usable.
+                        let at = due
+                            .max(now + self.policy.publish_ahead)
+                            .min(current.expires_at - self.policy.max_token_lifetime)
+                            .max(now);
+                        created.push(self.generate(realm, purpose, alg, at, now)?);
+                    }
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    /// Manual rotation: a new key for each of the realm's needs, active at once. The previous
+    /// keys retire (they stay published until every token they signed has expired).
+    pub fn rotate(&self, realm: &RealmId, now: UnixTime) -> Result<Vec<Kid>> {
+        self.needs(realm)?
+            .into_iter()
+            .map(|(purpose, alg)| self.generate(realm, purpose, alg, now, now))
+            .collect()
+    }
+
+    /// Revokes a key: from now on nothing signs with it or accepts it. If it was the active key
+    /// a replacement is created at once, so sign-ins keep working. Returns the revoked record
+    /// (`None` if the kid is unknown) and the replacements.
+    pub fn revoke(&self, kid: &Kid, now: UnixTime) -> Result<Option<(KeyRecord, Vec<Kid>)>> {
+        let Some(record) = self.store.get_key(kid)? else {
+            return Ok(None);
+        };
+        self.store.revoke_key(kid, now)?;
+        tracing::warn!(target: "keypost::security", %kid, realm = %record.realm, "key revoked");
+        let replacements = self.ensure(&record.realm, now)?;
+        Ok(self.store.get_key(kid)?.map(|r| (r, replacements)))
+    }
+
+    /// Keys with their state now, optionally of one realm.
+    pub fn list(&self, realm: Option<&RealmId>, now: UnixTime) -> Result<Vec<KeyInfo>> {
+        let records = self.store.list_keys(realm)?;
+        let st = states(&records, now);
+        Ok(records
+            .into_iter()
+            .zip(st)
+            .map(|(k, state)| KeyInfo {
+                kid: k.kid,
+                realm: k.realm,
+                purpose: k.purpose,
+                alg: k.alg,
+                state,
+                origin: k.origin,
+                created_at: k.created_at,
+                activates_at: k.activates_at,
+                expires_at: k.expires_at,
+                revoked_at: k.revoked_at,
+            })
+            .collect())
+    }
+
+    /// The realm's JWKS: its pending, active and retiring keys, and nothing of any other realm.
+    pub fn jwks(&self, realm: &RealmId, now: UnixTime) -> Result<Jwks> {
+        let records = self.store.list_keys(Some(realm))?;
+        let st = states(&records, now);
+        let mut keys = Vec::new();
+        for (k, s) in records.iter().zip(st) {
+            if s.published() && &k.realm == realm {
+                keys.push(
+                    serde_json::from_str(&k.public_jwk)
+                        .map_err(|e| store::Error::Corrupt(e.to_string()))?,
+                );
+            }
+        }
+        Ok(Jwks { keys })
+    }
+
+    /// All keys as parsed verifying keys, reloaded only when the key table changed.
+    pub fn verifying_keys(&self) -> Result<Arc<VerifyingKeys>> {
+        let generation = self.store.key_generation()?;
+        let mut cache = self.verifying.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, keys)) = cache.as_ref() {
+            if *g == generation {
+                return Ok(keys.clone());
+            }
+        }
+        let mut by_realm: HashMap<RealmId, HashMap<Kid, Arc<VerifyingKey>>> = HashMap::new();
+        for record in self.store.list_keys(None)? {
+            let kid = record.kid.clone();
+            let realm = record.realm.clone();
+            match parse_verifying(record) {
+                Some(vk) => {
+                    by_realm.entry(realm).or_default().insert(kid, Arc::new(vk));
+                }
+                None => tracing::error!(%kid, "stored public key does not parse; ignoring it"),
+            }
+        }
+        let keys = Arc::new(VerifyingKeys { by_realm });
+        *cache = Some((generation, keys.clone()));
+        Ok(keys)
+    }
+
+    /// Re-seals every private key under `new_kek`. Each key is rewritten in its own
+    /// transaction; a key already under `new_kek` is skipped, so an interrupted run can simply
+    /// be repeated. Returns how many keys were rewrapped.
+    pub fn rewrap(&self, new_kek: &Kek) -> Result<usize> {
+        let mut n = 0;
+        for k in self.store.list_keys(None)? {
+            let aad = aad(&k.kid, &k.realm, k.purpose, &k.alg);
+            if new_kek.open(&k.sealed, &aad).is_some() {
+                continue;
+            }
+            let plain = self
+                .kek
+                .open(&k.sealed, &aad)
+                .ok_or_else(|| Error::Unseal(k.kid.to_string()))?;
+            self.store
+                .replace_sealed(&k.kid, &new_kek.seal(&plain, &aad)?)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,44 @@
+//! Key custody: every signing key Keypost has, from birth to revocation.
+//!
+//! `keys` owns generating and importing keys, sealing private halves at rest (envelope
+//! encryption under a key-encryption key), the rotation schedule, revocation, each realm's
+//! JWKS, and the [`Signer`] — the only code that ever holds a private key in usable form.
+//! It must never hand private key bytes to a caller: the public API deals in [`Kid`]s,
+//! public JWKs and signatures.
+//!
+//! ```text
+//!   keys table (sealed PKCS#8) ──unseal with KEK──> Signer ──sign(realm, kid, input)──> signature
+//!          │                                          ▲ refuses: other realm, revoked, not active
+//!          └── public JWK ──> Jwks (one realm) / VerifyingKeys (one realm) ──> tokens::validate
+//! ```
+//!
+//! A key is bound to exactly one realm and one purpose ([`KeyPurpose`]) and pinned to one
+//! [`Algorithm`]. Its kid is its RFC 7638 thumbprint, and the kid is unique across Keypost, so
+//! the same key material can never be bound to two realms.
+//!
+//! Lifecycle, computed from the record's timestamps and the current time ([`KeyState`]):
+//!
+//! ```text
+//!   created ── published ──> Pending ──activates_at──> Active ──newer key active──> Retiring
+//!                                                        │                            │
+//!                          revoke (any time) ──> Revoked └──────── expires_at ──> Expired
+//! ```
+#![forbid(unsafe_code)]
+
+mod alg;
+mod custody;
+mod error;
+mod kek;
+mod material;
+mod signer;
+
+pub use alg::Algorithm;
+pub use custody::{Custody, KeyInfo, KeyPolicy, KeyState, VerifyingKey, VerifyingKeys};
+pub use error::Error;
+pub use kek::Kek;
+pub use material::{Jwk, Jwks};
+pub use signer::{Signature, Signer, SigningKey};
+pub use store::{KeyPurpose, Kid, RealmId};
+
+/// Result alias for key operations.
+pub type Result<T> = std::result::Result<T, Error>;

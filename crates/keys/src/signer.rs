@@ -1,0 +1,161 @@
+//! The signer: the one component that holds unsealed private keys, and the policy it signs
+//! under. It signs only with a key that is bound to the realm the request names, is active, and
+//! is for the requested purpose; everything else is refused and logged on the security target.
+//!
+//! Today the signer runs in-process; its interface (realm, kid, signing input → signature) is
+//! the protocol a separate signer process will speak.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use store::{KeyPurpose, KeyRecord, Kid, RealmId, Store, UnixTime};
+
+use crate::custody::{KeyState, aad, states};
+use crate::material::PrivateKey;
+use crate::{Algorithm, Error, Kek, Result};
+
+/// The key that currently signs for a realm and purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKey {
+    /// Key id, for the JWS header.
+    pub kid: Kid,
+    /// Algorithm, for the JWS header.
+    pub alg: Algorithm,
+}
+
+/// A signature in JOSE encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature(pub Vec<u8>);
+
+struct Loaded {
+    generation: i64,
+    records: Vec<KeyRecord>,
+    keys: HashMap<Kid, PrivateKey>,
+}
+
+/// Signs for realms with their own keys only.
+pub struct Signer {
+    store: Arc<dyn Store>,
+    kek: Arc<Kek>,
+    loaded: Mutex<Option<Arc<Loaded>>>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    pub(crate) fn new(store: Arc<dyn Store>, kek: Arc<Kek>) -> Self {
+        Self {
+            store,
+            kek,
+            loaded: Mutex::new(None),
+        }
+    }
+
+    /// The current key table, unsealing keys again only if it changed. Revocation is seen on
+    /// the next call, because every change bumps the generation this compares.
+    fn loaded(&self) -> Result<Arc<Loaded>> {
+        let generation = self.store.key_generation()?;
+        let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = slot.as_ref() {
+            if l.generation == generation {
+                return Ok(l.clone());
+            }
+        }
+        let records = self.store.list_keys(None)?;
+        let mut keys = HashMap::new();
+        for k in &records {
+            if k.revoked_at.is_some() {
+                continue;
+            }
+            let Some(alg) = Algorithm::from_jose(&k.alg) else {
+                continue;
+            };
+            let Some(pkcs8) = self
+                .kek
+                .open(&k.sealed, &aad(&k.kid, &k.realm, k.purpose, &k.alg))
+            else {
+                tracing::error!(target: "keypost::security", kid = %k.kid, "sealed key does not open: wrong key-encryption key or tampered row");
+                continue;
+            };
+            keys.insert(k.kid.clone(), PrivateKey::from_pkcs8(&pkcs8, alg)?);
+        }
+        let l = Arc::new(Loaded {
+            generation,
+            records,
+            keys,
+        });
+        *slot = Some(l.clone());
+        Ok(l)
+    }
+
+    /// The active key for `realm`, `purpose` and `alg` at `now`.
+    pub fn current(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        now: UnixTime,
+    ) -> Result<SigningKey> {
+        let l = self.loaded()?;
+        let st = states(&l.records, now);
+        l.records
+            .iter()
+            .zip(st)
+            .find(|(k, s)| {
+                *s == KeyState::Active
+                    && &k.realm == realm
+                    && k.purpose == purpose
+                    && k.alg == alg.as_str()
+            })
+            .filter(|(k, _)| l.keys.contains_key(&k.kid))
+            .map(|(k, _)| SigningKey {
+                kid: k.kid.clone(),
+                alg,
+            })
+            .ok_or_else(|| Error::NoActiveKey {
+                realm: realm.to_string(),
+                purpose: purpose.to_string(),
+            })
+    }
+
+    /// Signs `input` with `kid` on behalf of `realm` for `purpose`. Refuses a key bound to any
+    /// other realm or purpose, and any key that is not active at `now`.
+    pub fn sign(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        kid: &Kid,
+        input: &[u8],
+        now: UnixTime,
+    ) -> Result<Signature> {
+        let l = self.loaded()?;
+        let refuse = |why: &'static str| {
+            tracing::warn!(target: "keypost::security", %kid, %realm, reason = why, "signer refused");
+            Err(Error::Refused(why))
+        };
+        let Some(idx) = l.records.iter().position(|k| &k.kid == kid) else {
+            return refuse("unknown key");
+        };
+        let record = &l.records[idx];
+        if &record.realm != realm {
+            return refuse("key is bound to another realm");
+        }
+        if record.purpose != purpose {
+            return refuse("key is for another purpose");
+        }
+        match states(&l.records, now).get(idx) {
+            Some(KeyState::Active) => {}
+            Some(KeyState::Revoked) => return refuse("key is revoked"),
+            Some(KeyState::Pending) => return refuse("key is not active yet"),
+            _ => return refuse("key is retired or expired"),
+        }
+        let Some(key) = l.keys.get(kid) else {
+            return refuse("key is not loaded");
+        };
+        Ok(Signature(key.sign(input)?))
+    }
+}

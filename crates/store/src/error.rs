@@ -1,0 +1,33 @@
+//! Storage errors: what a caller can act on (a conflict, a missing row) apart from what it
+//! cannot (the database itself failed).
+
+/// An error from a storage backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A row with the same unique key exists already.
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// The row a mutation names does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Stored data does not decode into the model (a bug or a hand-edited database).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The backend failed.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, msg)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Error::Conflict(msg.clone().unwrap_or_else(|| e.to_string()))
+            }
+            _ => Error::Backend(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Persistence for Keypost: the storage traits every other crate talks to, and the embedded
+//! SQLite backend behind them.
+//!
+//! `store` owns *where* data lives, never *what it means*: it knows no protocol and enforces no
+//! policy. Callers inject the current time (unix seconds), so nothing here reads a clock.
+//!
+//! ```text
+//!   identity ─┐
+//!   tokens  ──┼──> Arc<dyn Store> ──> SqliteStore (WAL, versioned migrations)
+//!   keys    ──┤                        (PostgreSQL slots in behind the same traits)
+//!   audit   ──┘
+//! ```
+//!
+//! The traits are split by subject ([`RealmStore`], [`AccountStore`], [`ClientStore`],
+//! [`KeyStore`], [`LedgerStore`], [`SessionStore`], [`AuditStore`]); [`Store`] is all of them.
+//! Every method is synchronous: SQLite calls take microseconds, and async callers run whole
+//! units of work on a blocking thread instead of awaiting each statement.
+#![forbid(unsafe_code)]
+
+mod error;
+mod ids;
+mod model;
+mod sqlite;
+mod traits;
+
+pub use error::Error;
+pub use ids::{AccountId, ClientId, IdError, Jti, Kid, RealmId, SessionId};
+pub use model::*;
+pub use sqlite::SqliteStore;
+pub use traits::*;
+
+/// Result alias for storage operations.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,310 @@
+//! The rows Keypost stores. Plain data: meaning and policy live in the crates that use them.
+
+use crate::ids::{AccountId, ClientId, Jti, Kid, RealmId, SessionId};
+use serde::{Deserialize, Serialize};
+
+/// Unix time in seconds. Injected by callers; the store never reads a clock.
+pub type UnixTime = i64;
+
+macro_rules! text_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            /// The stored and printed form.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = crate::Error;
+            fn from_str(s: &str) -> Result<Self, crate::Error> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(crate::Error::Corrupt(format!(
+                        concat!("unknown ", stringify!($name), " {:?}"), other))),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// Whether a realm is the consumer realm or a tenant's enterprise realm.
+    RealmKind { Consumer = "consumer", Tenant = "tenant" }
+);
+text_enum!(
+    /// What an account may administer. Nobody's role lets them read another's mail.
+    Role { User = "user", TenantAdmin = "tenant-admin", ProviderAdmin = "provider-admin" }
+);
+text_enum!(
+    /// What a signing key is for. A key signs one kind of token only.
+    KeyPurpose { AccessToken = "access-token", IdToken = "id-token" }
+);
+text_enum!(
+    /// Where a key came from.
+    KeyOrigin { Generated = "generated", Imported = "imported" }
+);
+text_enum!(
+    /// The kinds of token in the issuance ledger.
+    TokenKind { Access = "access", Id = "id", Refresh = "refresh" }
+);
+
+/// A realm: an OIDC issuer with its own keys, accounts and clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Realm {
+    /// `consumers` or the tenant slug.
+    pub id: RealmId,
+    /// Consumer or tenant.
+    pub kind: RealmKind,
+    /// Human name shown on the login page.
+    pub display_name: String,
+    /// Mail domains whose accounts live in this realm (lowercase).
+    pub domains: Vec<String>,
+    /// JOSE algorithm of this realm's access tokens (`EdDSA`, `ES256`, `RS256`, `PS256`).
+    pub access_token_alg: String,
+    /// When the realm was created.
+    pub created_at: UnixTime,
+}
+
+/// A user or admin account.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Stable subject id (`sub`).
+    pub id: AccountId,
+    /// The realm the account belongs to.
+    pub realm: RealmId,
+    /// Lowercased email address, unique across Keypost.
+    pub email: String,
+    /// Display name.
+    pub display_name: String,
+    /// Argon2id hash in PHC string form.
+    #[serde(skip_serializing)]
+    pub password_hash: String,
+    /// A disabled account cannot sign in and its tokens stop validating.
+    pub disabled: bool,
+    /// What the account may administer.
+    pub role: Role,
+    /// When the account was created.
+    pub created_at: UnixTime,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The hash is not a secret in the strict sense, but it never belongs in a log.
+        f.debug_struct("Account")
+            .field("id", &self.id)
+            .field("realm", &self.realm)
+            .field("email", &self.email)
+            .field("disabled", &self.disabled)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An OAuth client registered in one realm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Client {
+    /// The realm the client is registered in.
+    pub realm: RealmId,
+    /// The client id.
+    pub client_id: ClientId,
+    /// Human name.
+    pub name: String,
+    /// SHA-256 of the client secret; `None` for a public client. Secrets are 256-bit random
+    /// values we generate, so a fast hash is enough (a password hash would only slow grants).
+    #[serde(skip_serializing)]
+    pub secret_hash: Option<Vec<u8>>,
+    /// Exact redirect URIs allowed for the authorization code flow.
+    pub redirect_uris: Vec<String>,
+    /// Grant types the client may use (`authorization_code`, `refresh_token`, ...).
+    pub grant_types: Vec<String>,
+    /// First-party clients (Keypost's own) may use the password grant.
+    pub first_party: bool,
+    /// The ID token algorithm the client registered; `None` means RS256.
+    pub id_token_alg: Option<String>,
+    /// When the client was registered.
+    pub created_at: UnixTime,
+}
+
+/// A signing key's public half, sealed private half and lifecycle timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// RFC 7638 thumbprint.
+    pub kid: Kid,
+    /// The one realm this key signs for.
+    pub realm: RealmId,
+    /// What the key signs.
+    pub purpose: KeyPurpose,
+    /// The one JOSE algorithm this key is pinned to.
+    pub alg: String,
+    /// The public JWK, as JSON.
+    pub public_jwk: String,
+    /// The private key, sealed by `keys` (envelope-encrypted); opaque here.
+    pub sealed: Vec<u8>,
+    /// Generated here or imported.
+    pub origin: KeyOrigin,
+    /// When the key was created and first published.
+    pub created_at: UnixTime,
+    /// When the key starts signing.
+    pub activates_at: UnixTime,
+    /// Hard expiry: after this nothing signs with or accepts the key.
+    pub expires_at: UnixTime,
+    /// When the key was revoked, if it was.
+    pub revoked_at: Option<UnixTime>,
+}
+
+/// One row of the issuance ledger: a token Keypost minted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// Token id.
+    pub jti: Jti,
+    /// Realm that issued it.
+    pub realm: RealmId,
+    /// Access, ID or refresh token.
+    pub kind: TokenKind,
+    /// The `sub` claim: an account id, or a client id for client credentials.
+    pub subject: String,
+    /// The client the token was issued to.
+    pub client_id: ClientId,
+    /// The signing key (none for opaque refresh tokens).
+    pub kid: Option<Kid>,
+    /// The sign-in session, if any.
+    pub session_id: Option<SessionId>,
+    /// Refresh-token family (all refresh tokens descended from one grant).
+    pub family_id: Option<String>,
+    /// Granted scope, space separated.
+    pub scope: String,
+    /// Audience, space separated.
+    pub audience: String,
+    /// Issued at.
+    pub issued_at: UnixTime,
+    /// Expires at.
+    pub expires_at: UnixTime,
+    /// SHA-256 of the exact token string returned to the client.
+    pub token_hash: Vec<u8>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<UnixTime>,
+    /// For refresh tokens: when it was exchanged (a second use is reuse).
+    pub used_at: Option<UnixTime>,
+}
+
+/// A sign-in session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Session id (`sid`).
+    pub id: SessionId,
+    /// Realm.
+    pub realm: RealmId,
+    /// Signed-in account.
+    pub account: AccountId,
+    /// When the user authenticated.
+    pub auth_time: UnixTime,
+    /// When the session ends on its own.
+    pub expires_at: UnixTime,
+    /// When it was revoked (sign-out, admin action), if it was.
+    pub revoked_at: Option<UnixTime>,
+}
+
+/// An authorization code waiting to be exchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthCode {
+    /// SHA-256 of the code.
+    pub code_hash: Vec<u8>,
+    /// Realm.
+    pub realm: RealmId,
+    /// Client the code was issued to.
+    pub client_id: ClientId,
+    /// Account that authorised it.
+    pub account: AccountId,
+    /// Session it was issued under.
+    pub session_id: SessionId,
+    /// Redirect URI that must be repeated at the token endpoint.
+    pub redirect_uri: String,
+    /// Granted scope.
+    pub scope: String,
+    /// OIDC nonce to echo in the ID token.
+    pub nonce: Option<String>,
+    /// PKCE S256 challenge.
+    pub code_challenge: Option<String>,
+    /// RFC 8707 resource indicators requested at the authorization endpoint.
+    pub resource: Vec<String>,
+    /// Issued at.
+    pub created_at: UnixTime,
+    /// Expires at.
+    pub expires_at: UnixTime,
+    /// Set when exchanged; a second exchange is an attack.
+    pub used_at: Option<UnixTime>,
+    /// Refresh-token family started by the exchange (to revoke it if the code is replayed).
+    pub family_id: Option<String>,
+}
+
+/// One audit record. Append-only: no store API updates or deletes these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Sequence number, assigned on append.
+    pub id: i64,
+    /// When it happened.
+    pub time: UnixTime,
+    /// Realm (tenant) the event belongs to; `None` for provider-level events.
+    pub realm: Option<RealmId>,
+    /// Who acted (email, client id, `cli`), if known.
+    pub actor: Option<String>,
+    /// What happened (`SignInSucceeded`, `TokenRejected`, ...).
+    pub operation: String,
+    /// What it happened to.
+    pub target: Option<String>,
+    /// `success` or `failure`.
+    pub result: String,
+    /// Source address.
+    pub source_ip: Option<String>,
+    /// User agent.
+    pub user_agent: Option<String>,
+    /// Client id.
+    pub client_id: Option<String>,
+    /// Token id.
+    pub jti: Option<String>,
+    /// Key id.
+    pub kid: Option<String>,
+    /// Operation-specific details.
+    pub details: serde_json::Value,
+}
+
+/// A filter over the audit log. Every field narrows; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Realm.
+    pub realm: Option<RealmId>,
+    /// Operation name.
+    pub operation: Option<String>,
+    /// Actor.
+    pub actor: Option<String>,
+    /// Result (`success`/`failure`).
+    pub result: Option<String>,
+    /// Source address.
+    pub source_ip: Option<String>,
+    /// Key id.
+    pub kid: Option<String>,
+    /// Token id.
+    pub jti: Option<String>,
+    /// Client id.
+    pub client_id: Option<String>,
+    /// At or after.
+    pub since: Option<UnixTime>,
+    /// Before.
+    pub until: Option<UnixTime>,
+    /// Records with an id greater than this (paging).
+    pub after_id: Option<i64>,
+    /// At most this many (default 100).
+    pub limit: Option<u32>,
+}

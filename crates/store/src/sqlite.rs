@@ -1,0 +1,1136 @@
+//! The embedded SQLite backend: one file in the data directory, WAL mode, `synchronous=FULL`
+//! so a committed ledger row survives power loss, and versioned migrations applied on open.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};
+
+use crate::ids::{AccountId, ClientId, Jti, Kid, RealmId, SessionId};
+use crate::model::*;
+use crate::traits::*;
+use crate::{Error, Result};
+
+/// Schema migrations, applied in order; the index + 1 is the schema version. Never edit a
+/// migration that has shipped: append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE realms (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    access_token_alg TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE domains (
+    domain TEXT PRIMARY KEY,
+    realm TEXT NOT NULL REFERENCES realms(id)
+) STRICT;
+CREATE TABLE accounts (
+    id TEXT PRIMARY KEY,
+    realm TEXT NOT NULL REFERENCES realms(id),
+    email TEXT NOT NULL UNIQUE,
+    display_name TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    role TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX accounts_realm ON accounts(realm, email);
+CREATE TABLE clients (
+    realm TEXT NOT NULL REFERENCES realms(id),
+    client_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    secret_hash BLOB,
+    redirect_uris TEXT NOT NULL,
+    grant_types TEXT NOT NULL,
+    first_party INTEGER NOT NULL,
+    id_token_alg TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (realm, client_id)
+) STRICT;
+CREATE TABLE keys (
+    kid TEXT PRIMARY KEY,
+    realm TEXT NOT NULL REFERENCES realms(id),
+    purpose TEXT NOT NULL,
+    alg TEXT NOT NULL,
+    public_jwk TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    origin TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    activates_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+) STRICT;
+CREATE INDEX keys_realm ON keys(realm, created_at);
+CREATE TABLE meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT;
+INSERT INTO meta(name, value) VALUES ('key_generation', 0);
+CREATE TABLE ledger (
+    jti TEXT PRIMARY KEY,
+    realm TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    kid TEXT,
+    session_id TEXT,
+    family_id TEXT,
+    scope TEXT NOT NULL,
+    audience TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    token_hash BLOB NOT NULL,
+    revoked_at INTEGER,
+    used_at INTEGER
+) STRICT;
+CREATE INDEX ledger_family ON ledger(family_id) WHERE family_id IS NOT NULL;
+CREATE INDEX ledger_kid ON ledger(kid);
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    realm TEXT NOT NULL,
+    account TEXT NOT NULL,
+    auth_time INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+) STRICT;
+CREATE TABLE auth_codes (
+    code_hash BLOB PRIMARY KEY,
+    realm TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    account TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    nonce TEXT,
+    code_challenge TEXT,
+    resource TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    family_id TEXT
+) STRICT;
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time INTEGER NOT NULL,
+    realm TEXT,
+    actor TEXT,
+    operation TEXT NOT NULL,
+    target TEXT,
+    result TEXT NOT NULL,
+    source_ip TEXT,
+    user_agent TEXT,
+    client_id TEXT,
+    jti TEXT,
+    kid TEXT,
+    details TEXT NOT NULL
+) STRICT;
+CREATE INDEX audit_realm_time ON audit(realm, time);
+CREATE INDEX audit_op_time ON audit(operation, time);
+CREATE INDEX audit_actor_time ON audit(actor, time);
+CREATE INDEX audit_ip_time ON audit(source_ip, time);
+CREATE INDEX audit_kid ON audit(kid) WHERE kid IS NOT NULL;
+CREATE INDEX audit_jti ON audit(jti) WHERE jti IS NOT NULL;
+-- The audit log is append-only: the database itself refuses edits made through SQL.
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+"#];
+
+/// SQLite-backed [`Store`](crate::Store).
+pub struct SqliteStore {
+    // One connection behind a mutex: statements take microseconds and SQLite serialises
+    // writers anyway. A reader pool is the next step if profiles show contention here.
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and migrates it to the current schema.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // WAL lets the CLI read and write while `serve` runs; FULL makes every commit durable.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let store = Self {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The schema version this database is at.
+    pub fn schema_version(&self) -> Result<u32> {
+        let v: u32 = self
+            .conn()?
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        Ok(v)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if current > MIGRATIONS.len() {
+            return Err(Error::Corrupt(format!(
+                "database schema version {current} is newer than this binary ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+            tracing::info!(version = i + 1, "applied database migration");
+        }
+        Ok(())
+    }
+
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>> {
+        // A poisoned lock means a panic mid-statement; SQLite rolled the statement back, so the
+        // connection itself is still consistent.
+        Ok(self.conn.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn parse_id<T: std::str::FromStr>(s: String) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| Error::Corrupt(e.to_string()))
+}
+
+fn parse_opt<T: std::str::FromStr>(s: Option<String>) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    s.map(parse_id).transpose()
+}
+
+// ---- realms ---------------------------------------------------------------------------------
+
+impl RealmStore for SqliteStore {
+    fn create_realm(&self, realm: &Realm) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO realms(id, kind, display_name, access_token_alg, created_at) VALUES (?,?,?,?,?)",
+            params![realm.id.as_str(), realm.kind.as_str(), realm.display_name, realm.access_token_alg, realm.created_at],
+        )?;
+        for d in &realm.domains {
+            tx.execute(
+                "INSERT INTO domains(domain, realm) VALUES (?,?)",
+                params![d, realm.id.as_str()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_realm(&self, id: &RealmId) -> Result<Option<Realm>> {
+        let conn = self.conn()?;
+        let row = conn
+            .query_row(
+                "SELECT id, kind, display_name, access_token_alg, created_at FROM realms WHERE id = ?",
+                [id.as_str()],
+                realm_row,
+            )
+            .optional()?;
+        row.map(|r| finish_realm(&conn, r)).transpose()
+    }
+
+    fn list_realms(&self) -> Result<Vec<Realm>> {
+        let conn = self.conn()?;
+        let rows = conn
+            .prepare("SELECT id, kind, display_name, access_token_alg, created_at FROM realms ORDER BY kind = 'tenant', id")?
+            .query_map([], realm_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(|r| finish_realm(&conn, r)).collect()
+    }
+
+    fn realm_for_domain(&self, domain: &str) -> Result<Option<RealmId>> {
+        let realm: Option<String> = self
+            .conn()?
+            .query_row(
+                "SELECT realm FROM domains WHERE domain = ?",
+                [domain],
+                |r| r.get(0),
+            )
+            .optional()?;
+        parse_opt(realm)
+    }
+
+    fn set_access_token_alg(&self, id: &RealmId, alg: &str) -> Result<()> {
+        let n = self.conn()?.execute(
+            "UPDATE realms SET access_token_alg = ? WHERE id = ?",
+            params![alg, id.as_str()],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("realm {id}")));
+        }
+        Ok(())
+    }
+}
+
+type RealmRow = (String, String, String, String, i64);
+
+fn realm_row(r: &Row<'_>) -> rusqlite::Result<RealmRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn finish_realm(
+    conn: &Connection,
+    (id, kind, display_name, alg, created_at): RealmRow,
+) -> Result<Realm> {
+    let domains = conn
+        .prepare_cached("SELECT domain FROM domains WHERE realm = ? ORDER BY domain")?
+        .query_map([&id], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(Realm {
+        id: parse_id(id)?,
+        kind: kind.parse()?,
+        display_name,
+        domains,
+        access_token_alg: alg,
+        created_at,
+    })
+}
+
+// ---- accounts -------------------------------------------------------------------------------
+
+const ACCOUNT_COLS: &str =
+    "id, realm, email, display_name, password_hash, disabled, role, created_at";
+
+fn account_row(
+    r: &Row<'_>,
+) -> rusqlite::Result<(String, String, String, String, String, bool, String, i64)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+type AccountRow = (String, String, String, String, String, bool, String, i64);
+
+fn finish_account(
+    (id, realm, email, display_name, password_hash, disabled, role, created_at): AccountRow,
+) -> Result<Account> {
+    Ok(Account {
+        id: parse_id(id)?,
+        realm: parse_id(realm)?,
+        email,
+        display_name,
+        password_hash,
+        disabled,
+        role: role.parse()?,
+        created_at,
+    })
+}
+
+impl AccountStore for SqliteStore {
+    fn create_account(&self, a: &Account) -> Result<()> {
+        self.conn()?.execute(
+            &format!("INSERT INTO accounts({ACCOUNT_COLS}) VALUES (?,?,?,?,?,?,?,?)"),
+            params![
+                a.id.as_str(),
+                a.realm.as_str(),
+                a.email,
+                a.display_name,
+                a.password_hash,
+                a.disabled,
+                a.role.as_str(),
+                a.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn get_account(&self, id: &AccountId) -> Result<Option<Account>> {
+        self.conn()?
+            .prepare_cached(&format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?"))?
+            .query_row([id.as_str()], account_row)
+            .optional()?
+            .map(finish_account)
+            .transpose()
+    }
+
+    fn find_account_by_email(&self, email: &str) -> Result<Option<Account>> {
+        self.conn()?
+            .prepare_cached(&format!(
+                "SELECT {ACCOUNT_COLS} FROM accounts WHERE email = ?"
+            ))?
+            .query_row([email], account_row)
+            .optional()?
+            .map(finish_account)
+            .transpose()
+    }
+
+    fn list_accounts(&self, realm: Option<&RealmId>) -> Result<Vec<Account>> {
+        let conn = self.conn()?;
+        let rows = match realm {
+            Some(r) => conn
+                .prepare(&format!(
+                    "SELECT {ACCOUNT_COLS} FROM accounts WHERE realm = ? ORDER BY email"
+                ))?
+                .query_map([r.as_str()], account_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+            None => conn
+                .prepare(&format!(
+                    "SELECT {ACCOUNT_COLS} FROM accounts ORDER BY realm, email"
+                ))?
+                .query_map([], account_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        };
+        rows.into_iter().map(finish_account).collect()
+    }
+
+    fn set_account_disabled(&self, id: &AccountId, disabled: bool) -> Result<()> {
+        let n = self.conn()?.execute(
+            "UPDATE accounts SET disabled = ? WHERE id = ?",
+            params![disabled, id.as_str()],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("account {id}")));
+        }
+        Ok(())
+    }
+
+    fn set_password_hash(&self, id: &AccountId, hash: &str) -> Result<()> {
+        let n = self.conn()?.execute(
+            "UPDATE accounts SET password_hash = ? WHERE id = ?",
+            params![hash, id.as_str()],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("account {id}")));
+        }
+        Ok(())
+    }
+
+    fn count_accounts_with_role(&self, role: Role) -> Result<u64> {
+        Ok(self.conn()?.query_row(
+            "SELECT COUNT(*) FROM accounts WHERE role = ?",
+            [role.as_str()],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+// ---- clients --------------------------------------------------------------------------------
+
+const CLIENT_COLS: &str = "realm, client_id, name, secret_hash, redirect_uris, grant_types, first_party, id_token_alg, created_at";
+
+type ClientRow = (
+    String,
+    String,
+    String,
+    Option<Vec<u8>>,
+    String,
+    String,
+    bool,
+    Option<String>,
+    i64,
+);
+
+fn client_row(r: &Row<'_>) -> rusqlite::Result<ClientRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn finish_client(
+    (
+        realm,
+        client_id,
+        name,
+        secret_hash,
+        redirect_uris,
+        grant_types,
+        first_party,
+        id_token_alg,
+        created_at,
+    ): ClientRow,
+) -> Result<Client> {
+    Ok(Client {
+        realm: parse_id(realm)?,
+        client_id: parse_id(client_id)?,
+        name,
+        secret_hash,
+        redirect_uris: from_json(&redirect_uris)?,
+        grant_types: from_json(&grant_types)?,
+        first_party,
+        id_token_alg,
+        created_at,
+    })
+}
+
+impl ClientStore for SqliteStore {
+    fn create_client(&self, c: &Client) -> Result<()> {
+        self.conn()?.execute(
+            &format!("INSERT INTO clients({CLIENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?)"),
+            params![
+                c.realm.as_str(),
+                c.client_id.as_str(),
+                c.name,
+                c.secret_hash,
+                json(&c.redirect_uris)?,
+                json(&c.grant_types)?,
+                c.first_party,
+                c.id_token_alg,
+                c.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn get_client(&self, realm: &RealmId, id: &ClientId) -> Result<Option<Client>> {
+        self.conn()?
+            .prepare_cached(&format!(
+                "SELECT {CLIENT_COLS} FROM clients WHERE realm = ? AND client_id = ?"
+            ))?
+            .query_row([realm.as_str(), id.as_str()], client_row)
+            .optional()?
+            .map(finish_client)
+            .transpose()
+    }
+
+    fn list_clients(&self, realm: &RealmId) -> Result<Vec<Client>> {
+        let conn = self.conn()?;
+        let rows = conn
+            .prepare(&format!(
+                "SELECT {CLIENT_COLS} FROM clients WHERE realm = ? ORDER BY client_id"
+            ))?
+            .query_map([realm.as_str()], client_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(finish_client).collect()
+    }
+}
+
+// ---- keys -----------------------------------------------------------------------------------
+
+const KEY_COLS: &str = "kid, realm, purpose, alg, public_jwk, sealed, origin, created_at, activates_at, expires_at, revoked_at";
+
+type KeyRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+fn key_row(r: &Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
+}
+
+fn finish_key(
+    (
+        kid,
+        realm,
+        purpose,
+        alg,
+        public_jwk,
+        sealed,
+        origin,
+        created_at,
+        activates_at,
+        expires_at,
+        revoked_at,
+    ): KeyRow,
+) -> Result<KeyRecord> {
+    Ok(KeyRecord {
+        kid: parse_id(kid)?,
+        realm: parse_id(realm)?,
+        purpose: purpose.parse()?,
+        alg,
+        public_jwk,
+        sealed,
+        origin: origin.parse()?,
+        created_at,
+        activates_at,
+        expires_at,
+        revoked_at,
+    })
+}
+
+fn bump_generation(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "UPDATE meta SET value = value + 1 WHERE name = 'key_generation'",
+        [],
+    )?;
+    Ok(())
+}
+
+impl KeyStore for SqliteStore {
+    fn insert_key(&self, k: &KeyRecord) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute(
+            &format!("INSERT INTO keys({KEY_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"),
+            params![
+                k.kid.as_str(),
+                k.realm.as_str(),
+                k.purpose.as_str(),
+                k.alg,
+                k.public_jwk,
+                k.sealed,
+                k.origin.as_str(),
+                k.created_at,
+                k.activates_at,
+                k.expires_at,
+                k.revoked_at
+            ],
+        )?;
+        bump_generation(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_key(&self, kid: &Kid) -> Result<Option<KeyRecord>> {
+        self.conn()?
+            .prepare_cached(&format!("SELECT {KEY_COLS} FROM keys WHERE kid = ?"))?
+            .query_row([kid.as_str()], key_row)
+            .optional()?
+            .map(finish_key)
+            .transpose()
+    }
+
+    fn list_keys(&self, realm: Option<&RealmId>) -> Result<Vec<KeyRecord>> {
+        let conn = self.conn()?;
+        let rows = match realm {
+            Some(r) => conn
+                .prepare(&format!(
+                    "SELECT {KEY_COLS} FROM keys WHERE realm = ? ORDER BY created_at, kid"
+                ))?
+                .query_map([r.as_str()], key_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+            None => conn
+                .prepare(&format!(
+                    "SELECT {KEY_COLS} FROM keys ORDER BY realm, created_at, kid"
+                ))?
+                .query_map([], key_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        };
+        rows.into_iter().map(finish_key).collect()
+    }
+
+    fn revoke_key(&self, kid: &Kid, at: UnixTime) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE keys SET revoked_at = ? WHERE kid = ? AND revoked_at IS NULL",
+            params![at, kid.as_str()],
+        )?;
+        if n > 0 {
+            bump_generation(&tx)?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    fn replace_sealed(&self, kid: &Kid, sealed: &[u8]) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE keys SET sealed = ? WHERE kid = ?",
+            params![sealed, kid.as_str()],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("key {kid}")));
+        }
+        bump_generation(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn key_generation(&self) -> Result<i64> {
+        Ok(self
+            .conn()?
+            .prepare_cached("SELECT value FROM meta WHERE name = 'key_generation'")?
+            .query_row([], |r| r.get(0))?)
+    }
+}
+
+// ---- ledger ---------------------------------------------------------------------------------
+
+const LEDGER_COLS: &str = "jti, realm, kind, subject, client_id, kid, session_id, family_id, scope, audience, issued_at, expires_at, token_hash, revoked_at, used_at";
+
+type LedgerRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    i64,
+    i64,
+    Vec<u8>,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn ledger_row(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+        r.get(13)?,
+        r.get(14)?,
+    ))
+}
+
+fn finish_ledger(
+    (
+        jti,
+        realm,
+        kind,
+        subject,
+        client_id,
+        kid,
+        session_id,
+        family_id,
+        scope,
+        audience,
+        issued_at,
+        expires_at,
+        token_hash,
+        revoked_at,
+        used_at,
+    ): LedgerRow,
+) -> Result<LedgerEntry> {
+    Ok(LedgerEntry {
+        jti: parse_id(jti)?,
+        realm: parse_id(realm)?,
+        kind: kind.parse()?,
+        subject,
+        client_id: parse_id(client_id)?,
+        kid: parse_opt(kid)?,
+        session_id: parse_opt(session_id)?,
+        family_id,
+        scope,
+        audience,
+        issued_at,
+        expires_at,
+        token_hash,
+        revoked_at,
+        used_at,
+    })
+}
+
+impl LedgerStore for SqliteStore {
+    fn record_tokens(&self, entries: &[LedgerEntry]) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT INTO ledger({LEDGER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            ))?;
+            for e in entries {
+                let p: [&dyn ToSql; 15] = [
+                    &e.jti.as_str(),
+                    &e.realm.as_str(),
+                    &e.kind.as_str(),
+                    &e.subject,
+                    &e.client_id.as_str(),
+                    &e.kid.as_ref().map(Kid::as_str),
+                    &e.session_id.as_ref().map(SessionId::as_str),
+                    &e.family_id,
+                    &e.scope,
+                    &e.audience,
+                    &e.issued_at,
+                    &e.expires_at,
+                    &e.token_hash,
+                    &e.revoked_at,
+                    &e.used_at,
+                ];
+                stmt.execute(&p[..])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>> {
+        self.conn()?
+            .prepare_cached(&format!("SELECT {LEDGER_COLS} FROM ledger WHERE jti = ?"))?
+            .query_row([jti.as_str()], ledger_row)
+            .optional()?
+            .map(finish_ledger)
+            .transpose()
+    }
+
+    fn revoke_token(&self, jti: &Jti, at: UnixTime) -> Result<bool> {
+        let n = self.conn()?.execute(
+            "UPDATE ledger SET revoked_at = ? WHERE jti = ? AND revoked_at IS NULL",
+            params![at, jti.as_str()],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn revoke_family(&self, family_id: &str, at: UnixTime) -> Result<u64> {
+        let n = self.conn()?.execute(
+            "UPDATE ledger SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+            params![at, family_id],
+        )?;
+        Ok(n as u64)
+    }
+
+    fn mark_refresh_used(&self, jti: &Jti, at: UnixTime) -> Result<bool> {
+        let n = self.conn()?.execute(
+            "UPDATE ledger SET used_at = ? WHERE jti = ? AND kind = 'refresh' AND used_at IS NULL",
+            params![at, jti.as_str()],
+        )?;
+        Ok(n > 0)
+    }
+}
+
+// ---- sessions and codes ---------------------------------------------------------------------
+
+impl SessionStore for SqliteStore {
+    fn create_session(&self, s: &Session) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO sessions(id, realm, account, auth_time, expires_at, revoked_at) VALUES (?,?,?,?,?,?)",
+            params![s.id.as_str(), s.realm.as_str(), s.account.as_str(), s.auth_time, s.expires_at, s.revoked_at],
+        )?;
+        Ok(())
+    }
+
+    fn get_session(&self, id: &SessionId) -> Result<Option<Session>> {
+        let row: Option<(String, String, String, i64, i64, Option<i64>)> = self
+            .conn()?
+            .prepare_cached("SELECT id, realm, account, auth_time, expires_at, revoked_at FROM sessions WHERE id = ?")?
+            .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .optional()?;
+        row.map(|(id, realm, account, auth_time, expires_at, revoked_at)| {
+            Ok(Session {
+                id: parse_id(id)?,
+                realm: parse_id(realm)?,
+                account: parse_id(account)?,
+                auth_time,
+                expires_at,
+                revoked_at,
+            })
+        })
+        .transpose()
+    }
+
+    fn revoke_session(&self, id: &SessionId, at: UnixTime) -> Result<bool> {
+        let n = self.conn()?.execute(
+            "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            params![at, id.as_str()],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn create_auth_code(&self, c: &AuthCode) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO auth_codes(code_hash, realm, client_id, account, session_id, redirect_uri, scope, nonce, code_challenge, resource, created_at, expires_at, used_at, family_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            params![
+                c.code_hash, c.realm.as_str(), c.client_id.as_str(), c.account.as_str(), c.session_id.as_str(),
+                c.redirect_uri, c.scope, c.nonce, c.code_challenge, json(&c.resource)?, c.created_at, c.expires_at,
+                c.used_at, c.family_id
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn consume_auth_code(&self, code_hash: &[u8], at: UnixTime) -> Result<Option<AuthCode>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        type CodeRow = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            Option<String>,
+        );
+        let row: Option<CodeRow> = tx
+            .query_row(
+                "SELECT realm, client_id, account, session_id, redirect_uri, scope, nonce, code_challenge, resource, created_at, expires_at, used_at, family_id FROM auth_codes WHERE code_hash = ?",
+                [code_hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?)),
+            )
+            .optional()?;
+        let Some((
+            realm,
+            client_id,
+            account,
+            session_id,
+            redirect_uri,
+            scope,
+            nonce,
+            code_challenge,
+            resource,
+            created_at,
+            expires_at,
+            used_at,
+            family_id,
+        )) = row
+        else {
+            return Ok(None);
+        };
+        if used_at.is_none() {
+            tx.execute(
+                "UPDATE auth_codes SET used_at = ? WHERE code_hash = ?",
+                params![at, code_hash],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Some(AuthCode {
+            code_hash: code_hash.to_vec(),
+            realm: parse_id(realm)?,
+            client_id: parse_id(client_id)?,
+            account: parse_id(account)?,
+            session_id: parse_id(session_id)?,
+            redirect_uri,
+            scope,
+            nonce,
+            code_challenge,
+            resource: from_json(&resource)?,
+            created_at,
+            expires_at,
+            used_at,
+            family_id,
+        }))
+    }
+
+    fn set_auth_code_family(&self, code_hash: &[u8], family_id: &str) -> Result<()> {
+        self.conn()?.execute(
+            "UPDATE auth_codes SET family_id = ? WHERE code_hash = ?",
+            params![family_id, code_hash],
+        )?;
+        Ok(())
+    }
+}
+
+// ---- audit ----------------------------------------------------------------------------------
+
+const AUDIT_COLS: &str = "id, time, realm, actor, operation, target, result, source_ip, user_agent, client_id, jti, kid, details";
+
+/// Builds the WHERE clause of an audit query. Values are bound, never spliced into the SQL.
+fn audit_where(q: &AuditQuery) -> (String, Vec<Box<dyn ToSql>>) {
+    let mut clauses = Vec::new();
+    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+    let mut eq = |col: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            clauses.push(format!("{col} = ?"));
+            args.push(Box::new(v.clone()));
+        }
+    };
+    eq("realm", &q.realm.as_ref().map(|r| r.to_string()));
+    eq("operation", &q.operation);
+    eq("actor", &q.actor);
+    eq("result", &q.result);
+    eq("source_ip", &q.source_ip);
+    eq("kid", &q.kid);
+    eq("jti", &q.jti);
+    eq("client_id", &q.client_id);
+    if let Some(t) = q.since {
+        clauses.push("time >= ?".into());
+        args.push(Box::new(t));
+    }
+    if let Some(t) = q.until {
+        clauses.push("time < ?".into());
+        args.push(Box::new(t));
+    }
+    let sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
+    (sql, args)
+}
+
+impl AuditStore for SqliteStore {
+    fn append_audit(&self, records: &[AuditRecord]) -> Result<Vec<i64>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let mut ids = Vec::with_capacity(records.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO audit(time, realm, actor, operation, target, result, source_ip, user_agent, client_id, jti, kid, details) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            )?;
+            for r in records {
+                let details = json(&r.details)?;
+                let p: [&dyn ToSql; 12] = [
+                    &r.time,
+                    &r.realm.as_ref().map(RealmId::as_str),
+                    &r.actor,
+                    &r.operation,
+                    &r.target,
+                    &r.result,
+                    &r.source_ip,
+                    &r.user_agent,
+                    &r.client_id,
+                    &r.jti,
+                    &r.kid,
+                    &details,
+                ];
+                stmt.execute(&p[..])?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    fn search_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        let (mut sql, mut args) = audit_where(q);
+        if let Some(after) = q.after_id {
+            sql.push_str(if sql.is_empty() {
+                " WHERE id > ?"
+            } else {
+                " AND id > ?"
+            });
+            args.push(Box::new(after));
+        }
+        let limit = q.limit.unwrap_or(100);
+        let sql = format!("SELECT {AUDIT_COLS} FROM audit{sql} ORDER BY id LIMIT {limit}");
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&sql)?;
+        let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
+        let rows = stmt
+            .query_map(&params[..], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get::<_, String>(12)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    time,
+                    realm,
+                    actor,
+                    operation,
+                    target,
+                    result,
+                    source_ip,
+                    user_agent,
+                    client_id,
+                    jti,
+                    kid,
+                    details,
+                )| {
+                    Ok(AuditRecord {
+                        id,
+                        time,
+                        realm: parse_opt(realm)?,
+                        actor,
+                        operation,
+                        target,
+                        result,
+                        source_ip,
+                        user_agent,
+                        client_id,
+                        jti,
+                        kid,
+                        details: from_json(&details)?,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    fn count_audit(&self, q: &AuditQuery) -> Result<u64> {
+        let (sql, args) = audit_where(q);
+        let conn = self.conn()?;
+        let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
+        Ok(conn.query_row(
+            &format!("SELECT COUNT(*) FROM audit{sql}"),
+            &params[..],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+use super::*;
+
+fn realm(id: &str, domains: &[&str]) -> Realm {
+    Realm {
+        id: RealmId::new(id).unwrap(),
+        kind: RealmKind::Tenant,
+        display_name: id.to_owned(),
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        access_token_alg: "EdDSA".into(),
+        created_at: 1,
+    }
+}
+
+fn entry(jti: &str, kind: TokenKind, family: Option<&str>) -> LedgerEntry {
+    LedgerEntry {
+        jti: Jti::new(jti).unwrap(),
+        realm: RealmId::new("contoso").unwrap(),
+        kind,
+        subject: "u1".into(),
+        client_id: ClientId::new("app").unwrap(),
+        kid: None,
+        session_id: None,
+        family_id: family.map(str::to_owned),
+        scope: "openid".into(),
+        audience: "mail".into(),
+        issued_at: 10,
+        expires_at: 20,
+        token_hash: vec![1; 32],
+        revoked_at: None,
+        used_at: None,
+    }
+}
+
+#[test]
+fn migrations_are_idempotent_and_versioned() {
+    let dir = std::env::temp_dir().join(format!("keypost-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.db");
+    let _ = std::fs::remove_file(&path);
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap() as usize, MIGRATIONS.len());
+    drop(s);
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap() as usize, MIGRATIONS.len());
+    let mode: String = s
+        .conn()
+        .unwrap()
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn domains_belong_to_one_realm() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.create_realm(&realm("contoso", &["contoso.test"]))
+        .unwrap();
+    assert!(matches!(
+        s.create_realm(&realm("fabrikam", &["contoso.test"])),
+        Err(Error::Conflict(_))
+    ));
+    // The failed create left nothing behind.
+    assert!(
+        s.get_realm(&RealmId::new("fabrikam").unwrap())
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        s.realm_for_domain("contoso.test")
+            .unwrap()
+            .unwrap()
+            .as_str(),
+        "contoso"
+    );
+}
+
+#[test]
+fn refresh_token_use_is_atomic() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.record_tokens(&[
+        entry("r1", TokenKind::Refresh, Some("f1")),
+        entry("a1", TokenKind::Access, Some("f1")),
+    ])
+    .unwrap();
+    let jti = Jti::new("r1").unwrap();
+    assert!(s.mark_refresh_used(&jti, 11).unwrap());
+    assert!(
+        !s.mark_refresh_used(&jti, 12).unwrap(),
+        "second use must be reported as reuse"
+    );
+    assert!(
+        !s.mark_refresh_used(&Jti::new("a1").unwrap(), 12).unwrap(),
+        "access tokens are not refreshable"
+    );
+    assert_eq!(s.revoke_family("f1", 13).unwrap(), 2);
+    assert_eq!(s.get_token(&jti).unwrap().unwrap().revoked_at, Some(13));
+}
+
+#[test]
+fn duplicate_jti_is_refused() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.record_tokens(&[entry("x", TokenKind::Access, None)])
+        .unwrap();
+    assert!(matches!(
+        s.record_tokens(&[entry("x", TokenKind::Access, None)]),
+        Err(Error::Conflict(_))
+    ));
+}
+
+#[test]
+fn auth_codes_are_consumed_once() {
+    let s = SqliteStore::in_memory().unwrap();
+    let code = AuthCode {
+        code_hash: vec![7; 32],
+        realm: RealmId::new("contoso").unwrap(),
+        client_id: ClientId::new("app").unwrap(),
+        account: AccountId::new("u1").unwrap(),
+        session_id: SessionId::new("s1").unwrap(),
+        redirect_uri: "http://127.0.0.1/cb".into(),
+        scope: "openid".into(),
+        nonce: None,
+        code_challenge: Some("abc".into()),
+        resource: vec![],
+        created_at: 1,
+        expires_at: 100,
+        used_at: None,
+        family_id: None,
+    };
+    s.create_auth_code(&code).unwrap();
+    let first = s.consume_auth_code(&[7; 32], 5).unwrap().unwrap();
+    assert_eq!(first.used_at, None);
+    let second = s.consume_auth_code(&[7; 32], 6).unwrap().unwrap();
+    assert_eq!(second.used_at, Some(5));
+    assert!(s.consume_auth_code(&[8; 32], 6).unwrap().is_none());
+}
+
+#[test]
+fn audit_is_append_only_even_through_sql() {
+    let s = SqliteStore::in_memory().unwrap();
+    let rec = AuditRecord {
+        id: 0,
+        time: 5,
+        realm: Some(RealmId::new("contoso").unwrap()),
+        actor: Some("a@contoso.test".into()),
+        operation: "SignInFailed".into(),
+        target: None,
+        result: "failure".into(),
+        source_ip: Some("127.0.0.1".into()),
+        user_agent: None,
+        client_id: None,
+        jti: None,
+        kid: None,
+        details: serde_json::json!({"reason": "bad password"}),
+    };
+    let ids = s.append_audit(&[rec.clone(), rec.clone()]).unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[1] > ids[0]);
+    let conn = s.conn().unwrap();
+    assert!(
+        conn.execute("UPDATE audit SET result = 'success'", [])
+            .is_err()
+    );
+    assert!(conn.execute("DELETE FROM audit", []).is_err());
+    drop(conn);
+    let q = AuditQuery {
+        actor: Some("a@contoso.test".into()),
+        since: Some(5),
+        ..Default::default()
+    };
+    assert_eq!(s.count_audit(&q).unwrap(), 2);
+    let found = s
+        .search_audit(&AuditQuery {
+            after_id: Some(ids[0]),
+            ..q
+        })
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].details["reason"], "bad password");
+}
+
+#[test]
+fn key_changes_bump_the_generation() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.create_realm(&realm("contoso", &[])).unwrap();
+    let g0 = s.key_generation().unwrap();
+    let k = KeyRecord {
+        kid: Kid::new("k1").unwrap(),
+        realm: RealmId::new("contoso").unwrap(),
+        purpose: KeyPurpose::AccessToken,
+        alg: "EdDSA".into(),
+        public_jwk: "{}".into(),
+        sealed: vec![0; 8],
+        origin: KeyOrigin::Generated,
+        created_at: 1,
+        activates_at: 1,
+        expires_at: 100,
+        revoked_at: None,
+    };
+    s.insert_key(&k).unwrap();
+    let g1 = s.key_generation().unwrap();
+    assert!(g1 > g0);
+    assert!(s.revoke_key(&k.kid, 5).unwrap());
+    assert!(!s.revoke_key(&k.kid, 6).unwrap());
+    assert!(s.key_generation().unwrap() > g1);
+}

@@ -1,0 +1,117 @@
+//! The storage traits. One per subject so a crate asks only for what it uses; [`Store`] is the
+//! union the binary wires up. A PostgreSQL backend implements the same traits and passes the
+//! same tests.
+
+use crate::Result;
+use crate::ids::{AccountId, ClientId, Jti, Kid, RealmId, SessionId};
+use crate::model::*;
+
+/// Realms and their mail domains.
+pub trait RealmStore: Send + Sync {
+    /// Creates a realm; `Conflict` if the id or one of its domains is taken.
+    fn create_realm(&self, realm: &Realm) -> Result<()>;
+    /// A realm by id.
+    fn get_realm(&self, id: &RealmId) -> Result<Option<Realm>>;
+    /// All realms, consumer realm first.
+    fn list_realms(&self) -> Result<Vec<Realm>>;
+    /// The realm that owns a (lowercase) mail domain.
+    fn realm_for_domain(&self, domain: &str) -> Result<Option<RealmId>>;
+    /// Changes a realm's access-token algorithm.
+    fn set_access_token_alg(&self, id: &RealmId, alg: &str) -> Result<()>;
+}
+
+/// Accounts.
+pub trait AccountStore: Send + Sync {
+    /// Creates an account; `Conflict` if the email is taken.
+    fn create_account(&self, account: &Account) -> Result<()>;
+    /// An account by subject id.
+    fn get_account(&self, id: &AccountId) -> Result<Option<Account>>;
+    /// An account by (lowercased) email.
+    fn find_account_by_email(&self, email: &str) -> Result<Option<Account>>;
+    /// Accounts, optionally of one realm, ordered by email.
+    fn list_accounts(&self, realm: Option<&RealmId>) -> Result<Vec<Account>>;
+    /// Enables or disables an account.
+    fn set_account_disabled(&self, id: &AccountId, disabled: bool) -> Result<()>;
+    /// Replaces an account's password hash.
+    fn set_password_hash(&self, id: &AccountId, hash: &str) -> Result<()>;
+    /// Number of accounts with a role.
+    fn count_accounts_with_role(&self, role: Role) -> Result<u64>;
+}
+
+/// OAuth clients.
+pub trait ClientStore: Send + Sync {
+    /// Registers a client; `Conflict` if the id is taken in that realm.
+    fn create_client(&self, client: &Client) -> Result<()>;
+    /// A client by realm and id.
+    fn get_client(&self, realm: &RealmId, id: &ClientId) -> Result<Option<Client>>;
+    /// A realm's clients.
+    fn list_clients(&self, realm: &RealmId) -> Result<Vec<Client>>;
+}
+
+/// Signing keys.
+pub trait KeyStore: Send + Sync {
+    /// Stores a new key; `Conflict` if the kid exists (in any realm).
+    fn insert_key(&self, key: &KeyRecord) -> Result<()>;
+    /// A key by kid, whatever its realm.
+    fn get_key(&self, kid: &Kid) -> Result<Option<KeyRecord>>;
+    /// Keys, optionally of one realm, oldest first.
+    fn list_keys(&self, realm: Option<&RealmId>) -> Result<Vec<KeyRecord>>;
+    /// Marks a key revoked; `false` if it was revoked already.
+    fn revoke_key(&self, kid: &Kid, at: UnixTime) -> Result<bool>;
+    /// Replaces a key's sealed private half (re-wrapping under a new key-encryption key).
+    fn replace_sealed(&self, kid: &Kid, sealed: &[u8]) -> Result<()>;
+    /// A counter bumped by every key change, so caches know when to reload.
+    fn key_generation(&self) -> Result<i64>;
+}
+
+/// The issuance ledger.
+pub trait LedgerStore: Send + Sync {
+    /// Durably records a minted token. Must be on disk when this returns.
+    fn record_tokens(&self, entries: &[LedgerEntry]) -> Result<()>;
+    /// A ledger entry by jti.
+    fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>>;
+    /// Revokes one token; `false` if unknown or already revoked.
+    fn revoke_token(&self, jti: &Jti, at: UnixTime) -> Result<bool>;
+    /// Revokes every token of a refresh family; returns how many were revoked.
+    fn revoke_family(&self, family_id: &str, at: UnixTime) -> Result<u64>;
+    /// Marks a refresh token used. Atomic: `false` if it was used before (reuse).
+    fn mark_refresh_used(&self, jti: &Jti, at: UnixTime) -> Result<bool>;
+}
+
+/// Sign-in sessions and authorization codes.
+pub trait SessionStore: Send + Sync {
+    /// Creates a session.
+    fn create_session(&self, session: &Session) -> Result<()>;
+    /// A session by id.
+    fn get_session(&self, id: &SessionId) -> Result<Option<Session>>;
+    /// Revokes a session; `false` if unknown or already revoked.
+    fn revoke_session(&self, id: &SessionId, at: UnixTime) -> Result<bool>;
+    /// Stores an authorization code.
+    fn create_auth_code(&self, code: &AuthCode) -> Result<()>;
+    /// Marks a code used and returns it as it was before. Atomic: the caller sees
+    /// `used_at: Some(..)` if somebody exchanged it first.
+    fn consume_auth_code(&self, code_hash: &[u8], at: UnixTime) -> Result<Option<AuthCode>>;
+    /// Records the refresh family an exchanged code started.
+    fn set_auth_code_family(&self, code_hash: &[u8], family_id: &str) -> Result<()>;
+}
+
+/// The audit log. There is deliberately no update or delete.
+pub trait AuditStore: Send + Sync {
+    /// Appends records; returns their ids in order.
+    fn append_audit(&self, records: &[AuditRecord]) -> Result<Vec<i64>>;
+    /// Records matching a query, oldest first.
+    fn search_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+    /// How many records match a query (ignores `limit` and `after_id`).
+    fn count_audit(&self, query: &AuditQuery) -> Result<u64>;
+}
+
+/// Everything Keypost stores.
+pub trait Store:
+    RealmStore + AccountStore + ClientStore + KeyStore + LedgerStore + SessionStore + AuditStore
+{
+}
+
+impl<T> Store for T where
+    T: RealmStore + AccountStore + ClientStore + KeyStore + LedgerStore + SessionStore + AuditStore
+{
+}

@@ -1,0 +1,65 @@
+//! The claims Keypost issues, and the issuer and audience names they carry.
+
+use serde::{Deserialize, Serialize};
+use store::RealmId;
+
+/// The issuer of a realm: `{public_url}/realms/{realm}`.
+pub fn issuer_for(public_url: &str, realm: &RealmId) -> String {
+    format!("{}/realms/{}", public_url.trim_end_matches('/'), realm)
+}
+
+/// The Keypost services a token can be for. `aud` carries their URIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The mail service (JMAP, IMAP, SMTP submission, webmail).
+    Mail,
+    /// The OIDC userinfo endpoint of the token's realm.
+    Userinfo,
+}
+
+impl Audience {
+    /// All services, the default audience of an access token.
+    pub const ALL: [Audience; 2] = [Audience::Mail, Audience::Userinfo];
+
+    /// The audience URI of this service.
+    pub fn uri(self, public_url: &str) -> String {
+        let base = public_url.trim_end_matches('/');
+        match self {
+            Audience::Mail => format!("{base}/mail"),
+            Audience::Userinfo => format!("{base}/userinfo"),
+        }
+    }
+
+    /// The service an RFC 8707 `resource` value names, if any.
+    pub fn from_uri(public_url: &str, uri: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.uri(public_url) == uri)
+    }
+}
+
+/// Claims of a Keypost access token (RFC 9068).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer: the realm's issuer URL.
+    pub iss: String,
+    /// Subject: account id, or client id for client credentials.
+    pub sub: String,
+    /// Audience URIs.
+    pub aud: Vec<String>,
+    /// Expiry.
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Token id: the ledger key.
+    pub jti: String,
+    /// Client the token was issued to.
+    pub client_id: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// Tenant (realm) id.
+    pub tid: String,
+    /// Session id, when issued under a sign-in session.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sid: Option<String>,
+}

@@ -1,0 +1,42 @@
+//! Tokens: minting access, ID and refresh tokens, and the one validation policy every Keypost
+//! resource server applies.
+//!
+//! `tokens` owns the JOSE layer (compact JWS, strict JSON), the claims Keypost puts in tokens,
+//! the issuance-ledger contract, and [`validate`] — a single function from a raw token and an
+//! [`Expectation`] (the realm that owns the resource, the service's audience, the time) to a
+//! [`Principal`] or a [`Rejection`] naming why. It must never accept a key from another realm
+//! or a key the token header supplies (`jku`, `jwk`, `x5u`, `x5c`).
+//!
+//! ```text
+//!   raw token ──shape──header──key (expected realm only)──signature──claims──ledger──> Principal
+//!                 │       │           │                        │          │       │
+//!                 └───────┴───────────┴──────── Rejection ─────┴──────────┴───────┘ (audited)
+//! ```
+//!
+//! The JOSE layer is ours rather than a general JWT library's on purpose: the policy needs the
+//! realm as a required input and a token type a general library does not have, and a small
+//! parser that accepts only what Keypost issues is easier to audit than one that accepts
+//! everything RFC 7515 allows. The cryptography itself is aws-lc-rs's (in `keys`).
+//!
+//! See [`manual`] for how each step of the Storm-0558 chain maps onto these checks.
+#![forbid(unsafe_code)]
+
+mod claims;
+mod error;
+mod jose;
+mod ledger;
+pub mod manual;
+mod mint;
+mod validate;
+
+pub use claims::{AccessClaims, Audience, issuer_for};
+pub use error::Error;
+pub use ledger::{Ledger, StoreLedger};
+pub use mint::{IdTokenRequest, Issued, MintRequest, Minter, RefreshToken, token_hash};
+pub use validate::{Expectation, Presented, Principal, Rejected, Rejection, validate};
+
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Entry points for `cargo fuzz`; not a stable API.
+    pub use crate::jose::parse_compact;
+}

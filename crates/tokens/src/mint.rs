@@ -1,0 +1,296 @@
+//! Minting: claims → JWS signed by the realm's active key → ledger row written durably →
+//! token returned. A token is never returned before its ledger row is on disk.
+
+use std::sync::Arc;
+
+use aws_lc_rs::{digest, rand};
+use keys::{Algorithm, Signer};
+use serde_json::json;
+use store::{
+    ClientId, Jti, KeyPurpose, LedgerEntry, RealmId, SessionId, Store, TokenKind, UnixTime,
+};
+use zeroize::Zeroizing;
+
+use crate::Error;
+use crate::claims::{AccessClaims, issuer_for};
+use crate::jose::b64;
+
+/// SHA-256 of a token string, as the ledger stores it.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    digest::digest(&digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+fn random_id(bytes: usize) -> Result<String, Error> {
+    let mut buf = Zeroizing::new(vec![0u8; bytes]);
+    rand::fill(&mut buf).map_err(|_| Error::Keys(keys::Error::Crypto))?;
+    Ok(b64(&buf))
+}
+
+/// What to mint for one grant.
+#[derive(Debug, Clone)]
+pub struct MintRequest {
+    /// Realm issuing.
+    pub realm: RealmId,
+    /// The realm's access-token algorithm.
+    pub access_alg: Algorithm,
+    /// Subject (account id or client id).
+    pub subject: String,
+    /// Client.
+    pub client_id: ClientId,
+    /// Granted scope (space-separated).
+    pub scope: String,
+    /// Audience URIs.
+    pub audience: Vec<String>,
+    /// Sign-in session.
+    pub session: Option<SessionId>,
+    /// Access-token lifetime, seconds.
+    pub access_ttl: i64,
+    /// An ID token too, if the grant is an OIDC one.
+    pub id_token: Option<IdTokenRequest>,
+    /// A refresh token too: its lifetime, and the family it joins (a new one if `None`).
+    pub refresh: Option<(i64, Option<String>)>,
+}
+
+/// ID-token contents beyond the access token's.
+#[derive(Debug, Clone)]
+pub struct IdTokenRequest {
+    /// Algorithm (RS256 unless the client registered another).
+    pub alg: Algorithm,
+    /// Lifetime, seconds.
+    pub ttl: i64,
+    /// When the user authenticated.
+    pub auth_time: UnixTime,
+    /// The nonce from the authorization request.
+    pub nonce: Option<String>,
+    /// `email` claim.
+    pub email: Option<String>,
+    /// `name` claim.
+    pub name: Option<String>,
+}
+
+/// Tokens minted for one grant, already in the ledger.
+#[derive(Clone)]
+pub struct Issued {
+    /// The access token.
+    pub access_token: String,
+    /// Its jti.
+    pub access_jti: Jti,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+    /// The ID token, if requested.
+    pub id_token: Option<String>,
+    /// The refresh token, if requested.
+    pub refresh_token: Option<String>,
+    /// The refresh family, if any.
+    pub family: Option<String>,
+    /// Key that signed the access token.
+    pub kid: store::Kid,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("access_jti", &self.access_jti)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An opaque refresh token: `kpr1.{jti}.{secret}`. Only its hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshToken {
+    /// The ledger id inside it.
+    pub jti: Jti,
+}
+
+impl RefreshToken {
+    /// Extracts the jti of a presented refresh token, if it has the right shape.
+    pub fn parse(token: &str) -> Option<Self> {
+        let rest = token.strip_prefix("kpr1.")?;
+        let (jti, secret) = rest.split_once('.')?;
+        if secret.len() != 43 || token.len() > 256 {
+            return None;
+        }
+        Some(Self {
+            jti: Jti::new(jti).ok()?,
+        })
+    }
+}
+
+/// Mints tokens for every realm, each with that realm's own keys.
+pub struct Minter {
+    signer: Signer,
+    store: Arc<dyn Store>,
+    public_url: String,
+}
+
+impl std::fmt::Debug for Minter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minter")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Minter {
+    /// A minter signing through `signer` and recording in `store`'s ledger.
+    pub fn new(signer: Signer, store: Arc<dyn Store>, public_url: impl Into<String>) -> Self {
+        Self {
+            signer,
+            store,
+            public_url: public_url.into(),
+        }
+    }
+
+    fn sign_jws(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        typ: &str,
+        claims: &serde_json::Value,
+        now: UnixTime,
+    ) -> Result<(String, store::Kid), Error> {
+        let key = self.signer.current(realm, purpose, alg, now)?;
+        let header = json!({"alg": key.alg.as_str(), "typ": typ, "kid": key.kid.as_str()});
+        let enc = |v: &serde_json::Value| {
+            serde_json::to_vec(v)
+                .map(|b| b64(&b))
+                .map_err(|e| Error::Encoding(e.to_string()))
+        };
+        let input = format!("{}.{}", enc(&header)?, enc(claims)?);
+        let sig = self
+            .signer
+            .sign(realm, purpose, &key.kid, input.as_bytes(), now)?;
+        Ok((format!("{input}.{}", b64(&sig.0)), key.kid))
+    }
+
+    /// Mints what `req` asks for, records every token in the ledger in one durable write, and
+    /// only then returns them.
+    pub fn mint(&self, req: &MintRequest, now: UnixTime) -> Result<Issued, Error> {
+        let iss = issuer_for(&self.public_url, &req.realm);
+        let mut entries = Vec::with_capacity(3);
+        let entry =
+            |jti: &Jti, kind, kid: Option<store::Kid>, family: Option<String>, exp, token: &str| {
+                LedgerEntry {
+                    jti: jti.clone(),
+                    realm: req.realm.clone(),
+                    kind,
+                    subject: req.subject.clone(),
+                    client_id: req.client_id.clone(),
+                    kid,
+                    session_id: req.session.clone(),
+                    family_id: family,
+                    scope: req.scope.clone(),
+                    audience: req.audience.join(" "),
+                    issued_at: now,
+                    expires_at: exp,
+                    token_hash: token_hash(token),
+                    revoked_at: None,
+                    used_at: None,
+                }
+            };
+        let family = match &req.refresh {
+            Some((_, Some(f))) => Some(f.clone()),
+            Some((_, None)) => Some(random_id(16)?),
+            None => None,
+        };
+
+        let access_jti = Jti::new(random_id(16)?).map_err(|e| Error::Encoding(e.to_string()))?;
+        let claims = AccessClaims {
+            iss: iss.clone(),
+            sub: req.subject.clone(),
+            aud: req.audience.clone(),
+            exp: now + req.access_ttl,
+            iat: now,
+            nbf: now,
+            jti: access_jti.to_string(),
+            client_id: req.client_id.to_string(),
+            scope: req.scope.clone(),
+            tid: req.realm.to_string(),
+            sid: req.session.as_ref().map(|s| s.to_string()),
+        };
+        let claims = serde_json::to_value(&claims).map_err(|e| Error::Encoding(e.to_string()))?;
+        let (access_token, kid) = self.sign_jws(
+            &req.realm,
+            KeyPurpose::AccessToken,
+            req.access_alg,
+            "at+jwt",
+            &claims,
+            now,
+        )?;
+        entries.push(entry(
+            &access_jti,
+            TokenKind::Access,
+            Some(kid.clone()),
+            family.clone(),
+            now + req.access_ttl,
+            &access_token,
+        ));
+
+        let id_token = match &req.id_token {
+            None => None,
+            Some(idr) => {
+                let jti = Jti::new(random_id(16)?).map_err(|e| Error::Encoding(e.to_string()))?;
+                let mut c = json!({
+                    "iss": iss, "sub": req.subject, "aud": req.client_id.as_str(), "azp": req.client_id.as_str(),
+                    "exp": now + idr.ttl, "iat": now, "auth_time": idr.auth_time, "jti": jti.as_str(),
+                });
+                if let Some(obj) = c.as_object_mut() {
+                    let mut put = |k: &str, v: &Option<String>| {
+                        if let Some(v) = v {
+                            obj.insert(k.into(), v.clone().into());
+                        }
+                    };
+                    put("nonce", &idr.nonce);
+                    put("email", &idr.email);
+                    put("name", &idr.name);
+                    put("sid", &req.session.as_ref().map(|s| s.to_string()));
+                }
+                let (tok, id_kid) =
+                    self.sign_jws(&req.realm, KeyPurpose::IdToken, idr.alg, "JWT", &c, now)?;
+                entries.push(entry(
+                    &jti,
+                    TokenKind::Id,
+                    Some(id_kid),
+                    family.clone(),
+                    now + idr.ttl,
+                    &tok,
+                ));
+                Some(tok)
+            }
+        };
+
+        let refresh_token = match &req.refresh {
+            None => None,
+            Some((ttl, _)) => {
+                let jti = Jti::new(random_id(16)?).map_err(|e| Error::Encoding(e.to_string()))?;
+                let secret = Zeroizing::new(random_id(32)?);
+                let tok = format!("kpr1.{jti}.{}", secret.as_str());
+                entries.push(entry(
+                    &jti,
+                    TokenKind::Refresh,
+                    None,
+                    family.clone(),
+                    now + ttl,
+                    &tok,
+                ));
+                Some(tok)
+            }
+        };
+
+        // The durable write that makes these tokens real. Nothing is returned if it fails.
+        self.store.record_tokens(&entries)?;
+        Ok(Issued {
+            access_token,
+            access_jti,
+            expires_in: req.access_ttl,
+            id_token,
+            refresh_token,
+            family,
+            kid,
+        })
+    }
+}

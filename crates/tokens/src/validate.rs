@@ -1,0 +1,443 @@
+//! The validation policy (THREAT-MODEL.md, "The validation policy"): one function, all checks,
+//! in order, with a typed result.
+
+use keys::{Algorithm, VerifyingKeys};
+use serde_json::{Map, Value};
+use store::{AccountId, ClientId, Jti, KeyPurpose, Kid, RealmId, SessionId, TokenKind, UnixTime};
+use subtle::ConstantTimeEq;
+
+use crate::jose::parse_compact;
+use crate::ledger::Ledger;
+use crate::mint::token_hash;
+
+/// Why a token was refused. Variants are alphabetical; each has a stable code for the audit
+/// log ([`Rejection::code`]). Clients only ever see RFC 6750's `invalid_token` or
+/// `insufficient_scope`, never which check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The subject's account is disabled or gone.
+    AccountDisabled,
+    /// `alg` differs from the algorithm the key is pinned to.
+    AlgorithmMismatch,
+    /// `alg` is not one Keypost accepts (`none`, `HS256`, ...).
+    AlgorithmNotAllowed,
+    /// `aud` does not name this service.
+    AudienceMismatch,
+    /// `client_id` is not registered in the realm.
+    ClientUnknown,
+    /// The header has a `crit` parameter (Keypost understands no extensions).
+    CritUnsupported,
+    /// Past `exp`.
+    Expired,
+    /// The header carries `jku`, `jwk`, `x5u` or `x5c`: keys are never taken from a token.
+    HeaderKeyForbidden,
+    /// The token lacks a scope the operation needs.
+    InsufficientScope,
+    /// `iat` is in the future.
+    IssuedInFuture,
+    /// `iss` is not the expected realm's issuer.
+    IssuerMismatch,
+    /// The signing key is past its hard expiry.
+    KeyExpired,
+    /// The `kid` names a key of another realm (the Storm-0558 forgery).
+    KeyNotInRealm,
+    /// The signing key is published but not yet active.
+    KeyNotYetActive,
+    /// The signing key is revoked.
+    KeyRevoked,
+    /// The header has no `kid`.
+    KidMissing,
+    /// The ledger has the jti, but for a different token, subject, client, key or kind.
+    LedgerMismatch,
+    /// `exp - iat` exceeds what the realm issues.
+    LifetimeExceedsPolicy,
+    /// Not a well-formed compact JWS with strict JSON.
+    Malformed,
+    /// A required claim is missing or has the wrong type.
+    MissingClaim,
+    /// The signature verifies but Keypost never issued this token: a stolen signing key.
+    NotIssued,
+    /// Before `nbf`.
+    NotYetValid,
+    /// The token's session was revoked or ended.
+    SessionRevoked,
+    /// The signature does not verify with the realm's key.
+    SignatureInvalid,
+    /// `tid` is not the expected realm.
+    TenantMismatch,
+    /// The token itself (or its refresh family) was revoked.
+    TokenRevoked,
+    /// `typ` is not `at+jwt` (an ID token or other JWT presented as an access token).
+    TypeMismatch,
+    /// No key of any realm has this `kid`.
+    UnknownKid,
+    /// The key signs another kind of token (an ID-token key).
+    WrongKeyPurpose,
+}
+
+impl Rejection {
+    /// Stable name and code, for audit records and alerts.
+    pub fn code(self) -> (&'static str, &'static str) {
+        use Rejection::*;
+        match self {
+            AccountDisabled => ("AccountDisabled", "TK0001"),
+            AlgorithmMismatch => ("AlgorithmMismatch", "TK0002"),
+            AlgorithmNotAllowed => ("AlgorithmNotAllowed", "TK0003"),
+            AudienceMismatch => ("AudienceMismatch", "TK0004"),
+            ClientUnknown => ("ClientUnknown", "TK0005"),
+            CritUnsupported => ("CritUnsupported", "TK0006"),
+            Expired => ("Expired", "TK0007"),
+            HeaderKeyForbidden => ("HeaderKeyForbidden", "TK0008"),
+            InsufficientScope => ("InsufficientScope", "TK0009"),
+            IssuedInFuture => ("IssuedInFuture", "TK0010"),
+            IssuerMismatch => ("IssuerMismatch", "TK0011"),
+            KeyExpired => ("KeyExpired", "TK0012"),
+            KeyNotInRealm => ("KeyNotInRealm", "TK0013"),
+            KeyNotYetActive => ("KeyNotYetActive", "TK0014"),
+            KeyRevoked => ("KeyRevoked", "TK0015"),
+            KidMissing => ("KidMissing", "TK0016"),
+            LedgerMismatch => ("LedgerMismatch", "TK0017"),
+            LifetimeExceedsPolicy => ("LifetimeExceedsPolicy", "TK0018"),
+            Malformed => ("Malformed", "TK0019"),
+            MissingClaim => ("MissingClaim", "TK0020"),
+            NotIssued => ("NotIssued", "TK0021"),
+            NotYetValid => ("NotYetValid", "TK0022"),
+            SessionRevoked => ("SessionRevoked", "TK0023"),
+            SignatureInvalid => ("SignatureInvalid", "TK0024"),
+            TenantMismatch => ("TenantMismatch", "TK0025"),
+            TokenRevoked => ("TokenRevoked", "TK0026"),
+            TypeMismatch => ("TypeMismatch", "TK0027"),
+            UnknownKid => ("UnknownKid", "TK0028"),
+            WrongKeyPurpose => ("WrongKeyPurpose", "TK0029"),
+        }
+    }
+
+    /// The name, e.g. `KeyNotInRealm`.
+    pub fn name(self) -> &'static str {
+        self.code().0
+    }
+
+    /// Whether this rejection means somebody holds a signing key they should not (critical).
+    pub fn suggests_key_compromise(self) -> bool {
+        matches!(
+            self,
+            Rejection::KeyNotInRealm
+                | Rejection::NotIssued
+                | Rejection::LedgerMismatch
+                | Rejection::KeyRevoked
+        )
+    }
+}
+
+/// What the token claimed, as far as it could be read; recorded with a rejection. These are
+/// attacker-controlled strings, bounded in length, never trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Presented {
+    /// Header `kid`.
+    pub kid: Option<String>,
+    /// Header `alg`.
+    pub alg: Option<String>,
+    /// `iss`.
+    pub iss: Option<String>,
+    /// `sub`.
+    pub sub: Option<String>,
+    /// `client_id`.
+    pub client_id: Option<String>,
+    /// `jti`.
+    pub jti: Option<String>,
+}
+
+/// A refused token: the reason and what it presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Why.
+    pub reason: Rejection,
+    /// What it claimed.
+    pub presented: Presented,
+}
+
+/// What the resource server expects of a token.
+#[derive(Debug, Clone)]
+pub struct Expectation<'a> {
+    /// The realm that owns the resource. The token's key must be one of *this* realm's.
+    pub realm: &'a RealmId,
+    /// This realm's issuer URL.
+    pub issuer: &'a str,
+    /// This service's audience URI.
+    pub audience: &'a str,
+    /// Longest access-token lifetime the realm issues, seconds.
+    pub max_lifetime: i64,
+    /// Allowed clock skew, seconds.
+    pub leeway: i64,
+    /// A scope the operation needs, if any.
+    pub required_scope: Option<&'a str>,
+}
+
+/// Proof that the signature verified; only this module can make one.
+#[derive(Debug, Clone, Copy)]
+struct SignatureValid(());
+/// Proof that the ledger has this exact token; only this module can make one.
+#[derive(Debug, Clone, Copy)]
+struct LedgerHit(());
+
+/// A validated access token. Only [`validate`] constructs one, so holding a `Principal` means
+/// every check passed.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    realm: RealmId,
+    subject: String,
+    client_id: ClientId,
+    scopes: Vec<String>,
+    jti: Jti,
+    kid: Kid,
+    session: Option<SessionId>,
+    expires_at: UnixTime,
+    _proofs: (SignatureValid, LedgerHit),
+}
+
+impl Principal {
+    /// The realm the token belongs to (always the expected realm).
+    pub fn realm(&self) -> &RealmId {
+        &self.realm
+    }
+    /// `sub`.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+    /// The account, unless this is a client acting for itself.
+    pub fn account(&self) -> Option<AccountId> {
+        AccountId::new(self.subject.as_str())
+            .ok()
+            .filter(|_| self.subject != self.client_id.as_str())
+    }
+    /// The client.
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+    /// Granted scopes.
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+    /// Whether a scope was granted.
+    pub fn has_scope(&self, s: &str) -> bool {
+        self.scopes.iter().any(|x| x == s)
+    }
+    /// Token id.
+    pub fn jti(&self) -> &Jti {
+        &self.jti
+    }
+    /// Signing key.
+    pub fn kid(&self) -> &Kid {
+        &self.kid
+    }
+    /// Session, if any.
+    pub fn session(&self) -> Option<&SessionId> {
+        self.session.as_ref()
+    }
+    /// Expiry.
+    pub fn expires_at(&self) -> UnixTime {
+        self.expires_at
+    }
+}
+
+fn bounded(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str)
+        .map(|s| s.chars().take(256).collect())
+}
+
+fn int_claim(claims: &Map<String, Value>, name: &str) -> Option<i64> {
+    claims.get(name).and_then(Value::as_i64)
+}
+
+fn str_claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    claims.get(name).and_then(Value::as_str)
+}
+
+/// Validates an access token for a resource of `expect.realm`. Every check of the policy runs
+/// in order; the first failure is the result.
+pub fn validate(
+    raw: &str,
+    expect: &Expectation<'_>,
+    now: UnixTime,
+    keys: &VerifyingKeys,
+    ledger: &dyn Ledger,
+) -> Result<Principal, Rejected> {
+    let mut presented = Presented::default();
+    macro_rules! reject {
+        ($r:expr) => {
+            return Err(Rejected {
+                reason: $r,
+                presented,
+            })
+        };
+    }
+
+    // 1. Shape.
+    let Ok(jws) = parse_compact(raw) else {
+        reject!(Rejection::Malformed)
+    };
+    let (header, claims) = (&jws.header, &jws.claims);
+    presented = Presented {
+        kid: bounded(header.get("kid")),
+        alg: bounded(header.get("alg")),
+        iss: bounded(claims.get("iss")),
+        sub: bounded(claims.get("sub")),
+        client_id: bounded(claims.get("client_id")),
+        jti: bounded(claims.get("jti")),
+    };
+
+    // 2. Header. Header-supplied keys are refused by presence, before anything else is read.
+    if ["jku", "jwk", "x5u", "x5c"]
+        .iter()
+        .any(|k| header.contains_key(*k))
+    {
+        reject!(Rejection::HeaderKeyForbidden);
+    }
+    let Some(alg) = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(Algorithm::from_jose)
+    else {
+        reject!(Rejection::AlgorithmNotAllowed)
+    };
+    // RFC 9068 §4: `typ` is "at+jwt" or "application/at+jwt"; media types compare case-insensitively.
+    let typ_ok = header.get("typ").and_then(Value::as_str).is_some_and(|t| {
+        t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+    });
+    if !typ_ok {
+        reject!(Rejection::TypeMismatch);
+    }
+    if header.contains_key("crit") {
+        reject!(Rejection::CritUnsupported);
+    }
+    let Some(kid) = header.get("kid").and_then(Value::as_str) else {
+        reject!(Rejection::KidMissing)
+    };
+
+    // 3. Key: only the expected realm's key set is consulted.
+    let Some(key) = keys.in_realm(expect.realm, kid) else {
+        if keys.owner_of(kid).is_some() {
+            reject!(Rejection::KeyNotInRealm);
+        }
+        reject!(Rejection::UnknownKid);
+    };
+    if key.revoked_at().is_some() {
+        reject!(Rejection::KeyRevoked);
+    }
+    if now < key.activates_at() {
+        reject!(Rejection::KeyNotYetActive);
+    }
+    if now >= key.expires_at() {
+        reject!(Rejection::KeyExpired);
+    }
+    if key.purpose() != KeyPurpose::AccessToken {
+        reject!(Rejection::WrongKeyPurpose);
+    }
+    if key.alg() != alg {
+        reject!(Rejection::AlgorithmMismatch);
+    }
+
+    // 4. Signature.
+    if !key.verify(jws.signing_input.as_bytes(), &jws.signature) {
+        reject!(Rejection::SignatureInvalid);
+    }
+    let signature_valid = SignatureValid(());
+
+    // 5. Claims.
+    if str_claim(claims, "iss") != Some(expect.issuer) {
+        reject!(Rejection::IssuerMismatch);
+    }
+    if str_claim(claims, "tid") != Some(expect.realm.as_str()) {
+        reject!(Rejection::TenantMismatch);
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => a == expect.audience,
+        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(expect.audience)),
+        _ => false,
+    };
+    if !aud_ok {
+        reject!(Rejection::AudienceMismatch);
+    }
+    let (Some(exp), Some(nbf), Some(iat)) = (
+        int_claim(claims, "exp"),
+        int_claim(claims, "nbf"),
+        int_claim(claims, "iat"),
+    ) else {
+        reject!(Rejection::MissingClaim)
+    };
+    let (Some(jti), Some(sub), Some(client_id), Some(scope)) = (
+        str_claim(claims, "jti"),
+        str_claim(claims, "sub"),
+        str_claim(claims, "client_id"),
+        str_claim(claims, "scope"),
+    ) else {
+        reject!(Rejection::MissingClaim)
+    };
+    if now > exp.saturating_add(expect.leeway) {
+        reject!(Rejection::Expired);
+    }
+    if nbf > now.saturating_add(expect.leeway) {
+        reject!(Rejection::NotYetValid);
+    }
+    if iat > now.saturating_add(expect.leeway) {
+        reject!(Rejection::IssuedInFuture);
+    }
+    if exp.saturating_sub(iat) > expect.max_lifetime {
+        reject!(Rejection::LifetimeExceedsPolicy);
+    }
+    let (Ok(jti), Ok(client_id)) = (Jti::new(jti), ClientId::new(client_id)) else {
+        reject!(Rejection::MissingClaim)
+    };
+    if !ledger.client_known(expect.realm, &client_id) {
+        reject!(Rejection::ClientUnknown);
+    }
+    let scopes: Vec<String> = scope.split_ascii_whitespace().map(str::to_owned).collect();
+    if let Some(needed) = expect.required_scope {
+        if !scopes.iter().any(|s| s == needed) {
+            reject!(Rejection::InsufficientScope);
+        }
+    }
+
+    // 6. Ledger: this exact token was issued, for this subject, client, key and realm.
+    let Some(entry) = ledger.lookup(&jti) else {
+        reject!(Rejection::NotIssued)
+    };
+    let hash_ok: bool = entry.token_hash.as_slice().ct_eq(&token_hash(raw)).into();
+    if !hash_ok
+        || entry.kind != TokenKind::Access
+        || &entry.realm != expect.realm
+        || entry.subject != sub
+        || entry.client_id != client_id
+        || entry.kid.as_ref().map(Kid::as_str) != Some(kid)
+    {
+        reject!(Rejection::LedgerMismatch);
+    }
+    if entry.revoked_at.is_some() {
+        reject!(Rejection::TokenRevoked);
+    }
+    if let Some(sid) = &entry.session_id {
+        if !ledger.session_active(sid, now) {
+            reject!(Rejection::SessionRevoked);
+        }
+    }
+    if !ledger.subject_active(expect.realm, sub) {
+        reject!(Rejection::AccountDisabled);
+    }
+    let ledger_hit = LedgerHit(());
+
+    Ok(Principal {
+        realm: expect.realm.clone(),
+        subject: sub.to_owned(),
+        client_id,
+        scopes,
+        jti,
+        kid: key.kid().clone(),
+        session: entry.session_id,
+        expires_at: exp,
+        _proofs: (signature_valid, ledger_hit),
+    })
+}
+
+#[cfg(test)]
+mod tests;

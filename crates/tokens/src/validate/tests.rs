@@ -1,0 +1,542 @@
+//! One test per rejection of THREAT-MODEL.md, against real keys, a real signer and a real
+//! (in-memory SQLite) ledger.
+
+use std::sync::Arc;
+
+use keys::{Algorithm, Custody, Kek, KeyPolicy};
+use serde_json::json;
+use store::{
+    Account, AccountId, Client, ClientId, KeyPurpose, Realm, RealmId, RealmKind, Role, SqliteStore,
+    Store,
+};
+
+use super::*;
+use crate::jose::b64;
+use crate::{MintRequest, Minter, StoreLedger, issuer_for};
+
+const URL: &str = "https://keypost.test";
+const NOW: i64 = 1_800_000_000;
+
+struct Fx {
+    store: Arc<dyn Store>,
+    custody: Custody,
+    minter: Minter,
+    user: AccountId,
+}
+
+fn rid(s: &str) -> RealmId {
+    RealmId::new(s).unwrap()
+}
+
+fn fx() -> Fx {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    for (id, kind) in [
+        ("consumers", RealmKind::Consumer),
+        ("contoso", RealmKind::Tenant),
+        ("fabrikam", RealmKind::Tenant),
+    ] {
+        store
+            .create_realm(&Realm {
+                id: rid(id),
+                kind,
+                display_name: id.into(),
+                domains: vec![],
+                access_token_alg: "EdDSA".into(),
+                created_at: NOW,
+            })
+            .unwrap();
+        store
+            .create_client(&Client {
+                realm: rid(id),
+                client_id: ClientId::new("app").unwrap(),
+                name: "app".into(),
+                secret_hash: None,
+                redirect_uris: vec![],
+                grant_types: vec![],
+                first_party: false,
+                id_token_alg: None,
+                created_at: NOW,
+            })
+            .unwrap();
+    }
+    let user = AccountId::new("u-alice").unwrap();
+    store
+        .create_account(&Account {
+            id: user.clone(),
+            realm: rid("contoso"),
+            email: "alice@contoso.test".into(),
+            display_name: "Alice".into(),
+            password_hash: "x".into(),
+            disabled: false,
+            role: Role::User,
+            created_at: NOW,
+        })
+        .unwrap();
+    let custody = Custody::new(
+        store.clone(),
+        Arc::new(Kek::generate().unwrap()),
+        KeyPolicy::default(),
+    );
+    for r in ["consumers", "contoso", "fabrikam"] {
+        custody.ensure(&rid(r), NOW).unwrap();
+    }
+    let minter = Minter::new(custody.signer(), store.clone(), URL);
+    Fx {
+        store,
+        custody,
+        minter,
+        user,
+    }
+}
+
+impl Fx {
+    fn mint(&self, realm: &str) -> crate::Issued {
+        self.minter
+            .mint(
+                &MintRequest {
+                    realm: rid(realm),
+                    access_alg: Algorithm::EdDSA,
+                    subject: self.user.to_string(),
+                    client_id: ClientId::new("app").unwrap(),
+                    scope: "openid mail".into(),
+                    audience: vec![format!("{URL}/mail")],
+                    session: None,
+                    access_ttl: 600,
+                    id_token: None,
+                    refresh: None,
+                },
+                NOW,
+            )
+            .unwrap()
+    }
+
+    fn check(
+        &self,
+        realm: &str,
+        token: &str,
+        now: i64,
+    ) -> std::result::Result<Principal, Rejection> {
+        let r = rid(realm);
+        let iss = issuer_for(URL, &r);
+        let aud = format!("{URL}/mail");
+        let expect = Expectation {
+            realm: &r,
+            issuer: &iss,
+            audience: &aud,
+            max_lifetime: 600,
+            leeway: 30,
+            required_scope: Some("mail"),
+        };
+        validate(
+            token,
+            &expect,
+            now,
+            &self.custody.verifying_keys().unwrap(),
+            &StoreLedger(self.store.clone()),
+        )
+        .map_err(|r| r.reason)
+    }
+
+    /// Signs arbitrary header and claims with `signing_realm`'s active access-token key, the
+    /// way an attacker holding that key would. Nothing is written to the ledger.
+    fn forge(
+        &self,
+        signing_realm: &str,
+        header: serde_json::Value,
+        claims: serde_json::Value,
+    ) -> String {
+        let signer = self.custody.signer();
+        let key = signer
+            .current(
+                &rid(signing_realm),
+                KeyPurpose::AccessToken,
+                Algorithm::EdDSA,
+                NOW,
+            )
+            .unwrap();
+        let mut header = header;
+        if header.get("kid").is_none() {
+            header["kid"] = json!(key.kid.as_str());
+        }
+        let input = format!(
+            "{}.{}",
+            b64(&serde_json::to_vec(&header).unwrap()),
+            b64(&serde_json::to_vec(&claims).unwrap())
+        );
+        let sig = signer
+            .sign(
+                &rid(signing_realm),
+                KeyPurpose::AccessToken,
+                &key.kid,
+                input.as_bytes(),
+                NOW,
+            )
+            .unwrap();
+        format!("{input}.{}", b64(&sig.0))
+    }
+
+    fn claims_for(&self, realm: &str) -> serde_json::Value {
+        json!({
+            "iss": issuer_for(URL, &rid(realm)), "sub": self.user.as_str(), "aud": [format!("{URL}/mail")],
+            "exp": NOW + 600, "iat": NOW, "nbf": NOW, "jti": "forged-1", "client_id": "app",
+            "scope": "openid mail", "tid": realm,
+        })
+    }
+}
+
+fn header() -> serde_json::Value {
+    json!({"alg": "EdDSA", "typ": "at+jwt"})
+}
+
+#[test]
+fn a_minted_token_validates() {
+    let f = fx();
+    let t = f.mint("contoso");
+    let p = f.check("contoso", &t.access_token, NOW + 1).unwrap();
+    assert_eq!(p.realm().as_str(), "contoso");
+    assert_eq!(p.account(), Some(f.user.clone()));
+    assert_eq!(p.jti(), &t.access_jti);
+    assert!(p.has_scope("mail"));
+}
+
+#[test]
+fn storm_0558_consumer_key_forging_for_a_tenant_is_key_not_in_realm() {
+    let f = fx();
+    let forged = f.forge("consumers", header(), f.claims_for("contoso"));
+    assert_eq!(
+        f.check("contoso", &forged, NOW).unwrap_err(),
+        Rejection::KeyNotInRealm
+    );
+}
+
+#[test]
+fn tenant_a_key_forging_for_tenant_b_is_key_not_in_realm() {
+    let f = fx();
+    let forged = f.forge("fabrikam", header(), f.claims_for("contoso"));
+    assert_eq!(
+        f.check("contoso", &forged, NOW).unwrap_err(),
+        Rejection::KeyNotInRealm
+    );
+    // And a genuine fabrikam token is no good for a contoso resource either.
+    let genuine = f.mint("fabrikam");
+    assert_eq!(
+        f.check("contoso", &genuine.access_token, NOW).unwrap_err(),
+        Rejection::KeyNotInRealm
+    );
+}
+
+#[test]
+fn stolen_key_of_the_right_realm_mints_nothing_usable() {
+    let f = fx();
+    let forged = f.forge("contoso", header(), f.claims_for("contoso"));
+    assert_eq!(
+        f.check("contoso", &forged, NOW).unwrap_err(),
+        Rejection::NotIssued
+    );
+}
+
+#[test]
+fn reusing_a_ledger_jti_in_a_forged_token_is_a_mismatch() {
+    let f = fx();
+    let real = f.mint("contoso");
+    let mut c = f.claims_for("contoso");
+    c["jti"] = json!(real.access_jti.as_str());
+    c["scope"] = json!("openid mail admin");
+    let forged = f.forge("contoso", header(), c);
+    assert_eq!(
+        f.check("contoso", &forged, NOW).unwrap_err(),
+        Rejection::LedgerMismatch
+    );
+}
+
+#[test]
+fn revoked_key_is_refused_at_once() {
+    let f = fx();
+    let t = f.mint("contoso");
+    f.custody.revoke(&t.kid, NOW + 1).unwrap();
+    assert_eq!(
+        f.check("contoso", &t.access_token, NOW + 2).unwrap_err(),
+        Rejection::KeyRevoked
+    );
+}
+
+#[test]
+fn revoked_token_session_and_disabled_account_are_refused() {
+    let f = fx();
+    let t = f.mint("contoso");
+    f.store.revoke_token(&t.access_jti, NOW).unwrap();
+    assert_eq!(
+        f.check("contoso", &t.access_token, NOW).unwrap_err(),
+        Rejection::TokenRevoked
+    );
+
+    let t = f.mint("contoso");
+    f.store.set_account_disabled(&f.user, true).unwrap();
+    assert_eq!(
+        f.check("contoso", &t.access_token, NOW).unwrap_err(),
+        Rejection::AccountDisabled
+    );
+}
+
+#[test]
+fn time_checks() {
+    let f = fx();
+    let t = f.mint("contoso");
+    assert_eq!(
+        f.check("contoso", &t.access_token, NOW + 601 + 30)
+            .unwrap_err(),
+        Rejection::Expired
+    );
+    assert_eq!(
+        f.check("contoso", &t.access_token, NOW - 100).unwrap_err(),
+        Rejection::KeyNotYetActive
+    );
+    let mut c = f.claims_for("contoso");
+    c["nbf"] = json!(NOW + 300);
+    assert_eq!(
+        f.check("contoso", &f.forge("contoso", header(), c), NOW)
+            .unwrap_err(),
+        Rejection::NotYetValid
+    );
+    let mut c = f.claims_for("contoso");
+    c["iat"] = json!(NOW + 3600);
+    c["nbf"] = json!(NOW);
+    assert_eq!(
+        f.check("contoso", &f.forge("contoso", header(), c), NOW)
+            .unwrap_err(),
+        Rejection::IssuedInFuture
+    );
+    let mut c = f.claims_for("contoso");
+    c["exp"] = json!(NOW + 86_400);
+    assert_eq!(
+        f.check("contoso", &f.forge("contoso", header(), c), NOW)
+            .unwrap_err(),
+        Rejection::LifetimeExceedsPolicy
+    );
+    let mut c = f.claims_for("contoso");
+    c["exp"] = json!(format!("{}", NOW + 600));
+    assert_eq!(
+        f.check("contoso", &f.forge("contoso", header(), c), NOW)
+            .unwrap_err(),
+        Rejection::MissingClaim,
+        "string exp (CVE-2026-25537)"
+    );
+}
+
+#[test]
+fn claim_checks() {
+    let f = fx();
+    let cases: Vec<(&str, serde_json::Value, Rejection)> = vec![
+        (
+            "iss",
+            json!("https://keypost.test/realms/contoso/"),
+            Rejection::IssuerMismatch,
+        ),
+        (
+            "iss",
+            json!("https://keypost.test/realms/consumers"),
+            Rejection::IssuerMismatch,
+        ),
+        ("tid", json!("consumers"), Rejection::TenantMismatch),
+        (
+            "aud",
+            json!("https://keypost.test/userinfo"),
+            Rejection::AudienceMismatch,
+        ),
+        ("client_id", json!("nobody"), Rejection::ClientUnknown),
+        ("scope", json!("openid"), Rejection::InsufficientScope),
+    ];
+    for (claim, value, want) in cases {
+        let mut c = f.claims_for("contoso");
+        c[claim] = value;
+        assert_eq!(
+            f.check("contoso", &f.forge("contoso", header(), c), NOW)
+                .unwrap_err(),
+            want,
+            "{claim}"
+        );
+    }
+    let mut c = f.claims_for("contoso");
+    c.as_object_mut().unwrap().remove("jti");
+    assert_eq!(
+        f.check("contoso", &f.forge("contoso", header(), c), NOW)
+            .unwrap_err(),
+        Rejection::MissingClaim
+    );
+}
+
+#[test]
+fn header_checks() {
+    let f = fx();
+    let cases: Vec<(serde_json::Value, Rejection)> = vec![
+        (
+            json!({"alg": "none", "typ": "at+jwt"}),
+            Rejection::AlgorithmNotAllowed,
+        ),
+        (
+            json!({"alg": "NoNe", "typ": "at+jwt"}),
+            Rejection::AlgorithmNotAllowed,
+        ),
+        (
+            json!({"alg": "HS256", "typ": "at+jwt"}),
+            Rejection::AlgorithmNotAllowed,
+        ),
+        (
+            json!({"alg": "ES256", "typ": "at+jwt"}),
+            Rejection::AlgorithmMismatch,
+        ),
+        (
+            json!({"alg": "EdDSA", "typ": "JWT"}),
+            Rejection::TypeMismatch,
+        ),
+        (json!({"alg": "EdDSA"}), Rejection::TypeMismatch),
+        (
+            json!({"alg": "EdDSA", "typ": "at+jwt", "crit": ["exp"]}),
+            Rejection::CritUnsupported,
+        ),
+        (
+            json!({"alg": "EdDSA", "typ": "at+jwt", "jku": "https://evil.test/jwks"}),
+            Rejection::HeaderKeyForbidden,
+        ),
+        (
+            json!({"alg": "EdDSA", "typ": "at+jwt", "jwk": {"kty": "OKP"}}),
+            Rejection::HeaderKeyForbidden,
+        ),
+        (
+            json!({"alg": "EdDSA", "typ": "at+jwt", "x5u": "https://evil.test"}),
+            Rejection::HeaderKeyForbidden,
+        ),
+        (
+            json!({"alg": "EdDSA", "typ": "at+jwt", "x5c": ["AAAA"]}),
+            Rejection::HeaderKeyForbidden,
+        ),
+        (
+            json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "../../etc/passwd"}),
+            Rejection::UnknownKid,
+        ),
+        (
+            json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "' OR 1=1 --"}),
+            Rejection::UnknownKid,
+        ),
+    ];
+    for (h, want) in cases {
+        let t = f.forge("contoso", h.clone(), f.claims_for("contoso"));
+        assert_eq!(f.check("contoso", &t, NOW).unwrap_err(), want, "{h}");
+    }
+    // kid absent altogether.
+    let c = f.claims_for("contoso");
+    let t = format!(
+        "{}.{}.{}",
+        b64(br#"{"alg":"EdDSA","typ":"at+jwt"}"#),
+        b64(&serde_json::to_vec(&c).unwrap()),
+        b64(&[0; 64])
+    );
+    assert_eq!(
+        f.check("contoso", &t, NOW).unwrap_err(),
+        Rejection::KidMissing
+    );
+}
+
+#[test]
+fn an_id_token_is_not_an_access_token() {
+    let f = fx();
+    let signer = f.custody.signer();
+    let key = signer
+        .current(&rid("contoso"), KeyPurpose::IdToken, Algorithm::RS256, NOW)
+        .unwrap();
+    let h = json!({"alg": "RS256", "typ": "at+jwt", "kid": key.kid.as_str()});
+    let input = format!(
+        "{}.{}",
+        b64(&serde_json::to_vec(&h).unwrap()),
+        b64(&serde_json::to_vec(&f.claims_for("contoso")).unwrap())
+    );
+    let sig = signer
+        .sign(
+            &rid("contoso"),
+            KeyPurpose::IdToken,
+            &key.kid,
+            input.as_bytes(),
+            NOW,
+        )
+        .unwrap();
+    let t = format!("{input}.{}", b64(&sig.0));
+    assert_eq!(
+        f.check("contoso", &t, NOW).unwrap_err(),
+        Rejection::WrongKeyPurpose
+    );
+}
+
+#[test]
+fn tampering_breaks_the_signature() {
+    let f = fx();
+    let t = f.mint("contoso").access_token;
+    let parts: Vec<&str> = t.split('.').collect();
+    // Claims edited after signing.
+    let mut c: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1])
+            .unwrap(),
+    )
+    .unwrap();
+    c["scope"] = json!("openid mail admin");
+    let edited = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&serde_json::to_vec(&c).unwrap()),
+        parts[2]
+    );
+    assert_eq!(
+        f.check("contoso", &edited, NOW).unwrap_err(),
+        Rejection::SignatureInvalid
+    );
+    // Signature swapped from another token.
+    let other = f.mint("contoso").access_token;
+    let swapped = format!(
+        "{}.{}.{}",
+        parts[0],
+        parts[1],
+        other.rsplit('.').next().unwrap()
+    );
+    assert_eq!(
+        f.check("contoso", &swapped, NOW).unwrap_err(),
+        Rejection::SignatureInvalid
+    );
+    // Signature stripped.
+    assert_eq!(
+        f.check("contoso", &format!("{}.{}.", parts[0], parts[1]), NOW)
+            .unwrap_err(),
+        Rejection::Malformed
+    );
+    // Zero signature.
+    let zero = format!("{}.{}.{}", parts[0], parts[1], b64(&[0; 64]));
+    assert_eq!(
+        f.check("contoso", &zero, NOW).unwrap_err(),
+        Rejection::SignatureInvalid
+    );
+}
+
+#[test]
+fn rejections_carry_what_was_presented() {
+    let f = fx();
+    let forged = f.forge("consumers", header(), f.claims_for("contoso"));
+    let r = f.custody.verifying_keys().unwrap();
+    let iss = issuer_for(URL, &rid("contoso"));
+    let aud = format!("{URL}/mail");
+    let contoso = rid("contoso");
+    let expect = Expectation {
+        realm: &contoso,
+        issuer: &iss,
+        audience: &aud,
+        max_lifetime: 600,
+        leeway: 30,
+        required_scope: None,
+    };
+    let err = validate(&forged, &expect, NOW, &r, &StoreLedger(f.store.clone())).unwrap_err();
+    assert_eq!(err.presented.iss.as_deref(), Some(iss.as_str()));
+    assert_eq!(err.presented.jti.as_deref(), Some("forged-1"));
+    assert_eq!(
+        err.presented.kid.as_deref(),
+        r.owner_of(err.presented.kid.as_deref().unwrap())
+            .map(|_| err.presented.kid.as_deref().unwrap())
+    );
+    assert!(err.reason.suggests_key_compromise());
+}

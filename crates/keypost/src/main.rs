@@ -1,1 +1,71 @@
-fn main() {}
+//! `keypost`: the binary. Configuration, wiring and the command line; no business logic.
+//!
+//! Every verb is `keypost [--config FILE] NOUN VERB ...`; `keypost help` lists them. The CLI
+//! opens the same database as `serve` (SQLite in WAL mode allows both at once), so an operator's
+//! `keys revoke` is seen by a running server on its next validation.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Keypost: multi-tenant mail with its own identity service.
+#[derive(Debug, Parser)]
+#[command(name = "keypost", version, about, propagate_version = true)]
+struct Args {
+    /// Configuration file (default: ./keypost.toml if present). Every key can be overridden by
+    /// a KEYPOST_* environment variable, e.g. KEYPOST_LISTEN_HTTP=127.0.0.1:9000.
+    #[arg(long, global = true, env = "KEYPOST_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: cli::Command,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_logging(matches!(args.command, cli::Command::Serve));
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keypost: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = config::Config::load(args.config.as_deref())?;
+    cli::run(args.command, config)
+}
+
+/// Logs go to stderr; `KEYPOST_LOG` takes a `tracing` target filter such as
+/// `info,keypost::security=debug`. One-shot verbs log warnings only, so their output stays
+/// readable and scriptable.
+fn init_logging(serving: bool) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter: Targets = std::env::var("KEYPOST_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let level = if serving {
+                tracing::Level::INFO
+            } else {
+                tracing::Level::WARN
+            };
+            Targets::new()
+                .with_default(tracing::Level::WARN)
+                .with_target("keypost", level)
+        });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .init();
+}

@@ -1,0 +1,731 @@
+//! The OAuth 2 / OIDC HTTP surface of every realm. Handlers extract, call the service on a
+//! blocking thread (Argon2 and SQLite must not stall the async workers), and map the result.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use audit::Source;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::json;
+use store::RealmId;
+use tokens::Audience;
+
+use crate::service::{AuthorizeError, Identity, SCOPES};
+use crate::{Error, OAuthError, html, now};
+
+/// Largest request body any identity endpoint accepts.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// The identity routes, under `/realms/{realm}/...`, plus `/healthz`.
+pub fn router(identity: Arc<Identity>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/realms/{realm}/.well-known/openid-configuration",
+            get(discovery),
+        )
+        .route("/realms/{realm}/jwks", get(jwks))
+        .route("/realms/{realm}/authorize", get(authorize))
+        .route("/realms/{realm}/login", post(login))
+        .route("/realms/{realm}/token", post(token))
+        .route("/realms/{realm}/userinfo", get(userinfo).post(userinfo))
+        .route("/realms/{realm}/revoke", post(revoke))
+        .route("/realms/{realm}/logout", get(logout_get).post(logout_post))
+        // Bounded bodies everywhere: the largest legitimate request is a login form.
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(identity)
+}
+
+type St = State<Arc<Identity>>;
+
+/// Where the request came from, for audit and throttling.
+pub(crate) struct ClientSource(pub(crate) Source);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientSource {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect());
+        Ok(ClientSource(Source { ip, user_agent }))
+    }
+}
+
+async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "request handler panicked");
+        OAuthError::unavailable().into_response()
+    })
+}
+
+fn realm_of(id: &Identity, raw: &str) -> Result<RealmId, OAuthError> {
+    let realm = RealmId::new(raw).map_err(|_| OAuthError::unknown_realm())?;
+    match id.realm(&realm) {
+        Ok(Some(_)) => Ok(realm),
+        Ok(None) => Err(OAuthError::unknown_realm()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Form or query parameters. RFC 6749 §3.1: a parameter must not repeat (except RFC 8707's
+/// `resource`), and empty values count as absent.
+#[derive(Debug, Default)]
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(bytes: &[u8]) -> Result<Self, OAuthError> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (k, v) in form_urlencoded::parse(bytes) {
+            if v.is_empty() {
+                continue;
+            }
+            if k != "resource" && out.iter().any(|(ek, _)| ek == &k) {
+                return Err(OAuthError::invalid_request(format!(
+                    "parameter {k:?} repeated"
+                )));
+            }
+            out.push((k.into_owned(), v.into_owned()));
+        }
+        Ok(Params(out))
+    }
+
+    fn form(headers: &HeaderMap, body: &[u8]) -> Result<Self, OAuthError> {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+        {
+            return Err(OAuthError::invalid_request(
+                "expected application/x-www-form-urlencoded",
+            ));
+        }
+        Self::parse(body)
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(ek, _)| ek == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, k: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(ek, _)| ek == k)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// The parameters of an authorization request (RFC 6749 §4.1.1, OIDC, PKCE, RFC 8707).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AuthorizeParams {
+    pub(crate) client_id: Option<String>,
+    pub(crate) redirect_uri: Option<String>,
+    pub(crate) response_type: Option<String>,
+    pub(crate) scope: Option<String>,
+    pub(crate) state: Option<String>,
+    pub(crate) nonce: Option<String>,
+    pub(crate) code_challenge: Option<String>,
+    pub(crate) code_challenge_method: Option<String>,
+    pub(crate) prompt: Option<String>,
+    pub(crate) resource: Vec<String>,
+}
+
+const AUTHORIZE_FIELDS: [&str; 9] = [
+    "client_id",
+    "redirect_uri",
+    "response_type",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "prompt",
+];
+
+impl AuthorizeParams {
+    fn from(p: &Params) -> Self {
+        let g = |k: &str| p.get(k).map(str::to_owned);
+        Self {
+            client_id: g("client_id"),
+            redirect_uri: g("redirect_uri"),
+            response_type: g("response_type"),
+            scope: g("scope"),
+            state: g("state"),
+            nonce: g("nonce"),
+            code_challenge: g("code_challenge"),
+            code_challenge_method: g("code_challenge_method"),
+            prompt: g("prompt"),
+            resource: p.all("resource"),
+        }
+    }
+
+    /// The parameters as hidden form fields, to carry through the login form.
+    fn hidden(p: &Params) -> Vec<(String, String)> {
+        p.0.iter()
+            .filter(|(k, _)| AUTHORIZE_FIELDS.contains(&k.as_str()) || k == "resource")
+            .cloned()
+            .collect()
+    }
+}
+
+fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        ser.append_pair(k, v);
+    }
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}{}", ser.finish())
+}
+
+fn see_other(location: &str) -> Response {
+    let mut r = Redirect::to(location).into_response();
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    r
+}
+
+fn page(status: StatusCode, body: String) -> Response {
+    let mut r = (status, Html(body)).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Our pages are never framed (clickjacking on the login form) and load nothing foreign.
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    r
+}
+
+fn cookie_name(realm: &RealmId) -> String {
+    format!("kp_sid_{realm}")
+}
+
+fn session_cookie(headers: &HeaderMap, realm: &RealmId) -> Option<String> {
+    let name = cookie_name(realm);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == name).then(|| v.to_owned())
+        })
+}
+
+// ---- discovery and keys ---------------------------------------------------------------------
+
+async fn discovery(State(id): St, Path(realm): Path<String>) -> Response {
+    blocking(move || {
+        let realm = match realm_of(&id, &realm) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        };
+        let iss = id.issuer(&realm);
+        Json(json!({
+            "issuer": iss,
+            "authorization_endpoint": format!("{iss}/authorize"),
+            "token_endpoint": format!("{iss}/token"),
+            "userinfo_endpoint": format!("{iss}/userinfo"),
+            "jwks_uri": format!("{iss}/jwks"),
+            "revocation_endpoint": format!("{iss}/revoke"),
+            "end_session_endpoint": format!("{iss}/logout"),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256", "PS256", "ES256", "EdDSA"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "code_challenge_methods_supported": ["S256"],
+            "scopes_supported": SCOPES,
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "email", "email_verified", "name", "preferred_username"],
+            "authorization_response_iss_parameter_supported": true,
+            "access_token_issuer": iss,
+        }))
+        .into_response()
+    })
+    .await
+}
+
+async fn jwks(State(id): St, Path(realm): Path<String>) -> Response {
+    blocking(move || {
+        let realm = match realm_of(&id, &realm) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        };
+        match id.custody().jwks(&realm, now()) {
+            Ok(set) => {
+                let mut r = Json(set).into_response();
+                // Short, so a revoked key leaves relying parties' caches quickly.
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=60"),
+                );
+                r
+            }
+            Err(e) => OAuthError::from(Error::from(e)).into_response(),
+        }
+    })
+    .await
+}
+
+// ---- authorization code flow ----------------------------------------------------------------
+
+fn authorize_error(e: AuthorizeError, iss: &str) -> Response {
+    match e {
+        AuthorizeError::Page(msg) => page(StatusCode::BAD_REQUEST, html::error(msg)),
+        AuthorizeError::Redirect {
+            redirect_uri,
+            error,
+            description,
+            state,
+        } => {
+            let mut pairs = vec![
+                ("error", error),
+                ("error_description", description.as_str()),
+                ("iss", iss),
+            ];
+            if let Some(s) = &state {
+                pairs.push(("state", s));
+            }
+            see_other(&with_query(&redirect_uri, &pairs))
+        }
+    }
+}
+
+fn code_redirect(id: &Identity, req: &crate::service::AuthRequest, code: &str) -> Response {
+    let iss = id.issuer(&req.realm);
+    let mut pairs = vec![("code", code), ("iss", iss.as_str())];
+    if let Some(s) = &req.state {
+        pairs.push(("state", s));
+    }
+    see_other(&with_query(&req.redirect_uri, &pairs))
+}
+
+async fn authorize(
+    State(id): St,
+    Path(realm): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    blocking(move || {
+        let realm = match realm_of(&id, &realm) {
+            Ok(r) => r,
+            Err(_) => return page(StatusCode::NOT_FOUND, html::error("unknown realm")),
+        };
+        let params = match Params::parse(q.unwrap_or_default().as_bytes()) {
+            Ok(p) => p,
+            Err(e) => return page(StatusCode::BAD_REQUEST, html::error(&e.description)),
+        };
+        let ap = AuthorizeParams::from(&params);
+        let iss = id.issuer(&realm);
+        let req = match id.check_authorize(&realm, &ap) {
+            Ok(r) => r,
+            Err(e) => return authorize_error(e, &iss),
+        };
+        let t = now();
+        // Single sign-on: an existing session of this realm skips the form unless the client
+        // asked for a fresh sign-in.
+        if ap.prompt.as_deref() != Some("login") {
+            if let Some((session, _)) =
+                session_cookie(&headers, &realm).and_then(|sid| id.live_session(&realm, &sid, t))
+            {
+                return match id.issue_code(&req, &session, t) {
+                    Ok(code) => code_redirect(&id, &req, &code),
+                    Err(e) => authorize_error(e.into(), &iss),
+                };
+            }
+        }
+        let name = id
+            .realm(&realm)
+            .ok()
+            .flatten()
+            .map(|r| r.display_name)
+            .unwrap_or_else(|| realm.to_string());
+        page(
+            StatusCode::OK,
+            html::login(
+                &name,
+                &format!("/realms/{realm}/login"),
+                &AuthorizeParams::hidden(&params),
+                "",
+                None,
+            ),
+        )
+    })
+    .await
+}
+
+async fn login(
+    State(id): St,
+    Path(realm): Path<String>,
+    ClientSource(src): ClientSource,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    blocking(move || {
+        let realm = match realm_of(&id, &realm) {
+            Ok(r) => r,
+            Err(_) => return page(StatusCode::NOT_FOUND, html::error("unknown realm")),
+        };
+        let params = match Params::form(&headers, &body) {
+            Ok(p) => p,
+            Err(e) => return page(StatusCode::BAD_REQUEST, html::error(&e.description)),
+        };
+        let iss = id.issuer(&realm);
+        let req = match id.check_authorize(&realm, &AuthorizeParams::from(&params)) {
+            Ok(r) => r,
+            Err(e) => return authorize_error(e, &iss),
+        };
+        let username = params.get("username").unwrap_or("");
+        let password = params.get("password").unwrap_or("");
+        let t = now();
+        let name = id
+            .realm(&realm)
+            .ok()
+            .flatten()
+            .map(|r| r.display_name)
+            .unwrap_or_else(|| realm.to_string());
+        let account = match id.sign_in(&realm, username, password, &req.client.client_id, &src, t) {
+            Ok(a) => a,
+            Err(e) => {
+                let form = html::login(
+                    &name,
+                    &format!("/realms/{realm}/login"),
+                    &AuthorizeParams::hidden(&params),
+                    username,
+                    Some(&e.description),
+                );
+                return page(StatusCode::UNAUTHORIZED, form);
+            }
+        };
+        let result = id
+            .new_session(&realm, &account.id, t)
+            .and_then(|s| Ok((id.issue_code(&req, &s, t)?, s)));
+        match result {
+            Ok((code, session)) => {
+                let mut r = code_redirect(&id, &req, &code);
+                let secure = if id.config().public_url.starts_with("https://") {
+                    "; Secure"
+                } else {
+                    ""
+                };
+                let cookie = format!(
+                    "{}={}; Path=/realms/{realm}; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+                    cookie_name(&realm),
+                    session.id,
+                    id.config().session_ttl
+                );
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    r.headers_mut().insert(header::SET_COOKIE, v);
+                }
+                r
+            }
+            Err(e) => authorize_error(e.into(), &iss),
+        }
+    })
+    .await
+}
+
+// ---- token endpoint -------------------------------------------------------------------------
+
+/// Client credentials from HTTP Basic (RFC 6749 §2.3.1: each part form-urlencoded) or the body.
+fn client_credentials(
+    headers: &HeaderMap,
+    p: &Params,
+) -> Result<(Option<String>, Option<String>), OAuthError> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("basic")
+                .then(|| rest.trim().to_owned())
+        });
+    match basic {
+        Some(b64) => {
+            if p.get("client_secret").is_some() {
+                return Err(OAuthError::invalid_request(
+                    "use one client authentication method",
+                ));
+            }
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| OAuthError::invalid_request("malformed Basic credentials"))?;
+            let (u, s) = raw
+                .split_once(':')
+                .ok_or_else(|| OAuthError::invalid_request("malformed Basic credentials"))?;
+            let dec = |x: &str| {
+                form_urlencoded::parse(format!("x={x}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
+            let (u, s) = (dec(u), dec(s));
+            if let (Some(form_id), Some(u)) = (p.get("client_id"), &u) {
+                if form_id != u {
+                    return Err(OAuthError::invalid_request(
+                        "client_id does not match the credentials",
+                    ));
+                }
+            }
+            Ok((u, s))
+        }
+        None => Ok((
+            p.get("client_id").map(str::to_owned),
+            p.get("client_secret").map(str::to_owned),
+        )),
+    }
+}
+
+fn no_store(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+async fn token(
+    State(id): St,
+    Path(realm): Path<String>,
+    ClientSource(src): ClientSource,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    blocking(move || {
+        let result = (|| {
+            let realm = realm_of(&id, &realm)?;
+            let p = Params::form(&headers, &body)?;
+            let grant = p
+                .get("grant_type")
+                .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?;
+            if ![
+                "authorization_code",
+                "refresh_token",
+                "client_credentials",
+                "password",
+            ]
+            .contains(&grant)
+            {
+                return Err(OAuthError::unsupported_grant_type(format!(
+                    "unsupported grant_type {grant:?}"
+                )));
+            }
+            let (cid, secret) = client_credentials(&headers, &p)?;
+            let client = id.authenticate_client(&realm, cid.as_deref(), secret.as_deref())?;
+            let t = now();
+            let required = |k: &str| {
+                p.get(k)
+                    .ok_or_else(|| OAuthError::invalid_request(format!("{k} is required")))
+            };
+            match grant {
+                "authorization_code" => id.grant_code(
+                    &realm,
+                    &client,
+                    required("code")?,
+                    p.get("redirect_uri"),
+                    p.get("code_verifier"),
+                    &src,
+                    t,
+                ),
+                "refresh_token" => id.grant_refresh(
+                    &realm,
+                    &client,
+                    required("refresh_token")?,
+                    p.get("scope"),
+                    &src,
+                    t,
+                ),
+                "client_credentials" => id.grant_client_credentials(
+                    &realm,
+                    &client,
+                    p.get("scope"),
+                    &p.all("resource"),
+                    &src,
+                    t,
+                ),
+                _ => id.grant_password(
+                    &realm,
+                    &client,
+                    required("username")?,
+                    required("password")?,
+                    p.get("scope"),
+                    &p.all("resource"),
+                    &src,
+                    t,
+                ),
+            }
+        })();
+        no_store(match result {
+            Ok(tr) => Json(tr).into_response(),
+            Err(e) => e.into_response(),
+        })
+    })
+    .await
+}
+
+// ---- resource-side endpoints ----------------------------------------------------------------
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+async fn userinfo(
+    State(id): St,
+    Path(realm): Path<String>,
+    ClientSource(src): ClientSource,
+    headers: HeaderMap,
+) -> Response {
+    blocking(move || {
+        let result = (|| {
+            let realm = realm_of(&id, &realm)?;
+            let token = bearer(&headers).ok_or_else(|| OAuthError::no_token(realm.as_str()))?;
+            let p = id.authorize_bearer(
+                &realm,
+                &token,
+                Audience::Userinfo,
+                Some("openid"),
+                &src,
+                now(),
+            )?;
+            id.userinfo(&p)
+        })();
+        no_store(match result {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => e.into_response(),
+        })
+    })
+    .await
+}
+
+async fn revoke(
+    State(id): St,
+    Path(realm): Path<String>,
+    ClientSource(src): ClientSource,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    blocking(move || {
+        let result = (|| {
+            let realm = realm_of(&id, &realm)?;
+            let p = Params::form(&headers, &body)?;
+            let (cid, secret) = client_credentials(&headers, &p)?;
+            let client = id.authenticate_client(&realm, cid.as_deref(), secret.as_deref())?;
+            let token = p
+                .get("token")
+                .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+            id.revoke(&realm, &client, token, &src, now())
+        })();
+        match result {
+            Ok(()) => no_store(StatusCode::OK.into_response()),
+            Err(e) => e.into_response(),
+        }
+    })
+    .await
+}
+
+async fn logout_get(
+    State(id): St,
+    Path(realm): Path<String>,
+    ClientSource(src): ClientSource,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let q = q.unwrap_or_default().into_bytes();
+    blocking(move || logout(&id, &realm, &src, &headers, Params::parse(&q))).await
+}
+
+async fn logout_post(
+    State(id): St,
+    Path(realm): Path<String>,
+    ClientSource(src): ClientSource,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    blocking(move || logout(&id, &realm, &src, &headers, Params::form(&headers, &body))).await
+}
+
+fn logout(
+    id: &Identity,
+    realm: &str,
+    src: &Source,
+    headers: &HeaderMap,
+    params: Result<Params, OAuthError>,
+) -> Response {
+    let Ok(realm) = realm_of(id, realm) else {
+        return page(StatusCode::NOT_FOUND, html::error("unknown realm"));
+    };
+    let p = match params {
+        Ok(p) => p,
+        Err(e) => return page(StatusCode::BAD_REQUEST, html::error(&e.description)),
+    };
+    let cookie = session_cookie(headers, &realm);
+    let hinted = match id.end_session(
+        &realm,
+        cookie.as_deref(),
+        p.get("id_token_hint"),
+        src,
+        now(),
+    ) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    // Redirect only to a URI registered for the client the ID token names (or client_id says).
+    let client = hinted.or_else(|| p.get("client_id").and_then(|c| id_client(id, &realm, c)));
+    let target = p.get("post_logout_redirect_uri").filter(|u| {
+        client
+            .as_ref()
+            .is_some_and(|c| c.redirect_uris.iter().any(|r| r == u))
+    });
+    let mut r = match target {
+        Some(u) => {
+            let mut pairs = vec![];
+            if let Some(s) = p.get("state") {
+                pairs.push(("state", s));
+            }
+            see_other(&if pairs.is_empty() {
+                u.to_owned()
+            } else {
+                with_query(u, &pairs)
+            })
+        }
+        None => page(StatusCode::OK, html::signed_out()),
+    };
+    let clear = format!(
+        "{}=; Path=/realms/{realm}; HttpOnly; SameSite=Lax; Max-Age=0",
+        cookie_name(&realm)
+    );
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+fn id_client(id: &Identity, realm: &RealmId, client: &str) -> Option<store::Client> {
+    id.client(realm, client)
+}

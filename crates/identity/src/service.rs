@@ -1,0 +1,1415 @@
+//! The identity service: realms, accounts, clients, sign-in and the OAuth grants, as plain
+//! synchronous functions. The HTTP layer ([`crate::router`]) parses requests and calls these on
+//! a blocking thread; the CLI calls them directly.
+
+use std::sync::Arc;
+
+use audit::{AuditLog, Event, Operation, Source};
+use aws_lc_rs::{digest, rand};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use keys::{Algorithm, Custody};
+use serde_json::{Value, json};
+use store::{
+    Account, AccountId, AuditQuery, AuthCode, Client, ClientId, Jti, Realm, RealmId, RealmKind,
+    Role, Session, SessionId, Store, TokenKind, UnixTime,
+};
+use subtle::ConstantTimeEq;
+use tokens::{
+    Audience, Expectation, IdTokenRequest, MintRequest, Minter, Principal, RefreshToken, issuer_for,
+};
+use zeroize::Zeroizing;
+
+use crate::{Error, OAuthError, password};
+
+/// Scopes Keypost understands.
+pub const SCOPES: [&str; 5] = ["openid", "profile", "email", "offline_access", "mail"];
+const DEFAULT_SCOPE: &str = "openid profile email mail";
+/// The first-party client every realm has, for Keypost's own CLI and apps.
+pub const CLI_CLIENT: &str = "keypost-cli";
+
+/// Settings of the identity service (from `keypost.toml`).
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// Base URL issuers are built from.
+    pub public_url: String,
+    /// Mail domain of the consumer realm.
+    pub consumer_domain: String,
+    /// Access-token lifetime, seconds.
+    pub access_ttl: i64,
+    /// ID-token lifetime, seconds.
+    pub id_ttl: i64,
+    /// Refresh-token lifetime, seconds.
+    pub refresh_ttl: i64,
+    /// Sign-in session lifetime, seconds.
+    pub session_ttl: i64,
+    /// Authorization-code lifetime, seconds.
+    pub code_ttl: i64,
+    /// Clock skew tolerated on token times, seconds.
+    pub leeway: i64,
+    /// Failed sign-ins per account within the window before sign-in is refused.
+    pub max_failures_per_account: u64,
+    /// Failed sign-ins per source address within the window before sign-in is refused.
+    pub max_failures_per_source: u64,
+    /// The throttling window, seconds.
+    pub throttle_window: i64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
+            consumer_domain: "keypost.test".into(),
+            access_ttl: 600,
+            id_ttl: 600,
+            refresh_ttl: 30 * 86_400,
+            session_ttl: 30 * 86_400,
+            code_ttl: 60,
+            leeway: 30,
+            max_failures_per_account: 5,
+            max_failures_per_source: 20,
+            throttle_window: 900,
+        }
+    }
+}
+
+/// A client to register.
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    /// Realm.
+    pub realm: RealmId,
+    /// Client id.
+    pub client_id: ClientId,
+    /// Display name.
+    pub name: String,
+    /// Confidential (gets a secret) or public.
+    pub confidential: bool,
+    /// First-party: may use the password grant.
+    pub first_party: bool,
+    /// Redirect URIs (exact match).
+    pub redirect_uris: Vec<String>,
+    /// Grant types; empty means the defaults for the client kind.
+    pub grant_types: Vec<String>,
+    /// ID-token algorithm, if not RS256.
+    pub id_token_alg: Option<Algorithm>,
+}
+
+/// A registered client, and its secret (shown once, never stored).
+pub struct CreatedClient {
+    /// The client.
+    pub client: Client,
+    /// The secret, for confidential clients.
+    pub secret: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for CreatedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedClient")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+const GRANTS: [&str; 4] = [
+    "authorization_code",
+    "refresh_token",
+    "client_credentials",
+    "password",
+];
+
+pub(crate) fn random_b64(bytes: usize) -> Result<String, Error> {
+    let mut buf = Zeroizing::new(vec![0u8; bytes]);
+    rand::fill(&mut buf).map_err(|_| Error::Keys(keys::Error::Crypto))?;
+    Ok(B64.encode(&buf[..]))
+}
+
+pub(crate) fn sha256(s: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA256, s).as_ref().to_vec()
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Clone, serde::Serialize)]
+pub(crate) struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: i64,
+    scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+}
+
+/// A validated authorization request, ready for sign-in.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthRequest {
+    pub(crate) realm: RealmId,
+    pub(crate) client: Client,
+    pub(crate) redirect_uri: String,
+    pub(crate) scope: String,
+    pub(crate) state: Option<String>,
+    pub(crate) nonce: Option<String>,
+    pub(crate) code_challenge: Option<String>,
+    pub(crate) resource: Vec<String>,
+}
+
+/// The identity service.
+pub struct Identity {
+    store: Arc<dyn Store>,
+    custody: Arc<Custody>,
+    minter: Minter,
+    audit: AuditLog,
+    cfg: IdentityConfig,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// The service over a store and key custody.
+    pub fn new(store: Arc<dyn Store>, custody: Arc<Custody>, cfg: IdentityConfig) -> Self {
+        let minter = Minter::new(custody.signer(), store.clone(), cfg.public_url.clone());
+        let audit = AuditLog::new(store.clone());
+        Self {
+            store,
+            custody,
+            minter,
+            audit,
+            cfg,
+        }
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &IdentityConfig {
+        &self.cfg
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Key custody.
+    pub fn custody(&self) -> &Custody {
+        &self.custody
+    }
+
+    /// A realm's issuer URL.
+    pub fn issuer(&self, realm: &RealmId) -> String {
+        issuer_for(&self.cfg.public_url, realm)
+    }
+
+    /// A realm, if it exists.
+    pub fn realm(&self, id: &RealmId) -> Result<Option<Realm>, Error> {
+        Ok(self.store.get_realm(id)?)
+    }
+
+    /// All realms.
+    pub fn realms(&self) -> Result<Vec<Realm>, Error> {
+        Ok(self.store.list_realms()?)
+    }
+
+    // ---- provisioning ---------------------------------------------------------------------
+
+    fn add_cli_client(&self, realm: &RealmId, now: UnixTime) -> Result<(), Error> {
+        self.store.create_client(&Client {
+            realm: realm.clone(),
+            client_id: ClientId::new(CLI_CLIENT).map_err(|e| Error::Invalid(e.to_string()))?,
+            name: "Keypost CLI and apps".into(),
+            secret_hash: None,
+            redirect_uris: vec![],
+            grant_types: vec!["password".into(), "refresh_token".into()],
+            first_party: true,
+            id_token_alg: None,
+            created_at: now,
+        })?;
+        Ok(())
+    }
+
+    /// Creates the consumer realm (and its keys) if it does not exist yet. Idempotent.
+    pub fn ensure_consumers(&self, now: UnixTime) -> Result<(), Error> {
+        let id = RealmId::consumers();
+        if self.store.get_realm(&id)?.is_none() {
+            self.store.create_realm(&Realm {
+                id: id.clone(),
+                kind: RealmKind::Consumer,
+                display_name: "Keypost".into(),
+                domains: vec![self.cfg.consumer_domain.to_ascii_lowercase()],
+                access_token_alg: Algorithm::EdDSA.as_str().into(),
+                created_at: now,
+            })?;
+            self.add_cli_client(&id, now)?;
+        }
+        self.custody.ensure(&id, now)?;
+        Ok(())
+    }
+
+    /// Creates a tenant's enterprise realm with its domains, built-in client and keys.
+    pub fn create_tenant(
+        &self,
+        slug: &str,
+        name: Option<&str>,
+        domains: &[String],
+        alg: Algorithm,
+        now: UnixTime,
+    ) -> Result<Realm, Error> {
+        let id = RealmId::new(slug).map_err(|e| Error::Invalid(e.to_string()))?;
+        if id.is_consumers() {
+            return Err(Error::Invalid(
+                "\"consumers\" is the consumer realm, not a tenant".into(),
+            ));
+        }
+        if domains.is_empty() {
+            return Err(Error::Invalid(
+                "a tenant needs at least one mail domain (--domain)".into(),
+            ));
+        }
+        let domains = domains
+            .iter()
+            .map(|d| normalise_domain(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if domains.contains(&self.cfg.consumer_domain.to_ascii_lowercase()) {
+            return Err(Error::Conflict(format!(
+                "domain {} (the consumer domain)",
+                self.cfg.consumer_domain
+            )));
+        }
+        let realm = Realm {
+            id: id.clone(),
+            kind: RealmKind::Tenant,
+            display_name: name.unwrap_or(slug).to_owned(),
+            domains,
+            access_token_alg: alg.as_str().into(),
+            created_at: now,
+        };
+        self.store.create_realm(&realm)?;
+        self.add_cli_client(&id, now)?;
+        self.custody.ensure(&id, now)?;
+        self.audit.record(
+            Event::success(Operation::TenantCreated)
+                .realm(&id)
+                .actor("cli")
+                .target(slug),
+            now,
+        )?;
+        Ok(realm)
+    }
+
+    /// The realm an address belongs to, by its domain.
+    pub fn realm_of_email(&self, email: &str) -> Result<RealmId, Error> {
+        let (_, domain) = email
+            .rsplit_once('@')
+            .ok_or_else(|| Error::Invalid(format!("{email:?} is not an email address")))?;
+        self.store
+            .realm_for_domain(&domain.to_ascii_lowercase())?
+            .ok_or_else(|| Error::NotFound(format!("realm for domain {domain}")))
+    }
+
+    /// Creates an account; the realm follows from the address's domain.
+    pub fn create_user(
+        &self,
+        email: &str,
+        name: Option<&str>,
+        pw: &str,
+        role: Role,
+        now: UnixTime,
+    ) -> Result<Account, Error> {
+        let email = normalise_email(email)?;
+        let realm = self.realm_of_email(&email)?;
+        if role == Role::ProviderAdmin && !realm.is_consumers() {
+            return Err(Error::Invalid(
+                "provider admins live in the consumers realm".into(),
+            ));
+        }
+        password::check_policy(pw)?;
+        let account = Account {
+            id: AccountId::new(random_b64(16)?).map_err(|e| Error::Invalid(e.to_string()))?,
+            realm: realm.clone(),
+            display_name: name
+                .map(str::to_owned)
+                .unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_owned()),
+            email: email.clone(),
+            password_hash: password::hash(pw)?,
+            disabled: false,
+            role,
+            created_at: now,
+        };
+        self.store.create_account(&account).map_err(|e| match e {
+            store::Error::Conflict(_) => Error::Conflict(format!("account {email}")),
+            other => other.into(),
+        })?;
+        self.audit.record(
+            Event::success(Operation::AccountCreated)
+                .realm(&realm)
+                .actor("cli")
+                .target(&email)
+                .detail("role", role.as_str()),
+            now,
+        )?;
+        Ok(account)
+    }
+
+    /// An account by email.
+    pub fn user(&self, email: &str) -> Result<Account, Error> {
+        let email = normalise_email(email)?;
+        self.store
+            .find_account_by_email(&email)?
+            .ok_or_else(|| Error::NotFound(format!("account {email}")))
+    }
+
+    /// Accounts, optionally of one realm.
+    pub fn users(&self, realm: Option<&RealmId>) -> Result<Vec<Account>, Error> {
+        Ok(self.store.list_accounts(realm)?)
+    }
+
+    /// Disables an account: it cannot sign in and its tokens stop validating at once.
+    pub fn disable_user(&self, email: &str, now: UnixTime) -> Result<Account, Error> {
+        let a = self.user(email)?;
+        self.store.set_account_disabled(&a.id, true)?;
+        self.audit.record(
+            Event::success(Operation::AccountDisabled)
+                .realm(&a.realm)
+                .actor("cli")
+                .target(&a.email),
+            now,
+        )?;
+        self.user(email)
+    }
+
+    /// Replaces an account's password.
+    pub fn set_password(&self, email: &str, pw: &str, now: UnixTime) -> Result<(), Error> {
+        let a = self.user(email)?;
+        password::check_policy(pw)?;
+        self.store.set_password_hash(&a.id, &password::hash(pw)?)?;
+        self.audit.record(
+            Event::success(Operation::PasswordChanged)
+                .realm(&a.realm)
+                .actor("cli")
+                .target(&a.email),
+            now,
+        )?;
+        Ok(())
+    }
+
+    /// Registers a client. Confidential clients get a 256-bit secret, returned once.
+    pub fn create_client(&self, new: NewClient, now: UnixTime) -> Result<CreatedClient, Error> {
+        if self.store.get_realm(&new.realm)?.is_none() {
+            return Err(Error::NotFound(format!("realm {}", new.realm)));
+        }
+        for u in &new.redirect_uris {
+            check_redirect_uri(u)?;
+        }
+        let mut grants = new.grant_types.clone();
+        if grants.is_empty() {
+            grants = vec!["authorization_code".into(), "refresh_token".into()];
+        }
+        for g in &grants {
+            if !GRANTS.contains(&g.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "unknown grant type {g:?} (one of {})",
+                    GRANTS.join(", ")
+                )));
+            }
+        }
+        if grants.iter().any(|g| g == "client_credentials") && !new.confidential {
+            return Err(Error::Invalid(
+                "client_credentials needs a confidential client (--confidential)".into(),
+            ));
+        }
+        if grants.iter().any(|g| g == "password") && !new.first_party {
+            return Err(Error::Invalid(
+                "the password grant is only for first-party clients (--first-party)".into(),
+            ));
+        }
+        if grants.iter().any(|g| g == "authorization_code") && new.redirect_uris.is_empty() {
+            return Err(Error::Invalid(
+                "authorization_code needs at least one --redirect-uri".into(),
+            ));
+        }
+        let secret = if new.confidential {
+            Some(Zeroizing::new(format!("kps_{}", random_b64(32)?)))
+        } else {
+            None
+        };
+        let client = Client {
+            realm: new.realm.clone(),
+            client_id: new.client_id.clone(),
+            name: new.name,
+            secret_hash: secret.as_ref().map(|s| sha256(s.as_bytes())),
+            redirect_uris: new.redirect_uris,
+            grant_types: grants,
+            first_party: new.first_party,
+            id_token_alg: new.id_token_alg.map(|a| a.as_str().to_owned()),
+            created_at: now,
+        };
+        self.store.create_client(&client).map_err(|e| match e {
+            store::Error::Conflict(_) => {
+                Error::Conflict(format!("client {} in realm {}", new.client_id, new.realm))
+            }
+            other => other.into(),
+        })?;
+        // A client that registered another ID-token algorithm needs a key for it now.
+        self.custody.ensure(&new.realm, now)?;
+        self.audit.record(
+            Event::success(Operation::ClientCreated)
+                .realm(&new.realm)
+                .actor("cli")
+                .target(new.client_id.as_str()),
+            now,
+        )?;
+        Ok(CreatedClient { client, secret })
+    }
+
+    /// On an empty installation, creates the provider admin `admin@{consumer_domain}` with a
+    /// random password and returns both, to be shown once. `None` if a provider admin exists.
+    pub fn bootstrap(&self, now: UnixTime) -> Result<Option<(String, Zeroizing<String>)>, Error> {
+        self.ensure_consumers(now)?;
+        if self.store.count_accounts_with_role(Role::ProviderAdmin)? > 0 {
+            return Ok(None);
+        }
+        let email = format!("admin@{}", self.cfg.consumer_domain.to_ascii_lowercase());
+        let pw = Zeroizing::new(random_b64(18)?);
+        self.create_user(
+            &email,
+            Some("Provider admin"),
+            &pw,
+            Role::ProviderAdmin,
+            now,
+        )?;
+        Ok(Some((email, pw)))
+    }
+
+    // ---- sign-in --------------------------------------------------------------------------
+
+    /// Checks a username and password for `realm`, with throttling per account and per source.
+    /// Every outcome is audited. The error text is safe to show.
+    pub(crate) fn sign_in(
+        &self,
+        realm: &RealmId,
+        username: &str,
+        pw: &str,
+        client: &ClientId,
+        source: &Source,
+        now: UnixTime,
+    ) -> Result<Account, OAuthError> {
+        let email = username.trim().to_ascii_lowercase();
+        let since = now - self.cfg.throttle_window;
+        let failures = |q: AuditQuery| {
+            self.audit.count(&AuditQuery {
+                operation: Some("SignInFailed".into()),
+                since: Some(since),
+                ..q
+            })
+        };
+        let per_account = failures(AuditQuery {
+            actor: Some(email.clone()),
+            ..Default::default()
+        })
+        .map_err(Error::from)?;
+        let per_source = match &source.ip {
+            Some(ip) => failures(AuditQuery {
+                source_ip: Some(ip.clone()),
+                ..Default::default()
+            })
+            .map_err(Error::from)?,
+            None => 0,
+        };
+        let ev = |op| {
+            Event::failure(op)
+                .realm(realm)
+                .actor(email.clone())
+                .source(source)
+                .client(client.as_str())
+        };
+        if per_account >= self.cfg.max_failures_per_account
+            || per_source >= self.cfg.max_failures_per_source
+        {
+            self.audit
+                .record(
+                    ev(Operation::SignInThrottled)
+                        .detail("account_failures", per_account)
+                        .detail("source_failures", per_source),
+                    now,
+                )
+                .map_err(Error::from)?;
+            return Err(OAuthError::invalid_grant(
+                "too many failed sign-in attempts; try again later",
+            ));
+        }
+        let account = self
+            .store
+            .find_account_by_email(&email)
+            .map_err(Error::from)?;
+        let reason = match &account {
+            None => {
+                password::verify_dummy(pw);
+                "unknown account"
+            }
+            Some(a) if &a.realm != realm => {
+                password::verify_dummy(pw);
+                "account belongs to another realm"
+            }
+            Some(a) if !password::verify(pw, &a.password_hash) => "wrong password",
+            Some(a) if a.disabled => "account disabled",
+            Some(a) => {
+                self.audit
+                    .record(
+                        Event::success(Operation::SignInSucceeded)
+                            .realm(realm)
+                            .actor(email.clone())
+                            .source(source)
+                            .client(client.as_str())
+                            .target(a.id.as_str()),
+                        now,
+                    )
+                    .map_err(Error::from)?;
+                return Ok(a.clone());
+            }
+        };
+        self.audit
+            .record(ev(Operation::SignInFailed).detail("reason", reason), now)
+            .map_err(Error::from)?;
+        Err(OAuthError::invalid_grant("invalid username or password"))
+    }
+
+    pub(crate) fn new_session(
+        &self,
+        realm: &RealmId,
+        account: &AccountId,
+        now: UnixTime,
+    ) -> Result<Session, Error> {
+        let s = Session {
+            // 256 bits: the id doubles as the browser cookie value.
+            id: SessionId::new(random_b64(32)?).map_err(|e| Error::Invalid(e.to_string()))?,
+            realm: realm.clone(),
+            account: account.clone(),
+            auth_time: now,
+            expires_at: now + self.cfg.session_ttl,
+            revoked_at: None,
+        };
+        self.store.create_session(&s)?;
+        Ok(s)
+    }
+
+    /// A live session of `realm` by id (from the browser cookie).
+    pub(crate) fn live_session(
+        &self,
+        realm: &RealmId,
+        sid: &str,
+        now: UnixTime,
+    ) -> Option<(Session, Account)> {
+        let sid = SessionId::new(sid).ok()?;
+        let s = self.store.get_session(&sid).ok()??;
+        if &s.realm != realm || s.revoked_at.is_some() || s.expires_at <= now {
+            return None;
+        }
+        let a = self.store.get_account(&s.account).ok()??;
+        (!a.disabled).then_some((s, a))
+    }
+
+    // ---- clients --------------------------------------------------------------------------
+
+    /// A client of a realm.
+    pub(crate) fn client(&self, realm: &RealmId, id: &str) -> Option<Client> {
+        let id = ClientId::new(id).ok()?;
+        self.store.get_client(realm, &id).ok()?
+    }
+
+    /// Authenticates a client at the token or revocation endpoint. Public clients present only
+    /// their id; confidential ones must present their secret.
+    pub(crate) fn authenticate_client(
+        &self,
+        realm: &RealmId,
+        id: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<Client, OAuthError> {
+        let fail = || OAuthError::invalid_client(realm.as_str());
+        let client = id.and_then(|id| self.client(realm, id)).ok_or_else(fail)?;
+        match (&client.secret_hash, secret) {
+            (None, None) => Ok(client),
+            (Some(h), Some(s)) if ct_eq(h, &sha256(s.as_bytes())) => Ok(client),
+            _ => Err(fail()),
+        }
+    }
+
+    // ---- grants ---------------------------------------------------------------------------
+
+    fn scope(&self, requested: Option<&str>) -> Result<String, OAuthError> {
+        let requested = requested
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(DEFAULT_SCOPE);
+        let mut out: Vec<&str> = Vec::new();
+        for s in requested.split_ascii_whitespace() {
+            if !SCOPES.contains(&s) {
+                return Err(OAuthError::invalid_scope(format!("unknown scope {s:?}")));
+            }
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        Ok(out.join(" "))
+    }
+
+    /// RFC 8707: `resource` values narrow the audience; none means every Keypost service.
+    fn audience(&self, resources: &[String]) -> Result<Vec<String>, OAuthError> {
+        if resources.is_empty() {
+            return Ok(Audience::ALL
+                .iter()
+                .map(|a| a.uri(&self.cfg.public_url))
+                .collect());
+        }
+        resources
+            .iter()
+            .map(|r| {
+                Audience::from_uri(&self.cfg.public_url, r)
+                    .map(|a| a.uri(&self.cfg.public_url))
+                    .ok_or_else(|| OAuthError::invalid_target(format!("unknown resource {r:?}")))
+            })
+            .collect()
+    }
+
+    fn realm_alg(&self, realm: &RealmId) -> Result<Algorithm, OAuthError> {
+        let r = self
+            .store
+            .get_realm(realm)
+            .map_err(Error::from)?
+            .ok_or_else(OAuthError::unknown_realm)?;
+        r.access_token_alg
+            .parse::<Algorithm>()
+            .map_err(|e| Error::from(e).into())
+    }
+
+    #[allow(clippy::too_many_arguments)] // One grant's full context; a struct would only rename it.
+    fn issue(
+        &self,
+        realm: &RealmId,
+        client: &Client,
+        account: Option<&Account>,
+        session: Option<&Session>,
+        scope: String,
+        audience: Vec<String>,
+        nonce: Option<String>,
+        family: Option<String>,
+        source: &Source,
+        now: UnixTime,
+    ) -> Result<TokenResponse, OAuthError> {
+        let has = |s: &str| scope.split(' ').any(|x| x == s);
+        let wants_refresh = account.is_some()
+            && has("offline_access")
+            && client.grant_types.iter().any(|g| g == "refresh_token");
+        let id_token = match account {
+            Some(a) if has("openid") => Some(IdTokenRequest {
+                alg: client
+                    .id_token_alg
+                    .as_deref()
+                    .and_then(Algorithm::from_jose)
+                    .unwrap_or(Algorithm::RS256),
+                ttl: self.cfg.id_ttl,
+                auth_time: session.map(|s| s.auth_time).unwrap_or(now),
+                nonce,
+                email: has("email").then(|| a.email.clone()),
+                name: has("profile").then(|| a.display_name.clone()),
+            }),
+            _ => None,
+        };
+        let req = MintRequest {
+            realm: realm.clone(),
+            access_alg: self.realm_alg(realm)?,
+            subject: account
+                .map(|a| a.id.to_string())
+                .unwrap_or_else(|| client.client_id.to_string()),
+            client_id: client.client_id.clone(),
+            scope: scope.clone(),
+            audience,
+            session: session.map(|s| s.id.clone()),
+            access_ttl: self.cfg.access_ttl,
+            id_token,
+            refresh: wants_refresh.then(|| (self.cfg.refresh_ttl, family)),
+        };
+        let issued = self.minter.mint(&req, now).map_err(|e| {
+            tracing::error!(error = %e, %realm, "minting failed; nothing was issued");
+            OAuthError::unavailable()
+        })?;
+        self.audit
+            .record(
+                Event::success(Operation::TokenIssued)
+                    .realm(realm)
+                    .actor(
+                        account
+                            .map(|a| a.email.clone())
+                            .unwrap_or_else(|| client.client_id.to_string()),
+                    )
+                    .source(source)
+                    .client(client.client_id.as_str())
+                    .jti(issued.access_jti.as_str())
+                    .kid(issued.kid.as_str())
+                    .detail("scope", scope.clone())
+                    .detail("refresh", issued.refresh_token.is_some())
+                    .detail("id_token", issued.id_token.is_some()),
+                now,
+            )
+            .map_err(Error::from)?;
+        Ok(TokenResponse {
+            access_token: issued.access_token,
+            token_type: "Bearer",
+            expires_in: issued.expires_in,
+            scope,
+            refresh_token: issued.refresh_token,
+            id_token: issued.id_token,
+        })
+    }
+
+    fn require_grant(client: &Client, grant: &str) -> Result<(), OAuthError> {
+        if client.grant_types.iter().any(|g| g == grant) {
+            Ok(())
+        } else {
+            Err(OAuthError::unauthorized_client(format!(
+                "client may not use the {grant} grant"
+            )))
+        }
+    }
+
+    /// The password grant, for first-party clients only.
+    pub(crate) fn grant_password(
+        &self,
+        realm: &RealmId,
+        client: &Client,
+        username: &str,
+        pw: &str,
+        scope: Option<&str>,
+        resources: &[String],
+        source: &Source,
+        now: UnixTime,
+    ) -> Result<TokenResponse, OAuthError> {
+        if !client.first_party {
+            return Err(OAuthError::unauthorized_client(
+                "the password grant is only for first-party clients",
+            ));
+        }
+        Self::require_grant(client, "password")?;
+        let scope = self.scope(scope)?;
+        let audience = self.audience(resources)?;
+        let account = self.sign_in(realm, username, pw, &client.client_id, source, now)?;
+        let session = self.new_session(realm, &account.id, now)?;
+        self.issue(
+            realm,
+            client,
+            Some(&account),
+            Some(&session),
+            scope,
+            audience,
+            None,
+            None,
+            source,
+            now,
+        )
+    }
+
+    /// The client-credentials grant, for confidential clients acting for themselves.
+    pub(crate) fn grant_client_credentials(
+        &self,
+        realm: &RealmId,
+        client: &Client,
+        scope: Option<&str>,
+        resources: &[String],
+        source: &Source,
+        now: UnixTime,
+    ) -> Result<TokenResponse, OAuthError> {
+        if client.secret_hash.is_none() {
+            return Err(OAuthError::unauthorized_client(
+                "client_credentials needs a confidential client",
+            ));
+        }
+        Self::require_grant(client, "client_credentials")?;
+        let scope = self.scope(Some(scope.unwrap_or("mail")))?;
+        if scope
+            .split(' ')
+            .any(|s| matches!(s, "openid" | "offline_access" | "profile" | "email"))
+        {
+            return Err(OAuthError::invalid_scope(
+                "user scopes are not available without a user",
+            ));
+        }
+        let audience = self.audience(resources)?;
+        self.issue(
+            realm, client, None, None, scope, audience, None, None, source, now,
+        )
+    }
+
+    /// Validates an authorization request (the parts that decide whether we may redirect at
+    /// all come first: an unknown client or redirect URI is shown as a page, never redirected).
+    pub(crate) fn check_authorize(
+        &self,
+        realm: &RealmId,
+        p: &crate::http::AuthorizeParams,
+    ) -> Result<AuthRequest, AuthorizeError> {
+        let client = p
+            .client_id
+            .as_deref()
+            .and_then(|c| self.client(realm, c))
+            .ok_or(AuthorizeError::Page("unknown client"))?;
+        let redirect_uri = p
+            .redirect_uri
+            .clone()
+            .ok_or(AuthorizeError::Page("redirect_uri is required"))?;
+        if !client.redirect_uris.iter().any(|u| u == &redirect_uri) {
+            return Err(AuthorizeError::Page(
+                "redirect_uri is not registered for this client",
+            ));
+        }
+        let redirect = |code: &'static str, d: &str| AuthorizeError::Redirect {
+            redirect_uri: redirect_uri.clone(),
+            error: code,
+            description: d.to_owned(),
+            state: p.state.clone(),
+        };
+        if p.response_type.as_deref() != Some("code") {
+            return Err(redirect(
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            ));
+        }
+        if !client.grant_types.iter().any(|g| g == "authorization_code") {
+            return Err(redirect(
+                "unauthorized_client",
+                "client may not use the authorization code flow",
+            ));
+        }
+        match (
+            p.code_challenge.as_deref(),
+            p.code_challenge_method.as_deref(),
+        ) {
+            (None, _) if client.secret_hash.is_none() => {
+                return Err(redirect(
+                    "invalid_request",
+                    "PKCE (code_challenge, S256) is required for public clients",
+                ));
+            }
+            (Some(_), m) if m != Some("S256") => {
+                return Err(redirect(
+                    "invalid_request",
+                    "code_challenge_method must be S256",
+                ));
+            }
+            (Some(c), _) if c.len() != 43 || B64.decode(c).is_err() => {
+                return Err(redirect(
+                    "invalid_request",
+                    "code_challenge must be a base64url SHA-256",
+                ));
+            }
+            _ => {}
+        }
+        let scope = self
+            .scope(p.scope.as_deref())
+            .map_err(|e| redirect("invalid_scope", &e.description))?;
+        self.audience(&p.resource)
+            .map_err(|e| redirect("invalid_target", &e.description))?;
+        Ok(AuthRequest {
+            realm: realm.clone(),
+            client,
+            redirect_uri,
+            scope,
+            state: p.state.clone(),
+            nonce: p.nonce.clone(),
+            code_challenge: p.code_challenge.clone(),
+            resource: p.resource.clone(),
+        })
+    }
+
+    /// Issues an authorization code for a signed-in session; returns the code.
+    pub(crate) fn issue_code(
+        &self,
+        req: &AuthRequest,
+        session: &Session,
+        now: UnixTime,
+    ) -> Result<String, Error> {
+        let code = random_b64(32)?;
+        self.store.create_auth_code(&AuthCode {
+            code_hash: sha256(code.as_bytes()),
+            realm: req.realm.clone(),
+            client_id: req.client.client_id.clone(),
+            account: session.account.clone(),
+            session_id: session.id.clone(),
+            redirect_uri: req.redirect_uri.clone(),
+            scope: req.scope.clone(),
+            nonce: req.nonce.clone(),
+            code_challenge: req.code_challenge.clone(),
+            resource: req.resource.clone(),
+            created_at: now,
+            expires_at: now + self.cfg.code_ttl,
+            used_at: None,
+            family_id: None,
+        })?;
+        Ok(code)
+    }
+
+    /// The authorization-code grant, with PKCE and code-replay detection.
+    #[allow(clippy::too_many_arguments)] // The grant's parameters, as RFC 6749 §4.1.3 names them.
+    pub(crate) fn grant_code(
+        &self,
+        realm: &RealmId,
+        client: &Client,
+        code: &str,
+        redirect_uri: Option<&str>,
+        verifier: Option<&str>,
+        source: &Source,
+        now: UnixTime,
+    ) -> Result<TokenResponse, OAuthError> {
+        Self::require_grant(client, "authorization_code")?;
+        let bad =
+            || OAuthError::invalid_grant("invalid, expired or already used authorization code");
+        let hash = sha256(code.as_bytes());
+        let c = self
+            .store
+            .consume_auth_code(&hash, now)
+            .map_err(Error::from)?
+            .ok_or_else(bad)?;
+        if c.used_at.is_some() {
+            // RFC 6749 §4.1.2: a replayed code revokes what it issued.
+            if let Some(f) = &c.family_id {
+                self.store.revoke_family(f, now).map_err(Error::from)?;
+            }
+            self.audit
+                .record(
+                    Event::failure(Operation::AuthCodeReused)
+                        .realm(realm)
+                        .client(client.client_id.as_str())
+                        .source(source)
+                        .target(c.account.as_str()),
+                    now,
+                )
+                .map_err(Error::from)?;
+            return Err(bad());
+        }
+        if &c.realm != realm || c.client_id != client.client_id || c.expires_at <= now {
+            return Err(bad());
+        }
+        if redirect_uri != Some(c.redirect_uri.as_str()) {
+            return Err(OAuthError::invalid_grant(
+                "redirect_uri does not match the authorization request",
+            ));
+        }
+        match (&c.code_challenge, verifier) {
+            (Some(challenge), Some(v)) => {
+                let ok_shape = (43..=128).contains(&v.len())
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+                if !ok_shape
+                    || !ct_eq(
+                        challenge.as_bytes(),
+                        B64.encode(sha256(v.as_bytes())).as_bytes(),
+                    )
+                {
+                    return Err(OAuthError::invalid_grant("PKCE verification failed"));
+                }
+            }
+            (Some(_), None) => return Err(OAuthError::invalid_grant("code_verifier is required")),
+            // A verifier without a challenge is a downgrade attempt (RFC 9700 §2.1.1).
+            (None, Some(_)) => {
+                return Err(OAuthError::invalid_grant(
+                    "no code_challenge was sent for this code",
+                ));
+            }
+            (None, None) => {}
+        }
+        let session = self
+            .store
+            .get_session(&c.session_id)
+            .map_err(Error::from)?
+            .filter(|s| s.revoked_at.is_none() && s.expires_at > now)
+            .ok_or_else(bad)?;
+        let account = self
+            .store
+            .get_account(&c.account)
+            .map_err(Error::from)?
+            .filter(|a| !a.disabled)
+            .ok_or_else(bad)?;
+        let audience = self.audience(&c.resource)?;
+        let family = random_b64(16).map_err(OAuthError::from)?;
+        self.store
+            .set_auth_code_family(&hash, &family)
+            .map_err(Error::from)?;
+        self.issue(
+            realm,
+            client,
+            Some(&account),
+            Some(&session),
+            c.scope,
+            audience,
+            c.nonce,
+            Some(family),
+            source,
+            now,
+        )
+    }
+
+    /// The refresh-token grant: rotation, and reuse detection that revokes the whole family.
+    pub(crate) fn grant_refresh(
+        &self,
+        realm: &RealmId,
+        client: &Client,
+        token: &str,
+        scope: Option<&str>,
+        source: &Source,
+        now: UnixTime,
+    ) -> Result<TokenResponse, OAuthError> {
+        Self::require_grant(client, "refresh_token")?;
+        let bad = || OAuthError::invalid_grant("invalid, expired or revoked refresh token");
+        let rt = RefreshToken::parse(token).ok_or_else(bad)?;
+        let e = self
+            .store
+            .get_token(&rt.jti)
+            .map_err(Error::from)?
+            .ok_or_else(bad)?;
+        if !ct_eq(&e.token_hash, &tokens::token_hash(token))
+            || e.kind != TokenKind::Refresh
+            || &e.realm != realm
+            || e.client_id != client.client_id
+        {
+            return Err(bad());
+        }
+        if e.revoked_at.is_some() || e.expires_at <= now {
+            return Err(bad());
+        }
+        if !self
+            .store
+            .mark_refresh_used(&rt.jti, now)
+            .map_err(Error::from)?
+        {
+            // Used before: either the client or a thief holds a copy. Kill the family.
+            let n = match &e.family_id {
+                Some(f) => self.store.revoke_family(f, now).map_err(Error::from)?,
+                None => 0,
+            };
+            self.audit
+                .record(
+                    Event::failure(Operation::RefreshTokenReused)
+                        .realm(realm)
+                        .client(client.client_id.as_str())
+                        .source(source)
+                        .jti(rt.jti.as_str())
+                        .target(e.subject.clone())
+                        .detail("family_revoked", n),
+                    now,
+                )
+                .map_err(Error::from)?;
+            return Err(bad());
+        }
+        let session = match &e.session_id {
+            Some(sid) => Some(
+                self.store
+                    .get_session(sid)
+                    .map_err(Error::from)?
+                    .filter(|s| s.revoked_at.is_none() && s.expires_at > now)
+                    .ok_or_else(bad)?,
+            ),
+            None => None,
+        };
+        let account_id = AccountId::new(e.subject.clone()).map_err(|_| bad())?;
+        let account = self
+            .store
+            .get_account(&account_id)
+            .map_err(Error::from)?
+            .filter(|a| !a.disabled && &a.realm == realm)
+            .ok_or_else(bad)?;
+        // A refresh may narrow the scope, never widen it.
+        let granted: Vec<&str> = e.scope.split(' ').collect();
+        let scope = match scope {
+            Some(s) if !s.trim().is_empty() => {
+                let s = self.scope(Some(s))?;
+                if s.split(' ').any(|x| !granted.contains(&x)) {
+                    return Err(OAuthError::invalid_scope("a refresh cannot add scopes"));
+                }
+                s
+            }
+            _ => e.scope.clone(),
+        };
+        let audience = e.audience.split(' ').map(str::to_owned).collect();
+        self.issue(
+            realm,
+            client,
+            Some(&account),
+            session.as_ref(),
+            scope,
+            audience,
+            None,
+            e.family_id.clone(),
+            source,
+            now,
+        )
+    }
+
+    // ---- resource side --------------------------------------------------------------------
+
+    /// Validates a bearer token for a resource of `realm` with the one policy, auditing any
+    /// rejection with its reason and what the token presented.
+    pub fn authorize_bearer(
+        &self,
+        realm: &RealmId,
+        token: &str,
+        audience: Audience,
+        scope: Option<&str>,
+        source: &Source,
+        now: UnixTime,
+    ) -> Result<Principal, OAuthError> {
+        let issuer = self.issuer(realm);
+        let aud = audience.uri(&self.cfg.public_url);
+        let expect = Expectation {
+            realm,
+            issuer: &issuer,
+            audience: &aud,
+            max_lifetime: self.cfg.access_ttl,
+            leeway: self.cfg.leeway,
+            required_scope: scope,
+        };
+        let keys = self
+            .custody
+            .verifying_keys()
+            .map_err(|e| OAuthError::from(Error::from(e)))?;
+        match tokens::validate(
+            token,
+            &expect,
+            now,
+            &keys,
+            &tokens::StoreLedger(self.store.clone()),
+        ) {
+            Ok(p) => Ok(p),
+            Err(rej) => {
+                let (name, code) = rej.reason.code();
+                let p = &rej.presented;
+                let mut ev = Event::failure(Operation::TokenRejected)
+                    .realm(realm)
+                    .source(source)
+                    .detail("reason", name)
+                    .detail("code", code)
+                    .detail("audience", aud.clone())
+                    .detail("critical", rej.reason.suggests_key_compromise());
+                if let Some(k) = &p.kid {
+                    ev = ev.kid(k.clone());
+                }
+                if let Some(j) = &p.jti {
+                    ev = ev.jti(j.clone());
+                }
+                if let Some(c) = &p.client_id {
+                    ev = ev.client(c.clone());
+                }
+                for (k, v) in [("iss", &p.iss), ("sub", &p.sub), ("alg", &p.alg)] {
+                    if let Some(v) = v {
+                        ev = ev.detail(k, v.clone());
+                    }
+                }
+                if let Some(s) = &p.sub {
+                    ev = ev.actor(s.clone());
+                }
+                self.audit.record(ev, now).map_err(Error::from)?;
+                if rej.reason.suggests_key_compromise() {
+                    tracing::warn!(target: "keypost::security", reason = name, %realm, kid = ?p.kid, "token refused: signing key may be compromised");
+                }
+                Err(match rej.reason {
+                    tokens::Rejection::InsufficientScope => {
+                        OAuthError::insufficient_scope(realm.as_str(), scope.unwrap_or_default())
+                    }
+                    _ => OAuthError::invalid_token(realm.as_str()),
+                })
+            }
+        }
+    }
+
+    /// OIDC userinfo for a validated principal.
+    pub(crate) fn userinfo(&self, p: &Principal) -> Result<Value, OAuthError> {
+        let mut out = json!({"sub": p.subject()});
+        if let Some(id) = p.account() {
+            let a = self
+                .store
+                .get_account(&id)
+                .map_err(Error::from)?
+                .ok_or_else(|| OAuthError::invalid_token(p.realm().as_str()))?;
+            if p.has_scope("email") {
+                out["email"] = json!(a.email);
+                out["email_verified"] = json!(true);
+            }
+            if p.has_scope("profile") {
+                out["name"] = json!(a.display_name);
+                out["preferred_username"] = json!(a.email);
+            }
+        }
+        Ok(out)
+    }
+
+    /// RFC 7009 revocation. Unknown or foreign tokens are ignored (the response is the same).
+    pub(crate) fn revoke(
+        &self,
+        realm: &RealmId,
+        client: &Client,
+        token: &str,
+        source: &Source,
+        now: UnixTime,
+    ) -> Result<(), OAuthError> {
+        let jti = match RefreshToken::parse(token) {
+            Some(rt) => Some(rt.jti),
+            // An access or ID token: find its jti without trusting anything else in it; the
+            // ledger hash comparison below decides whether it is really ours.
+            None => tokens::fuzzing::parse_compact(token).ok().and_then(|j| {
+                j.claims
+                    .get("jti")
+                    .and_then(Value::as_str)
+                    .and_then(|s| Jti::new(s).ok())
+            }),
+        };
+        let Some(jti) = jti else { return Ok(()) };
+        let Some(e) = self.store.get_token(&jti).map_err(Error::from)? else {
+            return Ok(());
+        };
+        if !ct_eq(&e.token_hash, &tokens::token_hash(token))
+            || &e.realm != realm
+            || e.client_id != client.client_id
+        {
+            return Ok(());
+        }
+        // Revoking a refresh token ends the grant: its family's access tokens go too.
+        match (&e.kind, &e.family_id) {
+            (TokenKind::Refresh, Some(f)) => {
+                self.store.revoke_family(f, now).map_err(Error::from)?;
+            }
+            _ => {
+                self.store.revoke_token(&jti, now).map_err(Error::from)?;
+            }
+        }
+        self.audit
+            .record(
+                Event::success(Operation::TokenRevoked)
+                    .realm(realm)
+                    .client(client.client_id.as_str())
+                    .jti(jti.as_str())
+                    .source(source)
+                    .detail("kind", e.kind.as_str()),
+                now,
+            )
+            .map_err(Error::from)?;
+        Ok(())
+    }
+
+    /// Ends a session (by cookie, or by the `sid` of an ID token we issued).
+    pub(crate) fn end_session(
+        &self,
+        realm: &RealmId,
+        cookie_sid: Option<&str>,
+        id_token_hint: Option<&str>,
+        source: &Source,
+        now: UnixTime,
+    ) -> Result<Option<Client>, OAuthError> {
+        let mut sids = Vec::new();
+        let mut hinted_client = None;
+        if let Some(s) = cookie_sid.and_then(|s| SessionId::new(s).ok()) {
+            sids.push(s);
+        }
+        if let Some(hint) = id_token_hint {
+            if let Ok(j) = tokens::fuzzing::parse_compact(hint) {
+                let jti = j
+                    .claims
+                    .get("jti")
+                    .and_then(Value::as_str)
+                    .and_then(|s| Jti::new(s).ok());
+                if let Some(e) = jti.and_then(|jti| self.store.get_token(&jti).ok().flatten()) {
+                    if ct_eq(&e.token_hash, &tokens::token_hash(hint))
+                        && e.kind == TokenKind::Id
+                        && &e.realm == realm
+                    {
+                        sids.extend(e.session_id.clone());
+                        hinted_client = self.store.get_client(realm, &e.client_id).ok().flatten();
+                    }
+                }
+            }
+        }
+        for sid in sids {
+            if let Some(s) = self.store.get_session(&sid).map_err(Error::from)? {
+                if &s.realm == realm && self.store.revoke_session(&sid, now).map_err(Error::from)? {
+                    self.audit
+                        .record(
+                            Event::success(Operation::SessionEnded)
+                                .realm(realm)
+                                .target(s.account.as_str())
+                                .source(source),
+                            now,
+                        )
+                        .map_err(Error::from)?;
+                }
+            }
+        }
+        Ok(hinted_client)
+    }
+}
+
+impl From<Error> for AuthorizeError {
+    fn from(e: Error) -> Self {
+        tracing::error!(error = %e, "authorization request failed");
+        AuthorizeError::Page("the server could not process this request")
+    }
+}
+
+/// How an authorization request fails: shown as a page (when we cannot trust the redirect
+/// URI), or redirected back to the client with an error code.
+#[derive(Debug, Clone)]
+pub(crate) enum AuthorizeError {
+    Page(&'static str),
+    Redirect {
+        redirect_uri: String,
+        error: &'static str,
+        description: String,
+        state: Option<String>,
+    },
+}
+
+fn normalise_email(email: &str) -> Result<String, Error> {
+    let e = email.trim().to_ascii_lowercase();
+    let valid = e.len() <= 254
+        && e.split_once('@').is_some_and(|(l, d)| {
+            !l.is_empty() && !d.is_empty() && !d.contains('@') && d.contains('.')
+        })
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !valid {
+        return Err(Error::Invalid(format!("{email:?} is not an email address")));
+    }
+    Ok(e)
+}
+
+fn normalise_domain(d: &str) -> Result<String, Error> {
+    let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && d.contains('.')
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !ok {
+        return Err(Error::Invalid(format!("{d:?} is not a domain name")));
+    }
+    Ok(d)
+}
+
+fn check_redirect_uri(u: &str) -> Result<(), Error> {
+    let ok = (u.starts_with("https://")
+        || u.starts_with("http://127.0.0.1")
+        || u.starts_with("http://localhost")
+        || u.starts_with("http://[::1]"))
+        && !u.contains('#')
+        && !u.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !ok {
+        return Err(Error::Invalid(format!(
+            "redirect URI {u:?} must be https (or http on a loopback address) without a fragment"
+        )));
+    }
+    Ok(())
+}

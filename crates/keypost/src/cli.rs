@@ -1,0 +1,717 @@
+//! The command line: one enum per noun, one variant per verb. Each verb opens the services it
+//! needs, calls the library, and prints a table or (with `--json`) JSON.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use identity::{Identity, NewClient};
+use keys::{Algorithm, Custody, Kek, KeyPurpose};
+use serde_json::json;
+use store::{AuditQuery, ClientId, Kid, RealmId, Role, SqliteStore, Store};
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run Keypost (HTTP now; SMTP and IMAP as they land) on the configured addresses.
+    Serve,
+    /// Enterprise tenants (one realm each).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Accounts in any realm.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// OAuth clients of a realm.
+    #[command(subcommand)]
+    Client(ClientCmd),
+    /// Signing keys: list, rotate, revoke, import.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Print the effective configuration (file, then environment) as TOML.
+    Config,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TenantCmd {
+    /// Create a tenant: its own realm, issuer and signing keys.
+    Create {
+        /// Tenant slug (lowercase letters, digits, hyphens): the realm id.
+        slug: String,
+        /// A mail domain of the tenant; repeat for several.
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// Display name (default: the slug).
+        #[arg(long)]
+        name: Option<String>,
+        /// Access-token algorithm: EdDSA (default), ES256, RS256 or PS256.
+        #[arg(long, default_value = "EdDSA")]
+        token_alg: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List realms (the consumer realm and every tenant).
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UserCmd {
+    /// Create an account; the realm follows from the address's domain. Reads the password as
+    /// one line from standard input.
+    Create {
+        /// Email address.
+        email: String,
+        /// Make the account an admin (tenant admin, or provider admin in the consumer realm).
+        #[arg(long)]
+        admin: bool,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List accounts.
+    List {
+        /// Only this realm.
+        #[arg(long)]
+        realm: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Disable an account: sign-in refused and its tokens stop validating at once.
+    Disable {
+        /// Email address.
+        email: String,
+    },
+    /// Set an account's password, read as one line from standard input.
+    SetPassword {
+        /// Email address.
+        email: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientCmd {
+    /// Register an OAuth client. A confidential client's secret is printed once.
+    Create {
+        /// Realm (tenant slug or `consumers`).
+        realm: String,
+        /// Client id.
+        client_id: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Confidential client (gets a secret); default is a public client (PKCE required).
+        #[arg(long)]
+        confidential: bool,
+        /// First-party client: may use the password grant.
+        #[arg(long)]
+        first_party: bool,
+        /// Allowed redirect URI (exact match); repeat for several.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// Allowed grant type; repeat for several (default: authorization_code, refresh_token).
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+        /// ID-token algorithm if not RS256 (ES256, PS256, EdDSA).
+        #[arg(long)]
+        id_token_alg: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List a realm's clients.
+    List {
+        /// Realm.
+        realm: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCmd {
+    /// List keys with their state (pending, active, retiring, expired, revoked).
+    List {
+        /// Only this realm.
+        #[arg(long)]
+        realm: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Rotate now: new active keys for the realm; the old ones retire.
+    Rotate {
+        /// Realm.
+        #[arg(long)]
+        realm: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Revoke a key: refused for signing and validation at once; replaced if it was active.
+    Revoke {
+        /// Key id.
+        kid: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Import an externally generated private key (PKCS#8 PEM or JWK: Ed25519, P-256, RSA
+    /// ≥ 2048) and bind it to exactly one realm as its active key. Prints the kid.
+    Import {
+        /// Realm the key will sign for.
+        #[arg(long)]
+        realm: String,
+        /// Key file.
+        #[arg(long)]
+        file: PathBuf,
+        /// For RSA keys: RS256 (default) or PS256.
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+        /// What the key signs: access-token (default) or id-token.
+        #[arg(long, default_value = "access-token")]
+        purpose: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Re-seal every private key under a new key-encryption key (base64, 32 bytes, in FILE),
+    /// then point `keys.kek_file` (or KEYPOST_KEK) at it. Safe to repeat.
+    Rewrap {
+        /// File holding the new key-encryption key (created, mode 0600, if absent).
+        #[arg(long)]
+        new_kek_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCmd {
+    /// Search the audit log (oldest first).
+    Search {
+        /// Realm (tenant).
+        #[arg(long)]
+        realm: Option<String>,
+        /// Operation, e.g. TokenRejected, SignInFailed.
+        #[arg(long)]
+        operation: Option<String>,
+        /// Actor (email, client id).
+        #[arg(long)]
+        user: Option<String>,
+        /// Source address.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Client id.
+        #[arg(long)]
+        client: Option<String>,
+        /// Token id.
+        #[arg(long)]
+        jti: Option<String>,
+        /// Key id.
+        #[arg(long)]
+        kid: Option<String>,
+        /// Only records at or after this time (RFC 3339, or a duration ago such as "1h").
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+/// What a verb needs: the identity service over the opened data directory.
+pub(crate) struct Services {
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) config: Config,
+}
+
+fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let db = config.data_dir.join("keypost.db");
+    Ok(Arc::new(
+        SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?,
+    ))
+}
+
+fn load_kek(config: &Config) -> Result<Kek> {
+    match std::env::var("KEYPOST_KEK") {
+        Ok(v) => Ok(Kek::from_base64(&Zeroizing::new(v))?),
+        Err(_) => Ok(Kek::load_or_create(&config.kek_file)?),
+    }
+}
+
+fn services(config: Config) -> Result<Services> {
+    let store = open_store(&config)?;
+    let kek = Arc::new(load_kek(&config)?);
+    let custody = Arc::new(Custody::new(store.clone(), kek, config.key_policy));
+    let identity = Arc::new(Identity::new(store, custody, config.identity.clone()));
+    identity.ensure_consumers(identity::now())?;
+    Ok(Services { identity, config })
+}
+
+fn realm(s: &str) -> Result<RealmId> {
+    RealmId::new(s).with_context(|| format!("{s:?} is not a realm id"))
+}
+
+fn read_password() -> Result<Zeroizing<String>> {
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let pw = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
+    if pw.is_empty() {
+        bail!(
+            "no password on standard input (pipe one line, e.g. `echo '...' | keypost user create ...`)"
+        );
+    }
+    Ok(pw)
+}
+
+fn time(t: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+    )
+    .to_string()
+}
+
+fn parse_since(s: &str) -> Result<i64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64);
+    }
+    let d = humantime::parse_duration(s)
+        .with_context(|| format!("--since {s:?}: expected RFC 3339 time or a duration like 1h"))?;
+    Ok(identity::now() - d.as_secs() as i64)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Prints rows as an aligned table.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(x) = w.get_mut(i) {
+                *x = (*x).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&w)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
+    let now = identity::now();
+    match cmd {
+        Command::Serve => crate::serve::run(services(config)?),
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&config.file)?);
+            Ok(())
+        }
+        Command::Tenant(TenantCmd::Create {
+            slug,
+            domains,
+            name,
+            token_alg,
+            out,
+        }) => {
+            let svc = services(config)?;
+            let r = svc.identity.create_tenant(
+                &slug,
+                name.as_deref(),
+                &domains,
+                token_alg.parse()?,
+                now,
+            )?;
+            if out.json {
+                return print_json(&json!({"realm": r, "issuer": svc.identity.issuer(&r.id)}));
+            }
+            println!(
+                "created tenant {} ({}), issuer {}",
+                r.id,
+                r.domains.join(", "),
+                svc.identity.issuer(&r.id)
+            );
+            Ok(())
+        }
+        Command::Tenant(TenantCmd::List { out }) => {
+            let svc = services(config)?;
+            let realms = svc.identity.realms()?;
+            if out.json {
+                return print_json(&realms);
+            }
+            table(
+                &["REALM", "KIND", "NAME", "DOMAINS", "TOKEN ALG"],
+                realms
+                    .into_iter()
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.kind.to_string(),
+                            r.display_name,
+                            r.domains.join(","),
+                            r.access_token_alg,
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        Command::User(UserCmd::Create {
+            email,
+            admin,
+            name,
+            out,
+        }) => {
+            let svc = services(config)?;
+            let pw = read_password()?;
+            let role = match (admin, svc.identity.realm_of_email(&email)?.is_consumers()) {
+                (false, _) => Role::User,
+                (true, true) => Role::ProviderAdmin,
+                (true, false) => Role::TenantAdmin,
+            };
+            let a = svc
+                .identity
+                .create_user(&email, name.as_deref(), &pw, role, now)?;
+            if out.json {
+                return print_json(&a);
+            }
+            println!(
+                "created {} in realm {} (sub {}, role {})",
+                a.email, a.realm, a.id, a.role
+            );
+            Ok(())
+        }
+        Command::User(UserCmd::List { realm: r, out }) => {
+            let svc = services(config)?;
+            let r = r.as_deref().map(realm).transpose()?;
+            let users = svc.identity.users(r.as_ref())?;
+            if out.json {
+                return print_json(&users);
+            }
+            table(
+                &["EMAIL", "REALM", "ROLE", "DISABLED", "SUB"],
+                users
+                    .into_iter()
+                    .map(|a| {
+                        vec![
+                            a.email,
+                            a.realm.to_string(),
+                            a.role.to_string(),
+                            a.disabled.to_string(),
+                            a.id.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        Command::User(UserCmd::Disable { email }) => {
+            let a = services(config)?.identity.disable_user(&email, now)?;
+            println!("disabled {}", a.email);
+            Ok(())
+        }
+        Command::User(UserCmd::SetPassword { email }) => {
+            let svc = services(config)?;
+            let pw = read_password()?;
+            svc.identity.set_password(&email, &pw, now)?;
+            println!("password changed for {}", email.to_ascii_lowercase());
+            Ok(())
+        }
+        Command::Client(ClientCmd::Create {
+            realm: r,
+            client_id,
+            name,
+            confidential,
+            first_party,
+            redirect_uris,
+            grants,
+            id_token_alg,
+            out,
+        }) => {
+            let svc = services(config)?;
+            let id_token_alg = id_token_alg.map(|a| a.parse::<Algorithm>()).transpose()?;
+            let created = svc.identity.create_client(
+                NewClient {
+                    realm: realm(&r)?,
+                    client_id: ClientId::new(client_id.clone())
+                        .with_context(|| format!("{client_id:?} is not a client id"))?,
+                    name: name.unwrap_or_else(|| client_id.clone()),
+                    confidential,
+                    first_party,
+                    redirect_uris,
+                    grant_types: grants,
+                    id_token_alg,
+                },
+                now,
+            )?;
+            let secret = created.secret.as_ref().map(|s| s.as_str().to_owned());
+            if out.json {
+                return print_json(
+                    &json!({"client": created.client, "client_id": client_id, "client_secret": secret}),
+                );
+            }
+            println!("created client {client_id} in realm {r}");
+            if let Some(s) = secret {
+                println!("client secret (shown once): {s}");
+            }
+            Ok(())
+        }
+        Command::Client(ClientCmd::List { realm: r, out }) => {
+            let svc = services(config)?;
+            let r = realm(&r)?;
+            svc.identity
+                .realm(&r)?
+                .with_context(|| format!("unknown realm {r}"))?;
+            let store = open_store(&svc.config)?;
+            let clients = store.list_clients(&r)?;
+            if out.json {
+                return print_json(&clients);
+            }
+            table(
+                &["CLIENT", "KIND", "FIRST-PARTY", "GRANTS", "REDIRECT URIS"],
+                clients
+                    .into_iter()
+                    .map(|c| {
+                        let kind = if c.secret_hash.is_some() {
+                            "confidential"
+                        } else {
+                            "public"
+                        };
+                        vec![
+                            c.client_id.to_string(),
+                            kind.into(),
+                            c.first_party.to_string(),
+                            c.grant_types.join(","),
+                            c.redirect_uris.join(" "),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        Command::Keys(KeysCmd::List { realm: r, out }) => {
+            let svc = services(config)?;
+            let r = r.as_deref().map(realm).transpose()?;
+            let keys = svc.identity.custody().list(r.as_ref(), now)?;
+            if out.json {
+                return print_json(&keys);
+            }
+            table(
+                &[
+                    "KID",
+                    "REALM",
+                    "PURPOSE",
+                    "ALG",
+                    "STATE",
+                    "ORIGIN",
+                    "ACTIVATES",
+                    "EXPIRES",
+                ],
+                keys.into_iter()
+                    .map(|k| {
+                        vec![
+                            k.kid.to_string(),
+                            k.realm.to_string(),
+                            k.purpose.to_string(),
+                            k.alg,
+                            k.state.as_str().into(),
+                            k.origin.to_string(),
+                            time(k.activates_at),
+                            time(k.expires_at),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        Command::Keys(KeysCmd::Rotate { realm: r, out }) => {
+            let svc = services(config)?;
+            let r = realm(&r)?;
+            let kids = svc.identity.custody().rotate(&r, now)?;
+            for kid in &kids {
+                svc.identity.audit().record(
+                    audit::Event::success(audit::Operation::KeyCreated)
+                        .realm(&r)
+                        .actor("cli")
+                        .kid(kid.as_str())
+                        .detail("reason", "manual rotation"),
+                    now,
+                )?;
+            }
+            if out.json {
+                return print_json(&kids);
+            }
+            for kid in kids {
+                println!("{kid}");
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCmd::Revoke { kid, out }) => {
+            let svc = services(config)?;
+            let kid = Kid::new(kid.clone()).with_context(|| format!("{kid:?} is not a key id"))?;
+            let Some((record, replacements)) = svc.identity.custody().revoke(&kid, now)? else {
+                bail!("no key {kid}");
+            };
+            svc.identity.audit().record(
+                audit::Event::success(audit::Operation::KeyRevoked)
+                    .realm(&record.realm)
+                    .actor("cli")
+                    .kid(kid.as_str())
+                    .detail(
+                        "replacements",
+                        replacements
+                            .iter()
+                            .map(|k| k.to_string())
+                            .collect::<Vec<_>>(),
+                    ),
+                now,
+            )?;
+            if out.json {
+                return print_json(
+                    &json!({"kid": kid, "realm": record.realm, "revoked_at": record.revoked_at, "replacements": replacements}),
+                );
+            }
+            println!(
+                "revoked {kid} (realm {}); refused for signing and validation from now on",
+                record.realm
+            );
+            for k in replacements {
+                println!("new active key: {k}");
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCmd::Import {
+            realm: r,
+            file,
+            alg,
+            purpose,
+            out,
+        }) => {
+            let svc = services(config)?;
+            let r = realm(&r)?;
+            let bytes = Zeroizing::new(
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+            );
+            let purpose: KeyPurpose = purpose
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--purpose must be access-token or id-token"))?;
+            let (kid, alg) =
+                svc.identity
+                    .custody()
+                    .import(&r, purpose, &bytes, alg.parse()?, now)?;
+            svc.identity.audit().record(
+                audit::Event::success(audit::Operation::KeyImported)
+                    .realm(&r)
+                    .actor("cli")
+                    .kid(kid.as_str())
+                    .detail("alg", alg.as_str())
+                    .detail("purpose", purpose.as_str()),
+                now,
+            )?;
+            if out.json {
+                return print_json(
+                    &json!({"kid": kid, "realm": r, "alg": alg, "purpose": purpose}),
+                );
+            }
+            println!("{kid}");
+            Ok(())
+        }
+        Command::Keys(KeysCmd::Rewrap { new_kek_file }) => {
+            let svc = services(config)?;
+            let new = Kek::load_or_create(&new_kek_file)?;
+            let n = svc.identity.custody().rewrap(&new)?;
+            println!(
+                "rewrapped {n} keys under {}; now set keys.kek_file = {:?}",
+                new_kek_file.display(),
+                new_kek_file.display()
+            );
+            Ok(())
+        }
+        Command::Audit(AuditCmd::Search {
+            realm: r,
+            operation,
+            user,
+            ip,
+            client,
+            jti,
+            kid,
+            since,
+            limit,
+            out,
+        }) => {
+            let svc = services(config)?;
+            let q = AuditQuery {
+                realm: r.as_deref().map(realm).transpose()?,
+                operation,
+                actor: user,
+                source_ip: ip,
+                client_id: client,
+                jti,
+                kid,
+                since: since.as_deref().map(parse_since).transpose()?,
+                limit: Some(limit),
+                ..Default::default()
+            };
+            let records = svc.identity.audit().search(&q)?;
+            if out.json {
+                return print_json(&records);
+            }
+            table(
+                &[
+                    "ID",
+                    "TIME",
+                    "REALM",
+                    "OPERATION",
+                    "RESULT",
+                    "ACTOR",
+                    "SOURCE",
+                    "DETAILS",
+                ],
+                records
+                    .into_iter()
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            time(r.time),
+                            r.realm.map(|x| x.to_string()).unwrap_or_default(),
+                            r.operation,
+                            r.result,
+                            r.actor.unwrap_or_default(),
+                            r.source_ip.unwrap_or_default(),
+                            r.details.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+    }
+}

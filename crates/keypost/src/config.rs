@@ -1,0 +1,358 @@
+//! Configuration: one TOML file, every key overridable by a `KEYPOST_*` environment variable,
+//! and defaults that need no file at all. Parsed in two stages, as ripgrep does with flags:
+//! [`FileConfig`] is what the file says (strings, unknown keys refused), [`Config`] is the
+//! validated form the rest of the binary uses.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The file as written. Every field has a default; unknown keys are an error naming the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct FileConfig {
+    /// Base URL clients reach Keypost at; issuers are `{public_url}/realms/{realm}`.
+    public_url: String,
+    /// Where the database, the key-encryption key and (later) mail live.
+    data_dir: PathBuf,
+    /// Mail domain of the consumer realm.
+    consumer_domain: String,
+    listen: Listen,
+    tokens: Tokens,
+    keys: Keys,
+    login: Login,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Listen {
+    http: String,
+    smtp: String,
+    submission: String,
+    imap: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Tokens {
+    access_token_ttl: String,
+    id_token_ttl: String,
+    refresh_token_ttl: String,
+    session_ttl: String,
+    auth_code_ttl: String,
+    clock_leeway: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Keys {
+    rotation_period: String,
+    publish_ahead: String,
+    /// Key-encryption key file; empty means `{data_dir}/kek`. `KEYPOST_KEK` (base64) wins.
+    kek_file: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Login {
+    max_failures_per_account: u64,
+    max_failures_per_source: u64,
+    throttle_window: String,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
+            data_dir: "./keypost-data".into(),
+            consumer_domain: "keypost.test".into(),
+            listen: Listen::default(),
+            tokens: Tokens::default(),
+            keys: Keys::default(),
+            login: Login::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            http: "127.0.0.1:8080".into(),
+            smtp: "127.0.0.1:2525".into(),
+            submission: "127.0.0.1:5870".into(),
+            imap: "127.0.0.1:1430".into(),
+        }
+    }
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: "10m".into(),
+            id_token_ttl: "10m".into(),
+            refresh_token_ttl: "30d".into(),
+            session_ttl: "30d".into(),
+            auth_code_ttl: "60s".into(),
+            clock_leeway: "30s".into(),
+        }
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self {
+            rotation_period: "7d".into(),
+            publish_ahead: "24h".into(),
+            kek_file: String::new(),
+        }
+    }
+}
+
+impl Default for Login {
+    fn default() -> Self {
+        Self {
+            max_failures_per_account: 5,
+            max_failures_per_source: 20,
+            throttle_window: "15m".into(),
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) file: FileConfig,
+    pub(crate) public_url: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) http: std::net::SocketAddr,
+    pub(crate) identity: identity::IdentityConfig,
+    pub(crate) key_policy: keys::KeyPolicy,
+    pub(crate) kek_file: PathBuf,
+}
+
+fn secs(name: &str, v: &str) -> Result<i64> {
+    let d: Duration = humantime::parse_duration(v)
+        .with_context(|| format!("{name} = {v:?} is not a duration like \"10m\" or \"7d\""))?;
+    if d.is_zero() {
+        bail!("{name} must be positive");
+    }
+    i64::try_from(d.as_secs()).with_context(|| format!("{name} is too large"))
+}
+
+/// Environment variables that are not configuration keys.
+const NON_CONFIG_ENV: [&str; 3] = ["KEYPOST_CONFIG", "KEYPOST_KEK", "KEYPOST_LOG"];
+
+/// Applies `KEYPOST_*` overrides: each leaf key `a.b_c` is `KEYPOST_A_B_C`. Unknown
+/// `KEYPOST_*` variables are errors, like unknown keys in the file.
+fn overlay_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<()> {
+    let defaults = toml::Table::try_from(FileConfig::default())?;
+    let mut leaves: Vec<(Vec<String>, toml::Value)> = Vec::new();
+    for (k, v) in &defaults {
+        match v {
+            toml::Value::Table(t) => {
+                for (k2, v2) in t {
+                    leaves.push((vec![k.clone(), k2.clone()], v2.clone()));
+                }
+            }
+            other => leaves.push((vec![k.clone()], other.clone())),
+        }
+    }
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("KEYPOST_") else {
+            continue;
+        };
+        if NON_CONFIG_ENV.contains(&name.as_str()) {
+            continue;
+        }
+        let Some((path, default)) = leaves
+            .iter()
+            .find(|(p, _)| p.join("_").eq_ignore_ascii_case(rest))
+        else {
+            bail!(
+                "unknown configuration variable {name} (keys: {})",
+                leaves
+                    .iter()
+                    .map(|(p, _)| format!("KEYPOST_{}", p.join("_").to_uppercase()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        let parsed = match default {
+            toml::Value::Integer(_) => toml::Value::Integer(
+                value
+                    .parse()
+                    .with_context(|| format!("{name} must be an integer"))?,
+            ),
+            _ => toml::Value::String(value.clone()),
+        };
+        let mut t = &mut *table;
+        for seg in &path[..path.len() - 1] {
+            t = t
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .with_context(|| format!("{seg} must be a table"))?;
+        }
+        t.insert(path[path.len() - 1].clone(), parsed);
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Loads `explicit` (must exist), else `./keypost.toml` if present, else defaults; then the
+    /// environment on top.
+    pub(crate) fn load(explicit: Option<&Path>) -> Result<Self> {
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("KEYPOST_"))
+            .collect();
+        let text = match explicit {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?,
+            ),
+            None => std::fs::read_to_string("keypost.toml").ok(),
+        };
+        let name = explicit
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "keypost.toml".into());
+        Self::from_parts(text.as_deref(), &name, &env)
+    }
+
+    pub(crate) fn from_parts(
+        text: Option<&str>,
+        name: &str,
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        let mut table: toml::Table = match text {
+            Some(t) => toml::from_str(t).with_context(|| format!("parsing {name}"))?,
+            None => toml::Table::new(),
+        };
+        overlay_env(&mut table, env)?;
+        let file: FileConfig = toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("in {name}"))?;
+        file.validate()
+    }
+}
+
+impl FileConfig {
+    fn validate(self) -> Result<Config> {
+        let public_url = self.public_url.trim_end_matches('/').to_owned();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            bail!("public_url must start with http:// or https://");
+        }
+        let http = self.listen.http.parse().with_context(|| {
+            format!(
+                "listen.http = {:?} is not an address:port",
+                self.listen.http
+            )
+        })?;
+        let t = &self.tokens;
+        let access_ttl = secs("tokens.access_token_ttl", &t.access_token_ttl)?;
+        let id_ttl = secs("tokens.id_token_ttl", &t.id_token_ttl)?;
+        let identity = identity::IdentityConfig {
+            public_url: public_url.clone(),
+            consumer_domain: self.consumer_domain.trim().to_ascii_lowercase(),
+            access_ttl,
+            id_ttl,
+            refresh_ttl: secs("tokens.refresh_token_ttl", &t.refresh_token_ttl)?,
+            session_ttl: secs("tokens.session_ttl", &t.session_ttl)?,
+            code_ttl: secs("tokens.auth_code_ttl", &t.auth_code_ttl)?,
+            leeway: secs("tokens.clock_leeway", &t.clock_leeway)?,
+            max_failures_per_account: self.login.max_failures_per_account,
+            max_failures_per_source: self.login.max_failures_per_source,
+            throttle_window: secs("login.throttle_window", &self.login.throttle_window)?,
+        };
+        let key_policy = keys::KeyPolicy {
+            rotation_period: secs("keys.rotation_period", &self.keys.rotation_period)?,
+            publish_ahead: secs("keys.publish_ahead", &self.keys.publish_ahead)?,
+            max_token_lifetime: access_ttl.max(id_ttl),
+        };
+        if key_policy.publish_ahead >= key_policy.rotation_period {
+            bail!("keys.publish_ahead must be shorter than keys.rotation_period");
+        }
+        let kek_file = if self.keys.kek_file.is_empty() {
+            self.data_dir.join("kek")
+        } else {
+            PathBuf::from(&self.keys.kek_file)
+        };
+        Ok(Config {
+            public_url,
+            data_dir: self.data_dir.clone(),
+            http,
+            identity,
+            key_policy,
+            kek_file,
+            file: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::from_parts(None, "keypost.toml", &[]).unwrap();
+        assert_eq!(c.http.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.identity.access_ttl, 600);
+        assert_eq!(c.data_dir, PathBuf::from("./keypost-data"));
+        assert_eq!(c.key_policy.rotation_period, 7 * 86_400);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let text = "public_url = \"https://mail.example\"\n[tokens]\naccess_token_ttl = \"5m\"\n";
+        let c = Config::from_parts(
+            Some(text),
+            "k.toml",
+            &env(&[
+                ("KEYPOST_LISTEN_HTTP", "127.0.0.1:9999"),
+                ("KEYPOST_TOKENS_ACCESS_TOKEN_TTL", "2m"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.public_url, "https://mail.example");
+        assert_eq!(c.identity.access_ttl, 120, "env wins over the file");
+        assert_eq!(c.http.port(), 9999);
+        let c = Config::from_parts(
+            None,
+            "k",
+            &env(&[("KEYPOST_LOGIN_MAX_FAILURES_PER_ACCOUNT", "3")]),
+        )
+        .unwrap();
+        assert_eq!(c.identity.max_failures_per_account, 3);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_parts(Some("[listen]\nhtp = \"x\"\n"), "k.toml", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("htp"), "{err:#}");
+        let err = Config::from_parts(Some("colour = 1\n"), "k.toml", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("colour"), "{err:#}");
+        let err = Config::from_parts(None, "k", &env(&[("KEYPOST_LISTEN_HTP", "x")])).unwrap_err();
+        assert!(format!("{err:#}").contains("KEYPOST_LISTEN_HTP"), "{err:#}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let err = Config::from_parts(
+            Some("[tokens]\naccess_token_ttl = \"ten minutes\"\n"),
+            "k.toml",
+            &[],
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("access_token_ttl"), "{err:#}");
+        assert!(Config::from_parts(Some("public_url = \"ftp://x\"\n"), "k.toml", &[]).is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! `keypost serve`: opens the data directory, bootstraps an empty installation, keeps every
+//! realm's keys on schedule, and serves HTTP until interrupted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use identity::Identity;
+
+use crate::cli::Services;
+
+/// How often the key schedule is checked. Keys are published a day ahead, so a minute is
+/// plenty; it also bounds how long a stalled rotation could go unnoticed.
+const KEY_SCHEDULE_INTERVAL: Duration = Duration::from_secs(60);
+
+pub(crate) fn run(svc: Services) -> Result<()> {
+    let Services { identity, config } = svc;
+    if let Some((email, password)) = identity.bootstrap(identity::now())? {
+        // Printed once, to stdout, for the operator; never logged.
+        println!("provider admin: {email}");
+        println!("one-time password: {}", password.as_str());
+        println!(
+            "(store it now: it is not shown again; change it with `keypost user set-password {email}`)"
+        );
+    }
+    key_schedule_step(&identity);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding {}", config.http))?;
+        tracing::info!(address = %config.http, public_url = %config.public_url, "keypost listening");
+        let schedule = identity.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEY_SCHEDULE_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let id = schedule.clone();
+                let _ = tokio::task::spawn_blocking(move || key_schedule_step(&id)).await;
+            }
+        });
+        let app = identity::router(identity);
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown())
+            .await
+            .context("HTTP server failed")
+    })
+}
+
+/// One pass of automatic rotation over every realm. Failures are logged loudly and retried on
+/// the next tick; they never stop the server.
+fn key_schedule_step(identity: &Arc<Identity>) {
+    let now = identity::now();
+    match identity.realms() {
+        Ok(realms) => {
+            for r in realms {
+                match identity.custody().ensure(&r.id, now) {
+                    Ok(created) => {
+                        for kid in created {
+                            tracing::info!(target: "keypost::security", realm = %r.id, %kid, "scheduled key created");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(target: "keypost::security", realm = %r.id, error = %e, "key rotation failed")
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "listing realms for key rotation failed"),
+    }
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

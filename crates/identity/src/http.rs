@@ -345,15 +345,14 @@ async fn authorize(
         let t = now();
         // Single sign-on: an existing session of this realm skips the form unless the client
         // asked for a fresh sign-in.
-        if ap.prompt.as_deref() != Some("login") {
-            if let Some((session, _)) =
+        if ap.prompt.as_deref() != Some("login")
+            && let Some((session, _)) =
                 session_cookie(&headers, &realm).and_then(|sid| id.live_session(&realm, &sid, t))
-            {
-                return match id.issue_code(&req, &session, t) {
-                    Ok(code) => code_redirect(&id, &req, &code),
-                    Err(e) => authorize_error(e.into(), &iss),
-                };
-            }
+        {
+            return match id.issue_code(&req, &session, t) {
+                Ok(code) => code_redirect(&id, &req, &code),
+                Err(e) => authorize_error(e.into(), &iss),
+            };
         }
         let name = id
             .realm(&realm)
@@ -483,12 +482,12 @@ fn client_credentials(
                     .map(|(_, v)| v.into_owned())
             };
             let (u, s) = (dec(u), dec(s));
-            if let (Some(form_id), Some(u)) = (p.get("client_id"), &u) {
-                if form_id != u {
-                    return Err(OAuthError::invalid_request(
-                        "client_id does not match the credentials",
-                    ));
-                }
+            if let (Some(form_id), Some(u)) = (p.get("client_id"), &u)
+                && form_id != u
+            {
+                return Err(OAuthError::invalid_request(
+                    "client_id does not match the credentials",
+                ));
             }
             Ok((u, s))
         }

@@ -734,7 +734,7 @@ impl Identity {
             session: session.map(|s| s.id.clone()),
             access_ttl: self.cfg.access_ttl,
             id_token,
-            refresh: wants_refresh.then(|| (self.cfg.refresh_ttl, family)),
+            refresh: wants_refresh.then_some((self.cfg.refresh_ttl, family)),
         };
         let issued = self.minter.mint(&req, now).map_err(|e| {
             tracing::error!(error = %e, %realm, "minting failed; nothing was issued");
@@ -780,6 +780,7 @@ impl Identity {
     }
 
     /// The password grant, for first-party clients only.
+    #[allow(clippy::too_many_arguments)] // The grant's parameters, as RFC 6749 §4.3.2 names them.
     pub(crate) fn grant_password(
         &self,
         realm: &RealmId,
@@ -1313,37 +1314,37 @@ impl Identity {
         if let Some(s) = cookie_sid.and_then(|s| SessionId::new(s).ok()) {
             sids.push(s);
         }
-        if let Some(hint) = id_token_hint {
-            if let Ok(j) = tokens::fuzzing::parse_compact(hint) {
-                let jti = j
-                    .claims
-                    .get("jti")
-                    .and_then(Value::as_str)
-                    .and_then(|s| Jti::new(s).ok());
-                if let Some(e) = jti.and_then(|jti| self.store.get_token(&jti).ok().flatten()) {
-                    if ct_eq(&e.token_hash, &tokens::token_hash(hint))
-                        && e.kind == TokenKind::Id
-                        && &e.realm == realm
-                    {
-                        sids.extend(e.session_id.clone());
-                        hinted_client = self.store.get_client(realm, &e.client_id).ok().flatten();
-                    }
-                }
+        if let Some(hint) = id_token_hint
+            && let Ok(j) = tokens::fuzzing::parse_compact(hint)
+        {
+            let jti = j
+                .claims
+                .get("jti")
+                .and_then(Value::as_str)
+                .and_then(|s| Jti::new(s).ok());
+            if let Some(e) = jti.and_then(|jti| self.store.get_token(&jti).ok().flatten())
+                && ct_eq(&e.token_hash, &tokens::token_hash(hint))
+                && e.kind == TokenKind::Id
+                && &e.realm == realm
+            {
+                sids.extend(e.session_id.clone());
+                hinted_client = self.store.get_client(realm, &e.client_id).ok().flatten();
             }
         }
         for sid in sids {
-            if let Some(s) = self.store.get_session(&sid).map_err(Error::from)? {
-                if &s.realm == realm && self.store.revoke_session(&sid, now).map_err(Error::from)? {
-                    self.audit
-                        .record(
-                            Event::success(Operation::SessionEnded)
-                                .realm(realm)
-                                .target(s.account.as_str())
-                                .source(source),
-                            now,
-                        )
-                        .map_err(Error::from)?;
-                }
+            if let Some(s) = self.store.get_session(&sid).map_err(Error::from)?
+                && &s.realm == realm
+                && self.store.revoke_session(&sid, now).map_err(Error::from)?
+            {
+                self.audit
+                    .record(
+                        Event::success(Operation::SessionEnded)
+                            .realm(realm)
+                            .target(s.account.as_str())
+                            .source(source),
+                        now,
+                    )
+                    .map_err(Error::from)?;
             }
         }
         Ok(hinted_client)

@@ -286,6 +286,7 @@ impl Custody {
         Signer::new(self.store.clone(), self.kek.clone())
     }
 
+    #[allow(clippy::too_many_arguments)] // The full description of one key row; called from two places.
     fn seal_and_store(
         &self,
         realm: &RealmId,
@@ -380,10 +381,10 @@ impl Custody {
             (KeyPurpose::IdToken, Algorithm::RS256),
         ];
         for c in self.store.list_clients(realm)? {
-            if let Some(a) = c.id_token_alg.as_deref().and_then(Algorithm::from_jose) {
-                if !needs.contains(&(KeyPurpose::IdToken, a)) {
-                    needs.push((KeyPurpose::IdToken, a));
-                }
+            if let Some(a) = c.id_token_alg.as_deref().and_then(Algorithm::from_jose)
+                && !needs.contains(&(KeyPurpose::IdToken, a))
+            {
+                needs.push((KeyPurpose::IdToken, a));
             }
         }
         Ok(needs)
@@ -492,10 +493,10 @@ impl Custody {
     pub fn verifying_keys(&self) -> Result<Arc<VerifyingKeys>> {
         let generation = self.store.key_generation()?;
         let mut cache = self.verifying.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((g, keys)) = cache.as_ref() {
-            if *g == generation {
-                return Ok(keys.clone());
-            }
+        if let Some((g, keys)) = cache.as_ref()
+            && *g == generation
+        {
+            return Ok(keys.clone());
         }
         let mut by_realm: HashMap<RealmId, HashMap<Kid, Arc<VerifyingKey>>> = HashMap::new();
         for record in self.store.list_keys(None)? {

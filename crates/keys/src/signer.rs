@@ -60,10 +60,10 @@ impl Signer {
     fn loaded(&self) -> Result<Arc<Loaded>> {
         let generation = self.store.key_generation()?;
         let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = slot.as_ref() {
-            if l.generation == generation {
-                return Ok(l.clone());
-            }
+        if let Some(l) = slot.as_ref()
+            && l.generation == generation
+        {
+            return Ok(l.clone());
         }
         let records = self.store.list_keys(None)?;
         let mut keys = HashMap::new();

@@ -324,9 +324,7 @@ fn finish_realm(
 const ACCOUNT_COLS: &str =
     "id, realm, email, display_name, password_hash, disabled, role, created_at";
 
-fn account_row(
-    r: &Row<'_>,
-) -> rusqlite::Result<(String, String, String, String, String, bool, String, i64)> {
+fn account_row(r: &Row<'_>) -> rusqlite::Result<AccountRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,

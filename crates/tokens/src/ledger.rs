@@ -42,10 +42,10 @@ impl Ledger for StoreLedger {
     }
 
     fn subject_active(&self, realm: &RealmId, subject: &str) -> bool {
-        if let Ok(id) = AccountId::new(subject) {
-            if let Ok(Some(a)) = self.0.get_account(&id) {
-                return &a.realm == realm && !a.disabled;
-            }
+        if let Ok(id) = AccountId::new(subject)
+            && let Ok(Some(a)) = self.0.get_account(&id)
+        {
+            return &a.realm == realm && !a.disabled;
         }
         // Client-credentials tokens have the client as subject.
         ClientId::new(subject).is_ok_and(|c| self.client_known(realm, &c))

@@ -154,7 +154,7 @@ pub struct Rejected {
     /// Why.
     pub reason: Rejection,
     /// What it claimed.
-    pub presented: Presented,
+    pub presented: Box<Presented>,
 }
 
 /// What the resource server expects of a token.
@@ -268,7 +268,7 @@ pub fn validate(
         ($r:expr) => {
             return Err(Rejected {
                 reason: $r,
-                presented,
+                presented: Box::new(presented),
             })
         };
     }
@@ -393,10 +393,10 @@ pub fn validate(
         reject!(Rejection::ClientUnknown);
     }
     let scopes: Vec<String> = scope.split_ascii_whitespace().map(str::to_owned).collect();
-    if let Some(needed) = expect.required_scope {
-        if !scopes.iter().any(|s| s == needed) {
-            reject!(Rejection::InsufficientScope);
-        }
+    if let Some(needed) = expect.required_scope
+        && !scopes.iter().any(|s| s == needed)
+    {
+        reject!(Rejection::InsufficientScope);
     }
 
     // 6. Ledger: this exact token was issued, for this subject, client, key and realm.
@@ -416,10 +416,10 @@ pub fn validate(
     if entry.revoked_at.is_some() {
         reject!(Rejection::TokenRevoked);
     }
-    if let Some(sid) = &entry.session_id {
-        if !ledger.session_active(sid, now) {
-            reject!(Rejection::SessionRevoked);
-        }
+    if let Some(sid) = &entry.session_id
+        && !ledger.session_active(sid, now)
+    {
+        reject!(Rejection::SessionRevoked);
     }
     if !ledger.subject_active(expect.realm, sub) {
         reject!(Rejection::AccountDisabled);

@@ -1,0 +1,193 @@
+"""Authorization code + PKCE, driven by an independent OAuth client library (authlib), and the
+PKCE and redirect rules the server must enforce."""
+
+import secrets
+from urllib.parse import urlencode
+
+import jwt
+import pytest
+import requests
+from authlib.common.security import generate_token
+from authlib.integrations.requests_client import OAuth2Session
+
+from conftest import (
+    HTTP_TIMEOUT_S,
+    query_of,
+    random_state,
+    s256,
+    submit_login,
+    verify_access_token,
+    verify_id_token,
+)
+
+REALM = "contoso"
+CLIENT = "webapp"
+REDIRECT = "http://127.0.0.1:9/cb"  # never contacted: redirects are not followed
+
+
+@pytest.fixture(scope="module")
+def webapp(keypost, world):
+    out = keypost.create_client(REALM, CLIENT, "--redirect-uri", REDIRECT)
+    assert not out.get("client_secret"), f"a public client got a secret: {out}"
+    return CLIENT
+
+
+def authorize(keypost, browser=None, **params):
+    """GETs the authorization endpoint without following redirects."""
+    url = keypost.endpoint(REALM, "authorization_endpoint") + "?" + urlencode(params)
+    return (browser or requests).get(url, allow_redirects=False, timeout=HTTP_TIMEOUT_S)
+
+
+def code_for(keypost, user, verifier, scope="openid email"):
+    """Signs `user` in through the login form (fresh browser) and returns the authorization code."""
+    browser = requests.Session()
+    state = random_state()
+    page = authorize(
+        keypost,
+        browser,
+        client_id=CLIENT,
+        response_type="code",
+        redirect_uri=REDIRECT,
+        scope=scope,
+        state=state,
+        code_challenge=s256(verifier),
+        code_challenge_method="S256",
+    )
+    done = submit_login(browser, page, user.email, user.password)
+    assert done.status_code == 303, f"{done.status_code} {done.headers} {done.text}"
+    q = query_of(done.headers["Location"])
+    assert q.get("state") == state, done.headers["Location"]
+    return q["code"]
+
+
+def exchange(keypost, code, verifier):
+    return requests.post(
+        keypost.endpoint(REALM, "token_endpoint"),
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "client_id": CLIENT,
+            "code_verifier": verifier,
+        },
+        timeout=HTTP_TIMEOUT_S,
+    )
+
+
+def test_authorization_code_with_pkce_completed_by_authlib(keypost, world, webapp):
+    doc = keypost.discovery(REALM)
+    client = OAuth2Session(
+        client_id=webapp,
+        redirect_uri=REDIRECT,
+        scope="openid email",
+        code_challenge_method="S256",
+    )
+    verifier = generate_token(64)
+    nonce = generate_token(24)
+    url, state = client.create_authorization_url(
+        doc["authorization_endpoint"], code_verifier=verifier, nonce=nonce
+    )
+
+    browser = requests.Session()
+    page = browser.get(url, allow_redirects=False, timeout=HTTP_TIMEOUT_S)
+    done = submit_login(browser, page, world.alice.email, world.alice.password)
+
+    assert done.status_code == 303, f"{done.status_code} {done.text}"
+    location = done.headers["Location"]
+    assert location.startswith(REDIRECT + "?"), location
+    q = query_of(location)
+    assert q.get("code"), location
+    assert q.get("state") == state, location
+    assert q.get("iss") == doc["issuer"], location  # RFC 9207
+
+    token = client.fetch_token(
+        doc["token_endpoint"], authorization_response=location, code_verifier=verifier
+    )
+    assert token["token_type"].lower() == "bearer"
+
+    id_header = jwt.get_unverified_header(token["id_token"])
+    assert id_header["alg"] == "RS256" and id_header.get("kid")
+    id_claims = verify_id_token(keypost, REALM, token["id_token"], webapp)
+    assert id_claims["nonce"] == nonce
+
+    at_claims = verify_access_token(keypost, REALM, token["access_token"])
+    assert at_claims["client_id"] == webapp
+    assert at_claims["sub"] == id_claims["sub"]
+
+    info = keypost.userinfo(REALM, token["access_token"])
+    assert info.status_code == 200, info.text
+    assert info.json()["email"] == world.alice.email
+    assert info.json()["sub"] == id_claims["sub"]
+
+
+def test_public_client_without_code_challenge_is_invalid_request(keypost, world, webapp):
+    state = random_state()
+    r = authorize(
+        keypost,
+        client_id=CLIENT,
+        response_type="code",
+        redirect_uri=REDIRECT,
+        scope="openid email",
+        state=state,
+    )
+    assert r.status_code in (302, 303), f"{r.status_code} {r.text}"
+    location = r.headers["Location"]
+    assert location.startswith(REDIRECT + "?"), location
+    q = query_of(location)
+    assert q.get("error") == "invalid_request", location
+    assert q.get("state") == state, location
+    assert "code" not in q
+
+
+def test_plain_code_challenge_method_is_invalid_request(keypost, world, webapp):
+    verifier = secrets.token_urlsafe(48)
+    r = authorize(
+        keypost,
+        client_id=CLIENT,
+        response_type="code",
+        redirect_uri=REDIRECT,
+        scope="openid email",
+        state=random_state(),
+        code_challenge=verifier,
+        code_challenge_method="plain",
+    )
+    assert r.status_code in (302, 303), f"{r.status_code} {r.text}"
+    q = query_of(r.headers["Location"])
+    assert q.get("error") == "invalid_request", r.headers["Location"]
+    assert "code" not in q
+
+
+def test_wrong_code_verifier_is_invalid_grant(keypost, world, webapp):
+    verifier = secrets.token_urlsafe(48)
+    code = code_for(keypost, world.alice, verifier)
+    r = exchange(keypost, code, secrets.token_urlsafe(48))
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_grant"
+    assert "access_token" not in r.json()
+
+
+def test_authorization_code_works_only_once(keypost, world, webapp):
+    verifier = secrets.token_urlsafe(48)
+    code = code_for(keypost, world.alice, verifier)
+    first = exchange(keypost, code, verifier)
+    assert first.status_code == 200, first.text
+    second = exchange(keypost, code, verifier)
+    assert second.status_code == 400, second.text
+    assert second.json()["error"] == "invalid_grant"
+    assert "access_token" not in second.json()
+
+
+def test_unregistered_redirect_uri_gets_error_page_not_redirect(keypost, world, webapp):
+    r = authorize(
+        keypost,
+        client_id=CLIENT,
+        response_type="code",
+        redirect_uri="http://127.0.0.1:9/attacker",
+        scope="openid email",
+        state=random_state(),
+        code_challenge=s256(secrets.token_urlsafe(48)),
+        code_challenge_method="S256",
+    )
+    assert r.status_code == 400, f"{r.status_code} {r.headers} {r.text}"
+    assert "Location" not in r.headers
+    assert "text/html" in r.headers.get("Content-Type", "")

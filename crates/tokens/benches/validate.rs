@@ -6,15 +6,20 @@
 
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use keys::{Algorithm, Custody, Kek, KeyPolicy, KeyPurpose};
-use store::{Account, AccountId, Client, ClientId, Realm, RealmId, RealmKind, Role, SqliteStore, Store};
-use tokens::{issuer_for, validate, Expectation, MintRequest, Minter, StoreLedger};
+use store::{
+    Account, AccountId, Client, ClientId, Realm, RealmId, RealmKind, Role, SqliteStore, Store,
+};
+use tokens::{Expectation, MintRequest, Minter, StoreLedger, issuer_for, validate};
 
 const URL: &str = "https://keypost.test";
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn bench(c: &mut Criterion) {
@@ -25,7 +30,14 @@ fn bench(c: &mut Criterion) {
     let t = now();
     let realm = RealmId::new("contoso").unwrap();
     store
-        .create_realm(&Realm { id: realm.clone(), kind: RealmKind::Tenant, display_name: "c".into(), domains: vec![], access_token_alg: "EdDSA".into(), created_at: t })
+        .create_realm(&Realm {
+            id: realm.clone(),
+            kind: RealmKind::Tenant,
+            display_name: "c".into(),
+            domains: vec![],
+            access_token_alg: "EdDSA".into(),
+            created_at: t,
+        })
         .unwrap();
     store
         .create_client(&Client {
@@ -42,9 +54,22 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let user = AccountId::new("u1").unwrap();
     store
-        .create_account(&Account { id: user.clone(), realm: realm.clone(), email: "a@c.test".into(), display_name: "a".into(), password_hash: "x".into(), disabled: false, role: Role::User, created_at: t })
+        .create_account(&Account {
+            id: user.clone(),
+            realm: realm.clone(),
+            email: "a@c.test".into(),
+            display_name: "a".into(),
+            password_hash: "x".into(),
+            disabled: false,
+            role: Role::User,
+            created_at: t,
+        })
         .unwrap();
-    let custody = Custody::new(store.clone(), Arc::new(Kek::generate().unwrap()), KeyPolicy::default());
+    let custody = Custody::new(
+        store.clone(),
+        Arc::new(Kek::generate().unwrap()),
+        KeyPolicy::default(),
+    );
     let minter = Minter::new(custody.signer(), store.clone(), URL);
     let issuer = issuer_for(URL, &realm);
     let aud = format!("{URL}/mail");
@@ -52,7 +77,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("validate");
     for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
         store.set_access_token_alg(&realm, alg.as_str()).unwrap();
-        custody.generate(&realm, KeyPurpose::AccessToken, alg, t, t).unwrap();
+        custody
+            .generate(&realm, KeyPurpose::AccessToken, alg, t, t)
+            .unwrap();
         let issued = minter
             .mint(
                 &MintRequest {
@@ -74,12 +101,22 @@ fn bench(c: &mut Criterion) {
         let keys = custody.verifying_keys().unwrap();
         let key = keys.in_realm(&realm, issued.kid.as_str()).unwrap().clone();
         let (input, sig) = token.rsplit_once('.').unwrap();
-        let sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
+        let sig =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
         let ledger = StoreLedger(store.clone());
-        let expect = Expectation { realm: &realm, issuer: &issuer, audience: &aud, max_lifetime: 600, leeway: 30, required_scope: Some("mail") };
+        let expect = Expectation {
+            realm: &realm,
+            issuer: &issuer,
+            audience: &aud,
+            max_lifetime: 600,
+            leeway: 30,
+            required_scope: Some("mail"),
+        };
         assert!(validate(&token, &expect, t, &keys, &ledger).is_ok());
 
-        g.bench_function(format!("raw_verify/{alg}"), |b| b.iter(|| assert!(key.verify(input.as_bytes(), &sig))));
+        g.bench_function(format!("raw_verify/{alg}"), |b| {
+            b.iter(|| assert!(key.verify(input.as_bytes(), &sig)))
+        });
         g.bench_function(format!("full_policy_with_ledger/{alg}"), |b| {
             b.iter(|| {
                 let keys = custody.verifying_keys().unwrap();

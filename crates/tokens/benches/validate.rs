@@ -4,6 +4,9 @@
 //! signature, claims, ledger read from SQLite, session and account checks) should cost at most
 //! a few percent over the signature check alone; BENCHMARKS.md records the figures.
 
+// A benchmark panicking on a broken setup is the right outcome, like a test.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};

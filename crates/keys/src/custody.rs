@@ -107,8 +107,7 @@ pub(crate) fn states(records: &[KeyRecord], now: UnixTime) -> Vec<KeyState> {
                     && o.purpose == k.purpose
                     && o.alg == k.alg
                     && o.activates_at <= now
-                    && (o.activates_at, o.created_at, &o.kid)
-                        > (k.activates_at, k.created_at, &k.kid)
+                    && newer(o, k)
             });
             if superseded {
                 KeyState::Retiring
@@ -117,6 +116,14 @@ pub(crate) fn states(records: &[KeyRecord], now: UnixTime) -> Vec<KeyState> {
             }
         })
         .collect()
+}
+
+/// Whether `a` takes over from `b`: it activated later, or (within the same second, as when a
+/// key is revoked and replaced at once) it is not revoked while `b` is, then by creation time
+/// and kid, so exactly one key is active.
+fn newer(a: &KeyRecord, b: &KeyRecord) -> bool {
+    let rank = |k: &KeyRecord| (k.activates_at, k.revoked_at.is_none(), k.created_at);
+    (rank(a), &a.kid) > (rank(b), &b.kid)
 }
 
 /// What `keys list` shows about a key. No private material.

@@ -248,3 +248,28 @@ fn private_keys_are_sealed_at_rest_and_rewrap_keeps_them_usable() {
         "old KEK no longer opens it"
     );
 }
+
+#[test]
+fn a_replacement_made_in_the_same_second_as_the_revoked_key_is_active() {
+    // Import and revoke within one second, several times, so kid order cannot hide the tie.
+    for _ in 0..8 {
+        let (_s, c) = setup();
+        let r = realm("contoso");
+        c.ensure(&r, T0).unwrap();
+        let (_key, der) = PrivateKey::generate(Algorithm::EdDSA).unwrap();
+        let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec()));
+        let (kid, _) = c
+            .import(
+                &r,
+                KeyPurpose::AccessToken,
+                pem.as_bytes(),
+                Algorithm::RS256,
+                T0 + 5,
+            )
+            .unwrap();
+        assert_eq!(active_access_kid(&c, &r, T0 + 5), kid);
+        let (_, replacements) = c.revoke(&kid, T0 + 5).unwrap().unwrap();
+        assert_eq!(replacements.len(), 1);
+        assert_eq!(active_access_kid(&c, &r, T0 + 5), replacements[0]);
+    }
+}

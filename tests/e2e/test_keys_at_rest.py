@@ -42,3 +42,15 @@ def test_imported_private_key_never_appears_in_the_data_dir(keypost, world, tmp_
         content = path.read_bytes()
         for what, needle in forbidden.items():
             assert needle not in content, f"{what} found in {path.relative_to(keypost.data_dir)}"
+
+
+def test_a_copy_of_the_data_dir_does_not_carry_the_key_encryption_key(keypost, world):
+    # Backups of the data directory must be useless without the KEK, so the KEK lives beside
+    # the directory by default (`{data_dir}.kek`), never inside it.
+    kek = keypost.data_dir.parent / (keypost.data_dir.name + ".kek")
+    assert kek.is_file(), "the key-encryption key was not created beside the data directory"
+    assert kek.stat().st_mode & 0o077 == 0, "the key-encryption key is readable by others"
+    secret = kek.read_bytes().strip()
+    for path in (p for p in keypost.data_dir.rglob("*") if p.is_file()):
+        assert secret not in path.read_bytes(), f"KEK found in {path.relative_to(keypost.data_dir)}"
+        assert path.name != "kek", f"a KEK file is inside the data directory: {path}"

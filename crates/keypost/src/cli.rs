@@ -164,7 +164,8 @@ pub(crate) enum KeysCmd {
     },
     /// Revoke a key: refused for signing and validation at once; replaced if it was active.
     Revoke {
-        /// Key id.
+        /// Key id (base64url; may start with '-').
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         #[command(flatten)]
         out: JsonFlag,
@@ -216,10 +217,10 @@ pub(crate) enum AuditCmd {
         #[arg(long)]
         client: Option<String>,
         /// Token id.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         jti: Option<String>,
         /// Key id.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         kid: Option<String>,
         /// Only records at or after this time (RFC 3339, or a duration ago such as "1h").
         #[arg(long)]

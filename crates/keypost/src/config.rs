@@ -50,7 +50,8 @@ struct Tokens {
 struct Keys {
     rotation_period: String,
     publish_ahead: String,
-    /// Key-encryption key file; empty means `{data_dir}/kek`. `KEYPOST_KEK` (base64) wins.
+    /// Key-encryption key file; empty means `{data_dir}.kek`, beside (not inside) the data
+    /// directory. `KEYPOST_KEK` (base64) wins.
     kek_file: String,
 }
 
@@ -237,6 +238,23 @@ impl Config {
     }
 }
 
+/// The KEK's default home: beside the data directory (`./keypost-data.kek`), never inside it,
+/// so a copy or backup of the data directory holds no usable private key.
+fn default_kek_file(data_dir: &Path) -> Result<PathBuf> {
+    let name = data_dir
+        .file_name()
+        .filter(|n| *n != "." && *n != "..")
+        .with_context(|| {
+            format!(
+                "data_dir {} has no name to put the key-encryption key beside; set keys.kek_file",
+                data_dir.display()
+            )
+        })?;
+    let mut kek = name.to_os_string();
+    kek.push(".kek");
+    Ok(data_dir.with_file_name(kek))
+}
+
 impl FileConfig {
     fn validate(self) -> Result<Config> {
         let public_url = self.public_url.trim_end_matches('/').to_owned();
@@ -274,7 +292,7 @@ impl FileConfig {
             bail!("keys.publish_ahead must be shorter than keys.rotation_period");
         }
         let kek_file = if self.keys.kek_file.is_empty() {
-            self.data_dir.join("kek")
+            default_kek_file(&self.data_dir)?
         } else {
             PathBuf::from(&self.keys.kek_file)
         };
@@ -308,6 +326,18 @@ mod tests {
         assert_eq!(c.identity.access_ttl, 600);
         assert_eq!(c.data_dir, PathBuf::from("./keypost-data"));
         assert_eq!(c.key_policy.rotation_period, 7 * 86_400);
+        assert_eq!(
+            c.kek_file,
+            PathBuf::from("./keypost-data.kek"),
+            "outside the data directory"
+        );
+        let c = Config::from_parts(
+            None,
+            "k",
+            &env(&[("KEYPOST_DATA_DIR", "/var/lib/keypost/")]),
+        )
+        .unwrap();
+        assert_eq!(c.kek_file, PathBuf::from("/var/lib/keypost.kek"));
     }
 
     #[test]

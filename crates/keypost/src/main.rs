@@ -69,3 +69,39 @@ fn init_logging(serving: bool) {
         )
         .init();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kids_starting_with_a_hyphen_are_values_not_options() {
+        // base64url kids start with '-' one time in 64; revoking one must not need `--`.
+        let args =
+            Args::try_parse_from(["keypost", "keys", "revoke", "-5ItMA03Ut6i4jzNFIYqk"]).unwrap();
+        assert!(
+            matches!(args.command, cli::Command::Keys(cli::KeysCmd::Revoke { ref kid, .. }) if kid == "-5ItMA03Ut6i4jzNFIYqk")
+        );
+        let args = Args::try_parse_from([
+            "keypost", "audit", "search", "--kid", "-abc", "--jti", "-def",
+        ]);
+        assert!(args.is_ok());
+    }
+
+    #[test]
+    fn every_verb_has_help() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        fn walk(c: &clap::Command) {
+            for sub in c.get_subcommands() {
+                assert!(
+                    sub.get_about().is_some(),
+                    "{} has no help text",
+                    sub.get_name()
+                );
+                walk(sub);
+            }
+        }
+        walk(&Args::command());
+    }
+}

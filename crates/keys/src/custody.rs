@@ -90,9 +90,14 @@ impl KeyState {
 /// purpose and algorithm has activated, even if that newer key was later revoked: revoking the
 /// active key never silently brings an older one back.
 pub(crate) fn states(records: &[KeyRecord], now: UnixTime) -> Vec<KeyState> {
+    // Rank: activation time; within one second a live key beats a revoked one (revoke and
+    // replace at once) and a later insertion beats an earlier one (import, manual rotation).
+    // `records` come in insertion order (`KeyStore::list_keys`), so the index is that order.
+    let rank = |i: usize, k: &KeyRecord| (k.activates_at, k.revoked_at.is_none(), i);
     records
         .iter()
-        .map(|k| {
+        .enumerate()
+        .map(|(i, k)| {
             if k.revoked_at.is_some() {
                 return KeyState::Revoked;
             }
@@ -102,12 +107,12 @@ pub(crate) fn states(records: &[KeyRecord], now: UnixTime) -> Vec<KeyState> {
             if now < k.activates_at {
                 return KeyState::Pending;
             }
-            let superseded = records.iter().any(|o| {
+            let superseded = records.iter().enumerate().any(|(j, o)| {
                 o.realm == k.realm
                     && o.purpose == k.purpose
                     && o.alg == k.alg
                     && o.activates_at <= now
-                    && newer(o, k)
+                    && rank(j, o) > rank(i, k)
             });
             if superseded {
                 KeyState::Retiring
@@ -116,14 +121,6 @@ pub(crate) fn states(records: &[KeyRecord], now: UnixTime) -> Vec<KeyState> {
             }
         })
         .collect()
-}
-
-/// Whether `a` takes over from `b`: it activated later, or (within the same second, as when a
-/// key is revoked and replaced at once) it is not revoked while `b` is, then by creation time
-/// and kid, so exactly one key is active.
-fn newer(a: &KeyRecord, b: &KeyRecord) -> bool {
-    let rank = |k: &KeyRecord| (k.activates_at, k.revoked_at.is_none(), k.created_at);
-    (rank(a), &a.kid) > (rank(b), &b.kid)
 }
 
 /// What `keys list` shows about a key. No private material.

@@ -651,14 +651,12 @@ impl KeyStore for SqliteStore {
         let rows = match realm {
             Some(r) => conn
                 .prepare(&format!(
-                    "SELECT {KEY_COLS} FROM keys WHERE realm = ? ORDER BY created_at, kid"
+                    "SELECT {KEY_COLS} FROM keys WHERE realm = ? ORDER BY rowid"
                 ))?
                 .query_map([r.as_str()], key_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?,
             None => conn
-                .prepare(&format!(
-                    "SELECT {KEY_COLS} FROM keys ORDER BY realm, created_at, kid"
-                ))?
+                .prepare(&format!("SELECT {KEY_COLS} FROM keys ORDER BY rowid"))?
                 .query_map([], key_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?,
         };

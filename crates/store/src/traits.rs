@@ -54,7 +54,8 @@ pub trait KeyStore: Send + Sync {
     fn insert_key(&self, key: &KeyRecord) -> Result<()>;
     /// A key by kid, whatever its realm.
     fn get_key(&self, kid: &Kid) -> Result<Option<KeyRecord>>;
-    /// Keys, optionally of one realm, oldest first.
+    /// Keys, optionally of one realm, in the order they were inserted. Key states depend on
+    /// this order: of two keys activating in the same second, the later insertion wins.
     fn list_keys(&self, realm: Option<&RealmId>) -> Result<Vec<KeyRecord>>;
     /// Marks a key revoked; `false` if it was revoked already.
     fn revoke_key(&self, kid: &Kid, at: UnixTime) -> Result<bool>;

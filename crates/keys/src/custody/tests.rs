@@ -273,3 +273,24 @@ fn a_replacement_made_in_the_same_second_as_the_revoked_key_is_active() {
         assert_eq!(active_access_kid(&c, &r, T0 + 5), replacements[0]);
     }
 }
+
+#[test]
+fn the_latest_import_in_one_second_is_the_active_key() {
+    let (_s, c) = setup();
+    let r = realm("contoso");
+    c.ensure(&r, T0).unwrap();
+    for _ in 0..6 {
+        let (_key, der) = PrivateKey::generate(Algorithm::EdDSA).unwrap();
+        let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec()));
+        let (kid, _) = c
+            .import(
+                &r,
+                KeyPurpose::AccessToken,
+                pem.as_bytes(),
+                Algorithm::RS256,
+                T0,
+            )
+            .unwrap();
+        assert_eq!(active_access_kid(&c, &r, T0), kid);
+    }
+}

@@ -163,6 +163,7 @@ pub struct Identity {
     custody: Arc<Custody>,
     minter: Minter,
     audit: AuditLog,
+    validator: tokens::Validator,
     cfg: IdentityConfig,
 }
 
@@ -184,6 +185,7 @@ impl Identity {
             custody,
             minter,
             audit,
+            validator: tokens::Validator::default(),
             cfg,
         }
     }
@@ -1173,17 +1175,17 @@ impl Identity {
             leeway: self.cfg.leeway,
             required_scope: scope,
         };
+        // One read for both counters, so the key set and the cache agree on what they saw.
+        let generations = self.store.generations().map_err(Error::from)?;
         let keys = self
             .custody
-            .verifying_keys()
+            .verifying_keys_at(generations.keys)
             .map_err(|e| OAuthError::from(Error::from(e)))?;
-        match tokens::validate(
-            token,
-            &expect,
-            now,
-            &keys,
-            &tokens::StoreLedger(self.store.clone()),
-        ) {
+        let ledger = tokens::StoreLedger(self.store.clone());
+        match self
+            .validator
+            .validate(token, &expect, now, &keys, generations, &ledger)
+        {
             Ok(p) => Ok(p),
             Err(rej) => {
                 let (name, code) = rej.reason.code();

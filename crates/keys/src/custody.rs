@@ -495,7 +495,12 @@ impl Custody {
 
     /// All keys as parsed verifying keys, reloaded only when the key table changed.
     pub fn verifying_keys(&self) -> Result<Arc<VerifyingKeys>> {
-        let generation = self.store.key_generation()?;
+        self.verifying_keys_at(self.store.key_generation()?)
+    }
+
+    /// The verifying keys of key-table `generation` (read by the caller, e.g. together with the
+    /// revocation generation), reloading only if it differs from the cached set's.
+    pub fn verifying_keys_at(&self, generation: i64) -> Result<Arc<VerifyingKeys>> {
         let mut cache = self.verifying.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((g, keys)) = cache.as_ref()
             && *g == generation

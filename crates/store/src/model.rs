@@ -308,3 +308,45 @@ pub struct AuditQuery {
     /// At most this many (default 100).
     pub limit: Option<u32>,
 }
+
+/// The generation counters caches compare (see [`crate::LedgerStore::generations`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Generations {
+    /// Bumped by every key change.
+    pub keys: i64,
+    /// Bumped by every revocation of a token, family or session, and account state change.
+    pub revocations: i64,
+}
+
+/// A session's liveness, as the validator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionState {
+    /// Realm of the session.
+    pub realm: RealmId,
+    /// When it was revoked.
+    pub revoked_at: Option<UnixTime>,
+    /// When it ends.
+    pub expires_at: UnixTime,
+}
+
+/// An account's state, as the validator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountState {
+    /// Realm of the account.
+    pub realm: RealmId,
+    /// Disabled accounts' tokens stop validating.
+    pub disabled: bool,
+}
+
+/// What the ledger knows about one presented jti.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerView {
+    /// The ledger row, if Keypost issued this jti.
+    pub entry: Option<LedgerEntry>,
+    /// Whether the presented client is registered in the expected realm.
+    pub client_known: bool,
+    /// The row's session, if it has one and it exists.
+    pub session: Option<SessionState>,
+    /// The account named by the row's subject, if it is an account.
+    pub account: Option<AccountState>,
+}

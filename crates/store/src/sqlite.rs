@@ -13,7 +13,8 @@ use crate::{Error, Result};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version. Never edit a
 /// migration that has shipped: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE realms (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -134,7 +135,21 @@ CREATE INDEX audit_jti ON audit(jti) WHERE jti IS NOT NULL;
 -- The audit log is append-only: the database itself refuses edits made through SQL.
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
-"#];
+"#,
+    r#"
+-- Every change that can turn a valid token invalid bumps one counter, so validators may cache
+-- verified tokens and still see a revocation on their next validation.
+INSERT INTO meta(name, value) VALUES ('revocation_generation', 0);
+CREATE TRIGGER ledger_revoked AFTER UPDATE OF revoked_at ON ledger
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'revocation_generation'; END;
+CREATE TRIGGER session_revoked AFTER UPDATE OF revoked_at, expires_at ON sessions
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'revocation_generation'; END;
+CREATE TRIGGER account_disabled AFTER UPDATE OF disabled, realm ON accounts
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'revocation_generation'; END;
+CREATE TRIGGER client_changed AFTER DELETE ON clients
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'revocation_generation'; END;
+"#,
+];
 
 /// SQLite-backed [`Store`](crate::Store).
 pub struct SqliteStore {
@@ -836,6 +851,80 @@ impl LedgerStore for SqliteStore {
             params![at, family_id],
         )?;
         Ok(n as u64)
+    }
+
+    fn generations(&self) -> Result<Generations> {
+        let (keys, revocations) = self
+            .conn()?
+            .prepare_cached(
+                "SELECT (SELECT value FROM meta WHERE name = 'key_generation'), \
+                        (SELECT value FROM meta WHERE name = 'revocation_generation')",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(Generations { keys, revocations })
+    }
+
+    fn ledger_view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> Result<LedgerView> {
+        // One statement for everything the validator's last steps need: the ledger row, its
+        // session, its subject's account, and whether the client is registered in the realm.
+        const SQL: &str = "SELECT l.jti, l.realm, l.kind, l.subject, l.client_id, l.kid, l.session_id, \
+            l.family_id, l.scope, l.audience, l.issued_at, l.expires_at, l.token_hash, l.revoked_at, \
+            l.used_at, s.realm, s.revoked_at, s.expires_at, a.realm, a.disabled, \
+            EXISTS(SELECT 1 FROM clients WHERE realm = ?2 AND client_id = ?3) \
+            FROM (SELECT ?1 AS jti) q \
+            LEFT JOIN ledger l ON l.jti = q.jti \
+            LEFT JOIN sessions s ON s.id = l.session_id \
+            LEFT JOIN accounts a ON a.id = l.subject";
+        type Extra = (
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<bool>,
+            bool,
+        );
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(SQL)?;
+        let (row, extra): (Option<LedgerRow>, Extra) = stmt.query_row(
+            params![jti.as_str(), realm.as_str(), client.as_str()],
+            |r| {
+                let row = match r.get::<_, Option<String>>(0)? {
+                    Some(_) => Some(ledger_row(r)?),
+                    None => None,
+                };
+                Ok((
+                    row,
+                    (
+                        r.get(15)?,
+                        r.get(16)?,
+                        r.get(17)?,
+                        r.get(18)?,
+                        r.get(19)?,
+                        r.get(20)?,
+                    ),
+                ))
+            },
+        )?;
+        let (s_realm, s_revoked, s_expires, a_realm, a_disabled, client_known) = extra;
+        Ok(LedgerView {
+            entry: row.map(finish_ledger).transpose()?,
+            client_known,
+            session: match (s_realm, s_expires) {
+                (Some(r), Some(e)) => Some(SessionState {
+                    realm: parse_id(r)?,
+                    revoked_at: s_revoked,
+                    expires_at: e,
+                }),
+                _ => None,
+            },
+            account: match (a_realm, a_disabled) {
+                (Some(r), Some(d)) => Some(AccountState {
+                    realm: parse_id(r)?,
+                    disabled: d,
+                }),
+                _ => None,
+            },
+        })
     }
 
     fn mark_refresh_used(&self, jti: &Jti, at: UnixTime) -> Result<bool> {

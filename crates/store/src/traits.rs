@@ -75,6 +75,14 @@ pub trait LedgerStore: Send + Sync {
     fn revoke_token(&self, jti: &Jti, at: UnixTime) -> Result<bool>;
     /// Revokes every token of a refresh family; returns how many were revoked.
     fn revoke_family(&self, family_id: &str, at: UnixTime) -> Result<u64>;
+    /// The key and revocation generation counters, read together. The revocation counter is
+    /// bumped by anything that can invalidate a token already issued (a revoked token, family
+    /// or session, a disabled account), so a validator's cache of verified tokens is fresh
+    /// exactly while both counters are unchanged.
+    fn generations(&self) -> Result<Generations>;
+    /// Everything the validator needs about a jti, in one read: its ledger row, its session,
+    /// its subject's account, and whether `client` is registered in `realm`.
+    fn ledger_view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> Result<LedgerView>;
     /// Marks a refresh token used. Atomic: `false` if it was used before (reuse).
     fn mark_refresh_used(&self, jti: &Jti, at: UnixTime) -> Result<bool>;
 }

@@ -120,10 +120,35 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("raw_verify/{alg}"), |b| {
             b.iter(|| assert!(key.verify(input.as_bytes(), &sig)))
         });
+        // What a resource server does per request: one read of both generation counters,
+        // the key set for that generation, then the full policy with the ledger read.
         g.bench_function(format!("full_policy_with_ledger/{alg}"), |b| {
             b.iter(|| {
-                let keys = custody.verifying_keys().unwrap();
+                let gens = store.generations().unwrap();
+                let keys = custody.verifying_keys_at(gens.keys).unwrap();
                 validate(&token, &expect, t, &keys, &ledger).unwrap()
+            })
+        });
+        // Where the difference goes: strict JOSE parsing, and the one ledger read.
+        g.bench_function(format!("breakdown_parse/{alg}"), |b| {
+            b.iter(|| tokens::fuzzing::parse_compact(&token).unwrap())
+        });
+        let (jti, client) = (issued.access_jti.clone(), ClientId::new("app").unwrap());
+        g.bench_function(format!("breakdown_ledger_view/{alg}"), |b| {
+            b.iter(|| store.ledger_view(&jti, &realm, &client).unwrap())
+        });
+        g.bench_function(format!("breakdown_generations/{alg}"), |b| {
+            b.iter(|| store.generations().unwrap())
+        });
+        // The same token again: served from the verified-token cache after the generation read.
+        let validator = tokens::Validator::default();
+        g.bench_function(format!("repeated_token_cached/{alg}"), |b| {
+            b.iter(|| {
+                let gens = store.generations().unwrap();
+                let keys = custody.verifying_keys_at(gens.keys).unwrap();
+                validator
+                    .validate(&token, &expect, t, &keys, gens, &ledger)
+                    .unwrap()
             })
         });
     }

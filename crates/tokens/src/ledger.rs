@@ -3,21 +3,16 @@
 
 use std::sync::Arc;
 
-use store::{AccountId, ClientId, Jti, LedgerEntry, RealmId, SessionId, Store, UnixTime};
+use store::{ClientId, Jti, LedgerView, RealmId, Store};
 
-/// What [`crate::validate`] asks of the ledger and the account/session state behind it.
+/// What [`crate::validate`] asks of the ledger: one read per validation.
 pub trait Ledger {
-    /// The ledger row of a token id.
-    fn lookup(&self, jti: &Jti) -> Option<LedgerEntry>;
-    /// Whether a session is live at `now`.
-    fn session_active(&self, sid: &SessionId, now: UnixTime) -> bool;
-    /// Whether the subject is an enabled account of `realm` (or a client acting for itself).
-    fn subject_active(&self, realm: &RealmId, subject: &str) -> bool;
-    /// Whether a client is registered in `realm`.
-    fn client_known(&self, realm: &RealmId, client: &ClientId) -> bool;
+    /// The ledger row of `jti` with its session and account state, and whether `client` is
+    /// registered in `realm`. Implementations fail closed: on error, an empty view.
+    fn view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> LedgerView;
 }
 
-/// The ledger backed by a [`Store`]. A storage failure reads as "not found", so an outage
+/// The ledger backed by a [`Store`]. A storage failure reads as "not issued", so an outage
 /// fails closed.
 #[derive(Clone)]
 pub struct StoreLedger(pub Arc<dyn Store>);
@@ -29,29 +24,15 @@ impl std::fmt::Debug for StoreLedger {
 }
 
 impl Ledger for StoreLedger {
-    fn lookup(&self, jti: &Jti) -> Option<LedgerEntry> {
-        self.0
-            .get_token(jti)
-            .inspect_err(|e| tracing::error!(error = %e, "ledger lookup failed"))
-            .ok()
-            .flatten()
-    }
-
-    fn session_active(&self, sid: &SessionId, now: UnixTime) -> bool {
-        matches!(self.0.get_session(sid), Ok(Some(s)) if s.revoked_at.is_none() && s.expires_at > now)
-    }
-
-    fn subject_active(&self, realm: &RealmId, subject: &str) -> bool {
-        if let Ok(id) = AccountId::new(subject)
-            && let Ok(Some(a)) = self.0.get_account(&id)
-        {
-            return &a.realm == realm && !a.disabled;
-        }
-        // Client-credentials tokens have the client as subject.
-        ClientId::new(subject).is_ok_and(|c| self.client_known(realm, &c))
-    }
-
-    fn client_known(&self, realm: &RealmId, client: &ClientId) -> bool {
-        matches!(self.0.get_client(realm, client), Ok(Some(_)))
+    fn view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> LedgerView {
+        self.0.ledger_view(jti, realm, client).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "ledger lookup failed; refusing the token");
+            LedgerView {
+                entry: None,
+                client_known: false,
+                session: None,
+                account: None,
+            }
+        })
     }
 }

@@ -21,6 +21,7 @@
 //! See [`manual`] for how each step of the Storm-0558 chain maps onto these checks.
 #![forbid(unsafe_code)]
 
+mod cache;
 mod claims;
 mod error;
 mod jose;
@@ -29,6 +30,7 @@ pub mod manual;
 mod mint;
 mod validate;
 
+pub use cache::Validator;
 pub use claims::{AccessClaims, Audience, issuer_for};
 pub use error::Error;
 pub use ledger::{Ledger, StoreLedger};

@@ -389,7 +389,9 @@ pub fn validate(
     let (Ok(jti), Ok(client_id)) = (Jti::new(jti), ClientId::new(client_id)) else {
         reject!(Rejection::MissingClaim)
     };
-    if !ledger.client_known(expect.realm, &client_id) {
+    // One ledger read serves the client check here and every step of 6.
+    let view = ledger.view(&jti, expect.realm, &client_id);
+    if !view.client_known {
         reject!(Rejection::ClientUnknown);
     }
     let scopes: Vec<String> = scope.split_ascii_whitespace().map(str::to_owned).collect();
@@ -400,7 +402,7 @@ pub fn validate(
     }
 
     // 6. Ledger: this exact token was issued, for this subject, client, key and realm.
-    let Some(entry) = ledger.lookup(&jti) else {
+    let Some(entry) = view.entry else {
         reject!(Rejection::NotIssued)
     };
     let hash_ok: bool = entry.token_hash.as_slice().ct_eq(&token_hash(raw)).into();
@@ -416,12 +418,20 @@ pub fn validate(
     if entry.revoked_at.is_some() {
         reject!(Rejection::TokenRevoked);
     }
-    if let Some(sid) = &entry.session_id
-        && !ledger.session_active(sid, now)
-    {
-        reject!(Rejection::SessionRevoked);
+    if entry.session_id.is_some() {
+        let live = view.session.as_ref().is_some_and(|s| {
+            &s.realm == expect.realm && s.revoked_at.is_none() && s.expires_at > now
+        });
+        if !live {
+            reject!(Rejection::SessionRevoked);
+        }
     }
-    if !ledger.subject_active(expect.realm, sub) {
+    // The subject is an enabled account of this realm, or the client itself (client credentials).
+    let subject_live = match &view.account {
+        Some(a) => &a.realm == expect.realm && !a.disabled,
+        None => sub == client_id.as_str(),
+    };
+    if !subject_live {
         reject!(Rejection::AccountDisabled);
     }
     let ledger_hit = LedgerHit(());

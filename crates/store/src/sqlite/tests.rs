@@ -204,3 +204,110 @@ fn key_changes_bump_the_generation() {
     assert!(!s.revoke_key(&k.kid, 6).unwrap());
     assert!(s.key_generation().unwrap() > g1);
 }
+
+#[test]
+fn revocations_bump_the_revocation_generation() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.create_realm(&realm("contoso", &[])).unwrap();
+    let mut last = s.generations().unwrap().revocations;
+    let mut bumped = |what: &str| {
+        let now = s.generations().unwrap().revocations;
+        assert!(now > last, "{what} did not bump the revocation generation");
+        last = now;
+    };
+    s.record_tokens(&[entry("t1", TokenKind::Access, Some("f"))])
+        .unwrap();
+    s.revoke_token(&Jti::new("t1").unwrap(), 1).unwrap();
+    bumped("revoke_token");
+    s.record_tokens(&[entry("t2", TokenKind::Access, Some("f2"))])
+        .unwrap();
+    s.revoke_family("f2", 1).unwrap();
+    bumped("revoke_family");
+    let sess = Session {
+        id: SessionId::new("s1").unwrap(),
+        realm: RealmId::new("contoso").unwrap(),
+        account: AccountId::new("u1").unwrap(),
+        auth_time: 1,
+        expires_at: 100,
+        revoked_at: None,
+    };
+    s.create_session(&sess).unwrap();
+    s.revoke_session(&sess.id, 2).unwrap();
+    bumped("revoke_session");
+    s.create_account(&Account {
+        id: AccountId::new("u1").unwrap(),
+        realm: RealmId::new("contoso").unwrap(),
+        email: "u1@contoso.test".into(),
+        display_name: "u".into(),
+        password_hash: "x".into(),
+        disabled: false,
+        role: Role::User,
+        created_at: 1,
+    })
+    .unwrap();
+    s.set_account_disabled(&AccountId::new("u1").unwrap(), true)
+        .unwrap();
+    bumped("set_account_disabled");
+}
+
+#[test]
+fn ledger_view_joins_session_account_and_client() {
+    let s = SqliteStore::in_memory().unwrap();
+    let r = RealmId::new("contoso").unwrap();
+    s.create_realm(&realm("contoso", &[])).unwrap();
+    let app = ClientId::new("app").unwrap();
+    let none = s.ledger_view(&Jti::new("nope").unwrap(), &r, &app).unwrap();
+    assert!(
+        none.entry.is_none()
+            && !none.client_known
+            && none.session.is_none()
+            && none.account.is_none()
+    );
+
+    s.create_client(&Client {
+        realm: r.clone(),
+        client_id: app.clone(),
+        name: "app".into(),
+        secret_hash: None,
+        redirect_uris: vec![],
+        grant_types: vec![],
+        first_party: false,
+        id_token_alg: None,
+        created_at: 1,
+    })
+    .unwrap();
+    s.create_account(&Account {
+        id: AccountId::new("u1").unwrap(),
+        realm: r.clone(),
+        email: "u1@contoso.test".into(),
+        display_name: "u".into(),
+        password_hash: "x".into(),
+        disabled: true,
+        role: Role::User,
+        created_at: 1,
+    })
+    .unwrap();
+    s.create_session(&Session {
+        id: SessionId::new("s1").unwrap(),
+        realm: r.clone(),
+        account: AccountId::new("u1").unwrap(),
+        auth_time: 1,
+        expires_at: 100,
+        revoked_at: Some(3),
+    })
+    .unwrap();
+    let mut e = entry("t1", TokenKind::Access, None);
+    e.session_id = Some(SessionId::new("s1").unwrap());
+    s.record_tokens(&[e.clone()]).unwrap();
+    let v = s.ledger_view(&e.jti, &r, &app).unwrap();
+    assert_eq!(v.entry, Some(e));
+    assert!(v.client_known);
+    assert_eq!(v.session.unwrap().revoked_at, Some(3));
+    assert_eq!(
+        v.account,
+        Some(AccountState {
+            realm: r,
+            disabled: true
+        })
+    );
+}

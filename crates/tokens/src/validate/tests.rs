@@ -540,3 +540,122 @@ fn rejections_carry_what_was_presented() {
     );
     assert!(err.reason.suggests_key_compromise());
 }
+
+impl Fx {
+    fn check_cached(
+        &self,
+        v: &crate::Validator,
+        realm: &str,
+        token: &str,
+        now: i64,
+    ) -> std::result::Result<Principal, Rejection> {
+        let r = rid(realm);
+        let iss = issuer_for(URL, &r);
+        let aud = format!("{URL}/mail");
+        let expect = Expectation {
+            realm: &r,
+            issuer: &iss,
+            audience: &aud,
+            max_lifetime: 600,
+            leeway: 30,
+            required_scope: Some("mail"),
+        };
+        let g = self.store.generations().unwrap();
+        let keys = self.custody.verifying_keys_at(g.keys).unwrap();
+        v.validate(
+            token,
+            &expect,
+            now,
+            &keys,
+            g,
+            &StoreLedger(self.store.clone()),
+        )
+        .map_err(|r| r.reason)
+    }
+}
+
+#[test]
+fn the_cache_never_outlives_a_revocation_or_an_expiry() {
+    let f = fx();
+    let v = crate::Validator::new(16);
+    let t = f.mint("contoso");
+    assert!(f.check_cached(&v, "contoso", &t.access_token, NOW).is_ok());
+    assert!(
+        f.check_cached(&v, "contoso", &t.access_token, NOW + 1)
+            .is_ok(),
+        "hit"
+    );
+    assert_eq!(
+        f.check_cached(&v, "contoso", &t.access_token, NOW + 700)
+            .unwrap_err(),
+        Rejection::Expired
+    );
+    // Another realm's expectation never gets the cached principal.
+    assert_eq!(
+        f.check_cached(&v, "fabrikam", &t.access_token, NOW + 1)
+            .unwrap_err(),
+        Rejection::KeyNotInRealm
+    );
+
+    f.store.revoke_token(&t.access_jti, NOW + 2).unwrap();
+    assert_eq!(
+        f.check_cached(&v, "contoso", &t.access_token, NOW + 2)
+            .unwrap_err(),
+        Rejection::TokenRevoked
+    );
+
+    let t = f.mint("contoso");
+    assert!(
+        f.check_cached(&v, "contoso", &t.access_token, NOW + 3)
+            .is_ok()
+    );
+    f.store.set_account_disabled(&f.user, true).unwrap();
+    assert_eq!(
+        f.check_cached(&v, "contoso", &t.access_token, NOW + 3)
+            .unwrap_err(),
+        Rejection::AccountDisabled
+    );
+    f.store.set_account_disabled(&f.user, false).unwrap();
+
+    let t = f.mint("contoso");
+    assert!(
+        f.check_cached(&v, "contoso", &t.access_token, NOW + 4)
+            .is_ok()
+    );
+    f.custody.revoke(&t.kid, NOW + 5).unwrap();
+    assert_eq!(
+        f.check_cached(&v, "contoso", &t.access_token, NOW + 5)
+            .unwrap_err(),
+        Rejection::KeyRevoked
+    );
+}
+
+#[test]
+fn a_client_credentials_token_needs_the_subject_to_be_the_client() {
+    let f = fx();
+    let mint = |subject: &str| {
+        f.minter
+            .mint(
+                &MintRequest {
+                    realm: rid("contoso"),
+                    access_alg: Algorithm::EdDSA,
+                    subject: subject.into(),
+                    client_id: ClientId::new("app").unwrap(),
+                    scope: "mail".into(),
+                    audience: vec![format!("{URL}/mail")],
+                    session: None,
+                    access_ttl: 600,
+                    id_token: None,
+                    refresh: None,
+                },
+                NOW,
+            )
+            .unwrap()
+            .access_token
+    };
+    assert!(f.check("contoso", &mint("app"), NOW).is_ok());
+    assert_eq!(
+        f.check("contoso", &mint("someone-else"), NOW).unwrap_err(),
+        Rejection::AccountDisabled
+    );
+}

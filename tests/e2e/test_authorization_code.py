@@ -1,6 +1,8 @@
 """Authorization code + PKCE, driven by an independent OAuth client library (authlib), and the
 PKCE and redirect rules the server must enforce."""
 
+import base64
+import hashlib
 import secrets
 from urllib.parse import urlencode
 
@@ -191,3 +193,27 @@ def test_unregistered_redirect_uri_gets_error_page_not_redirect(keypost, world, 
     assert r.status_code == 400, f"{r.status_code} {r.headers} {r.text}"
     assert "Location" not in r.headers
     assert "text/html" in r.headers.get("Content-Type", "")
+
+
+def test_login_form_posted_from_another_site_is_refused(keypost, world, webapp):
+    """Login CSRF: a page elsewhere posts the attacker's credentials into the victim's browser.
+    Such a post lacks the SameSite=Strict anti-CSRF cookie, so no code is issued."""
+    verifier = generate_token(64)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+    page = authorize(
+        keypost,
+        browser=requests.Session(),
+        client_id=webapp,
+        redirect_uri=REDIRECT,
+        response_type="code",
+        scope="openid",
+        state="s",
+        code_challenge=challenge.decode(),
+        code_challenge_method="S256",
+    )
+    assert page.status_code == 200, page.text
+    victim_browser = requests.Session()  # never loaded the form: no anti-CSRF cookie
+    forged = submit_login(victim_browser, page, world.alice.email, world.alice.password)
+    assert forged.status_code == 400, f"{forged.status_code} {forged.headers}"
+    assert "Location" not in forged.headers
+    assert "code=" not in forged.text

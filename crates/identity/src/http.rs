@@ -219,7 +219,14 @@ fn cookie_name(realm: &RealmId) -> String {
 }
 
 fn session_cookie(headers: &HeaderMap, realm: &RealmId) -> Option<String> {
-    let name = cookie_name(realm);
+    cookie(headers, &cookie_name(realm))
+}
+
+fn csrf_cookie_name(realm: &RealmId) -> String {
+    format!("kp_csrf_{realm}")
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -354,24 +361,61 @@ async fn authorize(
                 Err(e) => authorize_error(e.into(), &iss),
             };
         }
-        let name = id
-            .realm(&realm)
-            .ok()
-            .flatten()
-            .map(|r| r.display_name)
-            .unwrap_or_else(|| realm.to_string());
-        page(
-            StatusCode::OK,
-            html::login(
-                &name,
-                &format!("/realms/{realm}/login"),
-                &AuthorizeParams::hidden(&params),
-                "",
-                None,
-            ),
-        )
+        // A fresh anti-CSRF value per form: the POST must carry it both as a field and as a
+        // SameSite=Strict cookie, which a cross-site form post (login CSRF) cannot do.
+        let csrf = match crate::service::random_b64(32) {
+            Ok(c) => c,
+            Err(e) => return authorize_error(e.into(), &iss),
+        };
+        let mut r = login_page(&id, &realm, &params, &csrf, "", None, StatusCode::OK);
+        let cookie = format!(
+            "{}={csrf}; Path=/realms/{realm}; HttpOnly; SameSite=Strict; Max-Age=3600{}",
+            csrf_cookie_name(&realm),
+            secure_attr(&id)
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+        r
     })
     .await
+}
+
+fn secure_attr(id: &Identity) -> &'static str {
+    if id.config().public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+fn login_page(
+    id: &Identity,
+    realm: &RealmId,
+    params: &Params,
+    csrf: &str,
+    username: &str,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let name = id
+        .realm(realm)
+        .ok()
+        .flatten()
+        .map(|r| r.display_name)
+        .unwrap_or_else(|| realm.to_string());
+    let mut hidden = AuthorizeParams::hidden(params);
+    hidden.push(("csrf".into(), csrf.into()));
+    page(
+        status,
+        html::login(
+            &name,
+            &format!("/realms/{realm}/login"),
+            &hidden,
+            username,
+            error,
+        ),
+    )
 }
 
 async fn login(
@@ -390,6 +434,16 @@ async fn login(
             Ok(p) => p,
             Err(e) => return page(StatusCode::BAD_REQUEST, html::error(&e.description)),
         };
+        let csrf = params.get("csrf").unwrap_or("");
+        let csrf_ok = cookie(&headers, &csrf_cookie_name(&realm)).is_some_and(|c| {
+            !csrf.is_empty() && bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), csrf.as_bytes()))
+        });
+        if !csrf_ok {
+            return page(
+                StatusCode::BAD_REQUEST,
+                html::error("This sign-in form has expired or did not come from this site. Go back to the application and start again."),
+            );
+        }
         let iss = id.issuer(&realm);
         let req = match id.check_authorize(&realm, &AuthorizeParams::from(&params)) {
             Ok(r) => r,
@@ -398,23 +452,11 @@ async fn login(
         let username = params.get("username").unwrap_or("");
         let password = params.get("password").unwrap_or("");
         let t = now();
-        let name = id
-            .realm(&realm)
-            .ok()
-            .flatten()
-            .map(|r| r.display_name)
-            .unwrap_or_else(|| realm.to_string());
         let account = match id.sign_in(&realm, username, password, &req.client.client_id, &src, t) {
             Ok(a) => a,
             Err(e) => {
-                let form = html::login(
-                    &name,
-                    &format!("/realms/{realm}/login"),
-                    &AuthorizeParams::hidden(&params),
-                    username,
-                    Some(&e.description),
-                );
-                return page(StatusCode::UNAUTHORIZED, form);
+                let status = StatusCode::UNAUTHORIZED;
+                return login_page(&id, &realm, &params, csrf, username, Some(&e.description), status);
             }
         };
         let result = id
@@ -423,11 +465,7 @@ async fn login(
         match result {
             Ok((code, session)) => {
                 let mut r = code_redirect(&id, &req, &code);
-                let secure = if id.config().public_url.starts_with("https://") {
-                    "; Secure"
-                } else {
-                    ""
-                };
+                let secure = secure_attr(&id);
                 let cookie = format!(
                     "{}={}; Path=/realms/{realm}; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
                     cookie_name(&realm),

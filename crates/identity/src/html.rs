@@ -32,12 +32,15 @@ button{{margin-top:1rem;padding:.5rem 1.5rem}}.error{{color:#b00020}}</style></h
 }
 
 /// The sign-in form. `hidden` are the authorization request's parameters, posted back as is.
+/// With `change_password` it also asks for a new password: a temporary password must be
+/// replaced before the sign-in completes.
 pub(crate) fn login(
     realm_name: &str,
     action: &str,
     hidden: &[(String, String)],
     username: &str,
     error: Option<&str>,
+    change_password: bool,
 ) -> String {
     let mut fields = String::new();
     for (k, v) in hidden {
@@ -51,14 +54,26 @@ pub(crate) fn login(
     let error = error
         .map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, esc(e)))
         .unwrap_or_default();
+    let (heading, password_label, extra, button) = if change_password {
+        (
+            "Choose a new password",
+            "Current (temporary) password",
+            r#"<label for="new_password">New password (at least 8 characters)</label><input id="new_password" name="new_password" type="password" autocomplete="new-password" required minlength="8">
+<label for="confirm_password">New password again</label><input id="confirm_password" name="confirm_password" type="password" autocomplete="new-password" required minlength="8">
+"#,
+            "Change password and sign in",
+        )
+    } else {
+        ("Sign in", "Password", "", "Sign in")
+    };
     page(
         &format!("Sign in to {realm_name}"),
         &format!(
-            r#"<h1>Sign in</h1><p>to <strong>{realm}</strong></p>{error}
+            r#"<h1>{heading}</h1><p>to <strong>{realm}</strong></p>{error}
 <form method="post" action="{action}">
 {fields}<label for="username">Email</label><input id="username" name="username" type="email" autocomplete="username" required value="{user}">
-<label for="password">Password</label><input id="password" name="password" type="password" autocomplete="current-password" required>
-<button type="submit">Sign in</button>
+<label for="password">{password_label}</label><input id="password" name="password" type="password" autocomplete="current-password" required>
+{extra}<button type="submit">{button}</button>
 </form>"#,
             realm = esc(realm_name),
             action = esc(action),
@@ -100,6 +115,7 @@ mod tests {
             &[("state".into(), "\"><script>alert(1)</script>".into())],
             "",
             None,
+            false,
         );
         assert!(!page.contains("<script>alert"));
     }

@@ -367,7 +367,7 @@ async fn authorize(
             Ok(c) => c,
             Err(e) => return authorize_error(e.into(), &iss),
         };
-        let mut r = login_page(&id, &realm, &params, &csrf, "", None, StatusCode::OK);
+        let mut r = login_page(&id, &realm, &params, &csrf, "", None, false, StatusCode::OK);
         let cookie = format!(
             "{}={csrf}; Path=/realms/{realm}; HttpOnly; SameSite=Strict; Max-Age=3600{}",
             csrf_cookie_name(&realm),
@@ -389,6 +389,7 @@ fn secure_attr(id: &Identity) -> &'static str {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // Everything one rendering of the form shows.
 fn login_page(
     id: &Identity,
     realm: &RealmId,
@@ -396,6 +397,7 @@ fn login_page(
     csrf: &str,
     username: &str,
     error: Option<&str>,
+    change_password: bool,
     status: StatusCode,
 ) -> Response {
     let name = id
@@ -414,6 +416,7 @@ fn login_page(
             &hidden,
             username,
             error,
+            change_password,
         ),
     )
 }
@@ -452,11 +455,25 @@ async fn login(
         let username = params.get("username").unwrap_or("");
         let password = params.get("password").unwrap_or("");
         let t = now();
-        let account = match id.sign_in(&realm, username, password, &req.client.client_id, &src, t) {
+        // The form asks for a new password when the account's is temporary (and keeps asking
+        // until one is accepted).
+        let changing = params.get("new_password").is_some();
+        let outcome = if changing {
+            let new = params.get("new_password").unwrap_or("");
+            let confirm = params.get("confirm_password").unwrap_or("");
+            id.change_password_at_sign_in(&realm, username, password, new, confirm, &req.client.client_id, &src, t)
+        } else {
+            id.sign_in(&realm, username, password, &req.client.client_id, &src, t)
+        };
+        let account = match outcome {
+            Ok(a) if a.must_change_password => {
+                let msg = "Your password is temporary. Choose a new one to continue.";
+                return login_page(&id, &realm, &params, csrf, username, Some(msg), true, StatusCode::OK);
+            }
             Ok(a) => a,
             Err(e) => {
                 let status = StatusCode::UNAUTHORIZED;
-                return login_page(&id, &realm, &params, csrf, username, Some(&e.description), status);
+                return login_page(&id, &realm, &params, csrf, username, Some(&e.description), changing, status);
             }
         };
         let result = id

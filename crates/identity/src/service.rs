@@ -323,6 +323,7 @@ impl Identity {
         name: Option<&str>,
         pw: &str,
         role: Role,
+        temporary: bool,
         now: UnixTime,
     ) -> Result<Account, Error> {
         let email = normalise_email(email)?;
@@ -344,6 +345,7 @@ impl Identity {
             disabled: false,
             role,
             created_at: now,
+            must_change_password: temporary,
         };
         self.store.create_account(&account).map_err(|e| match e {
             store::Error::Conflict(_) => Error::Conflict(format!("account {email}")),
@@ -387,11 +389,19 @@ impl Identity {
         self.user(email)
     }
 
-    /// Replaces an account's password.
-    pub fn set_password(&self, email: &str, pw: &str, now: UnixTime) -> Result<(), Error> {
+    /// Replaces an account's password. A `temporary` one must be changed by the user at the
+    /// next sign-in, before any token is issued.
+    pub fn set_password(
+        &self,
+        email: &str,
+        pw: &str,
+        temporary: bool,
+        now: UnixTime,
+    ) -> Result<(), Error> {
         let a = self.user(email)?;
         password::check_policy(pw)?;
-        self.store.set_password_hash(&a.id, &password::hash(pw)?)?;
+        self.store
+            .set_password_hash(&a.id, &password::hash(pw)?, temporary)?;
         self.audit.record(
             Event::success(Operation::PasswordChanged)
                 .realm(&a.realm)
@@ -485,6 +495,7 @@ impl Identity {
             Some("Provider admin"),
             &pw,
             Role::ProviderAdmin,
+            true,
             now,
         )?;
         Ok(Some((email, pw)))
@@ -581,6 +592,52 @@ impl Identity {
             .record(ev(Operation::SignInFailed).detail("reason", reason), now)
             .map_err(Error::from)?;
         Err(OAuthError::invalid_grant("invalid username or password"))
+    }
+
+    /// Replaces a password at sign-in (a temporary one, or by the user's choice): checks the
+    /// current password with the usual throttling, then the new one against the policy.
+    #[allow(clippy::too_many_arguments)] // The form's fields plus the request context.
+    pub(crate) fn change_password_at_sign_in(
+        &self,
+        realm: &RealmId,
+        username: &str,
+        current: &str,
+        new: &str,
+        confirm: &str,
+        client: &ClientId,
+        source: &Source,
+        now: UnixTime,
+    ) -> Result<Account, OAuthError> {
+        let account = self.sign_in(realm, username, current, client, source, now)?;
+        if new != confirm {
+            return Err(OAuthError::invalid_request(
+                "the new passwords do not match",
+            ));
+        }
+        if new == current {
+            return Err(OAuthError::invalid_request(
+                "choose a password different from the current one",
+            ));
+        }
+        password::check_policy(new).map_err(|e| OAuthError::invalid_request(e.to_string()))?;
+        self.store
+            .set_password_hash(&account.id, &password::hash(new)?, false)
+            .map_err(Error::from)?;
+        self.audit
+            .record(
+                Event::success(Operation::PasswordChanged)
+                    .realm(realm)
+                    .actor(account.email.clone())
+                    .target(account.email.clone())
+                    .source(source)
+                    .detail("at_sign_in", true),
+                now,
+            )
+            .map_err(Error::from)?;
+        Ok(Account {
+            must_change_password: false,
+            ..account
+        })
     }
 
     pub(crate) fn new_session(
@@ -803,6 +860,11 @@ impl Identity {
         let scope = self.scope(scope)?;
         let audience = self.audience(resources)?;
         let account = self.sign_in(realm, username, pw, &client.client_id, source, now)?;
+        if account.must_change_password {
+            return Err(OAuthError::invalid_grant(
+                "the password is temporary and must be changed first: sign in through the browser",
+            ));
+        }
         let session = self.new_session(realm, &account.id, now)?;
         self.issue(
             realm,

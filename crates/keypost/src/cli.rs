@@ -103,6 +103,10 @@ pub(crate) enum UserCmd {
     SetPassword {
         /// Email address.
         email: String,
+        /// A temporary password: the user must choose a new one at the next sign-in (in the
+        /// browser) before any token is issued.
+        #[arg(long)]
+        temporary: bool,
     },
 }
 
@@ -400,7 +404,7 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             };
             let a = svc
                 .identity
-                .create_user(&email, name.as_deref(), &pw, role, now)?;
+                .create_user(&email, name.as_deref(), &pw, role, false, now)?;
             if out.json {
                 return print_json(&a);
             }
@@ -439,11 +443,16 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             println!("disabled {}", a.email);
             Ok(())
         }
-        Command::User(UserCmd::SetPassword { email }) => {
+        Command::User(UserCmd::SetPassword { email, temporary }) => {
             let svc = services(config)?;
             let pw = read_password()?;
-            svc.identity.set_password(&email, &pw, now)?;
-            println!("password changed for {}", email.to_ascii_lowercase());
+            svc.identity.set_password(&email, &pw, temporary, now)?;
+            let note = if temporary {
+                " (temporary: to be changed at next sign-in)"
+            } else {
+                ""
+            };
+            println!("password changed for {}{note}", email.to_ascii_lowercase());
             Ok(())
         }
         Command::Client(ClientCmd::Create {

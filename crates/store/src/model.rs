@@ -97,6 +97,10 @@ pub struct Account {
     pub role: Role,
     /// When the account was created.
     pub created_at: UnixTime,
+    /// The password was set by someone else (first start, an admin): the user must choose a
+    /// new one at the next sign-in, before any token is issued.
+    #[serde(default)]
+    pub must_change_password: bool,
 }
 
 impl std::fmt::Debug for Account {

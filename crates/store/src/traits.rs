@@ -32,8 +32,8 @@ pub trait AccountStore: Send + Sync {
     fn list_accounts(&self, realm: Option<&RealmId>) -> Result<Vec<Account>>;
     /// Enables or disables an account.
     fn set_account_disabled(&self, id: &AccountId, disabled: bool) -> Result<()>;
-    /// Replaces an account's password hash.
-    fn set_password_hash(&self, id: &AccountId, hash: &str) -> Result<()>;
+    /// Replaces an account's password hash, and whether it must be changed at next sign-in.
+    fn set_password_hash(&self, id: &AccountId, hash: &str, must_change: bool) -> Result<()>;
     /// Number of accounts with a role.
     fn count_accounts_with_role(&self, role: Role) -> Result<u64>;
 }

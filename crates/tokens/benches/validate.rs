@@ -63,6 +63,7 @@ fn bench(c: &mut Criterion) {
             email: "a@c.test".into(),
             display_name: "a".into(),
             password_hash: "x".into(),
+            must_change_password: false,
             disabled: false,
             role: Role::User,
             created_at: t,

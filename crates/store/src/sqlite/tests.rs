@@ -240,6 +240,7 @@ fn revocations_bump_the_revocation_generation() {
         email: "u1@contoso.test".into(),
         display_name: "u".into(),
         password_hash: "x".into(),
+        must_change_password: false,
         disabled: false,
         role: Role::User,
         created_at: 1,
@@ -282,6 +283,7 @@ fn ledger_view_joins_session_account_and_client() {
         email: "u1@contoso.test".into(),
         display_name: "u".into(),
         password_hash: "x".into(),
+        must_change_password: false,
         disabled: true,
         role: Role::User,
         created_at: 1,
@@ -310,4 +312,54 @@ fn ledger_view_joins_session_account_and_client() {
             disabled: true
         })
     );
+}
+
+#[test]
+fn concurrent_writes_share_commits_and_keep_their_own_results() {
+    let s = std::sync::Arc::new(SqliteStore::in_memory().unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    s.record_tokens(&[entry(&format!("t{t}-{i}"), TokenKind::Access, None)])
+                        .unwrap();
+                    // A duplicate in the same group fails alone.
+                    assert!(matches!(
+                        s.record_tokens(&[entry(&format!("t{t}-{i}"), TokenKind::Access, None)]),
+                        Err(Error::Conflict(_))
+                    ));
+                    let rec = AuditRecord {
+                        id: 0,
+                        time: i,
+                        realm: None,
+                        actor: Some(format!("t{t}")),
+                        operation: "X".into(),
+                        target: None,
+                        result: "success".into(),
+                        source_ip: None,
+                        user_agent: None,
+                        client_id: None,
+                        jti: None,
+                        kid: None,
+                        details: serde_json::json!({}),
+                    };
+                    assert_eq!(s.append_audit(&[rec.clone(), rec]).unwrap().len(), 2);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for t in 0..8 {
+        for i in 0..50 {
+            assert!(
+                s.get_token(&Jti::new(format!("t{t}-{i}")).unwrap())
+                    .unwrap()
+                    .is_some()
+            );
+        }
+    }
+    assert_eq!(s.count_audit(&AuditQuery::default()).unwrap(), 800);
 }

@@ -67,6 +67,7 @@ fn fx() -> Fx {
             email: "alice@contoso.test".into(),
             display_name: "Alice".into(),
             password_hash: "x".into(),
+            must_change_password: false,
             disabled: false,
             role: Role::User,
             created_at: NOW,

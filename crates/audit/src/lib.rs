@@ -203,12 +203,19 @@ impl AuditLog {
 
     /// Appends an event at `now` and returns its record id.
     pub fn record(&self, event: Event, now: UnixTime) -> Result<i64, Error> {
+        let rec = Self::prepare(event, now);
+        let ids = self.store.append_audit(std::slice::from_ref(&rec))?;
+        Ok(ids.first().copied().unwrap_or_default())
+    }
+
+    /// The record an event becomes at `now`, for callers that write it together with other
+    /// data in one transaction (token issuance writes the ledger and its audit record atomically).
+    pub fn prepare(event: Event, now: UnixTime) -> AuditRecord {
         let mut rec = event.0;
         rec.time = now;
         tracing::info!(target: "keypost::audit", operation = %rec.operation, result = %rec.result,
             realm = ?rec.realm.as_ref().map(RealmId::as_str), actor = ?rec.actor, "audit");
-        let ids = self.store.append_audit(std::slice::from_ref(&rec))?;
-        Ok(ids.first().copied().unwrap_or_default())
+        rec
     }
 
     /// Records matching a query.

@@ -795,29 +795,27 @@ impl Identity {
             id_token,
             refresh: wants_refresh.then_some((self.cfg.refresh_ttl, family)),
         };
-        let issued = self.minter.mint(&req, now).map_err(|e| {
+        let actor = account
+            .map(|a| a.email.clone())
+            .unwrap_or_else(|| client.client_id.to_string());
+        let audit = |issued: &tokens::Issued| {
+            let event = Event::success(Operation::TokenIssued)
+                .realm(realm)
+                .actor(actor)
+                .source(source)
+                .client(client.client_id.as_str())
+                .jti(issued.access_jti.as_str())
+                .kid(issued.kid.as_str())
+                .detail("scope", scope.clone())
+                .detail("refresh", issued.refresh_token.is_some())
+                .detail("id_token", issued.id_token.is_some());
+            vec![AuditLog::prepare(event, now)]
+        };
+        // The ledger rows and the TokenIssued record commit together, before the response.
+        let issued = self.minter.mint_audited(&req, now, audit).map_err(|e| {
             tracing::error!(error = %e, %realm, "minting failed; nothing was issued");
             OAuthError::unavailable()
         })?;
-        self.audit
-            .record(
-                Event::success(Operation::TokenIssued)
-                    .realm(realm)
-                    .actor(
-                        account
-                            .map(|a| a.email.clone())
-                            .unwrap_or_else(|| client.client_id.to_string()),
-                    )
-                    .source(source)
-                    .client(client.client_id.as_str())
-                    .jti(issued.access_jti.as_str())
-                    .kid(issued.kid.as_str())
-                    .detail("scope", scope.clone())
-                    .detail("refresh", issued.refresh_token.is_some())
-                    .detail("id_token", issued.id_token.is_some()),
-                now,
-            )
-            .map_err(Error::from)?;
         Ok(TokenResponse {
             access_token: issued.access_token,
             token_type: "Bearer",

@@ -156,11 +156,18 @@ ALTER TABLE accounts ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
+/// Read-only connections per file-backed store.
+const READERS: usize = 4;
+
 /// SQLite-backed [`Store`](crate::Store).
 pub struct SqliteStore {
     // One connection behind a mutex: statements take microseconds and SQLite serialises
     // writers anyway. A reader pool is the next step if profiles show contention here.
     conn: Mutex<Connection>,
+    // Readers for everything that does not write: in WAL mode they read the last commit while
+    // the writer holds its transaction (and its fsync), so validations never wait on a commit.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     group: Mutex<GroupState>,
     group_done: Condvar,
 }
@@ -184,7 +191,14 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and migrates it to the current schema.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        for _ in 0..READERS {
+            let r = Connection::open(path)?;
+            r.busy_timeout(std::time::Duration::from_secs(10))?;
+            r.pragma_update(None, "query_only", "ON")?;
+            store.readers.push(Mutex::new(r));
+        }
+        Ok(store)
     }
 
     /// An in-memory database, for tests.
@@ -200,6 +214,8 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let store = Self {
             conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: Default::default(),
             group: Mutex::default(),
             group_done: Condvar::new(),
         };
@@ -210,7 +226,7 @@ impl SqliteStore {
     /// The schema version this database is at.
     pub fn schema_version(&self) -> Result<u32> {
         let v: u32 = self
-            .conn()?
+            .reader()?
             .pragma_query_value(None, "user_version", |r| r.get(0))?;
         Ok(v)
     }
@@ -232,6 +248,28 @@ impl SqliteStore {
             tracing::info!(version = i + 1, "applied database migration");
         }
         Ok(())
+    }
+
+    /// A read-only connection: a free one if there is one, else the next in turn. An
+    /// in-memory database has no separate readers (each connection would be its own database).
+    fn reader(&self) -> Result<MutexGuard<'_, Connection>> {
+        let n = self.readers.len();
+        if n == 0 {
+            return self.conn();
+        }
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..n {
+            if let Some(Ok(g)) = self.readers.get((start + i) % n).map(Mutex::try_lock) {
+                return Ok(g);
+            }
+        }
+        let slot = self
+            .readers
+            .get(start % n)
+            .ok_or_else(|| Error::Backend("no reader".into()))?;
+        Ok(slot.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn conn(&self) -> Result<MutexGuard<'_, Connection>> {
@@ -284,19 +322,18 @@ impl RealmStore for SqliteStore {
     }
 
     fn get_realm(&self, id: &RealmId) -> Result<Option<Realm>> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let row = conn
-            .query_row(
+            .prepare_cached(
                 "SELECT id, kind, display_name, access_token_alg, created_at FROM realms WHERE id = ?",
-                [id.as_str()],
-                realm_row,
-            )
+            )?
+            .query_row([id.as_str()], realm_row)
             .optional()?;
         row.map(|r| finish_realm(&conn, r)).transpose()
     }
 
     fn list_realms(&self) -> Result<Vec<Realm>> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let rows = conn
             .prepare("SELECT id, kind, display_name, access_token_alg, created_at FROM realms ORDER BY kind = 'tenant', id")?
             .query_map([], realm_row)?
@@ -306,7 +343,7 @@ impl RealmStore for SqliteStore {
 
     fn realm_for_domain(&self, domain: &str) -> Result<Option<RealmId>> {
         let realm: Option<String> = self
-            .conn()?
+            .reader()?
             .query_row(
                 "SELECT realm FROM domains WHERE domain = ?",
                 [domain],
@@ -428,7 +465,7 @@ impl AccountStore for SqliteStore {
     }
 
     fn get_account(&self, id: &AccountId) -> Result<Option<Account>> {
-        self.conn()?
+        self.reader()?
             .prepare_cached(&format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?"))?
             .query_row([id.as_str()], account_row)
             .optional()?
@@ -437,7 +474,7 @@ impl AccountStore for SqliteStore {
     }
 
     fn find_account_by_email(&self, email: &str) -> Result<Option<Account>> {
-        self.conn()?
+        self.reader()?
             .prepare_cached(&format!(
                 "SELECT {ACCOUNT_COLS} FROM accounts WHERE email = ?"
             ))?
@@ -448,7 +485,7 @@ impl AccountStore for SqliteStore {
     }
 
     fn list_accounts(&self, realm: Option<&RealmId>) -> Result<Vec<Account>> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let rows = match realm {
             Some(r) => conn
                 .prepare(&format!(
@@ -489,7 +526,7 @@ impl AccountStore for SqliteStore {
     }
 
     fn count_accounts_with_role(&self, role: Role) -> Result<u64> {
-        Ok(self.conn()?.query_row(
+        Ok(self.reader()?.query_row(
             "SELECT COUNT(*) FROM accounts WHERE role = ?",
             [role.as_str()],
             |r| r.get(0),
@@ -573,7 +610,7 @@ impl ClientStore for SqliteStore {
     }
 
     fn get_client(&self, realm: &RealmId, id: &ClientId) -> Result<Option<Client>> {
-        self.conn()?
+        self.reader()?
             .prepare_cached(&format!(
                 "SELECT {CLIENT_COLS} FROM clients WHERE realm = ? AND client_id = ?"
             ))?
@@ -584,7 +621,7 @@ impl ClientStore for SqliteStore {
     }
 
     fn list_clients(&self, realm: &RealmId) -> Result<Vec<Client>> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let rows = conn
             .prepare(&format!(
                 "SELECT {CLIENT_COLS} FROM clients WHERE realm = ? ORDER BY client_id"
@@ -693,7 +730,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn get_key(&self, kid: &Kid) -> Result<Option<KeyRecord>> {
-        self.conn()?
+        self.reader()?
             .prepare_cached(&format!("SELECT {KEY_COLS} FROM keys WHERE kid = ?"))?
             .query_row([kid.as_str()], key_row)
             .optional()?
@@ -702,7 +739,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn list_keys(&self, realm: Option<&RealmId>) -> Result<Vec<KeyRecord>> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let rows = match realm {
             Some(r) => conn
                 .prepare(&format!(
@@ -749,7 +786,7 @@ impl KeyStore for SqliteStore {
 
     fn key_generation(&self) -> Result<i64> {
         Ok(self
-            .conn()?
+            .reader()?
             .prepare_cached("SELECT value FROM meta WHERE name = 'key_generation'")?
             .query_row([], |r| r.get(0))?)
     }
@@ -836,13 +873,13 @@ fn finish_ledger(
 }
 
 impl LedgerStore for SqliteStore {
-    fn record_tokens(&self, entries: &[LedgerEntry]) -> Result<()> {
-        self.group_write(Write::Ledger(entries.to_vec()))
+    fn record_issuance(&self, entries: &[LedgerEntry], audit: &[AuditRecord]) -> Result<()> {
+        self.group_write(Write::Issuance(entries.to_vec(), audit.to_vec()))
             .map(|_| ())
     }
 
     fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>> {
-        self.conn()?
+        self.reader()?
             .prepare_cached(&format!("SELECT {LEDGER_COLS} FROM ledger WHERE jti = ?"))?
             .query_row([jti.as_str()], ledger_row)
             .optional()?
@@ -868,7 +905,7 @@ impl LedgerStore for SqliteStore {
 
     fn generations(&self) -> Result<Generations> {
         let (keys, revocations) = self
-            .conn()?
+            .reader()?
             .prepare_cached(
                 "SELECT (SELECT value FROM meta WHERE name = 'key_generation'), \
                         (SELECT value FROM meta WHERE name = 'revocation_generation')",
@@ -896,7 +933,7 @@ impl LedgerStore for SqliteStore {
             Option<bool>,
             bool,
         );
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(SQL)?;
         let (row, extra): (Option<LedgerRow>, Extra) = stmt.query_row(
             params![jti.as_str(), realm.as_str(), client.as_str()],
@@ -941,11 +978,10 @@ impl LedgerStore for SqliteStore {
     }
 
     fn mark_refresh_used(&self, jti: &Jti, at: UnixTime) -> Result<bool> {
-        let n = self.conn()?.execute(
-            "UPDATE ledger SET used_at = ? WHERE jti = ? AND kind = 'refresh' AND used_at IS NULL",
-            params![at, jti.as_str()],
-        )?;
-        Ok(n > 0)
+        // A durable write on every refresh: through the group commit like issuance.
+        Ok(!self
+            .group_write(Write::MarkRefreshUsed(jti.clone(), at))?
+            .is_empty())
     }
 }
 
@@ -962,7 +998,7 @@ impl SessionStore for SqliteStore {
 
     fn get_session(&self, id: &SessionId) -> Result<Option<Session>> {
         let row: Option<(String, String, String, i64, i64, Option<i64>)> = self
-            .conn()?
+            .reader()?
             .prepare_cached("SELECT id, realm, account, auth_time, expires_at, revoked_at FROM sessions WHERE id = ?")?
             .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
             .optional()?;
@@ -1131,7 +1167,7 @@ impl AuditStore for SqliteStore {
         }
         let limit = q.limit.unwrap_or(100);
         let sql = format!("SELECT {AUDIT_COLS} FROM audit{sql} ORDER BY id LIMIT {limit}");
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare(&sql)?;
         let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
         let rows = stmt
@@ -1192,7 +1228,7 @@ impl AuditStore for SqliteStore {
 
     fn count_audit(&self, q: &AuditQuery) -> Result<u64> {
         let (sql, args) = audit_where(q);
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
         Ok(conn.query_row(
             &format!("SELECT COUNT(*) FROM audit{sql}"),
@@ -1206,8 +1242,11 @@ impl AuditStore for SqliteStore {
 
 /// A durable write that may share a transaction (and its fsync) with concurrent ones.
 pub(crate) enum Write {
-    Ledger(Vec<LedgerEntry>),
+    /// Ledger rows and the audit records of their issuance.
+    Issuance(Vec<LedgerEntry>, Vec<AuditRecord>),
     Audit(Vec<AuditRecord>),
+    /// Marks a refresh token used; the result is non-empty if this call was the first use.
+    MarkRefreshUsed(Jti, UnixTime),
 }
 
 fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<Vec<i64>> {
@@ -1316,8 +1355,18 @@ impl SqliteStore {
             let r = (|| {
                 let sp = tx.savepoint()?;
                 let ids = match &write {
-                    Write::Ledger(entries) => insert_ledger(&sp, entries)?,
+                    Write::Issuance(entries, audit) => {
+                        insert_ledger(&sp, entries)?;
+                        insert_audit(&sp, audit)?
+                    }
                     Write::Audit(records) => insert_audit(&sp, records)?,
+                    Write::MarkRefreshUsed(jti, at) => {
+                        let n = sp.execute(
+                            "UPDATE ledger SET used_at = ? WHERE jti = ? AND kind = 'refresh' AND used_at IS NULL",
+                            params![at, jti.as_str()],
+                        )?;
+                        if n > 0 { vec![1] } else { Vec::new() }
+                    }
                 };
                 sp.commit()?;
                 Ok(ids)

@@ -67,8 +67,13 @@ pub trait KeyStore: Send + Sync {
 
 /// The issuance ledger.
 pub trait LedgerStore: Send + Sync {
-    /// Durably records a minted token. Must be on disk when this returns.
-    fn record_tokens(&self, entries: &[LedgerEntry]) -> Result<()>;
+    /// Durably records minted tokens. Must be on disk when this returns.
+    fn record_tokens(&self, entries: &[LedgerEntry]) -> Result<()> {
+        self.record_issuance(entries, &[])
+    }
+    /// Durably records minted tokens together with their audit records, atomically (one
+    /// transaction). Must be on disk when this returns.
+    fn record_issuance(&self, entries: &[LedgerEntry], audit: &[AuditRecord]) -> Result<()>;
     /// A ledger entry by jti.
     fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>>;
     /// Revokes one token; `false` if unknown or already revoked.

@@ -7,7 +7,8 @@ use aws_lc_rs::{digest, rand};
 use keys::{Algorithm, Signer};
 use serde_json::json;
 use store::{
-    ClientId, Jti, KeyPurpose, LedgerEntry, RealmId, SessionId, Store, TokenKind, UnixTime,
+    AuditRecord, ClientId, Jti, KeyPurpose, LedgerEntry, RealmId, SessionId, Store, TokenKind,
+    UnixTime,
 };
 use zeroize::Zeroizing;
 
@@ -170,6 +171,17 @@ impl Minter {
     /// Mints what `req` asks for, records every token in the ledger in one durable write, and
     /// only then returns them.
     pub fn mint(&self, req: &MintRequest, now: UnixTime) -> Result<Issued, Error> {
+        self.mint_audited(req, now, |_| Vec::new())
+    }
+
+    /// Like [`Minter::mint`], and writes the audit records `audit` makes of the issued tokens
+    /// in the same transaction as their ledger rows: issued and audited, or neither.
+    pub fn mint_audited(
+        &self,
+        req: &MintRequest,
+        now: UnixTime,
+        audit: impl FnOnce(&Issued) -> Vec<AuditRecord>,
+    ) -> Result<Issued, Error> {
         let iss = issuer_for(&self.public_url, &req.realm);
         let mut entries = Vec::with_capacity(3);
         let entry =
@@ -282,8 +294,7 @@ impl Minter {
         };
 
         // The durable write that makes these tokens real. Nothing is returned if it fails.
-        self.store.record_tokens(&entries)?;
-        Ok(Issued {
+        let issued = Issued {
             access_token,
             access_jti,
             expires_in: req.access_ttl,
@@ -291,6 +302,8 @@ impl Minter {
             refresh_token,
             family,
             kid,
-        })
+        };
+        self.store.record_issuance(&entries, &audit(&issued))?;
+        Ok(issued)
     }
 }

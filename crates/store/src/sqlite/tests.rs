@@ -363,3 +363,29 @@ fn concurrent_writes_share_commits_and_keep_their_own_results() {
     }
     assert_eq!(s.count_audit(&AuditQuery::default()).unwrap(), 800);
 }
+
+#[test]
+fn file_backed_readers_see_every_acknowledged_write() {
+    let dir = std::env::temp_dir().join(format!("keypost-readers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let s = std::sync::Arc::new(SqliteStore::open(&dir.join("r.db")).unwrap());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let jti = format!("r{t}-{i}");
+                    s.record_tokens(&[entry(&jti, TokenKind::Access, None)])
+                        .unwrap();
+                    // Acknowledged means visible to every reader from now on.
+                    assert!(s.get_token(&Jti::new(jti).unwrap()).unwrap().is_some());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -27,9 +27,16 @@ pub struct SigningKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signature(pub Vec<u8>);
 
+/// Keys of one realm, purpose and algorithm, in insertion order: the unit key states are
+/// computed over, so a mint never walks other realms' keys.
+type Group = Vec<KeyRecord>;
+type GroupKey = (RealmId, KeyPurpose, String);
+
 struct Loaded {
     generation: i64,
-    records: Vec<KeyRecord>,
+    groups: HashMap<GroupKey, Group>,
+    /// Where each kid sits: its group and its index there.
+    by_kid: HashMap<Kid, (GroupKey, usize)>,
     keys: HashMap<Kid, PrivateKey>,
 }
 
@@ -83,9 +90,18 @@ impl Signer {
             };
             keys.insert(k.kid.clone(), PrivateKey::from_pkcs8(&pkcs8, alg)?);
         }
+        let mut groups: HashMap<GroupKey, Group> = HashMap::new();
+        let mut by_kid = HashMap::new();
+        for k in records {
+            let gk = (k.realm.clone(), k.purpose, k.alg.clone());
+            let group = groups.entry(gk.clone()).or_default();
+            by_kid.insert(k.kid.clone(), (gk, group.len()));
+            group.push(k);
+        }
         let l = Arc::new(Loaded {
             generation,
-            records,
+            groups,
+            by_kid,
             keys,
         });
         *slot = Some(l.clone());
@@ -101,25 +117,23 @@ impl Signer {
         now: UnixTime,
     ) -> Result<SigningKey> {
         let l = self.loaded()?;
-        let st = states(&l.records, now);
-        l.records
+        let no_key = || Error::NoActiveKey {
+            realm: realm.to_string(),
+            purpose: purpose.to_string(),
+        };
+        let group = l
+            .groups
+            .get(&(realm.clone(), purpose, alg.as_str().to_owned()))
+            .ok_or_else(no_key)?;
+        group
             .iter()
-            .zip(st)
-            .find(|(k, s)| {
-                *s == KeyState::Active
-                    && &k.realm == realm
-                    && k.purpose == purpose
-                    && k.alg == alg.as_str()
-            })
-            .filter(|(k, _)| l.keys.contains_key(&k.kid))
+            .zip(states(group, now))
+            .find(|(k, s)| *s == KeyState::Active && l.keys.contains_key(&k.kid))
             .map(|(k, _)| SigningKey {
                 kid: k.kid.clone(),
                 alg,
             })
-            .ok_or_else(|| Error::NoActiveKey {
-                realm: realm.to_string(),
-                purpose: purpose.to_string(),
-            })
+            .ok_or_else(no_key)
     }
 
     /// Signs `input` with `kid` on behalf of `realm` for `purpose`. Refuses a key bound to any
@@ -137,17 +151,22 @@ impl Signer {
             tracing::warn!(target: "keypost::security", %kid, %realm, reason = why, "signer refused");
             Err(Error::Refused(why))
         };
-        let Some(idx) = l.records.iter().position(|k| &k.kid == kid) else {
+        let Some((gk, idx)) = l.by_kid.get(kid) else {
             return refuse("unknown key");
         };
-        let record = &l.records[idx];
+        let Some(group) = l.groups.get(gk) else {
+            return refuse("unknown key");
+        };
+        let Some(record) = group.get(*idx) else {
+            return refuse("unknown key");
+        };
         if &record.realm != realm {
             return refuse("key is bound to another realm");
         }
         if record.purpose != purpose {
             return refuse("key is for another purpose");
         }
-        match states(&l.records, now).get(idx) {
+        match states(group, now).get(*idx) {
             Some(KeyState::Active) => {}
             Some(KeyState::Revoked) => return refuse("key is revoked"),
             Some(KeyState::Pending) => return refuse("key is not active yet"),

@@ -35,3 +35,19 @@ def test_reusing_a_rotated_refresh_token_revokes_the_family(keypost, world):
         r = keypost.userinfo("contoso", token)
         assert r.status_code == 401, f"family access token still accepted: {r.text}"
 
+
+
+def test_refused_refresh_tokens_are_audited_with_their_reason(keypost, world):
+    first = keypost.tokens_for(world.alice)
+    # A refresh token of another realm, presented to contoso.
+    foreign = keypost.tokens_for(world.bob)["refresh_token"]
+    assert keypost.refresh("contoso", foreign).status_code == 400
+    # A made-up one.
+    assert keypost.refresh("contoso", "kpr1.nope." + "A" * 43).status_code == 400
+    # A replay.
+    assert keypost.refresh("contoso", first["refresh_token"]).status_code == 200
+    assert keypost.refresh("contoso", first["refresh_token"]).status_code == 400
+
+    records = keypost.cli("audit", "search", "--realm", "contoso", "--operation", "TokenRejected", json=True)
+    reasons = {r["details"]["reason"] for r in records if r["details"].get("token_type") == "refresh_token"}
+    assert {"TenantMismatch", "NotIssued", "RefreshTokenReused"} <= reasons, reasons

@@ -1116,33 +1116,39 @@ impl Identity {
         )
     }
 
-    /// The refresh-token grant: rotation, and reuse detection that revokes the whole family.
-    pub(crate) fn grant_refresh(
+    /// Checks a presented refresh token and consumes it. The inner error names why it was
+    /// refused (for the audit log; the client only ever sees `invalid_grant`). A second use of a
+    /// refresh token revokes its whole family here.
+    #[allow(clippy::type_complexity)] // Outer: the service failed; inner: the token was refused.
+    fn check_refresh(
         &self,
         realm: &RealmId,
         client: &Client,
         token: &str,
-        scope: Option<&str>,
         source: &Source,
         now: UnixTime,
-    ) -> Result<TokenResponse, OAuthError> {
-        Self::require_grant(client, "refresh_token")?;
-        let bad = || OAuthError::invalid_grant("invalid, expired or revoked refresh token");
-        let rt = RefreshToken::parse(token).ok_or_else(bad)?;
-        let e = self
-            .store
-            .get_token(&rt.jti)
-            .map_err(Error::from)?
-            .ok_or_else(bad)?;
-        if !ct_eq(&e.token_hash, &tokens::token_hash(token))
-            || e.kind != TokenKind::Refresh
-            || &e.realm != realm
-            || e.client_id != client.client_id
-        {
-            return Err(bad());
+    ) -> Result<Result<(store::LedgerEntry, Option<Session>, Account), &'static str>, OAuthError>
+    {
+        let Some(rt) = RefreshToken::parse(token) else {
+            return Ok(Err("Malformed"));
+        };
+        let Some(e) = self.store.get_token(&rt.jti).map_err(Error::from)? else {
+            return Ok(Err("NotIssued"));
+        };
+        if !ct_eq(&e.token_hash, &tokens::token_hash(token)) || e.kind != TokenKind::Refresh {
+            return Ok(Err("LedgerMismatch"));
         }
-        if e.revoked_at.is_some() || e.expires_at <= now {
-            return Err(bad());
+        if &e.realm != realm {
+            return Ok(Err("TenantMismatch"));
+        }
+        if e.client_id != client.client_id {
+            return Ok(Err("ClientMismatch"));
+        }
+        if e.revoked_at.is_some() {
+            return Ok(Err("TokenRevoked"));
+        }
+        if e.expires_at <= now {
+            return Ok(Err("Expired"));
         }
         if !self
             .store
@@ -1166,25 +1172,54 @@ impl Identity {
                     now,
                 )
                 .map_err(Error::from)?;
-            return Err(bad());
+            return Ok(Err("RefreshTokenReused"));
         }
         let session = match &e.session_id {
-            Some(sid) => Some(
-                self.store
-                    .get_session(sid)
-                    .map_err(Error::from)?
-                    .filter(|s| s.revoked_at.is_none() && s.expires_at > now)
-                    .ok_or_else(bad)?,
-            ),
+            Some(sid) => match self.store.get_session(sid).map_err(Error::from)? {
+                Some(s) if s.revoked_at.is_none() && s.expires_at > now => Some(s),
+                _ => return Ok(Err("SessionRevoked")),
+            },
             None => None,
         };
-        let account_id = AccountId::new(e.subject.clone()).map_err(|_| bad())?;
-        let account = self
-            .store
-            .get_account(&account_id)
-            .map_err(Error::from)?
-            .filter(|a| !a.disabled && &a.realm == realm)
-            .ok_or_else(bad)?;
+        let account = match AccountId::new(e.subject.clone()) {
+            Ok(id) => self.store.get_account(&id).map_err(Error::from)?,
+            Err(_) => None,
+        };
+        match account {
+            Some(a) if !a.disabled && &a.realm == realm => Ok(Ok((e, session, a))),
+            _ => Ok(Err("AccountDisabled")),
+        }
+    }
+
+    /// The refresh-token grant: rotation, and reuse detection that revokes the whole family.
+    pub(crate) fn grant_refresh(
+        &self,
+        realm: &RealmId,
+        client: &Client,
+        token: &str,
+        scope: Option<&str>,
+        source: &Source,
+        now: UnixTime,
+    ) -> Result<TokenResponse, OAuthError> {
+        Self::require_grant(client, "refresh_token")?;
+        let bad = || OAuthError::invalid_grant("invalid, expired or revoked refresh token");
+        let (e, session, account) = match self.check_refresh(realm, client, token, source, now)? {
+            Ok(ok) => ok,
+            Err(reason) => {
+                // Every refused token is audited with its reason, refresh tokens included.
+                let mut ev = Event::failure(Operation::TokenRejected)
+                    .realm(realm)
+                    .client(client.client_id.as_str())
+                    .source(source)
+                    .detail("reason", reason)
+                    .detail("token_type", "refresh_token");
+                if let Some(rt) = RefreshToken::parse(token) {
+                    ev = ev.jti(rt.jti.as_str());
+                }
+                self.audit.record(ev, now).map_err(Error::from)?;
+                return Err(bad());
+            }
+        };
         // A refresh may narrow the scope, never widen it.
         let granted: Vec<&str> = e.scope.split(' ').collect();
         let scope = match scope {

@@ -98,3 +98,24 @@ def test_authorize_with_unknown_client_shows_error_page_not_redirect(keypost, wo
 def test_server_is_still_healthy_afterwards(keypost, world):
     assert requests.get(f"{keypost.url}/healthz", timeout=HTTP_TIMEOUT_S).status_code == 200
     assert keypost.password_grant("contoso", world.alice.email, world.alice.password).ok
+
+
+def test_a_client_that_never_sends_its_body_is_cut_off(keypost):
+    """Slow-loris: headers promise a body that never comes. The server answers with a 4xx and
+    frees the connection within its body timeout (10 s) instead of waiting forever."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    u = urlsplit(keypost.endpoint("consumers", "token_endpoint"))
+    with socket.create_connection((u.hostname, u.port), timeout=20) as s:
+        s.sendall(
+            f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant".encode()
+        )
+        started = time.monotonic()
+        reply = s.recv(4096).decode(errors="replace")
+        waited = time.monotonic() - started
+    status = int(reply.split(" ", 2)[1])
+    assert 400 <= status < 500, reply
+    assert waited < 20, waited

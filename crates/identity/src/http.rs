@@ -21,6 +21,10 @@ use crate::{Error, OAuthError, html, now};
 
 /// Largest request body any identity endpoint accepts.
 const BODY_LIMIT: usize = 64 * 1024;
+/// How long a client may take to send its request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long any request may take in all.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The identity routes, under `/realms/{realm}/...`, plus `/healthz`.
 pub fn router(identity: Arc<Identity>) -> Router {
@@ -37,8 +41,17 @@ pub fn router(identity: Arc<Identity>) -> Router {
         .route("/realms/{realm}/userinfo", get(userinfo).post(userinfo))
         .route("/realms/{realm}/revoke", post(revoke))
         .route("/realms/{realm}/logout", get(logout_get).post(logout_post))
-        // Bounded bodies everywhere: the largest legitimate request is a login form.
+        // Layers run bottom-up on the way in. Bounded bodies everywhere: the largest legitimate
+        // request is a login form. A client that trickles its body is cut off, and no request
+        // holds a worker longer than REQUEST_TIMEOUT (408).
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_TIMEOUT,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(identity)
 }
 

@@ -15,9 +15,7 @@ use store::{
     Role, Session, SessionId, Store, TokenKind, UnixTime,
 };
 use subtle::ConstantTimeEq;
-use tokens::{
-    Audience, Expectation, IdTokenRequest, MintRequest, Minter, Principal, RefreshToken, issuer_for,
-};
+use tokens::{Audience, IdTokenRequest, MintRequest, Minter, Principal, RefreshToken, issuer_for};
 use zeroize::Zeroizing;
 
 use crate::{Error, OAuthError, password};
@@ -163,7 +161,7 @@ pub struct Identity {
     custody: Arc<Custody>,
     minter: Minter,
     audit: AuditLog,
-    validator: tokens::Validator,
+    gate: tokens::Gate,
     cfg: IdentityConfig,
 }
 
@@ -180,12 +178,19 @@ impl Identity {
     pub fn new(store: Arc<dyn Store>, custody: Arc<Custody>, cfg: IdentityConfig) -> Self {
         let minter = Minter::new(custody.signer(), store.clone(), cfg.public_url.clone());
         let audit = AuditLog::new(store.clone());
+        let gate = tokens::Gate::new(
+            store.clone(),
+            custody.clone(),
+            &cfg.public_url,
+            cfg.access_ttl,
+            cfg.leeway,
+        );
         Self {
             store,
             custody,
             minter,
             audit,
-            validator: tokens::Validator::default(),
+            gate,
             cfg,
         }
     }
@@ -1249,8 +1254,8 @@ impl Identity {
 
     // ---- resource side --------------------------------------------------------------------
 
-    /// Validates a bearer token for a resource of `realm` with the one policy, auditing any
-    /// rejection with its reason and what the token presented.
+    /// Validates a bearer token for a resource of `realm` through the [`tokens::Gate`] (which
+    /// audits refusals), in OAuth's error form.
     pub fn authorize_bearer(
         &self,
         realm: &RealmId,
@@ -1260,67 +1265,18 @@ impl Identity {
         source: &Source,
         now: UnixTime,
     ) -> Result<Principal, OAuthError> {
-        let issuer = self.issuer(realm);
-        let aud = audience.uri(&self.cfg.public_url);
-        let expect = Expectation {
-            realm,
-            issuer: &issuer,
-            audience: &aud,
-            max_lifetime: self.cfg.access_ttl,
-            leeway: self.cfg.leeway,
-            required_scope: scope,
-        };
-        // One read for both counters, so the key set and the cache agree on what they saw.
-        let generations = self.store.generations().map_err(Error::from)?;
-        let keys = self
-            .custody
-            .verifying_keys_at(generations.keys)
-            .map_err(|e| OAuthError::from(Error::from(e)))?;
-        let ledger = tokens::StoreLedger(self.store.clone());
-        match self
-            .validator
-            .validate(token, &expect, now, &keys, generations, &ledger)
-        {
-            Ok(p) => Ok(p),
-            Err(rej) => {
-                let (name, code) = rej.reason.code();
-                let p = &rej.presented;
-                let mut ev = Event::failure(Operation::TokenRejected)
-                    .realm(realm)
-                    .source(source)
-                    .detail("reason", name)
-                    .detail("code", code)
-                    .detail("audience", aud.clone())
-                    .detail("critical", rej.reason.suggests_key_compromise());
-                if let Some(k) = &p.kid {
-                    ev = ev.kid(k.clone());
+        self.gate
+            .authorize(realm, token, audience, scope, source, now)
+            .map_err(|e| match e {
+                tokens::GateError::Rejected(tokens::Rejection::InsufficientScope) => {
+                    OAuthError::insufficient_scope(realm.as_str(), scope.unwrap_or_default())
                 }
-                if let Some(j) = &p.jti {
-                    ev = ev.jti(j.clone());
+                tokens::GateError::Rejected(_) => OAuthError::invalid_token(realm.as_str()),
+                other => {
+                    tracing::error!(error = %other, "bearer validation unavailable");
+                    OAuthError::unavailable()
                 }
-                if let Some(c) = &p.client_id {
-                    ev = ev.client(c.clone());
-                }
-                for (k, v) in [("iss", &p.iss), ("sub", &p.sub), ("alg", &p.alg)] {
-                    if let Some(v) = v {
-                        ev = ev.detail(k, v.clone());
-                    }
-                }
-                if let Some(s) = &p.sub {
-                    ev = ev.actor(s.clone());
-                }
-                self.audit.record(ev, now).map_err(Error::from)?;
-                if rej.reason.suggests_key_compromise() {
-                    tracing::warn!(target: "keypost::security", reason = name, %realm, kid = ?p.kid, "token refused: signing key may be compromised");
-                }
-                Err(match rej.reason {
-                    tokens::Rejection::InsufficientScope => {
-                        OAuthError::insufficient_scope(realm.as_str(), scope.unwrap_or_default())
-                    }
-                    _ => OAuthError::invalid_token(realm.as_str()),
-                })
-            }
-        }
+            })
     }
 
     /// OIDC userinfo for a validated principal.

@@ -24,6 +24,7 @@
 mod cache;
 mod claims;
 mod error;
+mod gate;
 mod jose;
 mod ledger;
 pub mod manual;
@@ -33,6 +34,7 @@ mod validate;
 pub use cache::Validator;
 pub use claims::{AccessClaims, Audience, issuer_for};
 pub use error::Error;
+pub use gate::{Gate, GateError};
 pub use ledger::{Ledger, StoreLedger};
 pub use mint::{IdTokenRequest, Issued, MintRequest, Minter, RefreshToken, token_hash};
 pub use validate::{Expectation, Presented, Principal, Rejected, Rejection, validate};

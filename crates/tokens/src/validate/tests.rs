@@ -92,14 +92,18 @@ fn fx() -> Fx {
 
 impl Fx {
     fn mint(&self, realm: &str) -> crate::Issued {
+        self.mint_for(realm, self.user.as_str(), "openid mail")
+    }
+
+    fn mint_for(&self, realm: &str, subject: &str, scope: &str) -> crate::Issued {
         self.minter
             .mint(
                 &MintRequest {
                     realm: rid(realm),
                     access_alg: Algorithm::EdDSA,
-                    subject: self.user.to_string(),
+                    subject: subject.into(),
                     client_id: ClientId::new("app").unwrap(),
-                    scope: "openid mail".into(),
+                    scope: scope.into(),
                     audience: vec![format!("{URL}/mail")],
                     session: None,
                     access_ttl: 600,
@@ -117,25 +121,11 @@ impl Fx {
         token: &str,
         now: i64,
     ) -> std::result::Result<Principal, Rejection> {
-        let r = rid(realm);
-        let iss = issuer_for(URL, &r);
-        let aud = format!("{URL}/mail");
-        let expect = Expectation {
-            realm: &r,
-            issuer: &iss,
-            audience: &aud,
-            max_lifetime: 600,
-            leeway: 30,
-            required_scope: Some("mail"),
-        };
-        validate(
-            token,
-            &expect,
-            now,
-            &self.custody.verifying_keys().unwrap(),
-            &StoreLedger(self.store.clone()),
-        )
-        .map_err(|r| r.reason)
+        let keys = self.custody.verifying_keys().unwrap();
+        expecting(realm, |expect| {
+            validate(token, expect, now, &keys, &StoreLedger(self.store.clone()))
+                .map_err(|r| r.reason)
+        })
     }
 
     /// Signs arbitrary header and claims with `signing_realm`'s active access-token key, the
@@ -550,29 +540,35 @@ impl Fx {
         token: &str,
         now: i64,
     ) -> std::result::Result<Principal, Rejection> {
-        let r = rid(realm);
-        let iss = issuer_for(URL, &r);
-        let aud = format!("{URL}/mail");
-        let expect = Expectation {
-            realm: &r,
-            issuer: &iss,
-            audience: &aud,
-            max_lifetime: 600,
-            leeway: 30,
-            required_scope: Some("mail"),
-        };
         let g = self.store.generations().unwrap();
         let keys = self.custody.verifying_keys_at(g.keys).unwrap();
-        v.validate(
-            token,
-            &expect,
-            now,
-            &keys,
-            g,
-            &StoreLedger(self.store.clone()),
-        )
-        .map_err(|r| r.reason)
+        expecting(realm, |expect| {
+            v.validate(
+                token,
+                expect,
+                now,
+                &keys,
+                g,
+                &StoreLedger(self.store.clone()),
+            )
+            .map_err(|r| r.reason)
+        })
     }
+}
+
+/// Runs `f` with what a mail resource of `realm` expects of a token.
+fn expecting<T>(realm: &str, f: impl FnOnce(&Expectation<'_>) -> T) -> T {
+    let r = rid(realm);
+    let iss = issuer_for(URL, &r);
+    let aud = format!("{URL}/mail");
+    f(&Expectation {
+        realm: &r,
+        issuer: &iss,
+        audience: &aud,
+        max_lifetime: 600,
+        leeway: 30,
+        required_scope: Some("mail"),
+    })
 }
 
 #[test]
@@ -634,26 +630,7 @@ fn the_cache_never_outlives_a_revocation_or_an_expiry() {
 #[test]
 fn a_client_credentials_token_needs_the_subject_to_be_the_client() {
     let f = fx();
-    let mint = |subject: &str| {
-        f.minter
-            .mint(
-                &MintRequest {
-                    realm: rid("contoso"),
-                    access_alg: Algorithm::EdDSA,
-                    subject: subject.into(),
-                    client_id: ClientId::new("app").unwrap(),
-                    scope: "mail".into(),
-                    audience: vec![format!("{URL}/mail")],
-                    session: None,
-                    access_ttl: 600,
-                    id_token: None,
-                    refresh: None,
-                },
-                NOW,
-            )
-            .unwrap()
-            .access_token
-    };
+    let mint = |subject: &str| f.mint_for("contoso", subject, "mail").access_token;
     assert!(f.check("contoso", &mint("app"), NOW).is_ok());
     assert_eq!(
         f.check("contoso", &mint("someone-else"), NOW).unwrap_err(),

@@ -117,6 +117,33 @@ impl Signer {
         now: UnixTime,
     ) -> Result<SigningKey> {
         let l = self.loaded()?;
+        Self::current_in(&l, realm, purpose, alg, now)
+    }
+
+    /// Picks the active key and signs what `input` builds for it (the JWS header names the
+    /// key), reading the key table once.
+    pub fn sign_current(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        now: UnixTime,
+        input: impl FnOnce(&SigningKey) -> Vec<u8>,
+    ) -> Result<(SigningKey, Vec<u8>, Signature)> {
+        let l = self.loaded()?;
+        let key = Self::current_in(&l, realm, purpose, alg, now)?;
+        let bytes = input(&key);
+        let sig = Self::sign_in(&l, realm, purpose, &key.kid, &bytes, now)?;
+        Ok((key, bytes, sig))
+    }
+
+    fn current_in(
+        l: &Loaded,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        now: UnixTime,
+    ) -> Result<SigningKey> {
         let no_key = || Error::NoActiveKey {
             realm: realm.to_string(),
             purpose: purpose.to_string(),
@@ -147,6 +174,17 @@ impl Signer {
         now: UnixTime,
     ) -> Result<Signature> {
         let l = self.loaded()?;
+        Self::sign_in(&l, realm, purpose, kid, input, now)
+    }
+
+    fn sign_in(
+        l: &Loaded,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        kid: &Kid,
+        input: &[u8],
+        now: UnixTime,
+    ) -> Result<Signature> {
         let refuse = |why: &'static str| {
             tracing::warn!(target: "keypost::security", %kid, %realm, reason = why, "signer refused");
             Err(Error::Refused(why))

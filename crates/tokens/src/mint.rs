@@ -154,17 +154,19 @@ impl Minter {
         claims: &serde_json::Value,
         now: UnixTime,
     ) -> Result<(String, store::Kid), Error> {
-        let key = self.signer.current(realm, purpose, alg, now)?;
-        let header = json!({"alg": key.alg.as_str(), "typ": typ, "kid": key.kid.as_str()});
         let enc = |v: &serde_json::Value| {
             serde_json::to_vec(v)
                 .map(|b| b64(&b))
                 .map_err(|e| Error::Encoding(e.to_string()))
         };
-        let input = format!("{}.{}", enc(&header)?, enc(claims)?);
-        let sig = self
-            .signer
-            .sign(realm, purpose, &key.kid, input.as_bytes(), now)?;
+        let claims = enc(claims)?;
+        let (key, input, sig) = self.signer.sign_current(realm, purpose, alg, now, |key| {
+            // A header of three plain strings always serialises.
+            let header = json!({"alg": key.alg.as_str(), "typ": typ, "kid": key.kid.as_str()});
+            let header = b64(&serde_json::to_vec(&header).unwrap_or_default());
+            format!("{header}.{claims}").into_bytes()
+        })?;
+        let input = String::from_utf8(input).map_err(|e| Error::Encoding(e.to_string()))?;
         Ok((format!("{input}.{}", b64(&sig.0)), key.kid))
     }
 

@@ -33,6 +33,8 @@ pub enum Operation {
     KeyImported,
     /// A key was revoked.
     KeyRevoked,
+    /// Mail was imported into an account by an operator.
+    MailImported,
     /// An account's password was changed.
     PasswordChanged,
     /// A refresh token was used twice: the family is revoked.
@@ -67,6 +69,7 @@ impl Operation {
             KeyCreated => "KeyCreated",
             KeyImported => "KeyImported",
             KeyRevoked => "KeyRevoked",
+            MailImported => "MailImported",
             PasswordChanged => "PasswordChanged",
             RefreshTokenReused => "RefreshTokenReused",
             SessionEnded => "SessionEnded",

@@ -34,6 +34,9 @@ pub(crate) enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Mail in accounts.
+    #[command(subcommand)]
+    Mail(MailCmd),
     /// Print the effective configuration (file, then environment) as TOML.
     Config,
 }
@@ -202,6 +205,23 @@ pub(crate) enum KeysCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum MailCmd {
+    /// Import existing mail into an account: an .eml file, a Maildir, an mbox file, or a
+    /// directory of .eml files. Importing the same source again adds nothing.
+    Import {
+        /// The account's email address.
+        email: String,
+        /// What to import.
+        path: PathBuf,
+        /// Target mailbox, by role: inbox (default), archive, sent, drafts, junk, trash.
+        #[arg(long, default_value = "inbox")]
+        mailbox: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum AuditCmd {
     /// Search the audit log (oldest first).
     Search {
@@ -240,6 +260,7 @@ pub(crate) enum AuditCmd {
 /// What a verb needs: the identity service over the opened data directory.
 pub(crate) struct Services {
     pub(crate) identity: Arc<Identity>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) config: Config,
 }
 
@@ -250,6 +271,13 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(
         SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?,
     ))
+}
+
+fn open_mail(svc: &Services) -> Result<mail::Mail> {
+    let blobs = Arc::new(store::FsBlobStore::open(
+        &svc.config.data_dir.join("blobs"),
+    )?);
+    Ok(mail::Mail::new(svc.store.clone(), blobs))
 }
 
 fn load_kek(config: &Config) -> Result<Kek> {
@@ -263,9 +291,17 @@ fn services(config: Config) -> Result<Services> {
     let store = open_store(&config)?;
     let kek = Arc::new(load_kek(&config)?);
     let custody = Arc::new(Custody::new(store.clone(), kek, config.key_policy));
-    let identity = Arc::new(Identity::new(store, custody, config.identity.clone()));
+    let identity = Arc::new(Identity::new(
+        store.clone(),
+        custody,
+        config.identity.clone(),
+    ));
     identity.ensure_consumers(identity::now())?;
-    Ok(Services { identity, config })
+    Ok(Services {
+        identity,
+        store,
+        config,
+    })
 }
 
 fn realm(s: &str) -> Result<RealmId> {
@@ -500,8 +536,7 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             svc.identity
                 .realm(&r)?
                 .with_context(|| format!("unknown realm {r}"))?;
-            let store = open_store(&svc.config)?;
-            let clients = store.list_clients(&r)?;
+            let clients = svc.store.list_clients(&r)?;
             if out.json {
                 return print_json(&clients);
             }
@@ -663,6 +698,54 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
                 new_kek_file.display(),
                 new_kek_file.display()
             );
+            Ok(())
+        }
+        Command::Mail(MailCmd::Import {
+            email,
+            path,
+            mailbox,
+            out,
+        }) => {
+            let svc = services(config)?;
+            let account = svc.identity.user(&email)?;
+            let mail = open_mail(&svc)?;
+            let target = mail.mailbox_by_role(&account.id, &mailbox)?;
+            let report = mail.import(&account.id, &path, &target.id, now)?;
+            let source = report.source.map(|s| s.as_str()).unwrap_or("unknown");
+            svc.identity.audit().record(
+                audit::Event::success(audit::Operation::MailImported)
+                    .realm(&account.realm)
+                    .actor("cli")
+                    .target(account.email.clone())
+                    .detail("source", source)
+                    .detail("mailbox", target.id.to_string())
+                    .detail("imported", report.imported)
+                    .detail("duplicates", report.duplicates)
+                    .detail("failed", report.failed.len()),
+                now,
+            )?;
+            if out.json {
+                let failed: Vec<_> = report
+                    .failed
+                    .iter()
+                    .map(|(what, why)| json!({"message": what, "error": why}))
+                    .collect();
+                return print_json(&json!({
+                    "account": account.email, "mailbox": target.name, "source": source,
+                    "imported": report.imported, "duplicates": report.duplicates, "failed": failed,
+                }));
+            }
+            println!(
+                "imported {} messages into {} of {} ({source}); {} already there, {} skipped",
+                report.imported,
+                target.name,
+                account.email,
+                report.duplicates,
+                report.failed.len()
+            );
+            for (what, why) in &report.failed {
+                eprintln!("skipped {what}: {why}");
+            }
             Ok(())
         }
         Command::Audit(AuditCmd::Search {

@@ -15,7 +15,9 @@ use crate::cli::Services;
 const KEY_SCHEDULE_INTERVAL: Duration = Duration::from_secs(60);
 
 pub(crate) fn run(svc: Services) -> Result<()> {
-    let Services { identity, config } = svc;
+    let Services {
+        identity, config, ..
+    } = svc;
     if let Some((email, password)) = identity.bootstrap(identity::now())? {
         // Printed once, to stdout, for the operator; never logged.
         println!("provider admin: {email}");

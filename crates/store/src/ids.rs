@@ -138,6 +138,37 @@ string_id!(
     opaque
 );
 
+string_id!(
+    /// A mailbox, unique across Keypost (JMAP `Id`).
+    MailboxId,
+    "mailbox id",
+    opaque
+);
+string_id!(
+    /// An email, unique across Keypost (JMAP `Id`).
+    EmailId,
+    "email id",
+    opaque
+);
+string_id!(
+    /// A conversation thread (JMAP `Id`).
+    ThreadId,
+    "thread id",
+    opaque
+);
+string_id!(
+    /// A blob: the lowercase hex SHA-256 of its bytes, so equal content is stored once.
+    BlobId,
+    "blob id",
+    |s| {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(())
+        } else {
+            Err("must be 64 lowercase hex digits")
+        }
+    }
+);
+
 impl RealmId {
     /// The one consumer realm.
     pub const CONSUMERS: &'static str = "consumers";

@@ -17,14 +17,19 @@
 //! units of work on a blocking thread instead of awaiting each statement.
 #![forbid(unsafe_code)]
 
+mod blob;
 mod error;
 mod ids;
 mod model;
 mod sqlite;
 mod traits;
 
+pub use blob::{BlobStore, FsBlobStore, blob_id};
 pub use error::Error;
-pub use ids::{AccountId, ClientId, IdError, Jti, Kid, RealmId, SessionId};
+pub use ids::{
+    AccountId, BlobId, ClientId, EmailId, IdError, Jti, Kid, MailboxId, RealmId, SessionId,
+    ThreadId,
+};
 pub use model::*;
 pub use sqlite::SqliteStore;
 pub use traits::*;

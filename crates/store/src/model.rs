@@ -354,3 +354,64 @@ pub struct LedgerView {
     /// The account named by the row's subject, if it is an account.
     pub account: Option<AccountState>,
 }
+
+/// A mailbox (JMAP Mailbox / IMAP folder).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mailbox {
+    /// Id.
+    pub id: crate::MailboxId,
+    /// Owning account.
+    pub account: AccountId,
+    /// Name (unique among siblings).
+    pub name: String,
+    /// JMAP role (`inbox`, `sent`, `drafts`, `trash`, `junk`, `archive`), unique per account.
+    pub role: Option<String>,
+    /// Parent mailbox.
+    pub parent: Option<crate::MailboxId>,
+    /// Display order.
+    pub sort_order: u32,
+}
+
+/// An address as parsed from a header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailAddress {
+    /// Display name.
+    pub name: Option<String>,
+    /// Address.
+    pub email: String,
+}
+
+/// An email's stored metadata; the message itself is the blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailRecord {
+    /// Id.
+    pub id: crate::EmailId,
+    /// Owning account.
+    pub account: AccountId,
+    /// The raw RFC 5322 message.
+    pub blob_id: crate::BlobId,
+    /// Conversation.
+    pub thread_id: crate::ThreadId,
+    /// `Message-ID` without angle brackets.
+    pub message_id: Option<String>,
+    /// Subject.
+    pub subject: String,
+    /// From.
+    pub from: Vec<EmailAddress>,
+    /// To.
+    pub to: Vec<EmailAddress>,
+    /// Cc.
+    pub cc: Vec<EmailAddress>,
+    /// `Date` header.
+    pub sent_at: Option<UnixTime>,
+    /// When Keypost received it.
+    pub received_at: UnixTime,
+    /// Size in bytes.
+    pub size: u64,
+    /// Start of the text body.
+    pub preview: String,
+    /// Whether it has attachments.
+    pub has_attachment: bool,
+    /// JMAP keywords (`$seen`, `$flagged`, ...).
+    pub keywords: Vec<String>,
+}

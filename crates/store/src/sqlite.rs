@@ -154,6 +154,64 @@ BEGIN UPDATE meta SET value = value + 1 WHERE name = 'revocation_generation'; EN
 -- at the next sign-in, before any token is issued.
 ALTER TABLE accounts ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Mail. Rows carry the modseq that created, last updated and destroyed them, so JMAP /changes
+-- and IMAP CONDSTORE are queries, not a separate log.
+CREATE TABLE mail_state (
+    account TEXT PRIMARY KEY,
+    modseq INTEGER NOT NULL
+) STRICT;
+CREATE TABLE mailboxes (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL REFERENCES accounts(id),
+    name TEXT NOT NULL,
+    role TEXT,
+    parent TEXT REFERENCES mailboxes(id),
+    sort_order INTEGER NOT NULL DEFAULT 0,
+    created_modseq INTEGER NOT NULL,
+    updated_modseq INTEGER NOT NULL,
+    destroyed_modseq INTEGER
+) STRICT;
+CREATE UNIQUE INDEX mailboxes_name ON mailboxes(account, ifnull(parent, ''), name) WHERE destroyed_modseq IS NULL;
+CREATE UNIQUE INDEX mailboxes_role ON mailboxes(account, role) WHERE role IS NOT NULL AND destroyed_modseq IS NULL;
+CREATE TABLE emails (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL REFERENCES accounts(id),
+    blob_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    message_id TEXT,
+    subject TEXT NOT NULL,
+    from_json TEXT NOT NULL,
+    to_json TEXT NOT NULL,
+    cc_json TEXT NOT NULL,
+    sent_at INTEGER,
+    received_at INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    preview TEXT NOT NULL,
+    has_attachment INTEGER NOT NULL,
+    keywords TEXT NOT NULL,
+    created_modseq INTEGER NOT NULL,
+    updated_modseq INTEGER NOT NULL,
+    destroyed_modseq INTEGER
+) STRICT;
+CREATE INDEX emails_received ON emails(account, received_at);
+CREATE INDEX emails_message_id ON emails(account, message_id) WHERE message_id IS NOT NULL;
+CREATE INDEX emails_blob ON emails(account, blob_id);
+CREATE INDEX emails_thread ON emails(thread_id);
+CREATE TABLE email_mailboxes (
+    email TEXT NOT NULL REFERENCES emails(id),
+    mailbox TEXT NOT NULL REFERENCES mailboxes(id),
+    PRIMARY KEY (email, mailbox)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX email_mailboxes_mailbox ON email_mailboxes(mailbox, email);
+-- Message-IDs an email refers to (In-Reply-To, References), for threading.
+CREATE TABLE email_refs (
+    account TEXT NOT NULL,
+    ref_message_id TEXT NOT NULL,
+    email TEXT NOT NULL REFERENCES emails(id)
+) STRICT;
+CREATE INDEX email_refs_ref ON email_refs(account, ref_message_id);
+"#,
 ];
 
 /// Read-only connections per file-backed store.
@@ -1379,6 +1437,8 @@ impl SqliteStore {
         }
     }
 }
+
+mod mail;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,9 @@
 //! same tests.
 
 use crate::Result;
-use crate::ids::{AccountId, ClientId, Jti, Kid, RealmId, SessionId};
+use crate::ids::{
+    AccountId, BlobId, ClientId, EmailId, Jti, Kid, MailboxId, RealmId, SessionId, ThreadId,
+};
 use crate::model::*;
 
 /// Realms and their mail domains.
@@ -119,13 +121,60 @@ pub trait AuditStore: Send + Sync {
     fn count_audit(&self, query: &AuditQuery) -> Result<u64>;
 }
 
+/// Mailboxes and email metadata. Every change bumps the account's modification sequence
+/// (`modseq`), from which JMAP states and IMAP MODSEQs are derived.
+pub trait MailStore: Send + Sync {
+    /// Creates mailboxes (one transaction); `Conflict` on a duplicate name or role.
+    fn create_mailboxes(&self, mailboxes: &[Mailbox]) -> Result<()>;
+    /// An account's mailboxes, by sort order then name.
+    fn list_mailboxes(&self, account: &AccountId) -> Result<Vec<Mailbox>>;
+    /// Stores an email's metadata, its mailbox memberships and the message ids it refers to,
+    /// durably; returns the account's new modseq.
+    fn insert_email(
+        &self,
+        email: &EmailRecord,
+        mailboxes: &[MailboxId],
+        references: &[String],
+    ) -> Result<i64>;
+    /// The thread of an email of `account` whose Message-ID is in `parents`, or one that refers
+    /// to `own` (a reply that arrived first).
+    fn find_thread(
+        &self,
+        account: &AccountId,
+        parents: &[String],
+        own: Option<&str>,
+    ) -> Result<Option<ThreadId>>;
+    /// An email of `account` with exactly this content, if any (imports are idempotent).
+    fn email_with_blob(&self, account: &AccountId, blob: &BlobId) -> Result<Option<EmailId>>;
+    /// An email by id.
+    fn get_email(&self, id: &EmailId) -> Result<Option<EmailRecord>>;
+    /// How many emails a mailbox (or the whole account) holds.
+    fn count_emails(&self, account: &AccountId, mailbox: Option<&MailboxId>) -> Result<u64>;
+    /// The account's current modseq (0 if it never had mail).
+    fn mail_modseq(&self, account: &AccountId) -> Result<i64>;
+}
+
 /// Everything Keypost stores.
 pub trait Store:
-    RealmStore + AccountStore + ClientStore + KeyStore + LedgerStore + SessionStore + AuditStore
+    RealmStore
+    + AccountStore
+    + ClientStore
+    + KeyStore
+    + LedgerStore
+    + SessionStore
+    + AuditStore
+    + MailStore
 {
 }
 
 impl<T> Store for T where
-    T: RealmStore + AccountStore + ClientStore + KeyStore + LedgerStore + SessionStore + AuditStore
+    T: RealmStore
+        + AccountStore
+        + ClientStore
+        + KeyStore
+        + LedgerStore
+        + SessionStore
+        + AuditStore
+        + MailStore
 {
 }

@@ -1,0 +1,231 @@
+//! Mail: mailboxes, messages, threads, and delivery of messages into mailboxes.
+//!
+//! `mail` owns what a mailbox holds and how a message gets there: the default mailboxes with
+//! their JMAP roles, parsing a raw RFC 5322 message for its metadata (with `mail-parser`),
+//! threading by Message-ID/In-Reply-To/References, durable storage (the blob first, then the
+//! metadata, both on disk before `deliver` returns), and importing `.eml` files, Maildirs and
+//! mbox files. It must never authenticate anyone: callers hand it an account that an
+//! already-validated principal (or the operator's CLI) is entitled to.
+//!
+//! ```text
+//!   raw bytes ──> BlobStore::put (fsync) ──> parse ──> thread ──> MailStore::insert_email ──> modseq
+//! ```
+#![forbid(unsafe_code)]
+
+mod import;
+mod parse;
+
+use std::sync::Arc;
+
+use aws_lc_rs::rand;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use store::{
+    AccountId, BlobId, BlobStore, EmailId, EmailRecord, Mailbox, MailboxId, Store, ThreadId,
+    UnixTime,
+};
+
+pub use import::{ImportReport, ImportSource};
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A mail error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The account has no mailbox with that role or id.
+    #[error("no mailbox {0}")]
+    NoMailbox(String),
+    /// The bytes are not a message (not even headers).
+    #[error("not an RFC 5322 message: {0}")]
+    NotAMessage(String),
+    /// Reading an import source failed.
+    #[error("{path}: {error}")]
+    Io {
+        /// What was being read.
+        path: String,
+        /// Why it failed.
+        error: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// The mailboxes every account has, with their JMAP roles (RFC 8621 §2).
+pub const DEFAULT_MAILBOXES: [(&str, &str); 6] = [
+    ("Inbox", "inbox"),
+    ("Drafts", "drafts"),
+    ("Sent", "sent"),
+    ("Archive", "archive"),
+    ("Junk", "junk"),
+    ("Trash", "trash"),
+];
+
+/// Largest message accepted, in bytes (the JMAP/SMTP limits will be advertised from this).
+pub const MAX_MESSAGE_SIZE: usize = 50 * 1024 * 1024;
+
+/// A message stored by [`Mail::deliver`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The email.
+    pub id: EmailId,
+    /// Its thread.
+    pub thread_id: ThreadId,
+    /// Its raw message.
+    pub blob_id: BlobId,
+    /// `true` if the account already held exactly this message (nothing new was stored).
+    pub duplicate: bool,
+}
+
+fn new_id(prefix: char) -> Result<String> {
+    let mut b = [0u8; 12];
+    rand::fill(&mut b)
+        .map_err(|_| Error::Store(store::Error::Backend("random source failed".into())))?;
+    Ok(format!("{prefix}{}", B64.encode(b)))
+}
+
+/// The mail service over a metadata store and a blob store.
+#[derive(Clone)]
+pub struct Mail {
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+}
+
+impl std::fmt::Debug for Mail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mail")
+    }
+}
+
+impl Mail {
+    /// Mail over `store` (metadata) and `blobs` (raw messages).
+    pub fn new(store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>) -> Self {
+        Self { store, blobs }
+    }
+
+    /// The account's mailboxes, creating the default ones (with their roles) the first time.
+    pub fn mailboxes(&self, account: &AccountId) -> Result<Vec<Mailbox>> {
+        let existing = self.store.list_mailboxes(account)?;
+        let missing: Vec<Mailbox> = DEFAULT_MAILBOXES
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, role))| !existing.iter().any(|m| m.role.as_deref() == Some(role)))
+            .map(|(i, (name, role))| {
+                Ok(Mailbox {
+                    id: MailboxId::new(new_id('m')?)
+                        .map_err(|e| store::Error::Corrupt(e.to_string()))?,
+                    account: account.clone(),
+                    name: (*name).to_owned(),
+                    role: Some((*role).to_owned()),
+                    parent: None,
+                    sort_order: i as u32 * 10,
+                })
+            })
+            .collect::<Result<_>>()?;
+        if missing.is_empty() {
+            return Ok(existing);
+        }
+        match self.store.create_mailboxes(&missing) {
+            // Another process created them at the same moment: theirs are as good as ours.
+            Ok(()) | Err(store::Error::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(self.store.list_mailboxes(account)?)
+    }
+
+    /// The account's mailbox with a JMAP role (`inbox`, `sent`, ...).
+    pub fn mailbox_by_role(&self, account: &AccountId, role: &str) -> Result<Mailbox> {
+        self.mailboxes(account)?
+            .into_iter()
+            .find(|m| m.role.as_deref() == Some(role))
+            .ok_or_else(|| Error::NoMailbox(role.to_owned()))
+    }
+
+    /// Stores `raw` in `mailbox` of `account`, durably (blob, then metadata) before returning.
+    /// Delivering the same bytes to the same account again stores nothing and reports the
+    /// existing email as a duplicate.
+    pub fn deliver(
+        &self,
+        account: &AccountId,
+        raw: &[u8],
+        mailbox: &MailboxId,
+        keywords: Vec<String>,
+        received_at: UnixTime,
+    ) -> Result<Delivered> {
+        if raw.len() > MAX_MESSAGE_SIZE {
+            return Err(Error::NotAMessage(format!(
+                "{} bytes exceeds the {MAX_MESSAGE_SIZE}-byte limit",
+                raw.len()
+            )));
+        }
+        if !self.mailboxes(account)?.iter().any(|m| &m.id == mailbox) {
+            return Err(Error::NoMailbox(mailbox.to_string()));
+        }
+        let meta = parse::metadata(raw)?;
+        let blob_id = store::blob_id(raw);
+        if let Some(id) = self.store.email_with_blob(account, &blob_id)? {
+            let existing = self
+                .store
+                .get_email(&id)?
+                .ok_or_else(|| Error::NoMailbox(id.to_string()))?;
+            return Ok(Delivered {
+                id,
+                thread_id: existing.thread_id,
+                blob_id,
+                duplicate: true,
+            });
+        }
+        self.blobs.put(raw)?;
+        let thread_id =
+            match self
+                .store
+                .find_thread(account, &meta.parents, meta.message_id.as_deref())?
+            {
+                Some(t) => t,
+                None => {
+                    ThreadId::new(new_id('t')?).map_err(|e| store::Error::Corrupt(e.to_string()))?
+                }
+            };
+        let id = EmailId::new(new_id('e')?).map_err(|e| store::Error::Corrupt(e.to_string()))?;
+        let record = EmailRecord {
+            id: id.clone(),
+            account: account.clone(),
+            blob_id: blob_id.clone(),
+            thread_id: thread_id.clone(),
+            message_id: meta.message_id,
+            subject: meta.subject,
+            from: meta.from,
+            to: meta.to,
+            cc: meta.cc,
+            sent_at: meta.sent_at,
+            received_at,
+            size: raw.len() as u64,
+            preview: meta.preview,
+            has_attachment: meta.has_attachment,
+            keywords,
+        };
+        self.store
+            .insert_email(&record, std::slice::from_ref(mailbox), &meta.parents)?;
+        Ok(Delivered {
+            id,
+            thread_id,
+            blob_id,
+            duplicate: false,
+        })
+    }
+
+    /// An email's metadata.
+    pub fn email(&self, id: &EmailId) -> Result<Option<EmailRecord>> {
+        Ok(self.store.get_email(id)?)
+    }
+
+    /// How many emails a mailbox (or the account) holds.
+    pub fn count(&self, account: &AccountId, mailbox: Option<&MailboxId>) -> Result<u64> {
+        Ok(self.store.count_emails(account, mailbox)?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

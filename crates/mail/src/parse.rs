@@ -1,0 +1,72 @@
+//! Message metadata, parsed with `mail-parser` (which accepts the malformed mail the real world
+//! sends; we only refuse bytes with no header section at all).
+
+use mail_parser::{Address, MessageParser};
+use store::EmailAddress;
+
+use crate::{Error, Result};
+
+/// Length of the JMAP `preview` (RFC 8621 §4.1.4: up to 256 characters).
+const PREVIEW_CHARS: usize = 256;
+
+pub(crate) struct Metadata {
+    pub(crate) message_id: Option<String>,
+    /// Message-IDs this message replies to or references, nearest first.
+    pub(crate) parents: Vec<String>,
+    pub(crate) subject: String,
+    pub(crate) from: Vec<EmailAddress>,
+    pub(crate) to: Vec<EmailAddress>,
+    pub(crate) cc: Vec<EmailAddress>,
+    pub(crate) sent_at: Option<i64>,
+    pub(crate) preview: String,
+    pub(crate) has_attachment: bool,
+}
+
+fn addresses(a: Option<&Address<'_>>) -> Vec<EmailAddress> {
+    a.map(|a| {
+        a.iter()
+            .filter_map(|x| {
+                Some(EmailAddress {
+                    name: x.name().map(str::to_owned),
+                    email: x.address()?.to_owned(),
+                })
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+pub(crate) fn metadata(raw: &[u8]) -> Result<Metadata> {
+    let msg = MessageParser::default()
+        .parse(raw)
+        .ok_or_else(|| Error::NotAMessage("no headers".into()))?;
+    if msg.headers().is_empty() {
+        return Err(Error::NotAMessage("no headers".into()));
+    }
+    let mut parents: Vec<String> = Vec::new();
+    for v in [msg.in_reply_to(), msg.references()] {
+        for id in v.as_text_list().unwrap_or_default().iter().rev() {
+            if !parents.iter().any(|p| p == id.as_ref()) {
+                parents.push(id.to_string());
+            }
+        }
+    }
+    let preview: String = msg
+        .body_preview(PREVIEW_CHARS)
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+        .chars()
+        .take(PREVIEW_CHARS)
+        .collect();
+    Ok(Metadata {
+        message_id: msg.message_id().map(str::to_owned),
+        parents,
+        subject: msg.subject().unwrap_or_default().to_owned(),
+        from: addresses(msg.from()),
+        to: addresses(msg.to()),
+        cc: addresses(msg.cc()),
+        sent_at: msg.date().map(|d| d.to_timestamp()),
+        preview,
+        has_attachment: msg.attachment_count() > 0,
+    })
+}

@@ -1,0 +1,201 @@
+use std::sync::Arc;
+
+use store::{Account, AccountId, FsBlobStore, Realm, RealmId, RealmKind, Role, SqliteStore, Store};
+
+use super::*;
+
+struct Fx {
+    mail: Mail,
+    account: AccountId,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Fx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fx(name: &str) -> Fx {
+    let dir = std::env::temp_dir().join(format!("keypost-mail-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let realm = RealmId::new("contoso").unwrap();
+    store
+        .create_realm(&Realm {
+            id: realm.clone(),
+            kind: RealmKind::Tenant,
+            display_name: "c".into(),
+            domains: vec![],
+            access_token_alg: "EdDSA".into(),
+            created_at: 1,
+        })
+        .unwrap();
+    let account = AccountId::new("alice").unwrap();
+    store
+        .create_account(&Account {
+            id: account.clone(),
+            realm,
+            email: "alice@contoso.test".into(),
+            display_name: "Alice".into(),
+            password_hash: "x".into(),
+            disabled: false,
+            role: Role::User,
+            created_at: 1,
+            must_change_password: false,
+        })
+        .unwrap();
+    let blobs = Arc::new(FsBlobStore::open(&dir.join("blobs")).unwrap());
+    Fx {
+        mail: Mail::new(store, blobs),
+        account,
+        dir,
+    }
+}
+
+const FIRST: &[u8] = b"From: Bob <bob@fabrikam.test>\r\nTo: alice@contoso.test\r\nSubject: Lunch?\r\nMessage-ID: <1@fabrikam.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nShall we   meet at noon?\r\n";
+const REPLY: &[u8] = b"From: alice@contoso.test\r\nTo: Bob <bob@fabrikam.test>\r\nSubject: Re: Lunch?\r\nMessage-ID: <2@contoso.test>\r\nIn-Reply-To: <1@fabrikam.test>\r\nReferences: <1@fabrikam.test>\r\n\r\nYes.\r\n";
+const OTHER: &[u8] = b"From: carol@keypost.test\r\nSubject: Unrelated\r\nMessage-ID: <3@keypost.test>\r\n\r\nHello\r\n";
+
+#[test]
+fn default_mailboxes_have_their_roles_once() {
+    let f = fx("roles");
+    let first = f.mail.mailboxes(&f.account).unwrap();
+    let roles: Vec<_> = first.iter().filter_map(|m| m.role.clone()).collect();
+    assert_eq!(
+        roles,
+        ["inbox", "drafts", "sent", "archive", "junk", "trash"]
+    );
+    assert_eq!(f.mail.mailboxes(&f.account).unwrap(), first, "idempotent");
+}
+
+#[test]
+fn delivery_parses_threads_and_deduplicates() {
+    let f = fx("deliver");
+    let inbox = f.mail.mailbox_by_role(&f.account, "inbox").unwrap();
+    let a = f
+        .mail
+        .deliver(&f.account, FIRST, &inbox.id, vec![], 100)
+        .unwrap();
+    let b = f
+        .mail
+        .deliver(&f.account, REPLY, &inbox.id, vec!["$seen".into()], 101)
+        .unwrap();
+    let c = f
+        .mail
+        .deliver(&f.account, OTHER, &inbox.id, vec![], 102)
+        .unwrap();
+    assert_eq!(
+        a.thread_id, b.thread_id,
+        "a reply joins its parent's thread"
+    );
+    assert_ne!(a.thread_id, c.thread_id);
+    let again = f
+        .mail
+        .deliver(&f.account, FIRST, &inbox.id, vec![], 103)
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.id, a.id);
+    assert_eq!(f.mail.count(&f.account, Some(&inbox.id)).unwrap(), 3);
+
+    let e = f.mail.email(&a.id).unwrap().unwrap();
+    assert_eq!(e.subject, "Lunch?");
+    assert_eq!(e.from[0].email, "bob@fabrikam.test");
+    assert_eq!(e.from[0].name.as_deref(), Some("Bob"));
+    assert_eq!(e.message_id.as_deref(), Some("1@fabrikam.test"));
+    assert_eq!(e.preview, "Shall we meet at noon?");
+    assert_eq!(e.sent_at, Some(1_795_428_000));
+    assert_eq!(f.mail.email(&b.id).unwrap().unwrap().keywords, ["$seen"]);
+}
+
+#[test]
+fn a_reply_arriving_first_is_threaded_with_its_parent() {
+    let f = fx("order");
+    let inbox = f.mail.mailbox_by_role(&f.account, "inbox").unwrap();
+    let reply = f
+        .mail
+        .deliver(&f.account, REPLY, &inbox.id, vec![], 1)
+        .unwrap();
+    let parent = f
+        .mail
+        .deliver(&f.account, FIRST, &inbox.id, vec![], 2)
+        .unwrap();
+    assert_eq!(reply.thread_id, parent.thread_id);
+}
+
+#[test]
+fn garbage_is_refused_and_nothing_is_stored() {
+    let f = fx("garbage");
+    let inbox = f.mail.mailbox_by_role(&f.account, "inbox").unwrap();
+    assert!(matches!(
+        f.mail.deliver(&f.account, b"", &inbox.id, vec![], 1),
+        Err(Error::NotAMessage(_))
+    ));
+    assert!(matches!(
+        f.mail.deliver(
+            &f.account,
+            FIRST,
+            &MailboxId::new("nope").unwrap(),
+            vec![],
+            1
+        ),
+        Err(Error::NoMailbox(_))
+    ));
+    assert_eq!(f.mail.count(&f.account, None).unwrap(), 0);
+}
+
+#[test]
+fn mbox_splitting_unquotes_from_lines() {
+    let mbox = b"From bob@x Mon Nov 23 10:00:00 2026\nSubject: a\n\nline\n>From the start\n>>From deeper\n\nFrom carol@x Mon Nov 23 11:00:00 2026\nSubject: b\n\nbody\n";
+    let msgs = crate::import::split_mbox(mbox);
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(
+        msgs[0],
+        b"Subject: a\n\nline\nFrom the start\n>From deeper\n"
+    );
+    assert_eq!(msgs[1], b"Subject: b\n\nbody\n");
+}
+
+#[test]
+fn imports_eml_maildir_and_mbox_idempotently() {
+    let f = fx("import");
+    let inbox = f.mail.mailbox_by_role(&f.account, "inbox").unwrap();
+    let eml = f.dir.join("one.eml");
+    std::fs::write(&eml, FIRST).unwrap();
+    let r = f.mail.import(&f.account, &eml, &inbox.id, 5).unwrap();
+    assert_eq!(
+        (r.source, r.imported, r.duplicates),
+        (Some(ImportSource::Eml), 1, 0)
+    );
+
+    let md = f.dir.join("Maildir");
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(md.join(d)).unwrap();
+    }
+    std::fs::write(md.join("cur/1.host:2,FS"), REPLY).unwrap();
+    std::fs::write(md.join("new/2.host"), OTHER).unwrap();
+    std::fs::write(md.join("cur/3.host:2,S"), FIRST).unwrap(); // already imported above
+    let r = f.mail.import(&f.account, &md, &inbox.id, 5).unwrap();
+    assert_eq!(
+        (r.source, r.imported, r.duplicates),
+        (Some(ImportSource::Maildir), 2, 1)
+    );
+
+    let mbox = f.dir.join("archive.mbox");
+    let mut data = b"From MAILER-DAEMON Mon Nov 23 10:00:00 2026\n".to_vec();
+    data.extend_from_slice(b"Subject: from mbox\nMessage-ID: <9@x>\n\n>From here\n\n");
+    data.extend_from_slice(b"From MAILER-DAEMON Mon Nov 23 10:00:00 2026\n\n");
+    std::fs::write(&mbox, &data).unwrap();
+    let r = f.mail.import(&f.account, &mbox, &inbox.id, 5).unwrap();
+    assert_eq!((r.source, r.imported), (Some(ImportSource::Mbox), 1));
+    assert_eq!(
+        r.failed.len(),
+        1,
+        "the header-less second message is reported: {:?}",
+        r.failed
+    );
+    let again = f.mail.import(&f.account, &mbox, &inbox.id, 5).unwrap();
+    assert_eq!((again.imported, again.duplicates), (0, 1));
+    assert_eq!(f.mail.count(&f.account, None).unwrap(), 4);
+}

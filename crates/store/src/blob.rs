@@ -1,0 +1,104 @@
+//! Blobs: raw messages and uploads, content-addressed by SHA-256. The filesystem backend writes
+//! each blob to a temporary file, fsyncs it, renames it into place and fsyncs the directory, so
+//! a blob is on disk before anything that refers to it is acknowledged. (An S3-compatible
+//! backend implements the same trait for the scale-out deployment.)
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::ids::BlobId;
+use crate::{Error, Result};
+
+/// Content-addressed blob storage.
+pub trait BlobStore: Send + Sync {
+    /// Stores `bytes` durably and returns their id. Storing the same bytes twice is a no-op.
+    fn put(&self, bytes: &[u8]) -> Result<BlobId>;
+    /// The bytes of a blob, if stored.
+    fn get(&self, id: &BlobId) -> Result<Option<Vec<u8>>>;
+}
+
+/// Blobs as files under `{root}/ab/cdef...`.
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    root: PathBuf,
+}
+
+/// The id of some bytes.
+pub fn blob_id(bytes: &[u8]) -> BlobId {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    BlobId::new(hex).unwrap_or_else(|_| unreachable!("64 hex digits are a valid blob id"))
+}
+
+impl FsBlobStore {
+    /// A blob store rooted at `root` (created if missing).
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| Error::Backend(format!("{}: {e}", root.display())))?;
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    fn path(&self, id: &BlobId) -> (PathBuf, PathBuf) {
+        let (dir, file) = id.as_str().split_at(2);
+        let dir = self.root.join(dir);
+        let path = dir.join(file);
+        (dir, path)
+    }
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::Backend(format!("blob store: {e}"))
+}
+
+impl BlobStore for FsBlobStore {
+    fn put(&self, bytes: &[u8]) -> Result<BlobId> {
+        let id = blob_id(bytes);
+        let (dir, path) = self.path(&id);
+        if path.exists() {
+            return Ok(id);
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), id.as_str()));
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(id)
+    }
+
+    fn get(&self, id: &BlobId) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(self.path(id).1) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_content_addressed_and_durable() {
+        let dir = std::env::temp_dir().join(format!("keypost-blobs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let b = FsBlobStore::open(&dir).unwrap();
+        let id = b.put(b"hello").unwrap();
+        assert_eq!(
+            id.as_str(),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(b.put(b"hello").unwrap(), id);
+        assert_eq!(b.get(&id).unwrap().unwrap(), b"hello");
+        assert!(b.get(&blob_id(b"other")).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

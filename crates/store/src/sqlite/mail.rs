@@ -1,0 +1,254 @@
+//! [`MailStore`] for SQLite.
+
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+
+use super::{SqliteStore, from_json, json, parse_id, parse_opt};
+use crate::Result;
+use crate::ids::{AccountId, BlobId, EmailId, MailboxId, ThreadId};
+use crate::model::{EmailRecord, Mailbox};
+use crate::traits::MailStore;
+
+/// Bumps and returns the account's modseq inside `tx`.
+fn next_modseq(tx: &Transaction<'_>, account: &AccountId) -> Result<i64> {
+    Ok(tx.query_row(
+        "INSERT INTO mail_state(account, modseq) VALUES (?, 1) \
+         ON CONFLICT(account) DO UPDATE SET modseq = modseq + 1 RETURNING modseq",
+        [account.as_str()],
+        |r| r.get(0),
+    )?)
+}
+
+const EMAIL_COLS: &str = "id, account, blob_id, thread_id, message_id, subject, from_json, to_json, cc_json, \
+    sent_at, received_at, size, preview, has_attachment, keywords";
+
+fn email_row(r: &Row<'_>) -> rusqlite::Result<Result<EmailRecord>> {
+    let raw: (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        String,
+        String,
+        String,
+        String,
+    ) = (
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    );
+    let rest: (Option<i64>, i64, i64, String, bool, String) = (
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+        r.get(13)?,
+        r.get(14)?,
+    );
+    Ok((|| {
+        Ok(EmailRecord {
+            id: parse_id(raw.0)?,
+            account: parse_id(raw.1)?,
+            blob_id: parse_id(raw.2)?,
+            thread_id: parse_id(raw.3)?,
+            message_id: raw.4,
+            subject: raw.5,
+            from: from_json(&raw.6)?,
+            to: from_json(&raw.7)?,
+            cc: from_json(&raw.8)?,
+            sent_at: rest.0,
+            received_at: rest.1,
+            size: rest.2.max(0) as u64,
+            preview: rest.3,
+            has_attachment: rest.4,
+            keywords: from_json(&rest.5)?,
+        })
+    })())
+}
+
+impl MailStore for SqliteStore {
+    fn create_mailboxes(&self, mailboxes: &[Mailbox]) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        for m in mailboxes {
+            let modseq = next_modseq(&tx, &m.account)?;
+            tx.execute(
+                "INSERT INTO mailboxes(id, account, name, role, parent, sort_order, created_modseq, updated_modseq) \
+                 VALUES (?,?,?,?,?,?,?,?)",
+                params![
+                    m.id.as_str(),
+                    m.account.as_str(),
+                    m.name,
+                    m.role,
+                    m.parent.as_ref().map(MailboxId::as_str),
+                    m.sort_order,
+                    modseq,
+                    modseq
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_mailboxes(&self, account: &AccountId) -> Result<Vec<Mailbox>> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, account, name, role, parent, sort_order FROM mailboxes \
+             WHERE account = ? AND destroyed_modseq IS NULL ORDER BY sort_order, name",
+        )?;
+        let rows = stmt
+            .query_map([account.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, account, name, role, parent, sort_order)| {
+                Ok(Mailbox {
+                    id: parse_id(id)?,
+                    account: parse_id(account)?,
+                    name,
+                    role,
+                    parent: parse_opt(parent)?,
+                    sort_order,
+                })
+            })
+            .collect()
+    }
+
+    fn insert_email(
+        &self,
+        e: &EmailRecord,
+        mailboxes: &[MailboxId],
+        references: &[String],
+    ) -> Result<i64> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let modseq = next_modseq(&tx, &e.account)?;
+        tx.execute(
+            &format!("INSERT INTO emails({EMAIL_COLS}, created_modseq, updated_modseq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"),
+            params![
+                e.id.as_str(),
+                e.account.as_str(),
+                e.blob_id.as_str(),
+                e.thread_id.as_str(),
+                e.message_id,
+                e.subject,
+                json(&e.from)?,
+                json(&e.to)?,
+                json(&e.cc)?,
+                e.sent_at,
+                e.received_at,
+                e.size as i64,
+                e.preview,
+                e.has_attachment,
+                json(&e.keywords)?,
+                modseq,
+                modseq
+            ],
+        )?;
+        for m in mailboxes {
+            tx.execute(
+                "INSERT INTO email_mailboxes(email, mailbox) VALUES (?, ?)",
+                params![e.id.as_str(), m.as_str()],
+            )?;
+        }
+        for r in references {
+            tx.execute(
+                "INSERT INTO email_refs(account, ref_message_id, email) VALUES (?, ?, ?)",
+                params![e.account.as_str(), r, e.id.as_str()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(modseq)
+    }
+
+    fn find_thread(
+        &self,
+        account: &AccountId,
+        parents: &[String],
+        own: Option<&str>,
+    ) -> Result<Option<ThreadId>> {
+        let conn = self.reader()?;
+        for p in parents {
+            let t: Option<String> = conn
+                .prepare_cached(
+                    "SELECT thread_id FROM emails WHERE account = ? AND message_id = ? LIMIT 1",
+                )?
+                .query_row([account.as_str(), p], |r| r.get(0))
+                .optional()?;
+            if let Some(t) = t {
+                return Ok(Some(parse_id(t)?));
+            }
+        }
+        if let Some(own) = own {
+            let t: Option<String> = conn
+                .prepare_cached(
+                    "SELECT e.thread_id FROM email_refs r JOIN emails e ON e.id = r.email \
+                     WHERE r.account = ? AND r.ref_message_id = ? LIMIT 1",
+                )?
+                .query_row([account.as_str(), own], |r| r.get(0))
+                .optional()?;
+            return parse_opt(t);
+        }
+        Ok(None)
+    }
+
+    fn email_with_blob(&self, account: &AccountId, blob: &BlobId) -> Result<Option<EmailId>> {
+        let id: Option<String> = self
+            .reader()?
+            .prepare_cached("SELECT id FROM emails WHERE account = ? AND blob_id = ? AND destroyed_modseq IS NULL LIMIT 1")?
+            .query_row([account.as_str(), blob.as_str()], |r| r.get(0))
+            .optional()?;
+        parse_opt(id)
+    }
+
+    fn get_email(&self, id: &EmailId) -> Result<Option<EmailRecord>> {
+        self.reader()?
+            .prepare_cached(&format!(
+                "SELECT {EMAIL_COLS} FROM emails WHERE id = ? AND destroyed_modseq IS NULL"
+            ))?
+            .query_row([id.as_str()], email_row)
+            .optional()?
+            .transpose()
+    }
+
+    fn count_emails(&self, account: &AccountId, mailbox: Option<&MailboxId>) -> Result<u64> {
+        let conn = self.reader()?;
+        Ok(match mailbox {
+            Some(m) => conn.query_row(
+                "SELECT COUNT(*) FROM email_mailboxes em JOIN emails e ON e.id = em.email \
+                 WHERE em.mailbox = ? AND e.account = ? AND e.destroyed_modseq IS NULL",
+                [m.as_str(), account.as_str()],
+                |r| r.get(0),
+            )?,
+            None => conn.query_row(
+                "SELECT COUNT(*) FROM emails WHERE account = ? AND destroyed_modseq IS NULL",
+                [account.as_str()],
+                |r| r.get(0),
+            )?,
+        })
+    }
+
+    fn mail_modseq(&self, account: &AccountId) -> Result<i64> {
+        Ok(self
+            .reader()?
+            .prepare_cached("SELECT modseq FROM mail_state WHERE account = ?")?
+            .query_row([account.as_str()], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+}

@@ -35,6 +35,10 @@ pub enum Operation {
     KeyRevoked,
     /// Mail was imported into an account by an operator.
     MailImported,
+    /// Mail items were read: `details.items` lists them (headers, bodies or blobs).
+    MailItemsAccessed,
+    /// A mailbox was listed or searched: ids only, no content.
+    MailboxQueried,
     /// An account's password was changed.
     PasswordChanged,
     /// A refresh token was used twice: the family is revoked.
@@ -70,6 +74,8 @@ impl Operation {
             KeyImported => "KeyImported",
             KeyRevoked => "KeyRevoked",
             MailImported => "MailImported",
+            MailItemsAccessed => "MailItemsAccessed",
+            MailboxQueried => "MailboxQueried",
             PasswordChanged => "PasswordChanged",
             RefreshTokenReused => "RefreshTokenReused",
             SessionEnded => "SessionEnded",

@@ -261,6 +261,7 @@ pub(crate) enum AuditCmd {
 pub(crate) struct Services {
     pub(crate) identity: Arc<Identity>,
     pub(crate) store: Arc<dyn Store>,
+    pub(crate) custody: Arc<Custody>,
     pub(crate) config: Config,
 }
 
@@ -273,7 +274,7 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     ))
 }
 
-fn open_mail(svc: &Services) -> Result<mail::Mail> {
+pub(crate) fn open_mail(svc: &Services) -> Result<mail::Mail> {
     let blobs = Arc::new(store::FsBlobStore::open(
         &svc.config.data_dir.join("blobs"),
     )?);
@@ -293,13 +294,14 @@ fn services(config: Config) -> Result<Services> {
     let custody = Arc::new(Custody::new(store.clone(), kek, config.key_policy));
     let identity = Arc::new(Identity::new(
         store.clone(),
-        custody,
+        custody.clone(),
         config.identity.clone(),
     ));
     identity.ensure_consumers(identity::now())?;
     Ok(Services {
         identity,
         store,
+        custody,
         config,
     })
 }

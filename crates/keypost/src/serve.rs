@@ -15,6 +15,21 @@ use crate::cli::Services;
 const KEY_SCHEDULE_INTERVAL: Duration = Duration::from_secs(60);
 
 pub(crate) fn run(svc: Services) -> Result<()> {
+    let mail = crate::cli::open_mail(&svc)?;
+    // JMAP gets its own gate (and verified-token cache) over the same store and keys.
+    let gate = Arc::new(tokens::Gate::new(
+        svc.store.clone(),
+        svc.custody.clone(),
+        &svc.config.public_url,
+        svc.config.identity.access_ttl,
+        svc.config.identity.leeway,
+    ));
+    let jmap_service = Arc::new(jmap::Jmap::new(
+        gate,
+        mail,
+        svc.store.clone(),
+        &svc.config.public_url,
+    ));
     let Services {
         identity, config, ..
     } = svc;
@@ -43,7 +58,7 @@ pub(crate) fn run(svc: Services) -> Result<()> {
                 let _ = tokio::task::spawn_blocking(move || key_schedule_step(&id)).await;
             }
         });
-        let app = identity::router(identity);
+        let app = identity::router(identity).merge(jmap::router(jmap_service));
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown())
             .await

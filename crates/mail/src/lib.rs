@@ -225,6 +225,69 @@ impl Mail {
     pub fn count(&self, account: &AccountId, mailbox: Option<&MailboxId>) -> Result<u64> {
         Ok(self.store.count_emails(account, mailbox)?)
     }
+
+    /// Unread emails in a mailbox.
+    pub fn unread(&self, account: &AccountId, mailbox: &MailboxId) -> Result<u64> {
+        Ok(self.store.count_unread(account, mailbox)?)
+    }
+
+    /// The account's modification sequence: JMAP `state` strings derive from it.
+    pub fn modseq(&self, account: &AccountId) -> Result<i64> {
+        Ok(self.store.mail_modseq(account)?)
+    }
+
+    /// Email ids of the account, optionally of one mailbox, newest first; and the total.
+    pub fn query(
+        &self,
+        account: &AccountId,
+        mailbox: Option<&MailboxId>,
+        position: u64,
+        limit: u64,
+    ) -> Result<(Vec<EmailId>, u64)> {
+        Ok(self.store.query_emails(account, mailbox, position, limit)?)
+    }
+
+    /// The account's emails among `ids`, each with its mailboxes; ids of other accounts and
+    /// unknown ids are simply absent (the caller reports them as not found).
+    pub fn emails(
+        &self,
+        account: &AccountId,
+        ids: &[EmailId],
+    ) -> Result<Vec<(EmailRecord, Vec<MailboxId>)>> {
+        let mut found = Vec::new();
+        for id in ids {
+            if let Some(e) = self.store.get_email(id)?.filter(|e| &e.account == account) {
+                found.push(e);
+            }
+        }
+        let ids: Vec<EmailId> = found.iter().map(|e| e.id.clone()).collect();
+        let memberships = self.store.email_mailboxes(&ids)?;
+        Ok(found
+            .into_iter()
+            .map(|e| {
+                let boxes = memberships
+                    .iter()
+                    .filter(|(id, _)| id == &e.id)
+                    .map(|(_, m)| m.clone())
+                    .collect();
+                (e, boxes)
+            })
+            .collect())
+    }
+
+    /// The account's emails in a thread, oldest first.
+    pub fn thread(&self, account: &AccountId, thread: &ThreadId) -> Result<Vec<EmailId>> {
+        Ok(self.store.thread_emails(account, thread)?)
+    }
+
+    /// A blob's bytes, if it is the raw message of one of the account's emails. Blobs are
+    /// shared by content, so access is decided by ownership of an email, never by the id alone.
+    pub fn blob(&self, account: &AccountId, blob: &BlobId) -> Result<Option<(EmailId, Vec<u8>)>> {
+        let Some(email) = self.store.email_with_blob(account, blob)? else {
+            return Ok(None);
+        };
+        Ok(self.blobs.get(blob)?.map(|b| (email, b)))
+    }
 }
 
 #[cfg(test)]

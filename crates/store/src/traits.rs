@@ -152,6 +152,21 @@ pub trait MailStore: Send + Sync {
     fn count_emails(&self, account: &AccountId, mailbox: Option<&MailboxId>) -> Result<u64>;
     /// The account's current modseq (0 if it never had mail).
     fn mail_modseq(&self, account: &AccountId) -> Result<i64>;
+    /// Ids of the account's emails, optionally in one mailbox, newest first (`receivedAt`
+    /// descending, then id), from `position`, at most `limit`; and the total count.
+    fn query_emails(
+        &self,
+        account: &AccountId,
+        mailbox: Option<&MailboxId>,
+        position: u64,
+        limit: u64,
+    ) -> Result<(Vec<EmailId>, u64)>;
+    /// The mailboxes each of `emails` is in.
+    fn email_mailboxes(&self, emails: &[EmailId]) -> Result<Vec<(EmailId, MailboxId)>>;
+    /// The account's emails in a thread, oldest first.
+    fn thread_emails(&self, account: &AccountId, thread: &ThreadId) -> Result<Vec<EmailId>>;
+    /// Unread (no `$seen`) emails in a mailbox.
+    fn count_unread(&self, account: &AccountId, mailbox: &MailboxId) -> Result<u64>;
 }
 
 /// Everything Keypost stores.

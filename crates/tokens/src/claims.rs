@@ -8,6 +8,19 @@ pub fn issuer_for(public_url: &str, realm: &RealmId) -> String {
     format!("{}/realms/{}", public_url.trim_end_matches('/'), realm)
 }
 
+/// The realm whose key set a token asks to be checked against, read from its unverified `iss`.
+///
+/// Only for requests that do not name the realm of their resource (a JMAP session, an IMAP or
+/// SMTP AUTH): THREAT-MODEL.md allows `iss` to choose *which realm's key set* is consulted —
+/// never the `kid`, never a union — and everything the resulting principal touches must belong
+/// to that realm. `None` unless `iss` is exactly one of Keypost's issuers.
+pub fn realm_hint(token: &str, public_url: &str) -> Option<RealmId> {
+    let jws = crate::jose::parse_compact(token).ok()?;
+    let iss = jws.claims.get("iss")?.as_str()?;
+    let prefix = format!("{}/realms/", public_url.trim_end_matches('/'));
+    RealmId::new(iss.strip_prefix(&prefix)?).ok()
+}
+
 /// The Keypost services a token can be for. `aud` carries their URIs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Audience {

@@ -32,7 +32,7 @@ mod mint;
 mod validate;
 
 pub use cache::Validator;
-pub use claims::{AccessClaims, Audience, issuer_for};
+pub use claims::{AccessClaims, Audience, issuer_for, realm_hint};
 pub use error::Error;
 pub use gate::{Gate, GateError};
 pub use ledger::{Ledger, StoreLedger};

@@ -7,6 +7,7 @@ use crate::Result;
 use crate::ids::{AccountId, BlobId, EmailId, MailboxId, ThreadId};
 use crate::model::{EmailRecord, Mailbox};
 use crate::traits::MailStore;
+use rusqlite::ToSql;
 
 /// Bumps and returns the account's modseq inside `tx`.
 fn next_modseq(tx: &Transaction<'_>, account: &AccountId) -> Result<i64> {
@@ -250,5 +251,78 @@ impl MailStore for SqliteStore {
             .query_row([account.as_str()], |r| r.get(0))
             .optional()?
             .unwrap_or(0))
+    }
+
+    fn query_emails(
+        &self,
+        account: &AccountId,
+        mailbox: Option<&MailboxId>,
+        position: u64,
+        limit: u64,
+    ) -> Result<(Vec<EmailId>, u64)> {
+        let conn = self.reader()?;
+        let (from, cond, mut args): (&str, &str, Vec<Box<dyn ToSql>>) = match mailbox {
+            Some(m) => (
+                "emails e JOIN email_mailboxes em ON em.email = e.id",
+                "e.account = ? AND em.mailbox = ? AND e.destroyed_modseq IS NULL",
+                vec![Box::new(account.to_string()), Box::new(m.to_string())],
+            ),
+            None => (
+                "emails e",
+                "e.account = ? AND e.destroyed_modseq IS NULL",
+                vec![Box::new(account.to_string())],
+            ),
+        };
+        let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
+        let total: u64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM {from} WHERE {cond}"),
+            &params[..],
+            |r| r.get(0),
+        )?;
+        args.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
+        args.push(Box::new(i64::try_from(position).unwrap_or(i64::MAX)));
+        let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
+        let ids = conn
+            .prepare_cached(&format!(
+                "SELECT e.id FROM {from} WHERE {cond} ORDER BY e.received_at DESC, e.id DESC LIMIT ? OFFSET ?"
+            ))?
+            .query_map(&params[..], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok((ids.into_iter().map(parse_id).collect::<Result<_>>()?, total))
+    }
+
+    fn email_mailboxes(&self, emails: &[EmailId]) -> Result<Vec<(EmailId, MailboxId)>> {
+        let conn = self.reader()?;
+        let mut stmt =
+            conn.prepare_cached("SELECT mailbox FROM email_mailboxes WHERE email = ?")?;
+        let mut out = Vec::new();
+        for e in emails {
+            for m in stmt.query_map([e.as_str()], |r| r.get::<_, String>(0))? {
+                out.push((e.clone(), parse_id(m?)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn thread_emails(&self, account: &AccountId, thread: &ThreadId) -> Result<Vec<EmailId>> {
+        let conn = self.reader()?;
+        let ids = conn
+            .prepare_cached(
+                "SELECT id FROM emails WHERE thread_id = ? AND account = ? AND destroyed_modseq IS NULL \
+                 ORDER BY received_at, id",
+            )?
+            .query_map([thread.as_str(), account.as_str()], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        ids.into_iter().map(parse_id).collect()
+    }
+
+    fn count_unread(&self, account: &AccountId, mailbox: &MailboxId) -> Result<u64> {
+        Ok(self.reader()?.query_row(
+            "SELECT COUNT(*) FROM email_mailboxes em JOIN emails e ON e.id = em.email \
+             WHERE em.mailbox = ? AND e.account = ? AND e.destroyed_modseq IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM json_each(e.keywords) WHERE value = '$seen')",
+            [mailbox.as_str(), account.as_str()],
+            |r| r.get(0),
+        )?)
     }
 }

@@ -1,0 +1,187 @@
+//! The API endpoint: request validation and limits (RFC 8620 §3.3, §3.6.1), result references
+//! (§3.7), and dispatch of each method call in order.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::methods::{self, MethodError};
+use crate::{Authed, Jmap, MAX_CALLS_IN_REQUEST, problem};
+
+pub(crate) const CORE: &str = "urn:ietf:params:jmap:core";
+pub(crate) const MAIL: &str = "urn:ietf:params:jmap:mail";
+const KNOWN: [&str; 2] = [CORE, MAIL];
+
+pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "notJSON",
+            "the request body is not JSON",
+        );
+    };
+    let not_request = |why: &str| problem(StatusCode::BAD_REQUEST, "notRequest", why);
+    let Some(obj) = request.as_object() else {
+        return not_request("the request is not a JSON object");
+    };
+    let Some(using) = obj.get("using").and_then(Value::as_array) else {
+        return not_request("\"using\" must be an array of capability URIs");
+    };
+    let mut using_caps = Vec::new();
+    for u in using {
+        let Some(u) = u.as_str() else {
+            return not_request("\"using\" must contain strings");
+        };
+        if !KNOWN.contains(&u) {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "unknownCapability",
+                &format!("unknown capability {u}"),
+            );
+        }
+        using_caps.push(u);
+    }
+    let Some(calls) = obj.get("methodCalls").and_then(Value::as_array) else {
+        return not_request("\"methodCalls\" must be an array");
+    };
+    if calls.len() > MAX_CALLS_IN_REQUEST {
+        let body = json!({
+            "type": "urn:ietf:params:jmap:error:limit", "status": 400, "limit": "maxCallsInRequest",
+            "detail": format!("at most {MAX_CALLS_IN_REQUEST} method calls per request"),
+        });
+        let mut r = (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/problem+json"),
+        );
+        return r;
+    }
+    let mut parsed = Vec::with_capacity(calls.len());
+    for c in calls {
+        match c.as_array().map(Vec::as_slice) {
+            Some([Value::String(name), Value::Object(args), Value::String(id)]) => {
+                parsed.push((name.clone(), args.clone(), id.clone()))
+            }
+            _ => return not_request("each method call is [name, arguments object, call id]"),
+        }
+    }
+
+    let mut responses: Vec<Value> = Vec::new();
+    for (name, args, call_id) in parsed {
+        let result = resolve_references(args, &responses).and_then(|args| {
+            let needs = if name.starts_with("Core/") {
+                CORE
+            } else {
+                MAIL
+            };
+            if !using_caps.contains(&needs) {
+                return Err(MethodError::new(
+                    "unknownMethod",
+                    format!("{name} needs {needs} in \"using\""),
+                ));
+            }
+            methods::call(j, a, &name, &args)
+        });
+        match result {
+            Ok(v) => responses.push(json!([name, v, call_id])),
+            Err(e) => responses.push(json!(["error", e.to_json(), call_id])),
+        }
+    }
+    let state = methods::session_state(j, a).unwrap_or_default();
+    Json(json!({"methodResponses": responses, "sessionState": state})).into_response()
+}
+
+/// Replaces every `#name` argument by the value its ResultReference points at.
+fn resolve_references(
+    args: Map<String, Value>,
+    responses: &[Value],
+) -> Result<Map<String, Value>, MethodError> {
+    let mut out = Map::new();
+    for (k, v) in args {
+        let Some(plain) = k.strip_prefix('#') else {
+            out.insert(k, v);
+            continue;
+        };
+        let bad = |why: &str| MethodError::new("invalidResultReference", why.to_owned());
+        if out.contains_key(plain) {
+            return Err(MethodError::new(
+                "invalidArguments",
+                format!("both {plain} and #{plain} given"),
+            ));
+        }
+        let (Some(result_of), Some(name), Some(path)) = (
+            v.get("resultOf").and_then(Value::as_str),
+            v.get("name").and_then(Value::as_str),
+            v.get("path").and_then(Value::as_str),
+        ) else {
+            return Err(bad("a ResultReference needs resultOf, name and path"));
+        };
+        let source = responses
+            .iter()
+            .find(|r| r.get(2).and_then(Value::as_str) == Some(result_of))
+            .ok_or_else(|| bad("no earlier call has that id"))?;
+        if source.get(0).and_then(Value::as_str) != Some(name) {
+            return Err(bad("the referenced call's response has another name"));
+        }
+        let value = source
+            .get(1)
+            .and_then(|r| pointer(r, path))
+            .ok_or_else(|| bad("the path matches nothing"))?;
+        out.insert(plain.to_owned(), value);
+    }
+    Ok(out)
+}
+
+/// JSON Pointer (RFC 6901) with JMAP's `*` wildcard over arrays (RFC 8620 §3.7): the results
+/// of the rest of the path for every item, with arrays flattened one level.
+fn pointer(v: &Value, path: &str) -> Option<Value> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return if path.is_empty() {
+            Some(v.clone())
+        } else {
+            None
+        };
+    };
+    let (token, tail) = match rest.split_once('/') {
+        Some((t, tail)) => (t, format!("/{tail}")),
+        None => (rest, String::new()),
+    };
+    let token = token.replace("~1", "/").replace("~0", "~");
+    if token == "*" {
+        let items = v.as_array()?;
+        let mut out = Vec::new();
+        for item in items {
+            match pointer(item, &tail)? {
+                Value::Array(inner) => out.extend(inner),
+                other => out.push(other),
+            }
+        }
+        return Some(Value::Array(out));
+    }
+    let next = match v {
+        Value::Object(m) => m.get(&token)?,
+        Value::Array(a) => a.get(token.parse::<usize>().ok()?)?,
+        _ => return None,
+    };
+    pointer(next, &tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_with_wildcards() {
+        let v = json!({"list": [{"threadId": "t1", "emailIds": ["a", "b"]}, {"threadId": "t2", "emailIds": ["c"]}], "ids": ["x"]});
+        assert_eq!(pointer(&v, "/ids"), Some(json!(["x"])));
+        assert_eq!(pointer(&v, "/list/*/threadId"), Some(json!(["t1", "t2"])));
+        assert_eq!(
+            pointer(&v, "/list/*/emailIds"),
+            Some(json!(["a", "b", "c"]))
+        );
+        assert_eq!(pointer(&v, "/list/1/threadId"), Some(json!("t2")));
+        assert_eq!(pointer(&v, "/nope"), None);
+        assert_eq!(pointer(&v, "ids"), None);
+    }
+}

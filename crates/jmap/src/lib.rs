@@ -1,0 +1,368 @@
+//! JMAP (RFC 8620 Core, RFC 8621 Mail) over HTTP: the session resource, the API endpoint and
+//! blob download, behind the one token gate.
+//!
+//! `jmap` owns the JMAP wire protocol: request parsing and limits, result references, method
+//! dispatch, JMAP error types, and the audit records of what each request read. It must never
+//! read mail without emitting `MailItemsAccessed` (or `MailboxQueried` when only ids were
+//! listed), and it never authenticates anyone itself: every request passes through
+//! [`tokens::Gate`], and a principal only ever sees its own account.
+//!
+//! ```text
+//!   Bearer token ──realm_hint(iss)──> Gate::authorize(realm, Mail, "mail") ──> Principal
+//!        │                                   │ refusal: 401 + audited TokenRejected
+//!        └── /.well-known/jmap   /jmap/api [methodCalls] ──> mail ──> audit   /jmap/download
+//! ```
+#![forbid(unsafe_code)]
+
+mod api;
+mod methods;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit::{AuditLog, Event, Operation, Source};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mail::Mail;
+use serde_json::json;
+use store::{Account, BlobId, Store};
+use tokens::{Audience, Gate, GateError, Principal};
+
+/// Largest API request accepted (advertised as `maxSizeRequest`).
+pub const MAX_SIZE_REQUEST: usize = 10 * 1024 * 1024;
+/// Most method calls in one request (`maxCallsInRequest`).
+pub const MAX_CALLS_IN_REQUEST: usize = 32;
+/// Most objects one `/get` returns (`maxObjectsInGet`).
+pub const MAX_OBJECTS_IN_GET: usize = 500;
+/// Longest `Email/query` page.
+pub const MAX_QUERY_LIMIT: u64 = 1000;
+
+/// The JMAP service.
+pub struct Jmap {
+    gate: Arc<Gate>,
+    mail: Mail,
+    store: Arc<dyn Store>,
+    audit: AuditLog,
+    public_url: String,
+}
+
+impl std::fmt::Debug for Jmap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jmap")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Jmap {
+    /// JMAP over `mail`, admitting requests through `gate`.
+    pub fn new(gate: Arc<Gate>, mail: Mail, store: Arc<dyn Store>, public_url: &str) -> Self {
+        Self {
+            gate,
+            mail,
+            audit: AuditLog::new(store.clone()),
+            store,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
+/// The JMAP routes.
+pub fn router(jmap: Arc<Jmap>) -> Router {
+    Router::new()
+        .route("/.well-known/jmap", get(session))
+        .route("/jmap/session", get(session))
+        .route("/jmap/api", post(api_call))
+        .route("/jmap/download/{account}/{blob}/{name}", get(download))
+        // maxSizeRequest is enforced before the body is read; slow bodies are cut off.
+        .layer(DefaultBodyLimit::max(MAX_SIZE_REQUEST))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_secs(30),
+        ))
+        .with_state(jmap)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// An authenticated request: the principal, its account, where it came from.
+pub(crate) struct Authed {
+    pub(crate) principal: Principal,
+    pub(crate) account: Account,
+    pub(crate) source: Source,
+}
+
+impl Authed {
+    /// An audit event about this request, with everything that identifies who made it.
+    pub(crate) fn event(&self, op: Operation) -> Event {
+        let p = &self.principal;
+        let mut ev = Event::success(op)
+            .realm(p.realm())
+            .actor(self.account.email.clone())
+            .target(self.account.id.to_string())
+            .client(p.client_id().as_str())
+            .jti(p.jti().as_str())
+            .kid(p.kid().as_str())
+            .source(&self.source);
+        if let Some(s) = p.session() {
+            ev = ev.detail("session", s.to_string());
+        }
+        ev
+    }
+}
+
+/// RFC 8620 §3.6.1 problem details.
+pub(crate) fn problem(status: StatusCode, kind: &str, detail: &str) -> Response {
+    let body = json!({"type": format!("urn:ietf:params:jmap:error:{kind}"), "status": status.as_u16(), "detail": detail});
+    let mut r = (status, Json(body)).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}
+
+fn unauthorized(error: Option<&str>) -> Response {
+    let challenge = match error {
+        Some(e) => format!("Bearer realm=\"jmap\", error=\"{e}\""),
+        None => "Bearer realm=\"jmap\"".to_owned(),
+    };
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": error.unwrap_or("invalid_request")})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+fn source_of(headers: &HeaderMap, peer: Option<SocketAddr>) -> Source {
+    Source {
+        ip: peer.map(|p| p.ip().to_string()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+    }
+}
+
+/// Runs the gate. The realm comes from the token's `iss` (a JMAP request does not name a
+/// realm); the principal's account must then belong to that realm.
+// Refusals come back as the finished response; it is built once per refused request, so its
+// size does not matter.
+#[allow(clippy::result_large_err)]
+fn authenticate(j: &Jmap, headers: &HeaderMap, source: Source) -> Result<Authed, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned())
+        .ok_or_else(|| unauthorized(None))?;
+    let t = now();
+    let Some(realm) = tokens::realm_hint(&token, &j.public_url) else {
+        // Not one of our issuers: there is no realm whose keys could even be consulted.
+        let ev = Event::failure(Operation::TokenRejected)
+            .source(&source)
+            .detail("reason", "IssuerMismatch")
+            .detail("audience", "mail");
+        if let Err(e) = j.audit.record(ev, t) {
+            tracing::error!(error = %e, "audit write failed");
+            return Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serverUnavailable",
+                "try again later",
+            ));
+        }
+        return Err(unauthorized(Some("invalid_token")));
+    };
+    let principal = j
+        .gate
+        .authorize(&realm, &token, Audience::Mail, Some("mail"), &source, t)
+        .map_err(|e| match e {
+            GateError::Rejected(tokens::Rejection::InsufficientScope) => {
+                let mut r = (
+                    StatusCode::FORBIDDEN,
+                    Json(json!({"error": "insufficient_scope"})),
+                )
+                    .into_response();
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"jmap\", error=\"insufficient_scope\", scope=\"mail\"",
+                    ),
+                );
+                r
+            }
+            GateError::Rejected(_) => unauthorized(Some("invalid_token")),
+            other => {
+                tracing::error!(error = %other, "token validation unavailable");
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "serverUnavailable",
+                    "try again later",
+                )
+            }
+        })?;
+    let forbidden = || {
+        problem(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token does not act for a mail account",
+        )
+    };
+    let account_id = principal.account().ok_or_else(forbidden)?;
+    let account = match j.store.get_account(&account_id) {
+        Ok(Some(a)) if &a.realm == principal.realm() && !a.disabled => a,
+        Ok(_) => return Err(forbidden()),
+        Err(e) => {
+            tracing::error!(error = %e, "account lookup failed");
+            return Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serverUnavailable",
+                "try again later",
+            ));
+        }
+    };
+    Ok(Authed {
+        principal,
+        account,
+        source,
+    })
+}
+
+async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
+        problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "serverFail",
+            "internal error",
+        )
+    })
+}
+
+fn peer(connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> Option<SocketAddr> {
+    connect.map(|c| c.0.0)
+}
+
+async fn session(
+    State(j): State<Arc<Jmap>>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let source = source_of(&headers, peer(connect));
+    blocking(move || {
+        let a = match authenticate(&j, &headers, source) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        match methods::session_object(&j, &a) {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => e.into_response(),
+        }
+    })
+    .await
+}
+
+async fn api_call(
+    State(j): State<Arc<Jmap>>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let source = source_of(&headers, peer(connect));
+    blocking(move || {
+        let a = match authenticate(&j, &headers, source) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        api::handle(&j, &a, &body)
+    })
+    .await
+}
+
+async fn download(
+    State(j): State<Arc<Jmap>>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    Path((account, blob, name)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let source = source_of(&headers, peer(connect));
+    blocking(move || {
+        let a = match authenticate(&j, &headers, source) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        let not_found = || {
+            problem(
+                StatusCode::NOT_FOUND,
+                "notFound",
+                "no such blob in this account",
+            )
+        };
+        if account != a.account.id.as_str() {
+            return not_found();
+        }
+        let Ok(blob_id) = BlobId::new(blob) else {
+            return not_found();
+        };
+        let (email, bytes) = match j.mail.blob(&a.account.id, &blob_id) {
+            Ok(Some(found)) => found,
+            Ok(None) => return not_found(),
+            Err(e) => return methods::MethodError::server(e).into_response(),
+        };
+        let ev = a
+            .event(Operation::MailItemsAccessed)
+            .detail("operation", "download")
+            .detail("items", vec![email.to_string()])
+            .detail("blob", blob_id.to_string());
+        if let Err(e) = j.audit.record(ev, now()) {
+            tracing::error!(error = %e, "audit write failed; refusing to serve mail unaudited");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serverUnavailable",
+                "try again later",
+            );
+        }
+        let accept = q
+            .as_deref()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("accept=")))
+            .map(|v| v.replace("%2F", "/").replace("%2f", "/"))
+            .filter(|v| {
+                v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/+-.".contains(&b))
+            })
+            .unwrap_or_else(|| "message/rfc822".to_owned());
+        let safe_name: String = name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+            .take(100)
+            .collect();
+        let mut r = (StatusCode::OK, bytes).into_response();
+        let h = r.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert(header::CONTENT_TYPE, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{safe_name}\"")) {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, immutable, max-age=31536000"),
+        );
+        r
+    })
+    .await
+}

@@ -1,0 +1,200 @@
+"""JMAP (RFC 8620/8621) over real HTTP with plain `requests`, following the RFCs' examples: the
+session resource, mailboxes, query, get with result references, threads, blob download; the
+errors of the protocol; and the gate in front of it all (THREAT-MODEL: forged tokens read no
+mail, and every read is audited)."""
+
+import mailbox
+from email.message import EmailMessage
+
+import pytest
+import requests
+
+from conftest import CLI_CLIENT, HTTP_TIMEOUT_S, forge_access_token, new_ed25519_pem, rejections, unverified
+
+CORE = "urn:ietf:params:jmap:core"
+MAIL = "urn:ietf:params:jmap:mail"
+
+
+def msg(n, subject, reply_to=None):
+    m = EmailMessage()
+    m["From"] = "Bob <bob@fabrikam.test>"
+    m["To"] = "alice@contoso.test"
+    m["Subject"] = subject
+    m["Message-ID"] = f"<jmap-{n}@fabrikam.test>"
+    m["Date"] = f"Mon, 23 Nov 2026 10:0{n}:00 +0000"
+    if reply_to:
+        m["In-Reply-To"] = f"<jmap-{reply_to}@fabrikam.test>"
+    m.set_content(f"Body of message {n}.\n")
+    return m
+
+
+@pytest.fixture(scope="module")
+def alice_mail(keypost, world, tmp_path_factory):
+    d = tmp_path_factory.mktemp("jmap")
+    mb = mailbox.mbox(d / "in.mbox", create=True)
+    for m in (msg(1, "Project kickoff"), msg(2, "Re: Project kickoff", reply_to=1), msg(3, "Invoice")):
+        mb.add(m)
+    mb.flush()
+    keypost.cli("mail", "import", world.alice.email, str(d / "in.mbox"))
+    return (d / "in.mbox").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def alice(keypost, world, alice_mail):
+    token = keypost.tokens_for(world.alice)["access_token"]
+    return token, unverified(token)[1]["sub"]
+
+
+def session(keypost, token):
+    return requests.get(f"{keypost.url}/.well-known/jmap", headers=auth(token), timeout=HTTP_TIMEOUT_S)
+
+
+def auth(token):
+    return {"Authorization": f"Bearer {token}", "User-Agent": "keypost-e2e-jmap/1"}
+
+
+def api(keypost, token, calls, using=(CORE, MAIL), raw=None):
+    body = raw if raw is not None else {"using": list(using), "methodCalls": calls}
+    kwargs = {"data": body} if isinstance(body, (bytes, str)) else {"json": body}
+    return requests.post(f"{keypost.url}/jmap/api", headers=auth(token), timeout=HTTP_TIMEOUT_S, **kwargs)
+
+
+def test_session_resource(keypost, alice):
+    token, sub = alice
+    r = session(keypost, token)
+    assert r.status_code == 200, r.text
+    s = r.json()
+    assert set(s["capabilities"]) >= {CORE, MAIL}
+    assert s["capabilities"][CORE]["maxCallsInRequest"] >= 16
+    assert list(s["accounts"]) == [sub], "a principal sees exactly its own account"
+    assert s["primaryAccounts"][MAIL] == sub
+    assert s["apiUrl"] == f"{keypost.url}/jmap/api"
+    assert "{blobId}" in s["downloadUrl"]
+
+
+def test_list_query_read_thread_and_download(keypost, world, alice, alice_mail):
+    token, account = alice
+    r = api(keypost, token, [
+        ["Mailbox/get", {"accountId": account, "ids": None}, "mb"],
+        ["Email/query", {"accountId": account, "filter": None, "sort": [{"property": "receivedAt", "isAscending": False}],
+                         "calculateTotal": True}, "q"],
+        ["Email/get", {"accountId": account, "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
+                       "properties": ["subject", "threadId", "blobId", "mailboxIds", "from", "preview"]}, "g"],
+        ["Thread/get", {"accountId": account, "#ids": {"resultOf": "g", "name": "Email/get", "path": "/list/*/threadId"}}, "t"],
+    ])
+    assert r.status_code == 200, r.text
+    (mb, q, g, t) = [x[1] for x in r.json()["methodResponses"]]
+    roles = {m["role"]: m for m in mb["list"]}
+    assert set(roles) == {"inbox", "drafts", "sent", "archive", "junk", "trash"}
+    assert roles["inbox"]["totalEmails"] == 3 and roles["inbox"]["unreadEmails"] == 3
+    assert q["total"] == 3 and len(q["ids"]) == 3
+    subjects = {e["subject"]: e for e in g["list"]}
+    assert set(subjects) == {"Project kickoff", "Re: Project kickoff", "Invoice"}
+    assert subjects["Project kickoff"]["threadId"] == subjects["Re: Project kickoff"]["threadId"]
+    assert subjects["Invoice"]["threadId"] != subjects["Project kickoff"]["threadId"]
+    assert subjects["Invoice"]["from"] == [{"name": "Bob", "email": "bob@fabrikam.test"}]
+    assert subjects["Invoice"]["preview"] == "Body of message 3."
+    assert list(subjects["Invoice"]["mailboxIds"]) == [roles["inbox"]["id"]]
+    threads = {th["id"]: th["emailIds"] for th in t["list"]}
+    assert len(threads[subjects["Project kickoff"]["threadId"]]) == 2
+
+    # Filter by mailbox.
+    r = api(keypost, token, [["Email/query", {"accountId": account, "filter": {"inMailbox": roles["trash"]["id"]}}, "e"]])
+    assert r.json()["methodResponses"][0][1]["ids"] == []
+
+    # Download the raw message.
+    s = session(keypost, token).json()
+    e = subjects["Invoice"]
+    url = s["downloadUrl"].format(accountId=account, blobId=e["blobId"], name="invoice.eml", type="message/rfc822")
+    d = requests.get(url, headers=auth(token), timeout=HTTP_TIMEOUT_S)
+    assert d.status_code == 200, d.text
+    assert b"Subject: Invoice" in d.content and d.content in alice_mail
+
+    # Every read is in the audit log with who, which token, which key, from where.
+    reads = keypost.audit("MailItemsAccessed", realm="contoso")
+    got = next(r for r in reads if r["details"]["operation"] == "Email/get")
+    assert sorted(got["details"]["items"]) == sorted(x["id"] for x in g["list"])
+    claims = unverified(token)
+    assert got["jti"] == claims[1]["jti"] and got["kid"] == claims[0]["kid"]
+    assert got["client_id"] == CLI_CLIENT and got["source_ip"] == "127.0.0.1"
+    assert got["user_agent"] == "keypost-e2e-jmap/1" and got["actor"] == world.alice.email
+    assert any(r["details"]["operation"] == "download" and r["details"]["items"] == [e["id"]] for r in reads)
+    assert any(r["details"]["operation"] == "Email/query" for r in keypost.audit("MailboxQueried", realm="contoso"))
+
+
+def test_protocol_errors(keypost, world, alice):
+    token, account = alice
+    def problem(r, kind, status=400):
+        assert r.status_code == status, r.text
+        assert r.headers["Content-Type"].startswith("application/problem+json")
+        assert r.json()["type"] == f"urn:ietf:params:jmap:error:{kind}"
+    problem(api(keypost, token, None, raw=b"{not json"), "notJSON")
+    problem(api(keypost, token, None, raw={"using": [CORE]}), "notRequest")
+    problem(api(keypost, token, None, raw={"using": [CORE], "methodCalls": [["Core/echo", [], "c"]]}), "notRequest")
+    problem(api(keypost, token, [], using=[CORE, "urn:example:nope"]), "unknownCapability")
+    r = api(keypost, token, [["Core/echo", {"x": 1}, str(i)] for i in range(1000)])
+    problem(r, "limit")
+    assert r.json()["limit"] == "maxCallsInRequest"
+    big = api(keypost, token, None, raw=b"x" * (11 * 1024 * 1024))
+    assert big.status_code == 413
+
+    bob_account = unverified(keypost.tokens_for(world.bob)["access_token"])[1]["sub"]
+    r = api(keypost, token, [
+        ["Core/echo", {"hello": True}, "e"],
+        ["Frobnicate/get", {"accountId": account}, "u"],
+        ["Email/get", {"accountId": account, "ids": []}, "m"],
+    ], using=[CORE])
+    assert r.status_code == 200, r.text
+    out = {x[2]: x for x in r.json()["methodResponses"]}
+    assert out["e"][1] == {"hello": True}
+    assert out["u"][1]["type"] == "unknownMethod"
+    assert out["m"][1]["type"] == "unknownMethod", "mail methods need the mail capability in using"
+
+    r = api(keypost, token, [
+        ["Email/get", {"accountId": bob_account, "ids": []}, "other"],
+        ["Email/get", {"accountId": account, "ids": ["nope", "../x", "e" * 200]}, "nf"],
+        ["Email/get", {"accountId": account, "#ids": {"resultOf": "missing", "name": "Email/query", "path": "/ids"}}, "ref"],
+        ["Email/query", {"accountId": account, "filter": {"text": "invoice"}}, "f"],
+        ["Email/get", {"accountId": account, "ids": [], "properties": ["nonsense"]}, "p"],
+    ])
+    out = {x[2]: x for x in r.json()["methodResponses"]}
+    assert out["other"][1]["type"] == "accountNotFound", "another tenant's account does not exist for alice"
+    assert out["nf"][1]["notFound"] == ["nope", "../x", "e" * 200] and out["nf"][1]["list"] == []
+    assert out["ref"][1]["type"] == "invalidResultReference"
+    assert out["f"][1]["type"] == "unsupportedFilter"
+    assert out["p"][1]["type"] == "invalidArguments"
+
+
+def test_no_token_no_mail(keypost):
+    r = requests.get(f"{keypost.url}/.well-known/jmap", timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = requests.post(f"{keypost.url}/jmap/api", json={"using": [CORE], "methodCalls": []}, timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 401
+
+
+def test_forged_token_from_a_consumer_key_reads_nothing(keypost, world, alice, tmp_path):
+    token, account = alice
+    key, pem = new_ed25519_pem(tmp_path)
+    kid = keypost.import_key("consumers", pem)
+    forged = forge_access_token(keypost, key, kid, "contoso", account, scope="openid email mail")
+    for r in (
+        session(keypost, forged),
+        api(keypost, forged, [["Email/query", {"accountId": account}, "q"]]),
+    ):
+        assert r.status_code == 401, r.text
+        assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+        assert "Project kickoff" not in r.text and account not in r.text
+    (record, *_) = rejections(keypost, "KeyNotInRealm", kid)
+    assert record["details"]["audience"] == keypost.mail_audience
+
+
+def test_tokens_without_a_mailbox_or_the_mail_scope_are_refused(keypost, world, alice):
+    out = keypost.create_client("contoso", "jmap-backend", "--confidential", "--grant", "client_credentials")
+    cc = requests.post(keypost.endpoint("contoso", "token_endpoint"), auth=("jmap-backend", out["client_secret"]),
+                       data={"grant_type": "client_credentials", "scope": "mail"}, timeout=HTTP_TIMEOUT_S).json()
+    assert session(keypost, cc["access_token"]).status_code == 403, "a client acting for itself has no mailbox"
+
+    r = keypost.password_grant("contoso", world.alice.email, world.alice.password, scope="openid email")
+    no_mail = r.json()["access_token"]
+    s = session(keypost, no_mail)
+    assert s.status_code == 403 and 'error="insufficient_scope"' in s.headers["WWW-Authenticate"]

@@ -198,3 +198,73 @@ def test_tokens_without_a_mailbox_or_the_mail_scope_are_refused(keypost, world, 
     no_mail = r.json()["access_token"]
     s = session(keypost, no_mail)
     assert s.status_code == 403 and 'error="insufficient_scope"' in s.headers["WWW-Authenticate"]
+
+
+def test_set_keywords_move_destroy_and_changes(keypost, world, alice):
+    token, account = alice
+    def call(*calls):
+        r = api(keypost, token, list(calls))
+        assert r.status_code == 200, r.text
+        return {x[2]: x[1] for x in r.json()["methodResponses"]}
+
+    out = call(
+        ["Mailbox/get", {"accountId": account, "ids": None, "properties": ["role", "unreadEmails", "totalEmails"]}, "mb"],
+        ["Email/query", {"accountId": account}, "q"],
+        ["Email/get", {"accountId": account, "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
+                       "properties": ["subject", "keywords", "mailboxIds"]}, "g"],
+    )
+    boxes = {m["role"]: m for m in out["mb"]["list"]}
+    inbox, archive, trash = boxes["inbox"]["id"], boxes["archive"]["id"], boxes["trash"]["id"]
+    emails = {e["subject"]: e["id"] for e in out["g"]["list"]}
+    start = out["q"]["queryState"]
+    unread_before = boxes["inbox"]["unreadEmails"]
+
+    invoice, kickoff = emails["Invoice"], emails["Project kickoff"]
+    out = call(["Email/set", {"accountId": account, "ifInState": start, "update": {
+        invoice: {"keywords/$seen": True, "keywords/$Flagged": True},
+        kickoff: {"mailboxIds": {archive: True}},
+    }}, "s"])
+    assert set(out["s"]["updated"]) == {invoice, kickoff}, out
+    assert out["s"]["oldState"] == start and out["s"]["newState"] != start
+
+    out = call(
+        ["Email/get", {"accountId": account, "ids": [invoice, kickoff], "properties": ["keywords", "mailboxIds"]}, "g"],
+        ["Mailbox/get", {"accountId": account, "ids": [inbox, archive], "properties": ["unreadEmails", "totalEmails"]}, "mb"],
+    )
+    got = {e["id"]: e for e in out["g"]["list"]}
+    assert got[invoice]["keywords"] == {"$seen": True, "$flagged": True}, "keywords are lowercase"
+    assert got[kickoff]["mailboxIds"] == {archive: True}
+    counts = {m["id"]: m for m in out["mb"]["list"]}
+    assert counts[inbox]["unreadEmails"] == unread_before - 2  # one read, one moved out
+    assert counts[archive]["totalEmails"] >= 1
+
+    out = call(["Email/set", {"accountId": account, "destroy": [invoice, "nope"], "update": {
+        kickoff: {"mailboxIds": {}},
+        emails["Re: Project kickoff"]: {"mailboxIds/no-such-box": True},
+        "missing": {"keywords/$seen": True},
+        kickoff + "x": {"subject": "rewritten"},
+    }}, "s"])
+    s = out["s"]
+    assert s["destroyed"] == [invoice]
+    assert s["notDestroyed"]["nope"]["type"] == "notFound"
+    assert s["notUpdated"][kickoff]["type"] == "invalidProperties"
+    assert s["notUpdated"][emails["Re: Project kickoff"]]["type"] == "invalidProperties"
+    assert s["notUpdated"]["missing"]["type"] == "notFound"
+
+    stale = call(["Email/set", {"accountId": account, "ifInState": start, "update": {}}, "x"])["x"]
+    assert stale["type"] == "stateMismatch"
+
+    out = call(
+        ["Email/changes", {"accountId": account, "sinceState": start}, "c"],
+        ["Mailbox/changes", {"accountId": account, "sinceState": start}, "mc"],
+        ["Email/changes", {"accountId": account, "sinceState": "999999"}, "future"],
+        ["Email/changes", {"accountId": account, "sinceState": "garbage"}, "bad"],
+    )
+    assert out["c"]["destroyed"] == [invoice] and kickoff in out["c"]["updated"] and out["c"]["created"] == []
+    assert set(out["mc"]["updated"]) >= {inbox, archive}
+    assert out["future"]["type"] == "cannotCalculateChanges" and out["bad"]["type"] == "cannotCalculateChanges"
+    gone = call(["Email/get", {"accountId": account, "ids": [invoice]}, "g"])["g"]
+    assert gone["notFound"] == [invoice]
+
+    updates = keypost.audit("MailItemsUpdated", realm="contoso")
+    assert any(invoice in r["details"]["destroyed"] for r in updates)

@@ -39,6 +39,8 @@ pub enum Operation {
     MailItemsAccessed,
     /// A mailbox was listed or searched: ids only, no content.
     MailboxQueried,
+    /// Mail items were changed (keywords, mailboxes) or destroyed: `details.items` lists them.
+    MailItemsUpdated,
     /// An account's password was changed.
     PasswordChanged,
     /// A refresh token was used twice: the family is revoked.
@@ -76,6 +78,7 @@ impl Operation {
             MailImported => "MailImported",
             MailItemsAccessed => "MailItemsAccessed",
             MailboxQueried => "MailboxQueried",
+            MailItemsUpdated => "MailItemsUpdated",
             PasswordChanged => "PasswordChanged",
             RefreshTokenReused => "RefreshTokenReused",
             SessionEnded => "SessionEnded",

@@ -125,6 +125,9 @@ pub(crate) fn call(j: &Jmap, a: &Authed, name: &str, args: &Map<String, Value>) 
         "Email/query" => email_query(j, a, args),
         "Email/get" => email_get(j, a, args),
         "Thread/get" => thread_get(j, a, args),
+        "Email/set" => email_set(j, a, args),
+        "Email/changes" => changes(j, a, args, false),
+        "Mailbox/changes" => changes(j, a, args, true),
         _ => Err(MethodError::new(
             "unknownMethod",
             format!("{name} is not implemented"),
@@ -472,4 +475,308 @@ fn thread_get(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
     Ok(
         json!({"accountId": a.account.id, "state": state(j, a)?, "list": list, "notFound": not_found}),
     )
+}
+
+/// RFC 8621 §4.1.1: keywords are 1–255 printable ASCII characters other than `( ) { ] % * " \`,
+/// compared case-insensitively (stored lowercase).
+fn keyword(k: &str) -> Option<String> {
+    let ok = !k.is_empty()
+        && k.len() <= 255
+        && k.bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && !b"(){]%*\"\\".contains(&b));
+    ok.then(|| k.to_ascii_lowercase())
+}
+
+fn set_error(kind: &str, description: &str, properties: &[&str]) -> Value {
+    let mut e = json!({"type": kind, "description": description});
+    if !properties.is_empty() {
+        e["properties"] = json!(properties);
+    }
+    e
+}
+
+/// Applies a JMAP PatchObject for `keywords` and `mailboxIds` to an email's current sets.
+fn apply_patch(
+    patch: &Map<String, Value>,
+    keywords: &mut Vec<String>,
+    mailboxes: &mut Vec<String>,
+) -> Result<(bool, bool), Value> {
+    let (mut k_changed, mut m_changed) = (false, false);
+    let bool_map = |v: &Value, what: &str| -> Result<Vec<String>, Value> {
+        let obj = v.as_object().ok_or_else(|| {
+            set_error(
+                "invalidProperties",
+                &format!("{what} must be an object"),
+                &[what],
+            )
+        })?;
+        obj.iter()
+            .map(|(k, v)| match v {
+                Value::Bool(true) => Ok(k.clone()),
+                _ => Err(set_error(
+                    "invalidProperties",
+                    &format!("{what} values must be true"),
+                    &[what],
+                )),
+            })
+            .collect()
+    };
+    for (path, value) in patch {
+        let (head, tail) = match path.split_once('/') {
+            Some((h, t)) => (h, Some(t)),
+            None => (path.as_str(), None),
+        };
+        let (set, changed, name) = match head {
+            "keywords" => (&mut *keywords, &mut k_changed, "keywords"),
+            "mailboxIds" => (&mut *mailboxes, &mut m_changed, "mailboxIds"),
+            other => {
+                return Err(set_error(
+                    "invalidProperties",
+                    &format!("{other} cannot be changed"),
+                    &[other],
+                ));
+            }
+        };
+        *changed = true;
+        match tail {
+            None => *set = bool_map(value, name)?,
+            Some(item) => {
+                let item = item.replace("~1", "/").replace("~0", "~");
+                match value {
+                    Value::Bool(true) => {
+                        if !set.contains(&item) {
+                            set.push(item);
+                        }
+                    }
+                    Value::Null => set.retain(|x| x != &item),
+                    _ => {
+                        return Err(set_error(
+                            "invalidPatch",
+                            "patch values must be true or null",
+                            &[name],
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let mut normalised = Vec::new();
+    for k in keywords.iter() {
+        match keyword(k) {
+            Some(k) if !normalised.contains(&k) => normalised.push(k),
+            Some(_) => {}
+            None => {
+                return Err(set_error(
+                    "invalidProperties",
+                    &format!("{k:?} is not a valid keyword"),
+                    &["keywords"],
+                ));
+            }
+        }
+    }
+    *keywords = normalised;
+    Ok((k_changed, m_changed))
+}
+
+fn email_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
+    let old_state = state(j, a)?;
+    if let Some(expected) = args.get("ifInState").and_then(Value::as_str)
+        && expected != old_state
+    {
+        return Err(MethodError::new(
+            "stateMismatch",
+            "the account changed since ifInState".into(),
+        ));
+    }
+    let mut not_created = Map::new();
+    if let Some(create) = args.get("create").and_then(Value::as_object) {
+        for id in create.keys() {
+            not_created.insert(id.clone(), set_error("forbidden", "creating emails with Email/set is not supported yet; upload and use Email/import", &[]));
+        }
+    }
+    let mut updated = Map::new();
+    let mut not_updated = Map::new();
+    let mut touched: Vec<String> = Vec::new();
+    if let Some(update) = args.get("update").and_then(Value::as_object) {
+        if update.len() > MAX_OBJECTS_IN_GET {
+            return Err(MethodError::new(
+                "requestTooLarge",
+                format!("at most {MAX_OBJECTS_IN_GET} updates per /set"),
+            ));
+        }
+        for (id, patch) in update {
+            let not_found = || set_error("notFound", "no such email", &[]);
+            let Ok(email_id) = EmailId::new(id.as_str()) else {
+                not_updated.insert(id.clone(), not_found());
+                continue;
+            };
+            let Some(patch) = patch.as_object() else {
+                not_updated.insert(
+                    id.clone(),
+                    set_error("invalidPatch", "a patch is an object", &[]),
+                );
+                continue;
+            };
+            let Some((current, boxes)) = j
+                .mail
+                .emails(&a.account.id, std::slice::from_ref(&email_id))
+                .map_err(MethodError::server)?
+                .into_iter()
+                .next()
+            else {
+                not_updated.insert(id.clone(), not_found());
+                continue;
+            };
+            let mut keywords = current.keywords.clone();
+            let mut mailboxes: Vec<String> = boxes.iter().map(|m| m.to_string()).collect();
+            let (k_changed, m_changed) = match apply_patch(patch, &mut keywords, &mut mailboxes) {
+                Ok(c) => c,
+                Err(e) => {
+                    not_updated.insert(id.clone(), e);
+                    continue;
+                }
+            };
+            let mailbox_ids: Result<Vec<MailboxId>, _> = mailboxes
+                .iter()
+                .map(|m| MailboxId::new(m.as_str()))
+                .collect();
+            let Ok(mailbox_ids) = mailbox_ids else {
+                not_updated.insert(
+                    id.clone(),
+                    set_error("invalidProperties", "unknown mailbox", &["mailboxIds"]),
+                );
+                continue;
+            };
+            let result = j.mail.update(
+                &a.account.id,
+                &email_id,
+                k_changed.then_some(keywords.as_slice()),
+                m_changed.then_some(mailbox_ids.as_slice()),
+            );
+            match result {
+                Ok(_) => {
+                    updated.insert(id.clone(), Value::Null);
+                    touched.push(id.clone());
+                }
+                Err(mail::Error::NoMailbox(why)) => {
+                    not_updated.insert(
+                        id.clone(),
+                        set_error("invalidProperties", &why, &["mailboxIds"]),
+                    );
+                }
+                Err(mail::Error::Store(store::Error::NotFound(what)))
+                    if what.starts_with("mailbox") =>
+                {
+                    not_updated.insert(
+                        id.clone(),
+                        set_error("invalidProperties", "unknown mailbox", &["mailboxIds"]),
+                    );
+                }
+                Err(mail::Error::Store(store::Error::NotFound(_))) => {
+                    not_updated.insert(id.clone(), not_found());
+                }
+                Err(e) => return Err(MethodError::server(e)),
+            }
+        }
+    }
+    let mut destroyed = Vec::new();
+    let mut not_destroyed = Map::new();
+    if let Some(destroy) = args.get("destroy").and_then(Value::as_array) {
+        for id in destroy.iter().filter_map(Value::as_str) {
+            let Ok(email_id) = EmailId::new(id) else {
+                not_destroyed.insert(id.to_owned(), set_error("notFound", "no such email", &[]));
+                continue;
+            };
+            match j.mail.destroy(&a.account.id, &email_id) {
+                Ok(_) => destroyed.push(id.to_owned()),
+                Err(mail::Error::Store(store::Error::NotFound(_))) => {
+                    not_destroyed
+                        .insert(id.to_owned(), set_error("notFound", "no such email", &[]));
+                }
+                Err(e) => return Err(MethodError::server(e)),
+            }
+        }
+    }
+    if !touched.is_empty() || !destroyed.is_empty() {
+        let ev = a
+            .event(Operation::MailItemsUpdated)
+            .detail("operation", "Email/set")
+            .detail("items", touched.clone())
+            .detail("destroyed", destroyed.clone());
+        j.audit.record(ev, now()).map_err(MethodError::server)?;
+    }
+    let null_if_empty = |m: Map<String, Value>| {
+        if m.is_empty() {
+            Value::Null
+        } else {
+            Value::Object(m)
+        }
+    };
+    Ok(json!({
+        "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,
+        "created": null, "updated": null_if_empty(updated), "destroyed": if destroyed.is_empty() { Value::Null } else { json!(destroyed) },
+        "notCreated": null_if_empty(not_created), "notUpdated": null_if_empty(not_updated), "notDestroyed": null_if_empty(not_destroyed),
+    }))
+}
+
+fn changes(j: &Jmap, a: &Authed, args: &Map<String, Value>, mailboxes: bool) -> MResult {
+    let since_state = args
+        .get("sinceState")
+        .and_then(Value::as_str)
+        .ok_or_else(|| MethodError::invalid("sinceState is required"))?;
+    let cannot = || {
+        MethodError::new(
+            "cannotCalculateChanges",
+            "unknown state; fetch everything again".into(),
+        )
+    };
+    let since: i64 = since_state.parse().map_err(|_| cannot())?;
+    let max = match args.get("maxChanges") {
+        None | Some(Value::Null) => MAX_OBJECTS_IN_GET as u64,
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => n,
+            _ => {
+                return Err(MethodError::invalid(
+                    "maxChanges must be a positive integer",
+                ));
+            }
+        },
+    };
+    let (created, updated, destroyed, new_modseq, has_more) = if mailboxes {
+        let c = j
+            .mail
+            .mailbox_changes(&a.account.id, since, max)
+            .map_err(MethodError::server)?
+            .ok_or_else(cannot)?;
+        let ids = |v: Vec<MailboxId>| v.into_iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        (
+            ids(c.created),
+            ids(c.updated),
+            ids(c.destroyed),
+            c.new_modseq,
+            c.has_more,
+        )
+    } else {
+        let c = j
+            .mail
+            .email_changes(&a.account.id, since, max)
+            .map_err(MethodError::server)?
+            .ok_or_else(cannot)?;
+        let ids = |v: Vec<EmailId>| v.into_iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        (
+            ids(c.created),
+            ids(c.updated),
+            ids(c.destroyed),
+            c.new_modseq,
+            c.has_more,
+        )
+    };
+    let mut out = json!({
+        "accountId": a.account.id, "oldState": since_state, "newState": new_modseq.to_string(),
+        "hasMoreChanges": has_more, "created": created, "updated": updated, "destroyed": destroyed,
+    });
+    if mailboxes {
+        out["updatedProperties"] = Value::Null;
+    }
+    Ok(out)
 }

@@ -21,8 +21,8 @@ use aws_lc_rs::rand;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use store::{
-    AccountId, BlobId, BlobStore, EmailId, EmailRecord, Mailbox, MailboxId, Store, ThreadId,
-    UnixTime,
+    AccountId, BlobId, BlobStore, Changes, EmailId, EmailRecord, Mailbox, MailboxId, Store,
+    ThreadId, UnixTime,
 };
 
 pub use import::{ImportReport, ImportSource};
@@ -287,6 +287,49 @@ impl Mail {
             return Ok(None);
         };
         Ok(self.blobs.get(blob)?.map(|b| (email, b)))
+    }
+
+    /// Replaces an email's keywords and/or mailboxes (an email is always in at least one).
+    pub fn update(
+        &self,
+        account: &AccountId,
+        id: &EmailId,
+        keywords: Option<&[String]>,
+        mailboxes: Option<&[MailboxId]>,
+    ) -> Result<i64> {
+        if mailboxes.is_some_and(<[MailboxId]>::is_empty) {
+            return Err(Error::NoMailbox(
+                "an email must be in at least one mailbox".into(),
+            ));
+        }
+        Ok(self.store.update_email(account, id, keywords, mailboxes)?)
+    }
+
+    /// Destroys an email.
+    pub fn destroy(&self, account: &AccountId, id: &EmailId) -> Result<i64> {
+        Ok(self.store.destroy_email(account, id)?)
+    }
+
+    /// Email changes since a modseq; `None` if it cannot be answered.
+    pub fn email_changes(
+        &self,
+        account: &AccountId,
+        since: i64,
+        max: u64,
+    ) -> Result<Option<Changes<EmailId>>> {
+        Ok(self.store.email_changes(account, since, max)?)
+    }
+
+    /// Mailbox changes since a modseq; `None` if it cannot be answered.
+    pub fn mailbox_changes(
+        &self,
+        account: &AccountId,
+        since: i64,
+        max: u64,
+    ) -> Result<Option<Changes<MailboxId>>> {
+        // Make sure the default mailboxes exist before anyone asks what changed.
+        self.mailboxes(account)?;
+        Ok(self.store.mailbox_changes(account, since, max)?)
     }
 }
 

@@ -415,3 +415,18 @@ pub struct EmailRecord {
     /// JMAP keywords (`$seen`, `$flagged`, ...).
     pub keywords: Vec<String>,
 }
+
+/// What changed since a modseq (JMAP `/changes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes<T> {
+    /// Created since (and not destroyed).
+    pub created: Vec<T>,
+    /// Updated since (created before).
+    pub updated: Vec<T>,
+    /// Destroyed since (created before).
+    pub destroyed: Vec<T>,
+    /// The modseq this answer reaches: the current one, or less if `has_more`.
+    pub new_modseq: i64,
+    /// More changes remain past `new_modseq`.
+    pub has_more: bool,
+}

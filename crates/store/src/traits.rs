@@ -167,6 +167,32 @@ pub trait MailStore: Send + Sync {
     fn thread_emails(&self, account: &AccountId, thread: &ThreadId) -> Result<Vec<EmailId>>;
     /// Unread (no `$seen`) emails in a mailbox.
     fn count_unread(&self, account: &AccountId, mailbox: &MailboxId) -> Result<u64>;
+    /// Replaces an email's keywords and/or mailboxes; `NotFound` if the account has no such
+    /// email. Returns the new modseq.
+    fn update_email(
+        &self,
+        account: &AccountId,
+        id: &EmailId,
+        keywords: Option<&[String]>,
+        mailboxes: Option<&[MailboxId]>,
+    ) -> Result<i64>;
+    /// Destroys an email (its row stays as a tombstone for /changes); `NotFound` if absent.
+    fn destroy_email(&self, account: &AccountId, id: &EmailId) -> Result<i64>;
+    /// Emails created, updated and destroyed after `since` (a modseq), at most `max` ids in
+    /// all; `None` if `since` is in the future.
+    fn email_changes(
+        &self,
+        account: &AccountId,
+        since: i64,
+        max: u64,
+    ) -> Result<Option<Changes<EmailId>>>;
+    /// Mailboxes created, updated (including their counts) and destroyed after `since`.
+    fn mailbox_changes(
+        &self,
+        account: &AccountId,
+        since: i64,
+        max: u64,
+    ) -> Result<Option<Changes<MailboxId>>>;
 }
 
 /// Everything Keypost stores.

@@ -19,6 +19,108 @@ fn next_modseq(tx: &Transaction<'_>, account: &AccountId) -> Result<i64> {
     )?)
 }
 
+/// Marks mailboxes updated (their counts changed) at `modseq`.
+fn touch_mailboxes(tx: &Transaction<'_>, mailboxes: &[MailboxId], modseq: i64) -> Result<()> {
+    for m in mailboxes {
+        tx.execute(
+            "UPDATE mailboxes SET updated_modseq = ? WHERE id = ?",
+            params![modseq, m.as_str()],
+        )?;
+    }
+    Ok(())
+}
+
+fn memberships(tx: &Transaction<'_>, email: &EmailId) -> Result<Vec<MailboxId>> {
+    let rows = tx
+        .prepare_cached("SELECT mailbox FROM email_mailboxes WHERE email = ?")?
+        .query_map([email.as_str()], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(parse_id).collect()
+}
+
+fn live_email(tx: &Transaction<'_>, account: &AccountId, id: &EmailId) -> Result<()> {
+    let n: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM emails WHERE id = ? AND account = ? AND destroyed_modseq IS NULL",
+        [id.as_str(), account.as_str()],
+        |r| r.get(0),
+    )?;
+    if n == 0 {
+        return Err(crate::Error::NotFound(format!("email {id}")));
+    }
+    Ok(())
+}
+
+/// Rows of `table` changed after `since`: (id, created_modseq, destroyed?) ordered by the modseq
+/// of their latest change, at most `max` + 1 (to tell whether more remain).
+fn changes<T: std::str::FromStr>(
+    conn: &rusqlite::Connection,
+    table: &str,
+    account: &AccountId,
+    since: i64,
+    max: u64,
+) -> Result<Option<crate::model::Changes<T>>>
+where
+    T::Err: std::fmt::Display,
+{
+    let current: i64 = conn
+        .query_row(
+            "SELECT modseq FROM mail_state WHERE account = ?",
+            [account.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    if since > current || since < 0 {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT id, created_modseq, destroyed_modseq, max(updated_modseq, ifnull(destroyed_modseq, 0)) AS m \
+         FROM {table} WHERE account = ? AND m > ? ORDER BY m, id LIMIT ?"
+    );
+    let rows = conn
+        .prepare_cached(&sql)?
+        .query_map(
+            params![
+                account.as_str(),
+                since,
+                i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX)
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let has_more = rows.len() as u64 > max;
+    let mut out = crate::model::Changes {
+        created: vec![],
+        updated: vec![],
+        destroyed: vec![],
+        new_modseq: current,
+        has_more,
+    };
+    for (i, (id, created, destroyed, m)) in rows.into_iter().enumerate() {
+        if i as u64 >= max {
+            break;
+        }
+        if has_more {
+            out.new_modseq = m;
+        }
+        let id: T = parse_id(id)?;
+        match (created > since, destroyed.is_some()) {
+            (true, true) => {} // born and gone within the window: the client never saw it
+            (true, false) => out.created.push(id),
+            (false, true) => out.destroyed.push(id),
+            (false, false) => out.updated.push(id),
+        }
+    }
+    Ok(Some(out))
+}
+
 const EMAIL_COLS: &str = "id, account, blob_id, thread_id, message_id, subject, from_json, to_json, cc_json, \
     sent_at, received_at, size, preview, has_attachment, keywords";
 
@@ -324,5 +426,87 @@ impl MailStore for SqliteStore {
             [mailbox.as_str(), account.as_str()],
             |r| r.get(0),
         )?)
+    }
+
+    fn update_email(
+        &self,
+        account: &AccountId,
+        id: &EmailId,
+        keywords: Option<&[String]>,
+        mailboxes: Option<&[MailboxId]>,
+    ) -> Result<i64> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        live_email(&tx, account, id)?;
+        let modseq = next_modseq(&tx, account)?;
+        let before = memberships(&tx, id)?;
+        if let Some(k) = keywords {
+            tx.execute(
+                "UPDATE emails SET keywords = ? WHERE id = ?",
+                params![json(&k)?, id.as_str()],
+            )?;
+            touch_mailboxes(&tx, &before, modseq)?; // unread counts may change
+        }
+        if let Some(boxes) = mailboxes {
+            for m in boxes {
+                let n: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM mailboxes WHERE id = ? AND account = ? AND destroyed_modseq IS NULL",
+                    [m.as_str(), account.as_str()],
+                    |r| r.get(0),
+                )?;
+                if n == 0 {
+                    return Err(crate::Error::NotFound(format!("mailbox {m}")));
+                }
+            }
+            tx.execute("DELETE FROM email_mailboxes WHERE email = ?", [id.as_str()])?;
+            for m in boxes {
+                tx.execute(
+                    "INSERT INTO email_mailboxes(email, mailbox) VALUES (?, ?)",
+                    params![id.as_str(), m.as_str()],
+                )?;
+            }
+            touch_mailboxes(&tx, &before, modseq)?;
+            touch_mailboxes(&tx, boxes, modseq)?;
+        }
+        tx.execute(
+            "UPDATE emails SET updated_modseq = ? WHERE id = ?",
+            params![modseq, id.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(modseq)
+    }
+
+    fn destroy_email(&self, account: &AccountId, id: &EmailId) -> Result<i64> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        live_email(&tx, account, id)?;
+        let modseq = next_modseq(&tx, account)?;
+        let before = memberships(&tx, id)?;
+        tx.execute("DELETE FROM email_mailboxes WHERE email = ?", [id.as_str()])?;
+        tx.execute(
+            "UPDATE emails SET destroyed_modseq = ? WHERE id = ?",
+            params![modseq, id.as_str()],
+        )?;
+        touch_mailboxes(&tx, &before, modseq)?;
+        tx.commit()?;
+        Ok(modseq)
+    }
+
+    fn email_changes(
+        &self,
+        account: &AccountId,
+        since: i64,
+        max: u64,
+    ) -> Result<Option<crate::model::Changes<EmailId>>> {
+        changes(&*self.reader()?, "emails", account, since, max)
+    }
+
+    fn mailbox_changes(
+        &self,
+        account: &AccountId,
+        since: i64,
+        max: u64,
+    ) -> Result<Option<crate::model::Changes<MailboxId>>> {
+        changes(&*self.reader()?, "mailboxes", account, since, max)
     }
 }

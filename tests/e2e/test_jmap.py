@@ -268,3 +268,84 @@ def test_set_keywords_move_destroy_and_changes(keypost, world, alice):
 
     updates = keypost.audit("MailItemsUpdated", realm="contoso")
     assert any(invoice in r["details"]["destroyed"] for r in updates)
+
+
+def raw_message(sender, to, subject):
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{subject.replace(' ', '-')}@contoso.test>\r\n\r\nHello from JMAP.\r\n"
+    ).encode()
+
+
+def test_upload_import_and_send_to_another_keypost_account(keypost, world, alice):
+    token, account = alice
+    s = session(keypost, token).json()
+    def call(*calls, tok=token):
+        r = api(keypost, tok, list(calls))
+        assert r.status_code == 200, r.text
+        return r.json()["methodResponses"]
+
+    (ident,) = call(["Identity/get", {"accountId": account}, "i"])[0][1]["list"]
+    assert ident["email"] == world.alice.email
+    boxes = {m["role"]: m["id"] for m in call(["Mailbox/get", {"accountId": account}, "m"])[0][1]["list"]}
+
+    up = requests.post(s["uploadUrl"].format(accountId=account), data=raw_message(world.alice.email, world.bob.email, "Quarterly numbers"),
+                       headers={**auth(token), "Content-Type": "message/rfc822"}, timeout=HTTP_TIMEOUT_S)
+    assert up.status_code == 201, up.text
+    blob = up.json()["blobId"]
+
+    imported = call(["Email/import", {"accountId": account, "emails": {
+        "draft": {"blobId": blob, "mailboxIds": {boxes["drafts"]: True}, "keywords": {"$draft": True, "$seen": True}},
+        "bad": {"blobId": "0" * 64, "mailboxIds": {boxes["drafts"]: True}},
+    }}, "imp"])[0][1]
+    draft = imported["created"]["draft"]["id"]
+    assert imported["notCreated"]["bad"]["type"] == "blobNotFound"
+
+    responses = call(["EmailSubmission/set", {
+        "accountId": account,
+        "create": {"s1": {"identityId": ident["id"], "emailId": draft}},
+        "onSuccessUpdateEmail": {"#s1": {f"mailboxIds/{boxes['drafts']}": None, f"mailboxIds/{boxes['sent']}": True, "keywords/$draft": None}},
+    }, "send"])
+    assert [r[0] for r in responses] == ["EmailSubmission/set", "Email/set"], responses
+    assert "s1" in responses[0][1]["created"]
+    assert responses[1][1]["updated"] == {draft: None}
+    moved = call(["Email/get", {"accountId": account, "ids": [draft], "properties": ["mailboxIds", "keywords"]}, "g"])[0][1]["list"][0]
+    assert moved["mailboxIds"] == {boxes["sent"]: True} and moved["keywords"] == {"$seen": True}
+
+    # Bob, in another tenant, finds it in his Inbox with his own token.
+    bob_token = keypost.tokens_for(world.bob)["access_token"]
+    bob_account = unverified(bob_token)[1]["sub"]
+    found = call(
+        ["Email/query", {"accountId": bob_account}, "q"],
+        ["Email/get", {"accountId": bob_account, "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"}, "properties": ["subject", "from"]}, "g"],
+        tok=bob_token,
+    )[1][1]["list"]
+    assert any(e["subject"] == "Quarterly numbers" and e["from"][0]["email"] == world.alice.email for e in found)
+
+    sent = keypost.audit("MailSent", realm="contoso")
+    assert sent and sent[-1]["details"]["recipients"] == [world.bob.email] and sent[-1]["details"]["items"] == [draft]
+    assert keypost.audit("MailDelivered", realm="fabrikam")[-1]["target"] == world.bob.email
+
+
+def test_submission_refuses_spoofed_senders_and_unreachable_recipients(keypost, world, alice):
+    token, account = alice
+    s = session(keypost, token).json()
+    def call(*calls):
+        return api(keypost, token, list(calls)).json()["methodResponses"]
+    ident = call(["Identity/get", {"accountId": account}, "i"])[0][1]["list"][0]["id"]
+    drafts = [m["id"] for m in call(["Mailbox/get", {"accountId": account}, "m"])[0][1]["list"] if m["role"] == "drafts"][0]
+    ids = {}
+    for name, sender, to in (("spoof", "ceo@contoso.test", world.bob.email), ("remote", world.alice.email, "someone@example.org")):
+        blob = requests.post(s["uploadUrl"].format(accountId=account), data=raw_message(sender, to, f"test {name}"),
+                             headers=auth(token), timeout=HTTP_TIMEOUT_S).json()["blobId"]
+        out = call(["Email/import", {"accountId": account, "emails": {"x": {"blobId": blob, "mailboxIds": {drafts: True}}}}, "i"])
+        ids[name] = out[0][1]["created"]["x"]["id"]
+    out = call(["EmailSubmission/set", {"accountId": account, "create": {
+        "a": {"identityId": ident, "emailId": ids["spoof"]},
+        "b": {"identityId": ident, "emailId": ids["remote"]},
+        "c": {"identityId": "someone-else", "emailId": ids["remote"]},
+    }}, "s"])[0][1]
+    assert out["notCreated"]["a"]["type"] == "forbiddenFrom"
+    assert out["notCreated"]["b"]["type"] == "invalidRecipients"
+    assert out["notCreated"]["b"]["invalidRecipients"] == ["someone@example.org"]
+    assert out["notCreated"]["c"]["type"] == "invalidProperties"

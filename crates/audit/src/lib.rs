@@ -41,6 +41,10 @@ pub enum Operation {
     MailboxQueried,
     /// Mail items were changed (keywords, mailboxes) or destroyed: `details.items` lists them.
     MailItemsUpdated,
+    /// A user sent a message (`details.recipients`).
+    MailSent,
+    /// A message was delivered into an account.
+    MailDelivered,
     /// An account's password was changed.
     PasswordChanged,
     /// A refresh token was used twice: the family is revoked.
@@ -79,6 +83,8 @@ impl Operation {
             MailItemsAccessed => "MailItemsAccessed",
             MailboxQueried => "MailboxQueried",
             MailItemsUpdated => "MailItemsUpdated",
+            MailSent => "MailSent",
+            MailDelivered => "MailDelivered",
             PasswordChanged => "PasswordChanged",
             RefreshTokenReused => "RefreshTokenReused",
             SessionEnded => "SessionEnded",

@@ -84,7 +84,13 @@ pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
             methods::call(j, a, &name, &args)
         });
         match result {
-            Ok(v) => responses.push(json!([name, v, call_id])),
+            Ok((v, implicit)) => {
+                responses.push(json!([name, v, call_id]));
+                // RFC 8621 §7.5: onSuccessUpdateEmail answers with an implicit Email/set.
+                if let Some((implicit_name, implicit_value)) = implicit {
+                    responses.push(json!([implicit_name, implicit_value, call_id]));
+                }
+            }
             Err(e) => responses.push(json!(["error", e.to_json(), call_id])),
         }
     }

@@ -16,6 +16,7 @@
 
 mod api;
 mod methods;
+mod submit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub fn router(jmap: Arc<Jmap>) -> Router {
         .route("/jmap/session", get(session))
         .route("/jmap/api", post(api_call))
         .route("/jmap/download/{account}/{blob}/{name}", get(download))
+        .route("/jmap/upload/{account}/", post(upload))
+        .route("/jmap/upload/{account}", post(upload))
         // maxSizeRequest is enforced before the body is read; slow bodies are cut off.
         .layer(DefaultBodyLimit::max(MAX_SIZE_REQUEST))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
@@ -363,6 +366,41 @@ async fn download(
             HeaderValue::from_static("private, immutable, max-age=31536000"),
         );
         r
+    })
+    .await
+}
+
+async fn upload(
+    State(j): State<Arc<Jmap>>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let source = source_of(&headers, peer(connect));
+    blocking(move || {
+        let a = match authenticate(&j, &headers, source) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        if account != a.account.id.as_str() {
+            return problem(StatusCode::NOT_FOUND, "notFound", "no such account");
+        }
+        let media_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 255)
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        match j.mail.upload(&a.account.id, &body, &media_type, now()) {
+            Ok(blob) => (
+                StatusCode::CREATED,
+                Json(json!({"accountId": a.account.id, "blobId": blob, "type": media_type, "size": body.len()})),
+            )
+                .into_response(),
+            Err(mail::Error::NotAMessage(why)) => problem(StatusCode::PAYLOAD_TOO_LARGE, "limit", &why),
+            Err(e) => methods::MethodError::server(e).into_response(),
+        }
     })
     .await
 }

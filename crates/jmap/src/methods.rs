@@ -27,7 +27,7 @@ impl MethodError {
         Self { kind, description }
     }
 
-    fn invalid(description: impl Into<String>) -> Self {
+    pub(crate) fn invalid(description: impl Into<String>) -> Self {
         Self::new("invalidArguments", description.into())
     }
 
@@ -51,7 +51,7 @@ impl IntoResponse for MethodError {
     }
 }
 
-type MResult = Result<Value, MethodError>;
+pub(crate) type MResult = Result<Value, MethodError>;
 
 pub(crate) fn session_state(j: &Jmap, a: &Authed) -> Result<String, MethodError> {
     Ok(format!(
@@ -66,7 +66,7 @@ pub(crate) fn session_object(j: &Jmap, a: &Authed) -> MResult {
     Ok(json!({
         "capabilities": {
             CORE: {
-                "maxSizeUpload": mail::MAX_MESSAGE_SIZE,
+                "maxSizeUpload": MAX_SIZE_REQUEST,
                 "maxConcurrentUpload": 4,
                 "maxSizeRequest": MAX_SIZE_REQUEST,
                 "maxConcurrentRequests": 8,
@@ -105,9 +105,12 @@ pub(crate) fn session_object(j: &Jmap, a: &Authed) -> MResult {
     }))
 }
 
-pub(crate) fn call(j: &Jmap, a: &Authed, name: &str, args: &Map<String, Value>) -> MResult {
+/// A method's response, and the implicit response some methods add (RFC 8621 §7.5).
+pub(crate) type Answer = Result<(Value, Option<(String, Value)>), MethodError>;
+
+pub(crate) fn call(j: &Jmap, a: &Authed, name: &str, args: &Map<String, Value>) -> Answer {
     if name == "Core/echo" {
-        return Ok(Value::Object(args.clone()));
+        return Ok((Value::Object(args.clone()), None));
     }
     // Every other method is about one account, and a principal has exactly one.
     match args.get("accountId").and_then(Value::as_str) {
@@ -120,14 +123,18 @@ pub(crate) fn call(j: &Jmap, a: &Authed, name: &str, args: &Map<String, Value>) 
         }
         None => return Err(MethodError::invalid("accountId is required")),
     }
+    let plain = |r: MResult| r.map(|v| (v, None));
     match name {
-        "Mailbox/get" => mailbox_get(j, a, args),
-        "Email/query" => email_query(j, a, args),
-        "Email/get" => email_get(j, a, args),
-        "Thread/get" => thread_get(j, a, args),
-        "Email/set" => email_set(j, a, args),
-        "Email/changes" => changes(j, a, args, false),
-        "Mailbox/changes" => changes(j, a, args, true),
+        "Mailbox/get" => plain(mailbox_get(j, a, args)),
+        "Email/query" => plain(email_query(j, a, args)),
+        "Email/get" => plain(email_get(j, a, args)),
+        "Thread/get" => plain(thread_get(j, a, args)),
+        "Email/set" => plain(email_set(j, a, args)),
+        "Email/changes" => plain(changes(j, a, args, false)),
+        "Mailbox/changes" => plain(changes(j, a, args, true)),
+        "Email/import" => plain(crate::submit::email_import(j, a, args)),
+        "Identity/get" => plain(crate::submit::identity_get(j, a, args)),
+        "EmailSubmission/set" => crate::submit::submission_set(j, a, args),
         _ => Err(MethodError::new(
             "unknownMethod",
             format!("{name} is not implemented"),
@@ -135,7 +142,7 @@ pub(crate) fn call(j: &Jmap, a: &Authed, name: &str, args: &Map<String, Value>) 
     }
 }
 
-fn state(j: &Jmap, a: &Authed) -> Result<String, MethodError> {
+pub(crate) fn state(j: &Jmap, a: &Authed) -> Result<String, MethodError> {
     Ok(j.mail
         .modseq(&a.account.id)
         .map_err(MethodError::server)?
@@ -487,7 +494,7 @@ fn keyword(k: &str) -> Option<String> {
     ok.then(|| k.to_ascii_lowercase())
 }
 
-fn set_error(kind: &str, description: &str, properties: &[&str]) -> Value {
+pub(crate) fn set_error(kind: &str, description: &str, properties: &[&str]) -> Value {
     let mut e = json!({"type": kind, "description": description});
     if !properties.is_empty() {
         e["properties"] = json!(properties);
@@ -578,7 +585,7 @@ fn apply_patch(
     Ok((k_changed, m_changed))
 }
 
-fn email_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
+pub(crate) fn email_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
     let old_state = state(j, a)?;
     if let Some(expected) = args.get("ifInState").and_then(Value::as_str)
         && expected != old_state

@@ -154,14 +154,41 @@ impl Mail {
         keywords: Vec<String>,
         received_at: UnixTime,
     ) -> Result<Delivered> {
+        self.deliver_to(
+            account,
+            raw,
+            std::slice::from_ref(mailbox),
+            keywords,
+            received_at,
+        )
+    }
+
+    /// [`Mail::deliver`] into several mailboxes at once (JMAP `mailboxIds`).
+    pub fn deliver_to(
+        &self,
+        account: &AccountId,
+        raw: &[u8],
+        mailboxes: &[MailboxId],
+        keywords: Vec<String>,
+        received_at: UnixTime,
+    ) -> Result<Delivered> {
         if raw.len() > MAX_MESSAGE_SIZE {
             return Err(Error::NotAMessage(format!(
                 "{} bytes exceeds the {MAX_MESSAGE_SIZE}-byte limit",
                 raw.len()
             )));
         }
-        if !self.mailboxes(account)?.iter().any(|m| &m.id == mailbox) {
-            return Err(Error::NoMailbox(mailbox.to_string()));
+        let existing_boxes = self.mailboxes(account)?;
+        if mailboxes.is_empty() {
+            return Err(Error::NoMailbox(
+                "an email must be in at least one mailbox".into(),
+            ));
+        }
+        if let Some(m) = mailboxes
+            .iter()
+            .find(|m| !existing_boxes.iter().any(|e| &e.id == *m))
+        {
+            return Err(Error::NoMailbox(m.to_string()));
         }
         let meta = parse::metadata(raw)?;
         let blob_id = store::blob_id(raw);
@@ -206,8 +233,7 @@ impl Mail {
             has_attachment: meta.has_attachment,
             keywords,
         };
-        self.store
-            .insert_email(&record, std::slice::from_ref(mailbox), &meta.parents)?;
+        self.store.insert_email(&record, mailboxes, &meta.parents)?;
         Ok(Delivered {
             id,
             thread_id,
@@ -330,6 +356,34 @@ impl Mail {
         // Make sure the default mailboxes exist before anyone asks what changed.
         self.mailboxes(account)?;
         Ok(self.store.mailbox_changes(account, since, max)?)
+    }
+
+    /// Stores an upload for `account` (JMAP upload) durably; returns its blob id.
+    pub fn upload(
+        &self,
+        account: &AccountId,
+        bytes: &[u8],
+        media_type: &str,
+        now: UnixTime,
+    ) -> Result<BlobId> {
+        if bytes.len() > MAX_MESSAGE_SIZE {
+            return Err(Error::NotAMessage(format!(
+                "{} bytes exceeds the {MAX_MESSAGE_SIZE}-byte limit",
+                bytes.len()
+            )));
+        }
+        let id = self.blobs.put(bytes)?;
+        self.store
+            .record_upload(account, &id, media_type, bytes.len() as u64, now)?;
+        Ok(id)
+    }
+
+    /// The bytes of a blob the account uploaded itself.
+    pub fn uploaded(&self, account: &AccountId, blob: &BlobId) -> Result<Option<Vec<u8>>> {
+        if !self.store.has_upload(account, blob)? {
+            return Ok(None);
+        }
+        Ok(self.blobs.get(blob)?)
     }
 }
 

@@ -212,6 +212,17 @@ CREATE TABLE email_refs (
 ) STRICT;
 CREATE INDEX email_refs_ref ON email_refs(account, ref_message_id);
 "#,
+    r#"
+-- Blobs an account uploaded (JMAP upload). Blobs are shared by content, so access is by owner.
+CREATE TABLE uploads (
+    account TEXT NOT NULL REFERENCES accounts(id),
+    blob_id TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (account, blob_id)
+) STRICT, WITHOUT ROWID;
+"#,
 ];
 
 /// Read-only connections per file-backed store.

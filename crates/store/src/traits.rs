@@ -193,6 +193,17 @@ pub trait MailStore: Send + Sync {
         since: i64,
         max: u64,
     ) -> Result<Option<Changes<MailboxId>>>;
+    /// Records that `account` uploaded a blob (which gives it access to the blob).
+    fn record_upload(
+        &self,
+        account: &AccountId,
+        blob: &BlobId,
+        media_type: &str,
+        size: u64,
+        at: UnixTime,
+    ) -> Result<()>;
+    /// Whether `account` uploaded the blob.
+    fn has_upload(&self, account: &AccountId, blob: &BlobId) -> Result<bool>;
 }
 
 /// Everything Keypost stores.

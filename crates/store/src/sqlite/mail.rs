@@ -509,4 +509,29 @@ impl MailStore for SqliteStore {
     ) -> Result<Option<crate::model::Changes<MailboxId>>> {
         changes(&*self.reader()?, "mailboxes", account, since, max)
     }
+
+    fn record_upload(
+        &self,
+        account: &AccountId,
+        blob: &BlobId,
+        media_type: &str,
+        size: u64,
+        at: crate::model::UnixTime,
+    ) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO uploads(account, blob_id, media_type, size, created_at) VALUES (?,?,?,?,?) \
+             ON CONFLICT(account, blob_id) DO NOTHING",
+            params![account.as_str(), blob.as_str(), media_type, size as i64, at],
+        )?;
+        Ok(())
+    }
+
+    fn has_upload(&self, account: &AccountId, blob: &BlobId) -> Result<bool> {
+        Ok(self
+            .reader()?
+            .prepare_cached("SELECT 1 FROM uploads WHERE account = ? AND blob_id = ?")?
+            .query_row([account.as_str(), blob.as_str()], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
 }

@@ -154,7 +154,7 @@ def test_protocol_errors(keypost, world, alice):
         ["Email/get", {"accountId": bob_account, "ids": []}, "other"],
         ["Email/get", {"accountId": account, "ids": ["nope", "../x", "e" * 200]}, "nf"],
         ["Email/get", {"accountId": account, "#ids": {"resultOf": "missing", "name": "Email/query", "path": "/ids"}}, "ref"],
-        ["Email/query", {"accountId": account, "filter": {"text": "invoice"}}, "f"],
+        ["Email/query", {"accountId": account, "filter": {"before": "2026-01-01T00:00:00Z"}}, "f"],
         ["Email/get", {"accountId": account, "ids": [], "properties": ["nonsense"]}, "p"],
     ])
     out = {x[2]: x for x in r.json()["methodResponses"]}
@@ -349,3 +349,31 @@ def test_submission_refuses_spoofed_senders_and_unreachable_recipients(keypost, 
     assert out["notCreated"]["b"]["type"] == "invalidRecipients"
     assert out["notCreated"]["b"]["invalidRecipients"] == ["someone@example.org"]
     assert out["notCreated"]["c"]["type"] == "invalidProperties"
+
+
+def test_full_text_search(keypost, world, alice):
+    """Runs after the tests above: "Invoice" was destroyed, "Project kickoff" moved to Archive."""
+    token, account = alice
+    def query(flt):
+        r = api(keypost, token, [
+            ["Email/query", {"accountId": account, "filter": flt, "calculateTotal": True}, "q"],
+            ["Email/get", {"accountId": account, "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
+                           "properties": ["subject"]}, "g"],
+        ])
+        assert r.status_code == 200, r.text
+        (q, g) = r.json()["methodResponses"]
+        assert q[0] == "Email/query", q
+        return sorted(e["subject"] for e in g[1]["list"])
+
+    assert query({"text": "kickoff"}) == ["Project kickoff", "Re: Project kickoff"]
+    assert query({"subject": "quarterly"}) == ["Quarterly numbers"]
+    assert query({"body": "message 2"}) == ["Re: Project kickoff"]
+    assert query({"from": "bob@fabrikam.test", "text": "kickoff"}) == ["Project kickoff", "Re: Project kickoff"]
+    assert query({"text": "invoice"}) == [], "destroyed mail is gone from the index"
+    archive = [m["id"] for m in api(keypost, token, [["Mailbox/get", {"accountId": account}, "m"]]).json()["methodResponses"][0][1]["list"] if m["role"] == "archive"][0]
+    assert query({"operator": "AND", "conditions": [{"inMailbox": archive}, {"text": "kickoff"}]}) == ["Project kickoff"]
+    assert query({"hasKeyword": "$seen", "text": "quarterly"}) == ["Quarterly numbers"]
+    # Words are words, never FTS syntax: no error, no injection.
+    for hostile in ['kickoff OR invoice', '"', 'subject:invoice', 'NEAR(a b)', '*', "') --"]:
+        query({"text": hostile})
+    assert query({"text": "kickoff OR invoice"}) == [], "OR is just another word that must appear"

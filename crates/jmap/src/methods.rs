@@ -260,27 +260,84 @@ fn mailbox_get(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
     )
 }
 
-fn email_query(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
-    let mailbox = match args.get("filter") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(f)) => {
-            if f.keys().any(|k| k != "inMailbox") {
+/// Reads an `Email/query` filter into an [`store::EmailFilter`]: a FilterCondition, or an AND
+/// FilterOperator over conditions (each property at most once).
+fn email_filter(v: Option<&Value>) -> Result<store::EmailFilter, MethodError> {
+    let mut f = store::EmailFilter::default();
+    let unsupported = |why: String| MethodError::new("unsupportedFilter", why);
+    fn merge(f: &mut store::EmailFilter, cond: &Map<String, Value>) -> Result<(), MethodError> {
+        for (k, v) in cond {
+            let text = || {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| MethodError::invalid(format!("{k} must be a string")))
+            };
+            let slot = match k.as_str() {
+                "inMailbox" => {
+                    let id = MailboxId::new(text()?)
+                        .map_err(|_| MethodError::invalid("inMailbox is not a valid id"))?;
+                    if f.mailbox.replace(id).is_some() {
+                        return Err(MethodError::new(
+                            "unsupportedFilter",
+                            "inMailbox given twice".into(),
+                        ));
+                    }
+                    continue;
+                }
+                "text" => &mut f.text,
+                "subject" => &mut f.subject,
+                "from" => &mut f.from,
+                "to" => &mut f.to,
+                "body" => &mut f.body,
+                "hasKeyword" => &mut f.has_keyword,
+                "notKeyword" => &mut f.not_keyword,
+                other => {
+                    return Err(MethodError::new(
+                        "unsupportedFilter",
+                        format!("filter property {other} is not supported"),
+                    ));
+                }
+            };
+            if slot.replace(text()?).is_some() {
                 return Err(MethodError::new(
                     "unsupportedFilter",
-                    "only the inMailbox filter is supported so far".into(),
+                    format!("{k} given twice"),
                 ));
             }
-            let id = f
-                .get("inMailbox")
-                .and_then(Value::as_str)
-                .ok_or_else(|| MethodError::invalid("inMailbox must be a mailbox id"))?;
-            Some(
-                MailboxId::new(id)
-                    .map_err(|_| MethodError::invalid("inMailbox is not a valid id"))?,
-            )
         }
+        Ok(())
+    }
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) if o.contains_key("operator") => {
+            if o.get("operator").and_then(Value::as_str) != Some("AND") {
+                return Err(unsupported(
+                    "only the AND operator is supported so far".into(),
+                ));
+            }
+            for c in o
+                .get("conditions")
+                .and_then(Value::as_array)
+                .ok_or_else(|| MethodError::invalid("conditions must be an array"))?
+            {
+                match c.as_object() {
+                    Some(c) if !c.contains_key("operator") => merge(&mut f, c)?,
+                    _ => {
+                        return Err(unsupported(
+                            "nested operators are not supported so far".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        Some(Value::Object(o)) => merge(&mut f, o)?,
         Some(_) => return Err(MethodError::invalid("filter must be an object")),
-    };
+    }
+    Ok(f)
+}
+
+fn email_query(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
+    let filter = email_filter(args.get("filter"))?;
     if let Some(sort) = args.get("sort").filter(|v| !v.is_null()) {
         let ok = sort.as_array().is_some_and(|s| {
             s.iter().all(|c| {
@@ -313,12 +370,16 @@ fn email_query(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
     };
     let (ids, total) = j
         .mail
-        .query(&a.account.id, mailbox.as_ref(), position, limit)
+        .query(&a.account.id, &filter, position, limit)
         .map_err(MethodError::server)?;
     let ev = a
         .event(Operation::MailboxQueried)
         .detail("operation", "Email/query")
-        .detail("mailbox", mailbox.as_ref().map(|m| m.to_string()))
+        .detail("mailbox", filter.mailbox.as_ref().map(|m| m.to_string()))
+        .detail(
+            "searched",
+            filter.text.is_some() || filter.subject.is_some() || filter.body.is_some(),
+        )
         .detail(
             "items",
             ids.iter().map(|i| i.to_string()).collect::<Vec<_>>(),

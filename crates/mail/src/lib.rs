@@ -233,7 +233,8 @@ impl Mail {
             has_attachment: meta.has_attachment,
             keywords,
         };
-        self.store.insert_email(&record, mailboxes, &meta.parents)?;
+        self.store
+            .insert_email(&record, mailboxes, &meta.parents, &meta.search)?;
         Ok(Delivered {
             id,
             thread_id,
@@ -262,15 +263,15 @@ impl Mail {
         Ok(self.store.mail_modseq(account)?)
     }
 
-    /// Email ids of the account, optionally of one mailbox, newest first; and the total.
+    /// Email ids of the account matching `filter`, newest first; and the total.
     pub fn query(
         &self,
         account: &AccountId,
-        mailbox: Option<&MailboxId>,
+        filter: &store::EmailFilter,
         position: u64,
         limit: u64,
     ) -> Result<(Vec<EmailId>, u64)> {
-        Ok(self.store.query_emails(account, mailbox, position, limit)?)
+        Ok(self.store.query_emails(account, filter, position, limit)?)
     }
 
     /// The account's emails among `ids`, each with its mailboxes; ids of other accounts and

@@ -20,6 +20,20 @@ pub(crate) struct Metadata {
     pub(crate) sent_at: Option<i64>,
     pub(crate) preview: String,
     pub(crate) has_attachment: bool,
+    pub(crate) search: store::SearchText,
+}
+
+/// How much body text is indexed per message.
+const MAX_INDEXED_BODY: usize = 256 * 1024;
+
+fn address_text(list: &[EmailAddress]) -> String {
+    list.iter()
+        .map(|a| match &a.name {
+            Some(n) => format!("{n} {}", a.email),
+            None => a.email.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn addresses(a: Option<&Address<'_>>) -> Vec<EmailAddress> {
@@ -58,13 +72,39 @@ pub(crate) fn metadata(raw: &[u8]) -> Result<Metadata> {
         .chars()
         .take(PREVIEW_CHARS)
         .collect();
+    let mut body = String::new();
+    for i in 0..msg.text_body_count().max(msg.html_body_count()) {
+        if let Some(t) = msg.body_text(i) {
+            body.push_str(&t);
+            body.push('\n');
+        }
+        if body.len() > MAX_INDEXED_BODY {
+            let mut cut = MAX_INDEXED_BODY;
+            while !body.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            body.truncate(cut);
+            break;
+        }
+    }
+    let (from, to, cc) = (
+        addresses(msg.from()),
+        addresses(msg.to()),
+        addresses(msg.cc()),
+    );
+    let search = store::SearchText {
+        from: address_text(&from),
+        to: format!("{} {}", address_text(&to), address_text(&cc)),
+        body,
+    };
     Ok(Metadata {
+        search,
         message_id: msg.message_id().map(str::to_owned),
         parents,
         subject: msg.subject().unwrap_or_default().to_owned(),
-        from: addresses(msg.from()),
-        to: addresses(msg.to()),
-        cc: addresses(msg.cc()),
+        from,
+        to,
+        cc,
         sent_at: msg.date().map(|d| d.to_timestamp()),
         preview,
         has_attachment: msg.attachment_count() > 0,

@@ -430,3 +430,35 @@ pub struct Changes<T> {
     /// More changes remain past `new_modseq`.
     pub has_more: bool,
 }
+
+/// The text of an email that full-text search indexes (the subject comes from the record).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchText {
+    /// From addresses and names.
+    pub from: String,
+    /// To and Cc addresses and names.
+    pub to: String,
+    /// The text of the body (HTML converted to text), bounded.
+    pub body: String,
+}
+
+/// An `Email/query` filter: every field that is set must match (AND).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmailFilter {
+    /// In this mailbox.
+    pub mailbox: Option<crate::MailboxId>,
+    /// These words anywhere (subject, addresses, body).
+    pub text: Option<String>,
+    /// These words in the subject.
+    pub subject: Option<String>,
+    /// These words in From.
+    pub from: Option<String>,
+    /// These words in To/Cc.
+    pub to: Option<String>,
+    /// These words in the body.
+    pub body: Option<String>,
+    /// Has this keyword.
+    pub has_keyword: Option<String>,
+    /// Lacks this keyword.
+    pub not_keyword: Option<String>,
+}

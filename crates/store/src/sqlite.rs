@@ -223,6 +223,14 @@ CREATE TABLE uploads (
     PRIMARY KEY (account, blob_id)
 ) STRICT, WITHOUT ROWID;
 "#,
+    r#"
+-- Full-text search over subject, addresses and body; rowid = the emails row's rowid. Contentless:
+-- the text lives in the blob, the index only points at rows.
+CREATE VIRTUAL TABLE email_fts USING fts5(
+    subject, from_text, to_text, body,
+    content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2'
+);
+"#,
 ];
 
 /// Read-only connections per file-backed store.

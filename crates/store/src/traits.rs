@@ -128,13 +128,14 @@ pub trait MailStore: Send + Sync {
     fn create_mailboxes(&self, mailboxes: &[Mailbox]) -> Result<()>;
     /// An account's mailboxes, by sort order then name.
     fn list_mailboxes(&self, account: &AccountId) -> Result<Vec<Mailbox>>;
-    /// Stores an email's metadata, its mailbox memberships and the message ids it refers to,
-    /// durably; returns the account's new modseq.
+    /// Stores an email's metadata, its mailbox memberships, the message ids it refers to and its
+    /// search text, durably; returns the account's new modseq.
     fn insert_email(
         &self,
         email: &EmailRecord,
         mailboxes: &[MailboxId],
         references: &[String],
+        search: &SearchText,
     ) -> Result<i64>;
     /// The thread of an email of `account` whose Message-ID is in `parents`, or one that refers
     /// to `own` (a reply that arrived first).
@@ -152,12 +153,12 @@ pub trait MailStore: Send + Sync {
     fn count_emails(&self, account: &AccountId, mailbox: Option<&MailboxId>) -> Result<u64>;
     /// The account's current modseq (0 if it never had mail).
     fn mail_modseq(&self, account: &AccountId) -> Result<i64>;
-    /// Ids of the account's emails, optionally in one mailbox, newest first (`receivedAt`
-    /// descending, then id), from `position`, at most `limit`; and the total count.
+    /// Ids of the account's emails matching `filter`, newest first (`receivedAt` descending,
+    /// then id), from `position`, at most `limit`; and the total count.
     fn query_emails(
         &self,
         account: &AccountId,
-        mailbox: Option<&MailboxId>,
+        filter: &EmailFilter,
         position: u64,
         limit: u64,
     ) -> Result<(Vec<EmailId>, u64)>;

@@ -19,6 +19,18 @@ fn next_modseq(tx: &Transaction<'_>, account: &AccountId) -> Result<i64> {
     )?)
 }
 
+/// A user's search words as an FTS5 query: every word quoted (so no word is read as FTS5 syntax
+/// such as `OR`, `NEAR` or a column filter), all of them required. `None` if there are none.
+fn fts_terms(words: &str) -> Option<String> {
+    let terms: Vec<String> = words
+        .split(|c: char| !c.is_alphanumeric() && c != '@' && c != '.' && c != '-' && c != '_')
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .take(32)
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" "))
+}
+
 /// Marks mailboxes updated (their counts changed) at `modseq`.
 fn touch_mailboxes(tx: &Transaction<'_>, mailboxes: &[MailboxId], modseq: i64) -> Result<()> {
     for m in mailboxes {
@@ -237,6 +249,7 @@ impl MailStore for SqliteStore {
         e: &EmailRecord,
         mailboxes: &[MailboxId],
         references: &[String],
+        search: &crate::model::SearchText,
     ) -> Result<i64> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
@@ -262,6 +275,12 @@ impl MailStore for SqliteStore {
                 modseq,
                 modseq
             ],
+        )?;
+        // The emails row's rowid keys its search entry.
+        let rowid = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO email_fts(rowid, subject, from_text, to_text, body) VALUES (?, ?, ?, ?, ?)",
+            params![rowid, e.subject, search.from, search.to, search.body],
         )?;
         for m in mailboxes {
             tx.execute(
@@ -358,36 +377,71 @@ impl MailStore for SqliteStore {
     fn query_emails(
         &self,
         account: &AccountId,
-        mailbox: Option<&MailboxId>,
+        f: &crate::model::EmailFilter,
         position: u64,
         limit: u64,
     ) -> Result<(Vec<EmailId>, u64)> {
+        let mut from = String::from("emails e");
+        let mut cond = vec![
+            "e.account = ?".to_owned(),
+            "e.destroyed_modseq IS NULL".to_owned(),
+        ];
+        let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(account.to_string())];
+        if let Some(m) = &f.mailbox {
+            from.push_str(" JOIN email_mailboxes em ON em.email = e.id");
+            cond.push("em.mailbox = ?".into());
+            args.push(Box::new(m.to_string()));
+        }
+        let mut fts = Vec::new();
+        for (column, words) in [
+            ("", &f.text),
+            ("subject", &f.subject),
+            ("from_text", &f.from),
+            ("to_text", &f.to),
+            ("body", &f.body),
+        ] {
+            if let Some(w) = words.as_deref().and_then(fts_terms) {
+                fts.push(if column.is_empty() {
+                    w
+                } else {
+                    format!("{column} : ({w})")
+                });
+            }
+        }
+        if f.text.is_some()
+            || f.subject.is_some()
+            || f.from.is_some()
+            || f.to.is_some()
+            || f.body.is_some()
+        {
+            if fts.is_empty() {
+                // Only punctuation was asked for: nothing matches.
+                return Ok((Vec::new(), 0));
+            }
+            from.push_str(" JOIN email_fts ON email_fts.rowid = e.rowid");
+            cond.push("email_fts MATCH ?".into());
+            args.push(Box::new(fts.join(" AND ")));
+        }
+        for (k, negate) in [(&f.has_keyword, false), (&f.not_keyword, true)] {
+            if let Some(k) = k {
+                let not = if negate { "NOT " } else { "" };
+                cond.push(format!(
+                    "{not}EXISTS (SELECT 1 FROM json_each(e.keywords) WHERE value = ?)"
+                ));
+                args.push(Box::new(k.to_ascii_lowercase()));
+            }
+        }
+        let cond = cond.join(" AND ");
         let conn = self.reader()?;
-        let (from, cond, mut args): (&str, &str, Vec<Box<dyn ToSql>>) = match mailbox {
-            Some(m) => (
-                "emails e JOIN email_mailboxes em ON em.email = e.id",
-                "e.account = ? AND em.mailbox = ? AND e.destroyed_modseq IS NULL",
-                vec![Box::new(account.to_string()), Box::new(m.to_string())],
-            ),
-            None => (
-                "emails e",
-                "e.account = ? AND e.destroyed_modseq IS NULL",
-                vec![Box::new(account.to_string())],
-            ),
-        };
         let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
-        let total: u64 = conn.query_row(
-            &format!("SELECT COUNT(*) FROM {from} WHERE {cond}"),
-            &params[..],
-            |r| r.get(0),
-        )?;
+        let total: u64 = conn
+            .prepare_cached(&format!("SELECT COUNT(*) FROM {from} WHERE {cond}"))?
+            .query_row(&params[..], |r| r.get(0))?;
         args.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
         args.push(Box::new(i64::try_from(position).unwrap_or(i64::MAX)));
         let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
         let ids = conn
-            .prepare_cached(&format!(
-                "SELECT e.id FROM {from} WHERE {cond} ORDER BY e.received_at DESC, e.id DESC LIMIT ? OFFSET ?"
-            ))?
+            .prepare_cached(&format!("SELECT e.id FROM {from} WHERE {cond} ORDER BY e.received_at DESC, e.id DESC LIMIT ? OFFSET ?"))?
             .query_map(&params[..], |r| r.get::<_, String>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok((ids.into_iter().map(parse_id).collect::<Result<_>>()?, total))
@@ -483,6 +537,10 @@ impl MailStore for SqliteStore {
         let modseq = next_modseq(&tx, account)?;
         let before = memberships(&tx, id)?;
         tx.execute("DELETE FROM email_mailboxes WHERE email = ?", [id.as_str()])?;
+        tx.execute(
+            "DELETE FROM email_fts WHERE rowid = (SELECT rowid FROM emails WHERE id = ?)",
+            [id.as_str()],
+        )?;
         tx.execute(
             "UPDATE emails SET destroyed_modseq = ? WHERE id = ?",
             params![modseq, id.as_str()],

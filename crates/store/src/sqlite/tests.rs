@@ -439,8 +439,13 @@ fn email_changes_are_exact_across_concurrent_writers() {
         keywords: vec![],
     };
     for i in 0..20 {
-        s.insert_email(&email(i), std::slice::from_ref(&inbox), &[])
-            .unwrap();
+        s.insert_email(
+            &email(i),
+            std::slice::from_ref(&inbox),
+            &[],
+            &Default::default(),
+        )
+        .unwrap();
     }
     let base = s.mail_modseq(&account).unwrap();
     // Four writers at once: new mail, keyword updates, destroys.
@@ -453,8 +458,13 @@ fn email_changes_are_exact_across_concurrent_writers() {
                     let n = t * 5 + i;
                     match t {
                         0 => {
-                            s.insert_email(&email(100 + n), std::slice::from_ref(&inbox), &[])
-                                .unwrap();
+                            s.insert_email(
+                                &email(100 + n),
+                                std::slice::from_ref(&inbox),
+                                &[],
+                                &Default::default(),
+                            )
+                            .unwrap();
                         }
                         1 | 2 => {
                             s.update_email(

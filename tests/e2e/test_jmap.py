@@ -377,3 +377,38 @@ def test_full_text_search(keypost, world, alice):
     for hostile in ['kickoff OR invoice', '"', 'subject:invoice', 'NEAR(a b)', '*', "') --"]:
         query({"text": hostile})
     assert query({"text": "kickoff OR invoice"}) == [], "OR is just another word that must appear"
+
+
+def test_mailbox_create_rename_nest_and_destroy(keypost, world):
+    token = keypost.tokens_for(world.carol)["access_token"]
+    account = unverified(token)[1]["sub"]
+    def call(*calls):
+        r = api(keypost, token, list(calls))
+        assert r.status_code == 200, r.text
+        return {x[2]: x[1] for x in r.json()["methodResponses"]}
+
+    out = call(["Mailbox/set", {"accountId": account, "create": {
+        "p": {"name": "Projects"},
+        "dup": {"name": "Inbox"},
+        "bad": {"name": ""},
+        "role": {"name": "Other", "role": "inbox"},
+    }}, "s"])["s"]
+    projects = out["created"]["p"]["id"]
+    assert set(out["notCreated"]) == {"dup", "bad", "role"}
+    out = call(["Mailbox/set", {"accountId": account, "create": {"c": {"name": "Keypost", "parentId": projects}}}, "s"])["s"]
+    child = out["created"]["c"]["id"]
+
+    out = call(
+        ["Mailbox/set", {"accountId": account, "update": {child: {"name": "Keypost 2026"}, projects: {"parentId": child}}}, "s"],
+        ["Mailbox/query", {"accountId": account, "filter": {"parentId": projects}}, "q"],
+    )
+    assert out["s"]["updated"] == {child: None}
+    assert out["s"]["notUpdated"][projects]["type"] == "invalidProperties", "no cycles"
+    assert out["q"]["ids"] == [child]
+
+    inbox = call(["Mailbox/query", {"accountId": account, "filter": {"role": "inbox"}}, "q"])["q"]["ids"][0]
+    out = call(["Mailbox/set", {"accountId": account, "destroy": [projects, inbox]}, "s"])["s"]
+    assert out["notDestroyed"][projects]["type"] == "mailboxHasChild"
+    assert out["notDestroyed"][inbox]["type"] == "forbidden"
+    out = call(["Mailbox/set", {"accountId": account, "destroy": [child]}, "s"], ["Mailbox/set", {"accountId": account, "destroy": [projects]}, "t"])
+    assert out["s"]["destroyed"] == [child] and out["t"]["destroyed"] == [projects]

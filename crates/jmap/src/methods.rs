@@ -133,6 +133,8 @@ pub(crate) fn call(j: &Jmap, a: &Authed, name: &str, args: &Map<String, Value>) 
         "Email/changes" => plain(changes(j, a, args, false)),
         "Mailbox/changes" => plain(changes(j, a, args, true)),
         "Email/import" => plain(crate::submit::email_import(j, a, args)),
+        "Mailbox/set" => plain(mailbox_set(j, a, args)),
+        "Mailbox/query" => plain(mailbox_query(j, a, args)),
         "Identity/get" => plain(crate::submit::identity_get(j, a, args)),
         "EmailSubmission/set" => crate::submit::submission_set(j, a, args),
         _ => Err(MethodError::new(
@@ -847,4 +849,265 @@ fn changes(j: &Jmap, a: &Authed, args: &Map<String, Value>, mailboxes: bool) -> 
         out["updatedProperties"] = Value::Null;
     }
     Ok(out)
+}
+
+fn mailbox_fields(
+    spec: &Map<String, Value>,
+    current: Option<&store::Mailbox>,
+) -> Result<(String, Option<MailboxId>, u32), Value> {
+    for k in spec.keys() {
+        match k.as_str() {
+            "name" | "parentId" | "sortOrder" | "isSubscribed" => {}
+            "role"
+                if spec.get("role").is_none_or(|r| {
+                    r.is_null() || current.is_some_and(|c| c.role.as_deref() == r.as_str())
+                }) => {}
+            other => {
+                return Err(set_error(
+                    "invalidProperties",
+                    &format!("{other} cannot be set"),
+                    &[other],
+                ));
+            }
+        }
+    }
+    let name = match spec.get("name") {
+        Some(Value::String(n)) => n.clone(),
+        None => current
+            .map(|c| c.name.clone())
+            .ok_or_else(|| set_error("invalidProperties", "name is required", &["name"]))?,
+        Some(_) => {
+            return Err(set_error(
+                "invalidProperties",
+                "name must be a string",
+                &["name"],
+            ));
+        }
+    };
+    let parent = match spec.get("parentId") {
+        None => current.and_then(|c| c.parent.clone()),
+        Some(Value::Null) => None,
+        Some(Value::String(p)) => Some(
+            MailboxId::new(p.as_str())
+                .map_err(|_| set_error("invalidProperties", "unknown parentId", &["parentId"]))?,
+        ),
+        Some(_) => {
+            return Err(set_error(
+                "invalidProperties",
+                "parentId must be an id or null",
+                &["parentId"],
+            ));
+        }
+    };
+    let sort_order = match spec.get("sortOrder") {
+        None => current.map(|c| c.sort_order).unwrap_or(100),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                set_error(
+                    "invalidProperties",
+                    "sortOrder must be a small non-negative integer",
+                    &["sortOrder"],
+                )
+            })?,
+    };
+    Ok((name, parent, sort_order))
+}
+
+fn mail_set_error(e: mail::Error) -> Result<Value, MethodError> {
+    Ok(match e {
+        mail::Error::Invalid(why) => set_error("invalidProperties", &why, &[]),
+        mail::Error::NoMailbox(_) => set_error("notFound", "no such mailbox", &[]),
+        mail::Error::Store(store::Error::NotFound(_)) => {
+            set_error("notFound", "no such mailbox", &[])
+        }
+        mail::Error::Store(store::Error::Conflict(kind)) if kind == "mailboxHasChild" => {
+            set_error("mailboxHasChild", "the mailbox has child mailboxes", &[])
+        }
+        mail::Error::Store(store::Error::Conflict(kind)) if kind == "mailboxHasEmail" => set_error(
+            "mailboxHasEmail",
+            "the mailbox has emails (see onDestroyRemoveEmails)",
+            &[],
+        ),
+        mail::Error::Store(store::Error::Conflict(_)) => {
+            set_error("invalidProperties", "a sibling has that name", &["name"])
+        }
+        other => return Err(MethodError::server(other)),
+    })
+}
+
+fn mailbox_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
+    let old_state = state(j, a)?;
+    if let Some(expected) = args.get("ifInState").and_then(Value::as_str)
+        && expected != old_state
+    {
+        return Err(MethodError::new(
+            "stateMismatch",
+            "the account changed since ifInState".into(),
+        ));
+    }
+    let acc = &a.account.id;
+    let (mut created, mut not_created) = (Map::new(), Map::new());
+    let (mut updated, mut not_updated) = (Map::new(), Map::new());
+    let (mut destroyed, mut not_destroyed) = (Vec::new(), Map::new());
+    let mut touched = Vec::new();
+    for (cid, spec) in args
+        .get("create")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let spec = spec.as_object().cloned().unwrap_or_default();
+        match mailbox_fields(&spec, None) {
+            Ok((name, parent, order)) => {
+                match j.mail.create_mailbox(acc, &name, parent.as_ref(), order) {
+                    Ok(m) => {
+                        touched.push(m.id.to_string());
+                        created.insert(cid.clone(), json!({"id": m.id, "totalEmails": 0, "unreadEmails": 0, "totalThreads": 0, "unreadThreads": 0, "isSubscribed": true}));
+                    }
+                    Err(e) => {
+                        not_created.insert(cid.clone(), mail_set_error(e)?);
+                    }
+                }
+            }
+            Err(e) => {
+                not_created.insert(cid.clone(), e);
+            }
+        }
+    }
+    if args
+        .get("update")
+        .and_then(Value::as_object)
+        .is_some_and(|u| !u.is_empty())
+    {
+        let boxes = j.mail.mailboxes(acc).map_err(MethodError::server)?;
+        for (id, spec) in args
+            .get("update")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let Some(current) = boxes.iter().find(|m| m.id.as_str() == id) else {
+                not_updated.insert(id.clone(), set_error("notFound", "no such mailbox", &[]));
+                continue;
+            };
+            let spec = spec.as_object().cloned().unwrap_or_default();
+            match mailbox_fields(&spec, Some(current)) {
+                Ok((name, parent, order)) => {
+                    match j
+                        .mail
+                        .update_mailbox(acc, &current.id, &name, parent.as_ref(), order)
+                    {
+                        Ok(()) => {
+                            touched.push(id.clone());
+                            updated.insert(id.clone(), Value::Null);
+                        }
+                        Err(e) => {
+                            not_updated.insert(id.clone(), mail_set_error(e)?);
+                        }
+                    }
+                }
+                Err(e) => {
+                    not_updated.insert(id.clone(), e);
+                }
+            }
+        }
+    }
+    let remove = args
+        .get("onDestroyRemoveEmails")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    for id in args
+        .get("destroy")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        let result = match MailboxId::new(id) {
+            Ok(m) => j.mail.destroy_mailbox(acc, &m, remove),
+            Err(_) => Err(mail::Error::NoMailbox(id.to_owned())),
+        };
+        match result {
+            Ok(()) => {
+                touched.push(id.to_owned());
+                destroyed.push(id.to_owned());
+            }
+            Err(mail::Error::Invalid(why)) => {
+                not_destroyed.insert(id.to_owned(), set_error("forbidden", &why, &[]));
+            }
+            Err(e) => {
+                not_destroyed.insert(id.to_owned(), mail_set_error(e)?);
+            }
+        }
+    }
+    if !touched.is_empty() {
+        let ev = a
+            .event(Operation::MailItemsUpdated)
+            .detail("operation", "Mailbox/set")
+            .detail("mailboxes", touched);
+        j.audit.record(ev, now()).map_err(MethodError::server)?;
+    }
+    let opt = |m: Map<String, Value>| {
+        if m.is_empty() {
+            Value::Null
+        } else {
+            Value::Object(m)
+        }
+    };
+    Ok(json!({
+        "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,
+        "created": opt(created), "updated": opt(updated), "destroyed": if destroyed.is_empty() { Value::Null } else { json!(destroyed) },
+        "notCreated": opt(not_created), "notUpdated": opt(not_updated), "notDestroyed": opt(not_destroyed),
+    }))
+}
+
+fn mailbox_query(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
+    let boxes = j
+        .mail
+        .mailboxes(&a.account.id)
+        .map_err(MethodError::server)?;
+    let filter = args
+        .get("filter")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for k in filter.keys() {
+        if !["parentId", "role", "hasAnyRole", "name"].contains(&k.as_str()) {
+            return Err(MethodError::new(
+                "unsupportedFilter",
+                format!("filter property {k} is not supported"),
+            ));
+        }
+    }
+    let ids: Vec<&str> = boxes
+        .iter()
+        .filter(|m| match filter.get("parentId") {
+            None => true,
+            Some(Value::Null) => m.parent.is_none(),
+            Some(p) => m.parent.as_ref().map(|x| x.as_str()) == p.as_str(),
+        })
+        .filter(|m| {
+            filter
+                .get("role")
+                .is_none_or(|r| m.role.as_deref() == r.as_str())
+        })
+        .filter(|m| {
+            filter
+                .get("hasAnyRole")
+                .and_then(Value::as_bool)
+                .is_none_or(|h| m.role.is_some() == h)
+        })
+        .filter(|m| {
+            filter
+                .get("name")
+                .and_then(Value::as_str)
+                .is_none_or(|n| m.name.to_lowercase().contains(&n.to_lowercase()))
+        })
+        .map(|m| m.id.as_str())
+        .collect();
+    Ok(
+        json!({"accountId": a.account.id, "queryState": state(j, a)?, "canCalculateChanges": false, "position": 0, "ids": ids, "total": ids.len()}),
+    )
 }

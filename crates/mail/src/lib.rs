@@ -48,9 +48,51 @@ pub enum Error {
         /// Why it failed.
         error: String,
     },
+    /// A request that breaks a rule of the mail model (the message says which).
+    #[error("{0}")]
+    Invalid(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+}
+
+/// RFC 8621 §2: a name is 1–255 characters without control characters, unique among its
+/// siblings; a parent exists and is not the mailbox itself or one of its descendants.
+fn check_mailbox(
+    boxes: &[Mailbox],
+    name: &str,
+    parent: Option<&MailboxId>,
+    this: Option<&MailboxId>,
+) -> Result<()> {
+    if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
+        return Err(Error::Invalid(
+            "a mailbox name is 1 to 255 characters without control characters".into(),
+        ));
+    }
+    if boxes
+        .iter()
+        .any(|m| Some(&m.id) != this && m.parent.as_ref() == parent && m.name == name)
+    {
+        return Err(Error::Invalid(format!(
+            "a sibling mailbox is already called {name:?}"
+        )));
+    }
+    let mut cursor = parent.cloned();
+    let mut depth = 0;
+    while let Some(p) = cursor {
+        if Some(&p) == this {
+            return Err(Error::Invalid("a mailbox cannot be inside itself".into()));
+        }
+        let Some(m) = boxes.iter().find(|m| m.id == p) else {
+            return Err(Error::NoMailbox(p.to_string()));
+        };
+        depth += 1;
+        if depth > 10 {
+            return Err(Error::Invalid("mailboxes nest at most 10 deep".into()));
+        }
+        cursor = m.parent.clone();
+    }
+    Ok(())
 }
 
 /// The mailboxes every account has, with their JMAP roles (RFC 8621 §2).
@@ -385,6 +427,65 @@ impl Mail {
             return Ok(None);
         }
         Ok(self.blobs.get(blob)?)
+    }
+
+    /// Creates a mailbox (never one with a role: those exist from the start).
+    pub fn create_mailbox(
+        &self,
+        account: &AccountId,
+        name: &str,
+        parent: Option<&MailboxId>,
+        sort_order: u32,
+    ) -> Result<Mailbox> {
+        let boxes = self.mailboxes(account)?;
+        check_mailbox(&boxes, name, parent, None)?;
+        let m = Mailbox {
+            id: MailboxId::new(new_id('m')?).map_err(|e| store::Error::Corrupt(e.to_string()))?,
+            account: account.clone(),
+            name: name.to_owned(),
+            role: None,
+            parent: parent.cloned(),
+            sort_order,
+        };
+        self.store.create_mailboxes(std::slice::from_ref(&m))?;
+        Ok(m)
+    }
+
+    /// Renames, moves or reorders a mailbox.
+    pub fn update_mailbox(
+        &self,
+        account: &AccountId,
+        id: &MailboxId,
+        name: &str,
+        parent: Option<&MailboxId>,
+        sort_order: u32,
+    ) -> Result<()> {
+        let boxes = self.mailboxes(account)?;
+        check_mailbox(&boxes, name, parent, Some(id))?;
+        self.store
+            .update_mailbox(account, id, name, parent, sort_order)?;
+        Ok(())
+    }
+
+    /// Destroys a mailbox that has no role (see [`store::MailStore::destroy_mailbox`]).
+    pub fn destroy_mailbox(
+        &self,
+        account: &AccountId,
+        id: &MailboxId,
+        remove_emails: bool,
+    ) -> Result<()> {
+        let boxes = self.mailboxes(account)?;
+        match boxes.iter().find(|m| &m.id == id) {
+            None => return Err(Error::NoMailbox(id.to_string())),
+            Some(m) if m.role.is_some() => {
+                return Err(Error::Invalid(
+                    "a mailbox with a role cannot be destroyed".into(),
+                ));
+            }
+            Some(_) => {}
+        }
+        self.store.destroy_mailbox(account, id, remove_emails)?;
+        Ok(())
     }
 }
 

@@ -194,6 +194,24 @@ pub trait MailStore: Send + Sync {
         since: i64,
         max: u64,
     ) -> Result<Option<Changes<MailboxId>>>;
+    /// Renames, moves or reorders a mailbox; `NotFound` if the account has no such mailbox,
+    /// `Conflict` if a sibling has the name.
+    fn update_mailbox(
+        &self,
+        account: &AccountId,
+        id: &MailboxId,
+        name: &str,
+        parent: Option<&MailboxId>,
+        sort_order: u32,
+    ) -> Result<i64>;
+    /// Destroys a mailbox. Its emails that are in no other mailbox are destroyed with it when
+    /// `remove_emails`; otherwise a non-empty mailbox is a `Conflict`.
+    fn destroy_mailbox(
+        &self,
+        account: &AccountId,
+        id: &MailboxId,
+        remove_emails: bool,
+    ) -> Result<i64>;
     /// Records that `account` uploaded a blob (which gives it access to the blob).
     fn record_upload(
         &self,

@@ -592,4 +592,100 @@ impl MailStore for SqliteStore {
             .optional()?
             .is_some())
     }
+
+    fn update_mailbox(
+        &self,
+        account: &AccountId,
+        id: &MailboxId,
+        name: &str,
+        parent: Option<&MailboxId>,
+        sort_order: u32,
+    ) -> Result<i64> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let modseq = next_modseq(&tx, account)?;
+        let n = tx.execute(
+            "UPDATE mailboxes SET name = ?, parent = ?, sort_order = ?, updated_modseq = ? \
+             WHERE id = ? AND account = ? AND destroyed_modseq IS NULL",
+            params![
+                name,
+                parent.map(MailboxId::as_str),
+                sort_order,
+                modseq,
+                id.as_str(),
+                account.as_str()
+            ],
+        )?;
+        if n == 0 {
+            return Err(crate::Error::NotFound(format!("mailbox {id}")));
+        }
+        tx.commit()?;
+        Ok(modseq)
+    }
+
+    fn destroy_mailbox(
+        &self,
+        account: &AccountId,
+        id: &MailboxId,
+        remove_emails: bool,
+    ) -> Result<i64> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let exists: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM mailboxes WHERE id = ? AND account = ? AND destroyed_modseq IS NULL",
+            [id.as_str(), account.as_str()],
+            |r| r.get(0),
+        )?;
+        if exists == 0 {
+            return Err(crate::Error::NotFound(format!("mailbox {id}")));
+        }
+        let children: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM mailboxes WHERE parent = ? AND destroyed_modseq IS NULL",
+            [id.as_str()],
+            |r| r.get(0),
+        )?;
+        if children > 0 {
+            return Err(crate::Error::Conflict("mailboxHasChild".into()));
+        }
+        let emails: Vec<String> = tx
+            .prepare("SELECT email FROM email_mailboxes WHERE mailbox = ?")?
+            .query_map([id.as_str()], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if !emails.is_empty() && !remove_emails {
+            return Err(crate::Error::Conflict("mailboxHasEmail".into()));
+        }
+        let modseq = next_modseq(&tx, account)?;
+        for e in &emails {
+            tx.execute(
+                "DELETE FROM email_mailboxes WHERE email = ? AND mailbox = ?",
+                [e.as_str(), id.as_str()],
+            )?;
+            let elsewhere: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM email_mailboxes WHERE email = ?",
+                [e.as_str()],
+                |r| r.get(0),
+            )?;
+            if elsewhere == 0 {
+                tx.execute(
+                    "DELETE FROM email_fts WHERE rowid = (SELECT rowid FROM emails WHERE id = ?)",
+                    [e.as_str()],
+                )?;
+                tx.execute(
+                    "UPDATE emails SET destroyed_modseq = ? WHERE id = ?",
+                    params![modseq, e.as_str()],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE emails SET updated_modseq = ? WHERE id = ?",
+                    params![modseq, e.as_str()],
+                )?;
+            }
+        }
+        tx.execute(
+            "UPDATE mailboxes SET destroyed_modseq = ? WHERE id = ?",
+            params![modseq, id.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(modseq)
+    }
 }

@@ -412,3 +412,37 @@ def test_mailbox_create_rename_nest_and_destroy(keypost, world):
     assert out["notDestroyed"][inbox]["type"] == "forbidden"
     out = call(["Mailbox/set", {"accountId": account, "destroy": [child]}, "s"], ["Mailbox/set", {"accountId": account, "destroy": [projects]}, "t"])
     assert out["s"]["destroyed"] == [child] and out["t"]["destroyed"] == [projects]
+
+
+def test_reading_bodies_and_attachments(keypost, world, alice):
+    token, account = alice
+    m = EmailMessage()
+    m["From"] = "Bob <bob@fabrikam.test>"
+    m["To"] = world.alice.email
+    m["Subject"] = "Contract"
+    m.set_content("Please find the contract attached.\nRégards, Bob\n")
+    m.add_alternative("<p>Please find the <b>contract</b> attached.</p>", subtype="html")
+    m.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="contract.pdf")
+    s = session(keypost, token).json()
+    blob = requests.post(s["uploadUrl"].format(accountId=account), data=m.as_bytes(), headers=auth(token), timeout=HTTP_TIMEOUT_S).json()["blobId"]
+    inbox = api(keypost, token, [["Mailbox/query", {"accountId": account, "filter": {"role": "inbox"}}, "q"]]).json()["methodResponses"][0][1]["ids"][0]
+    imported = api(keypost, token, [
+        ["Email/import", {"accountId": account, "emails": {"c": {"blobId": blob, "mailboxIds": {inbox: True}}}}, "i"],
+    ]).json()["methodResponses"][0][1]
+    email_id = imported["created"]["c"]["id"]
+    r = api(keypost, token, [
+        ["Email/get", {"accountId": account, "ids": [email_id],
+                       "properties": ["textBody", "htmlBody", "attachments", "bodyValues", "hasAttachment"],
+                       "fetchTextBodyValues": True, "maxBodyValueBytes": 20}, "g"],
+    ])
+    assert r.status_code == 200, r.text
+    (email,) = r.json()["methodResponses"][0][1]["list"]
+    assert email["hasAttachment"] is True
+    assert [p["type"] for p in email["textBody"]] == ["text/plain"]
+    assert [p["type"] for p in email["htmlBody"]] == ["text/html"]
+    assert [(p["name"], p["type"]) for p in email["attachments"]] == [("contract.pdf", "application/pdf")]
+    text_part = email["textBody"][0]["partId"]
+    value = email["bodyValues"][text_part]
+    assert value["value"] == "Please find the cont" and value["isTruncated"] is True
+    assert email["htmlBody"][0]["partId"] not in email["bodyValues"], "only text values were asked for"
+    assert "textBody" in keypost.audit("MailItemsAccessed", realm="contoso")[-1]["details"]["properties"]

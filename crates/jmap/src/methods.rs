@@ -401,7 +401,7 @@ fn email_query(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
     Ok(out)
 }
 
-const EMAIL_PROPERTIES: [&str; 16] = [
+const EMAIL_PROPERTIES: [&str; 20] = [
     "id",
     "blobId",
     "threadId",
@@ -418,7 +418,12 @@ const EMAIL_PROPERTIES: [&str; 16] = [
     "hasAttachment",
     "preview",
     "inReplyTo",
+    "textBody",
+    "htmlBody",
+    "attachments",
+    "bodyValues",
 ];
+const BODY_PROPERTIES: [&str; 4] = ["textBody", "htmlBody", "attachments", "bodyValues"];
 const EMAIL_DEFAULT_PROPERTIES: [&str; 15] = [
     "id",
     "blobId",
@@ -486,6 +491,15 @@ fn email_get(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
         )
         .detail("properties", props.clone());
     j.audit.record(ev, now()).map_err(MethodError::server)?;
+    let body_opts = BodyOptions::from(args);
+    let mut bodies = std::collections::HashMap::new();
+    if props.iter().any(|p| BODY_PROPERTIES.contains(&p.as_str())) {
+        for (e, _) in &found {
+            if let Some(b) = j.mail.body(&a.account.id, e).map_err(MethodError::server)? {
+                bodies.insert(e.id.to_string(), b);
+            }
+        }
+    }
     let list: Vec<Value> = found
         .iter()
         .map(|(e, boxes)| {
@@ -500,7 +514,12 @@ fn email_get(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
                 "inReplyTo": Value::Null,
             });
             match full {
-                Value::Object(o) => select(o, &Some(props.clone())),
+                Value::Object(mut o) => {
+                    if let Some(b) = bodies.get(e.id.as_str()) {
+                        add_body(&mut o, b, &body_opts);
+                    }
+                    select(o, &Some(props.clone()))
+                }
                 other => other,
             }
         })
@@ -1110,4 +1129,63 @@ fn mailbox_query(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
     Ok(
         json!({"accountId": a.account.id, "queryState": state(j, a)?, "canCalculateChanges": false, "position": 0, "ids": ids, "total": ids.len()}),
     )
+}
+
+/// Which body values an `Email/get` asked for (RFC 8621 §4.2).
+struct BodyOptions {
+    text: bool,
+    html: bool,
+    all: bool,
+    max_bytes: usize,
+}
+
+impl BodyOptions {
+    fn from(args: &Map<String, Value>) -> Self {
+        let flag = |k: &str| args.get(k).and_then(Value::as_bool).unwrap_or(false);
+        Self {
+            text: flag("fetchTextBodyValues"),
+            html: flag("fetchHTMLBodyValues"),
+            all: flag("fetchAllBodyValues"),
+            max_bytes: args
+                .get("maxBodyValueBytes")
+                .and_then(Value::as_u64)
+                .filter(|n| *n > 0)
+                .map_or(usize::MAX, |n| n as usize),
+        }
+    }
+}
+
+fn part_json(p: &mail::Part) -> Value {
+    // Parts are not separately addressable blobs yet: download the whole message instead.
+    json!({"partId": p.part_id, "blobId": null, "size": p.size, "type": p.media_type, "charset": p.charset,
+           "name": p.name, "disposition": p.disposition})
+}
+
+fn add_body(o: &mut Map<String, Value>, b: &mail::Body, opts: &BodyOptions) {
+    o.insert(
+        "textBody".into(),
+        b.text_body.iter().map(part_json).collect(),
+    );
+    o.insert(
+        "htmlBody".into(),
+        b.html_body.iter().map(part_json).collect(),
+    );
+    o.insert(
+        "attachments".into(),
+        b.attachments.iter().map(part_json).collect(),
+    );
+    let wanted = |id: &str| {
+        opts.all
+            || (opts.text && b.text_body.iter().any(|p| p.part_id == id))
+            || (opts.html && b.html_body.iter().any(|p| p.part_id == id))
+    };
+    let mut values = Map::new();
+    for (id, text) in b.values.iter().filter(|(id, _)| wanted(id)) {
+        let mut cut = text.len().min(opts.max_bytes);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        values.insert(id.clone(), json!({"value": &text[..cut], "isEncodingProblem": false, "isTruncated": cut < text.len()}));
+    }
+    o.insert("bodyValues".into(), Value::Object(values));
 }

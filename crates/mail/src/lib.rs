@@ -26,6 +26,7 @@ use store::{
 };
 
 pub use import::{ImportReport, ImportSource};
+pub use parse::{Body, Part};
 
 /// Result alias.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -486,6 +487,17 @@ impl Mail {
         }
         self.store.destroy_mailbox(account, id, remove_emails)?;
         Ok(())
+    }
+
+    /// The parsed body of one of the account's emails.
+    pub fn body(&self, account: &AccountId, email: &EmailRecord) -> Result<Option<Body>> {
+        if &email.account != account {
+            return Ok(None);
+        }
+        match self.blobs.get(&email.blob_id)? {
+            Some(raw) => Ok(Some(parse::body(&raw)?)),
+            None => Ok(None),
+        }
     }
 }
 

@@ -110,3 +110,77 @@ pub(crate) fn metadata(raw: &[u8]) -> Result<Metadata> {
         has_attachment: msg.attachment_count() > 0,
     })
 }
+
+/// One MIME part as JMAP's EmailBodyPart describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Position of the part in the message (JMAP `partId`).
+    pub part_id: String,
+    /// `type/subtype`, lowercase.
+    pub media_type: String,
+    /// `charset` parameter.
+    pub charset: Option<String>,
+    /// Decoded size in bytes.
+    pub size: usize,
+    /// File name, if any.
+    pub name: Option<String>,
+    /// `inline` or `attachment`, if stated.
+    pub disposition: Option<String>,
+}
+
+/// The body of a message, as JMAP's textBody / htmlBody / attachments / bodyValues need it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Body {
+    /// Parts to show as plain text.
+    pub text_body: Vec<Part>,
+    /// Parts to show as HTML.
+    pub html_body: Vec<Part>,
+    /// Attachments.
+    pub attachments: Vec<Part>,
+    /// Decoded text of every text part, by part id.
+    pub values: Vec<(String, String)>,
+}
+
+pub(crate) fn body(raw: &[u8]) -> Result<Body> {
+    use mail_parser::MimeHeaders;
+    let msg = MessageParser::default()
+        .parse(raw)
+        .ok_or_else(|| Error::NotAMessage("no headers".into()))?;
+    let part = |id: u32| -> Option<Part> {
+        let p = msg.parts.get(id as usize)?;
+        let media_type = p
+            .content_type()
+            .map(|ct| {
+                format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or("plain")).to_ascii_lowercase()
+            })
+            .unwrap_or_else(|| "text/plain".into());
+        Some(Part {
+            part_id: id.to_string(),
+            charset: p
+                .content_type()
+                .and_then(|ct| ct.attribute("charset"))
+                .map(str::to_owned),
+            size: p.len(),
+            name: p.attachment_name().map(str::to_owned),
+            disposition: p
+                .content_disposition()
+                .map(|d| d.ctype().to_ascii_lowercase()),
+            media_type,
+        })
+    };
+    let list = |ids: &[u32]| ids.iter().filter_map(|i| part(*i)).collect::<Vec<_>>();
+    let mut values = Vec::new();
+    for (i, p) in msg.parts.iter().enumerate() {
+        if p.is_text()
+            && let Some(t) = p.text_contents()
+        {
+            values.push((i.to_string(), t.to_owned()));
+        }
+    }
+    Ok(Body {
+        text_body: list(&msg.text_body),
+        html_body: list(&msg.html_body),
+        attachments: list(&msg.attachments),
+        values,
+    })
+}

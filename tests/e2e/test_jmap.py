@@ -13,6 +13,8 @@ from conftest import CLI_CLIENT, HTTP_TIMEOUT_S, forge_access_token, new_ed25519
 
 CORE = "urn:ietf:params:jmap:core"
 MAIL = "urn:ietf:params:jmap:mail"
+SUBMISSION = "urn:ietf:params:jmap:submission"
+VACATION = "urn:ietf:params:jmap:vacationresponse"
 
 
 def msg(n, subject, reply_to=None):
@@ -53,7 +55,7 @@ def auth(token):
     return {"Authorization": f"Bearer {token}", "User-Agent": "keypost-e2e-jmap/1"}
 
 
-def api(keypost, token, calls, using=(CORE, MAIL), raw=None):
+def api(keypost, token, calls, using=(CORE, MAIL, SUBMISSION, VACATION), raw=None):
     body = raw if raw is not None else {"using": list(using), "methodCalls": calls}
     kwargs = {"data": body} if isinstance(body, (bytes, str)) else {"json": body}
     return requests.post(f"{keypost.url}/jmap/api", headers=auth(token), timeout=HTTP_TIMEOUT_S, **kwargs)
@@ -446,3 +448,42 @@ def test_reading_bodies_and_attachments(keypost, world, alice):
     assert value["value"] == "Please find the cont" and value["isTruncated"] is True
     assert email["htmlBody"][0]["partId"] not in email["bodyValues"], "only text values were asked for"
     assert "textBody" in keypost.audit("MailItemsAccessed", realm="contoso")[-1]["details"]["properties"]
+
+
+def test_vacation_response_replies_once_per_sender(keypost, world, alice):
+    token, account = alice
+    bob_token = keypost.tokens_for(world.bob)["access_token"]
+    bob = unverified(bob_token)[1]["sub"]
+    r = api(keypost, bob_token, [
+        ["VacationResponse/set", {"accountId": bob, "update": {"singleton": {
+            "isEnabled": True, "subject": "Out of office", "textBody": "Back on Monday.", "toDate": "2099-01-01T00:00:00Z"}}}, "v"],
+        ["VacationResponse/get", {"accountId": bob}, "g"],
+        ["VacationResponse/set", {"accountId": bob, "create": {"x": {}}, "update": {"other": {}}}, "bad"],
+    ])
+    out = {x[2]: x[1] for x in r.json()["methodResponses"]}
+    assert out["v"]["updated"] == {"singleton": None}
+    assert out["g"]["list"][0]["isEnabled"] is True and out["g"]["list"][0]["toDate"] == "2099-01-01T00:00:00Z"
+    assert out["bad"]["notCreated"]["x"]["type"] == "singleton" and out["bad"]["notUpdated"]["other"]["type"] == "notFound"
+
+    s = session(keypost, token).json()
+    def call(*calls):
+        return api(keypost, token, list(calls)).json()["methodResponses"]
+    ident = call(["Identity/get", {"accountId": account}, "i"])[0][1]["list"][0]["id"]
+    drafts = call(["Mailbox/query", {"accountId": account, "filter": {"role": "drafts"}}, "q"])[0][1]["ids"][0]
+    for n in (1, 2):
+        blob = requests.post(s["uploadUrl"].format(accountId=account), headers=auth(token), timeout=HTTP_TIMEOUT_S,
+                             data=raw_message(world.alice.email, world.bob.email, f"Are you there {n}")).json()["blobId"]
+        email = call(["Email/import", {"accountId": account, "emails": {"d": {"blobId": blob, "mailboxIds": {drafts: True}}}}, "i"])[0][1]["created"]["d"]["id"]
+        sent = call(["EmailSubmission/set", {"accountId": account, "create": {"s": {"identityId": ident, "emailId": email}}}, "s"])[0][1]
+        assert "s" in sent["created"], sent
+
+    replies = call(
+        ["Email/query", {"accountId": account, "filter": {"subject": "office"}}, "q"],
+        ["Email/get", {"accountId": account, "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
+                       "properties": ["subject", "from", "blobId"]}, "g"],
+    )[1][1]["list"]
+    assert len(replies) == 1, "one reply per sender per period, however many messages"
+    assert replies[0]["subject"] == "Out of office" and replies[0]["from"][0]["email"] == world.bob.email
+    raw = requests.get(s["downloadUrl"].format(accountId=account, blobId=replies[0]["blobId"], name="r.eml", type="message/rfc822"),
+                       headers=auth(token), timeout=HTTP_TIMEOUT_S).content
+    assert b"Auto-Submitted: auto-replied" in raw and b"Back on Monday." in raw

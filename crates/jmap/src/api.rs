@@ -11,7 +11,9 @@ use crate::{Authed, Jmap, MAX_CALLS_IN_REQUEST, problem};
 
 pub(crate) const CORE: &str = "urn:ietf:params:jmap:core";
 pub(crate) const MAIL: &str = "urn:ietf:params:jmap:mail";
-const KNOWN: [&str; 2] = [CORE, MAIL];
+pub(crate) const SUBMISSION: &str = "urn:ietf:params:jmap:submission";
+pub(crate) const VACATION: &str = "urn:ietf:params:jmap:vacationresponse";
+const KNOWN: [&str; 4] = [CORE, MAIL, SUBMISSION, VACATION];
 
 pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
     let Ok(request) = serde_json::from_slice::<Value>(body) else {

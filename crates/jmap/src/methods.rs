@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use store::{EmailAddress, EmailId, MailboxId, ThreadId};
 
-use crate::api::{CORE, MAIL};
+use crate::api::{CORE, MAIL, SUBMISSION, VACATION};
 use crate::{
     Authed, Jmap, MAX_CALLS_IN_REQUEST, MAX_OBJECTS_IN_GET, MAX_QUERY_LIMIT, MAX_SIZE_REQUEST, now,
 };
@@ -76,6 +76,8 @@ pub(crate) fn session_object(j: &Jmap, a: &Authed) -> MResult {
                 "collationAlgorithms": ["i;ascii-casemap"],
             },
             MAIL: {},
+            SUBMISSION: {},
+            VACATION: {},
         },
         "accounts": {
             id: {
@@ -92,10 +94,12 @@ pub(crate) fn session_object(j: &Jmap, a: &Authed) -> MResult {
                         "emailQuerySortOptions": ["receivedAt"],
                         "mayCreateTopLevelMailbox": true,
                     },
+                    SUBMISSION: {"maxDelayedSend": 0, "submissionExtensions": {}},
+                    VACATION: {},
                 },
             }
         },
-        "primaryAccounts": {CORE: id, MAIL: id},
+        "primaryAccounts": {CORE: id, MAIL: id, SUBMISSION: id, VACATION: id},
         "username": a.account.email,
         "apiUrl": format!("{base}/jmap/api"),
         "downloadUrl": format!("{base}/jmap/download/{{accountId}}/{{blobId}}/{{name}}?accept={{type}}"),
@@ -134,6 +138,8 @@ pub(crate) fn call(j: &Jmap, a: &Authed, name: &str, args: &Map<String, Value>) 
         "Mailbox/changes" => plain(changes(j, a, args, true)),
         "Email/import" => plain(crate::submit::email_import(j, a, args)),
         "Mailbox/set" => plain(mailbox_set(j, a, args)),
+        "VacationResponse/get" => plain(crate::submit::vacation_get(j, a, args)),
+        "VacationResponse/set" => plain(crate::submit::vacation_set(j, a, args)),
         "Mailbox/query" => plain(mailbox_query(j, a, args)),
         "Identity/get" => plain(crate::submit::identity_get(j, a, args)),
         "EmailSubmission/set" => crate::submit::submission_set(j, a, args),

@@ -14,6 +14,7 @@
 
 mod import;
 mod parse;
+mod vacation;
 
 use std::sync::Arc;
 

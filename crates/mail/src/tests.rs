@@ -199,3 +199,58 @@ fn imports_eml_maildir_and_mbox_idempotently() {
     assert_eq!((again.imported, again.duplicates), (0, 1));
     assert_eq!(f.mail.count(&f.account, None).unwrap(), 4);
 }
+
+#[test]
+fn vacation_replies_follow_rfc_3834() {
+    let f = fx("vacation");
+    let me = "alice@contoso.test";
+    let v = store::Vacation {
+        enabled: true,
+        from_date: Some(100),
+        to_date: Some(200),
+        subject: None,
+        text_body: Some("Away".into()),
+        html_body: None,
+    };
+    f.mail.set_vacation(&f.account, &v).unwrap();
+    let reply = |sender: &str, raw: &[u8], now: i64| {
+        f.mail
+            .vacation_reply(&f.account, me, "Alice", sender, raw, now)
+            .unwrap()
+    };
+    assert!(
+        reply("bob@fabrikam.test", FIRST, 50).is_none(),
+        "before fromDate"
+    );
+    assert!(
+        reply("bob@fabrikam.test", FIRST, 250).is_none(),
+        "after toDate"
+    );
+    let bulk =
+        b"From: news@list.test\r\nSubject: Weekly\r\nList-Id: <weekly.list.test>\r\n\r\nHi\r\n";
+    assert!(
+        reply("news@list.test", bulk, 150).is_none(),
+        "mailing lists get no reply"
+    );
+    let auto = b"From: bot@x.test\r\nSubject: Re\r\nAuto-Submitted: auto-replied\r\n\r\nHi\r\n";
+    assert!(
+        reply("bot@x.test", auto, 150).is_none(),
+        "never answer an automatic reply"
+    );
+    assert!(reply(me, FIRST, 150).is_none(), "never to ourselves");
+    let first = reply("bob@fabrikam.test", FIRST, 150).expect("a reply is due");
+    let text = String::from_utf8(first).unwrap();
+    assert!(
+        text.contains("Auto-Submitted: auto-replied")
+            && text.contains("Subject: Auto: Lunch?")
+            && text.contains("In-Reply-To: <1@fabrikam.test>")
+    );
+    assert!(
+        reply("bob@fabrikam.test", FIRST, 160).is_none(),
+        "once per sender per period"
+    );
+    assert!(
+        reply("carol@keypost.test", FIRST, 160).is_some(),
+        "other senders get theirs"
+    );
+}

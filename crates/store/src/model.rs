@@ -462,3 +462,20 @@ pub struct EmailFilter {
     /// Lacks this keyword.
     pub not_keyword: Option<String>,
 }
+
+/// An account's vacation response (JMAP VacationResponse, RFC 8621 §8).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vacation {
+    /// Whether replies are sent.
+    pub enabled: bool,
+    /// Not before this time.
+    pub from_date: Option<UnixTime>,
+    /// Not after this time.
+    pub to_date: Option<UnixTime>,
+    /// Subject of the reply (default: "Auto: " + the original subject).
+    pub subject: Option<String>,
+    /// Plain-text body.
+    pub text_body: Option<String>,
+    /// HTML body.
+    pub html_body: Option<String>,
+}

@@ -231,6 +231,24 @@ CREATE VIRTUAL TABLE email_fts USING fts5(
     content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2'
 );
 "#,
+    r#"
+CREATE TABLE vacation (
+    account TEXT PRIMARY KEY REFERENCES accounts(id),
+    enabled INTEGER NOT NULL,
+    from_date INTEGER,
+    to_date INTEGER,
+    subject TEXT,
+    text_body TEXT,
+    html_body TEXT
+) STRICT;
+-- Who got a vacation reply when: one reply per sender per period, never a loop.
+CREATE TABLE vacation_replies (
+    account TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    replied_at INTEGER NOT NULL,
+    PRIMARY KEY (account, sender)
+) STRICT, WITHOUT ROWID;
+"#,
 ];
 
 /// Read-only connections per file-backed store.

@@ -212,6 +212,19 @@ pub trait MailStore: Send + Sync {
         id: &MailboxId,
         remove_emails: bool,
     ) -> Result<i64>;
+    /// The account's vacation response (disabled by default).
+    fn get_vacation(&self, account: &AccountId) -> Result<Vacation>;
+    /// Replaces the account's vacation response; returns the new modseq.
+    fn set_vacation(&self, account: &AccountId, vacation: &Vacation) -> Result<i64>;
+    /// Records a vacation reply to `sender` at `at` unless one was sent at or after `since`;
+    /// `true` if the caller should send (atomic, so concurrent deliveries reply once).
+    fn claim_vacation_reply(
+        &self,
+        account: &AccountId,
+        sender: &str,
+        since: UnixTime,
+        at: UnixTime,
+    ) -> Result<bool>;
     /// Records that `account` uploaded a blob (which gives it access to the blob).
     fn record_upload(
         &self,

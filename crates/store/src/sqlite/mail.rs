@@ -688,4 +688,56 @@ impl MailStore for SqliteStore {
         tx.commit()?;
         Ok(modseq)
     }
+
+    fn get_vacation(&self, account: &AccountId) -> Result<crate::model::Vacation> {
+        let v = self
+            .reader()?
+            .prepare_cached("SELECT enabled, from_date, to_date, subject, text_body, html_body FROM vacation WHERE account = ?")?
+            .query_row([account.as_str()], |r| {
+                Ok(crate::model::Vacation {
+                    enabled: r.get(0)?,
+                    from_date: r.get(1)?,
+                    to_date: r.get(2)?,
+                    subject: r.get(3)?,
+                    text_body: r.get(4)?,
+                    html_body: r.get(5)?,
+                })
+            })
+            .optional()?;
+        Ok(v.unwrap_or_default())
+    }
+
+    fn set_vacation(&self, account: &AccountId, v: &crate::model::Vacation) -> Result<i64> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let modseq = next_modseq(&tx, account)?;
+        tx.execute(
+            "INSERT INTO vacation(account, enabled, from_date, to_date, subject, text_body, html_body) VALUES (?,?,?,?,?,?,?) \
+             ON CONFLICT(account) DO UPDATE SET enabled = excluded.enabled, from_date = excluded.from_date, \
+             to_date = excluded.to_date, subject = excluded.subject, text_body = excluded.text_body, html_body = excluded.html_body",
+            params![account.as_str(), v.enabled, v.from_date, v.to_date, v.subject, v.text_body, v.html_body],
+        )?;
+        // A new or changed response starts a new period: everybody may get it once again.
+        tx.execute(
+            "DELETE FROM vacation_replies WHERE account = ?",
+            [account.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(modseq)
+    }
+
+    fn claim_vacation_reply(
+        &self,
+        account: &AccountId,
+        sender: &str,
+        since: crate::model::UnixTime,
+        at: crate::model::UnixTime,
+    ) -> Result<bool> {
+        let n = self.conn()?.execute(
+            "INSERT INTO vacation_replies(account, sender, replied_at) VALUES (?, ?, ?) \
+             ON CONFLICT(account, sender) DO UPDATE SET replied_at = excluded.replied_at WHERE replied_at < ?",
+            params![account.as_str(), sender, at, since],
+        )?;
+        Ok(n > 0)
+    }
 }

@@ -4,6 +4,7 @@ errors of the protocol; and the gate in front of it all (THREAT-MODEL: forged to
 mail, and every read is audited)."""
 
 import mailbox
+import time
 from email.message import EmailMessage
 
 import pytest
@@ -487,3 +488,25 @@ def test_vacation_response_replies_once_per_sender(keypost, world, alice):
     raw = requests.get(s["downloadUrl"].format(accountId=account, blobId=replies[0]["blobId"], name="r.eml", type="message/rfc822"),
                        headers=auth(token), timeout=HTTP_TIMEOUT_S).content
     assert b"Auto-Submitted: auto-replied" in raw and b"Back on Monday." in raw
+
+
+def test_eventsource_pushes_a_state_change(keypost, world, alice):
+    import json
+    import threading
+    token, account = alice
+    s = session(keypost, token).json()
+    url = s["eventSourceUrl"].format(types="*", closeafter="state", ping="0")
+    ids = api(keypost, token, [["Email/query", {"accountId": account}, "q"]]).json()["methodResponses"][0][1]["ids"]
+
+    def change_something():
+        time.sleep(0.5)
+        api(keypost, token, [["Email/set", {"accountId": account, "update": {ids[0]: {"keywords/$flagged": True}}}, "s"]])
+
+    threading.Thread(target=change_something, daemon=True).start()
+    with requests.get(url, headers=auth(token), stream=True, timeout=15) as r:
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+        body = r.raw.read().decode()  # closeafter=state: the server ends the stream after one event
+    assert "event: state" in body, body
+    data = json.loads(next(line[len("data:"):] for line in body.splitlines() if line.startswith("data:")))
+    assert data["@type"] == "StateChange" and account in data["changed"]
+    assert requests.get(url, timeout=5).status_code == 401, "no token, no stream"

@@ -80,6 +80,7 @@ pub fn router(jmap: Arc<Jmap>) -> Router {
         .route("/jmap/session", get(session))
         .route("/jmap/api", post(api_call))
         .route("/jmap/download/{account}/{blob}/{name}", get(download))
+        .route("/jmap/eventsource", get(eventsource))
         .route("/jmap/upload/{account}/", post(upload))
         .route("/jmap/upload/{account}", post(upload))
         // maxSizeRequest is enforced before the body is read; slow bodies are cut off.
@@ -403,4 +404,94 @@ async fn upload(
         }
     })
     .await
+}
+
+/// How often an EventSource connection looks for a new state. Changes from any process (the
+/// CLI, another node) are seen within this; a notification channel can replace the poll.
+const PUSH_POLL: Duration = Duration::from_secs(1);
+
+/// RFC 8620 §7.3: Server-Sent Events with a StateChange whenever the account's state moves.
+async fn eventsource(
+    State(j): State<Arc<Jmap>>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    let source = source_of(&headers, peer(connect));
+    let auth = {
+        let j = j.clone();
+        tokio::task::spawn_blocking(move || {
+            authenticate(&j, &headers, source)
+                .map_err(Box::new)
+                .map(|a| {
+                    let state = j.mail.modseq(&a.account.id).unwrap_or_default();
+                    (a.account.id, state)
+                })
+        })
+        .await
+    };
+    let (account, initial) = match auth {
+        Ok(Ok(x)) => x,
+        Ok(Err(r)) => return *r,
+        Err(_) => {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "serverFail",
+                "internal error",
+            );
+        }
+    };
+    let param = |name: &str| {
+        q.as_deref().and_then(|q| {
+            q.split('&').find_map(|kv| {
+                kv.strip_prefix(name)
+                    .and_then(|v| v.strip_prefix('='))
+                    .map(str::to_owned)
+            })
+        })
+    };
+    let close_after_state = param("closeafter").as_deref() == Some("state");
+    let ping = param("ping")
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(3600);
+    let stream = futures_util::stream::unfold(
+        (j, account, initial, false),
+        move |(j, account, last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                tokio::time::sleep(PUSH_POLL).await;
+                let (jj, acc) = (j.clone(), account.clone());
+                let now_state = tokio::task::spawn_blocking(move || jj.mail.modseq(&acc))
+                    .await
+                    .ok()?
+                    .ok()?;
+                if now_state != last {
+                    let s = now_state.to_string();
+                    let data = json!({"@type": "StateChange", "changed": {account.as_str(): {"Email": s, "Mailbox": s, "Thread": s, "EmailDelivery": s}}});
+                    let event = SseEvent::default().event("state").data(data.to_string());
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (j, account, now_state, close_after_state),
+                    ));
+                }
+            }
+        },
+    );
+    if ping == 0 {
+        return Sse::new(stream).into_response();
+    }
+    let ping_event = SseEvent::default()
+        .event("ping")
+        .data(json!({"interval": ping}).to_string());
+    Sse::new(stream)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(ping))
+                .event(ping_event),
+        )
+        .into_response()
 }

@@ -262,7 +262,9 @@ def test_set_keywords_move_destroy_and_changes(keypost, world, alice):
         ["Mailbox/changes", {"accountId": account, "sinceState": start}, "mc"],
         ["Email/changes", {"accountId": account, "sinceState": "999999"}, "future"],
         ["Email/changes", {"accountId": account, "sinceState": "garbage"}, "bad"],
+        ["Email/queryChanges", {"accountId": account, "sinceQueryState": start}, "qc"],
     )
+    assert out["qc"]["type"] == "cannotCalculateChanges", "queries say canCalculateChanges: false"
     assert out["c"]["destroyed"] == [invoice] and kickoff in out["c"]["updated"] and out["c"]["created"] == []
     assert set(out["mc"]["updated"]) >= {inbox, archive}
     assert out["future"]["type"] == "cannotCalculateChanges" and out["bad"]["type"] == "cannotCalculateChanges"

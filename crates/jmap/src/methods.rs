@@ -138,6 +138,12 @@ pub(crate) fn call(j: &Jmap, a: &Authed, name: &str, args: &Map<String, Value>) 
         "Mailbox/changes" => plain(changes(j, a, args, true)),
         "Email/import" => plain(crate::submit::email_import(j, a, args)),
         "Mailbox/set" => plain(mailbox_set(j, a, args)),
+        // Our /query results report canCalculateChanges: false, and RFC 8620 §5.6 lets such a
+        // server answer queryChanges this way; clients then simply run the query again.
+        "Email/queryChanges" | "Mailbox/queryChanges" => Err(MethodError::new(
+            "cannotCalculateChanges",
+            "run the query again".into(),
+        )),
         "VacationResponse/get" => plain(crate::submit::vacation_get(j, a, args)),
         "VacationResponse/set" => plain(crate::submit::vacation_set(j, a, args)),
         "Mailbox/query" => plain(mailbox_query(j, a, args)),

@@ -436,23 +436,8 @@ const EMAIL_PROPERTIES: [&str; 20] = [
     "bodyValues",
 ];
 const BODY_PROPERTIES: [&str; 4] = ["textBody", "htmlBody", "attachments", "bodyValues"];
-const EMAIL_DEFAULT_PROPERTIES: [&str; 15] = [
-    "id",
-    "blobId",
-    "threadId",
-    "mailboxIds",
-    "keywords",
-    "size",
-    "receivedAt",
-    "messageId",
-    "subject",
-    "from",
-    "to",
-    "cc",
-    "sentAt",
-    "hasAttachment",
-    "preview",
-];
+/// What `Email/get` returns when `properties` is null: everything but the body properties.
+const EMAIL_DEFAULT_PROPERTIES: &[&str] = EMAIL_PROPERTIES.split_at(15).0;
 
 fn utc(t: i64) -> String {
     humantime::format_rfc3339_seconds(
@@ -586,6 +571,15 @@ fn keyword(k: &str) -> Option<String> {
         && k.bytes()
             .all(|b| (0x21..=0x7e).contains(&b) && !b"(){]%*\"\\".contains(&b));
     ok.then(|| k.to_ascii_lowercase())
+}
+
+/// A /set response map, or null when empty (RFC 8620 §5.3).
+pub(crate) fn null_if_empty(m: Map<String, Value>) -> Value {
+    if m.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(m)
+    }
 }
 
 pub(crate) fn set_error(kind: &str, description: &str, properties: &[&str]) -> Value {
@@ -806,13 +800,6 @@ pub(crate) fn email_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRes
             .detail("destroyed", destroyed.clone());
         j.audit.record(ev, now()).map_err(MethodError::server)?;
     }
-    let null_if_empty = |m: Map<String, Value>| {
-        if m.is_empty() {
-            Value::Null
-        } else {
-            Value::Object(m)
-        }
-    };
     Ok(json!({
         "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,
         "created": null, "updated": null_if_empty(updated), "destroyed": if destroyed.is_empty() { Value::Null } else { json!(destroyed) },
@@ -1080,17 +1067,10 @@ fn mailbox_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
             .detail("mailboxes", touched);
         j.audit.record(ev, now()).map_err(MethodError::server)?;
     }
-    let opt = |m: Map<String, Value>| {
-        if m.is_empty() {
-            Value::Null
-        } else {
-            Value::Object(m)
-        }
-    };
     Ok(json!({
         "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,
-        "created": opt(created), "updated": opt(updated), "destroyed": if destroyed.is_empty() { Value::Null } else { json!(destroyed) },
-        "notCreated": opt(not_created), "notUpdated": opt(not_updated), "notDestroyed": opt(not_destroyed),
+        "created": null_if_empty(created), "updated": null_if_empty(updated), "destroyed": if destroyed.is_empty() { Value::Null } else { json!(destroyed) },
+        "notCreated": null_if_empty(not_created), "notUpdated": null_if_empty(not_updated), "notDestroyed": null_if_empty(not_destroyed),
     }))
 }
 

@@ -6,7 +6,7 @@ use audit::Operation;
 use serde_json::{Map, Value, json};
 use store::{BlobId, EmailId, MailboxId};
 
-use crate::methods::{Answer, MResult, MethodError, email_set, set_error, state};
+use crate::methods::{Answer, MResult, MethodError, email_set, null_if_empty, set_error, state};
 use crate::{Authed, Jmap, MAX_OBJECTS_IN_GET, now};
 
 fn true_keys(v: Option<&Value>) -> Result<Vec<String>, Value> {
@@ -106,13 +106,6 @@ pub(crate) fn email_import(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> M
             .detail("items", items);
         j.audit.record(ev, now()).map_err(MethodError::server)?;
     }
-    let null_if_empty = |m: Map<String, Value>| {
-        if m.is_empty() {
-            Value::Null
-        } else {
-            Value::Object(m)
-        }
-    };
     Ok(json!({
         "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,
         "created": null_if_empty(created), "notCreated": null_if_empty(not_created),
@@ -152,13 +145,6 @@ pub(crate) fn submission_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) ->
             }
         }
     }
-    let null_if_empty = |m: Map<String, Value>| {
-        if m.is_empty() {
-            Value::Null
-        } else {
-            Value::Object(m)
-        }
-    };
     let response = json!({
         "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,
         "created": null_if_empty(created), "notCreated": null_if_empty(not_created),
@@ -488,16 +474,9 @@ pub(crate) fn vacation_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> M
             }
         }
     }
-    let opt = |m: Map<String, Value>| {
-        if m.is_empty() {
-            Value::Null
-        } else {
-            Value::Object(m)
-        }
-    };
     Ok(
         json!({"accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,
-              "updated": opt(updated), "notUpdated": opt(not_updated), "notCreated": opt(not_created),
+              "updated": null_if_empty(updated), "notUpdated": null_if_empty(not_updated), "notCreated": null_if_empty(not_created),
               "created": null, "destroyed": null, "notDestroyed": null}),
     )
 }

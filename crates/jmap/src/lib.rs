@@ -246,6 +246,22 @@ fn authenticate(j: &Jmap, headers: &HeaderMap, source: Source) -> Result<Authed,
     })
 }
 
+/// Runs `f` for an authenticated request on a blocking thread (the store is synchronous), or
+/// answers with the gate's refusal.
+async fn with_auth(
+    j: Arc<Jmap>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    f: impl FnOnce(&Jmap, &Authed) -> Response + Send + 'static,
+) -> Response {
+    let source = source_of(&headers, peer(connect));
+    blocking(move || match authenticate(&j, &headers, source) {
+        Ok(a) => f(&j, &a),
+        Err(r) => r,
+    })
+    .await
+}
+
 async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
         problem(
@@ -265,17 +281,15 @@ async fn session(
     connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
-    let source = source_of(&headers, peer(connect));
-    blocking(move || {
-        let a = match authenticate(&j, &headers, source) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
-        match methods::session_object(&j, &a) {
+    with_auth(
+        j,
+        connect,
+        headers,
+        move |j, a| match methods::session_object(j, a) {
             Ok(v) => Json(v).into_response(),
             Err(e) => e.into_response(),
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -285,15 +299,7 @@ async fn api_call(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let source = source_of(&headers, peer(connect));
-    blocking(move || {
-        let a = match authenticate(&j, &headers, source) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
-        api::handle(&j, &a, &body)
-    })
-    .await
+    with_auth(j, connect, headers, move |j, a| api::handle(j, a, &body)).await
 }
 
 async fn download(
@@ -303,12 +309,7 @@ async fn download(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let source = source_of(&headers, peer(connect));
-    blocking(move || {
-        let a = match authenticate(&j, &headers, source) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
+    with_auth(j, connect, headers, move |j, a| {
         let not_found = || {
             problem(
                 StatusCode::NOT_FOUND,
@@ -378,21 +379,17 @@ async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let source = source_of(&headers, peer(connect));
-    blocking(move || {
-        let a = match authenticate(&j, &headers, source) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 255)
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    with_auth(j, connect, headers, move |j, a| {
         if account != a.account.id.as_str() {
             return problem(StatusCode::NOT_FOUND, "notFound", "no such account");
         }
-        let media_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= 255)
-            .unwrap_or("application/octet-stream")
-            .to_owned();
+
         match j.mail.upload(&a.account.id, &body, &media_type, now()) {
             Ok(blob) => (
                 StatusCode::CREATED,

@@ -512,3 +512,23 @@ def test_eventsource_pushes_a_state_change(keypost, world, alice):
     data = json.loads(next(line[len("data:"):] for line in body.splitlines() if line.startswith("data:")))
     assert data["@type"] == "StateChange" and account in data["changed"]
     assert requests.get(url, timeout=5).status_code == 401, "no token, no stream"
+
+
+def test_eventsource_ends_when_its_token_is_revoked(keypost, world):
+    import threading
+    token = keypost.tokens_for(world.alice)["access_token"]
+    s = session(keypost, token).json()
+    url = s["eventSourceUrl"].format(types="*", closeafter="no", ping="0")
+
+    def revoke():
+        time.sleep(0.5)
+        requests.post(keypost.endpoint("contoso", "revocation_endpoint"),
+                      data={"token": token, "client_id": CLI_CLIENT}, timeout=HTTP_TIMEOUT_S)
+
+    threading.Thread(target=revoke, daemon=True).start()
+    started = time.monotonic()
+    with requests.get(url, headers=auth(token), stream=True, timeout=20) as r:
+        assert r.status_code == 200
+        r.raw.read()  # returns when the server ends the stream
+    assert time.monotonic() - started < 10, "a revoked token keeps no stream open"
+    assert any(x["details"]["reason"] == "TokenRevoked" for x in keypost.audit("TokenRejected", realm="contoso"))

@@ -416,20 +416,17 @@ async fn eventsource(
 ) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     let source = source_of(&headers, peer(connect));
-    let auth = {
-        let j = j.clone();
+    let first = {
+        let (j, headers, source) = (j.clone(), headers.clone(), source.clone());
         tokio::task::spawn_blocking(move || {
             authenticate(&j, &headers, source)
                 .map_err(Box::new)
-                .map(|a| {
-                    let state = j.mail.modseq(&a.account.id).unwrap_or_default();
-                    (a.account.id, state)
-                })
+                .map(|a| j.mail.modseq(&a.account.id).unwrap_or_default())
         })
         .await
     };
-    let (account, initial) = match auth {
-        Ok(Ok(x)) => x,
+    let initial = match first {
+        Ok(Ok(state)) => state,
         Ok(Err(r)) => return *r,
         Err(_) => {
             return problem(
@@ -453,26 +450,30 @@ async fn eventsource(
         .and_then(|p| p.parse::<u64>().ok())
         .unwrap_or(0)
         .min(3600);
+    // The token is checked again on every poll: a revoked or expired token ends the stream.
     let stream = futures_util::stream::unfold(
-        (j, account, initial, false),
-        move |(j, account, last, done)| async move {
+        (j, headers, source, initial, false),
+        move |(j, headers, source, last, done)| async move {
             if done {
                 return None;
             }
             loop {
                 tokio::time::sleep(PUSH_POLL).await;
-                let (jj, acc) = (j.clone(), account.clone());
-                let now_state = tokio::task::spawn_blocking(move || jj.mail.modseq(&acc))
-                    .await
-                    .ok()?
-                    .ok()?;
+                let (jj, h, src) = (j.clone(), headers.clone(), source.clone());
+                let (account, now_state) = tokio::task::spawn_blocking(move || {
+                    let a = authenticate(&jj, &h, src).ok()?;
+                    let state = jj.mail.modseq(&a.account.id).ok()?;
+                    Some((a.account.id, state))
+                })
+                .await
+                .ok()??;
                 if now_state != last {
                     let s = now_state.to_string();
                     let data = json!({"@type": "StateChange", "changed": {account.as_str(): {"Email": s, "Mailbox": s, "Thread": s, "EmailDelivery": s}}});
                     let event = SseEvent::default().event("state").data(data.to_string());
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
-                        (j, account, now_state, close_after_state),
+                        (j, headers, source, now_state, close_after_state),
                     ));
                 }
             }

@@ -418,8 +418,8 @@ impl MailStore for SqliteStore {
                 // Only punctuation was asked for: nothing matches.
                 return Ok((Vec::new(), 0));
             }
-            from.push_str(" JOIN email_fts ON email_fts.rowid = e.rowid");
-            cond.push("email_fts MATCH ?".into());
+            // The index is searched once, as a set; a join would let SQLite probe it per row.
+            cond.push("e.rowid IN (SELECT rowid FROM email_fts WHERE email_fts MATCH ?)".into());
             args.push(Box::new(fts.join(" AND ")));
         }
         for (k, negate) in [(&f.has_keyword, false), (&f.not_keyword, true)] {

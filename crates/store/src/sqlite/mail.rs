@@ -381,17 +381,8 @@ impl MailStore for SqliteStore {
         position: u64,
         limit: u64,
     ) -> Result<(Vec<EmailId>, u64)> {
-        let mut from = String::from("emails e");
-        let mut cond = vec![
-            "e.account = ?".to_owned(),
-            "e.destroyed_modseq IS NULL".to_owned(),
-        ];
-        let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(account.to_string())];
-        if let Some(m) = &f.mailbox {
-            from.push_str(" JOIN email_mailboxes em ON em.email = e.id");
-            cond.push("em.mailbox = ?".into());
-            args.push(Box::new(m.to_string()));
-        }
+        // A search starts from the index's matches (CROSS JOIN keeps that order), so a query
+        // costs in proportion to what it matches, not to the size of the mailbox.
         let mut fts = Vec::new();
         for (column, words) in [
             ("", &f.text),
@@ -408,19 +399,33 @@ impl MailStore for SqliteStore {
                 });
             }
         }
-        if f.text.is_some()
+        let searching = f.text.is_some()
             || f.subject.is_some()
             || f.from.is_some()
             || f.to.is_some()
-            || f.body.is_some()
-        {
-            if fts.is_empty() {
-                // Only punctuation was asked for: nothing matches.
-                return Ok((Vec::new(), 0));
-            }
-            // The index is searched once, as a set; a join would let SQLite probe it per row.
-            cond.push("e.rowid IN (SELECT rowid FROM email_fts WHERE email_fts MATCH ?)".into());
+            || f.body.is_some();
+        if searching && fts.is_empty() {
+            // Only punctuation was asked for: nothing matches.
+            return Ok((Vec::new(), 0));
+        }
+        let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+        let mut from = if searching {
             args.push(Box::new(fts.join(" AND ")));
+            String::from(
+                "(SELECT rowid AS r FROM email_fts WHERE email_fts MATCH ?) hits CROSS JOIN emails e ON e.rowid = hits.r",
+            )
+        } else {
+            String::from("emails e")
+        };
+        let mut cond = vec![
+            "e.account = ?".to_owned(),
+            "e.destroyed_modseq IS NULL".to_owned(),
+        ];
+        args.push(Box::new(account.to_string()));
+        if let Some(m) = &f.mailbox {
+            from.push_str(" JOIN email_mailboxes em ON em.email = e.id");
+            cond.push("em.mailbox = ?".into());
+            args.push(Box::new(m.to_string()));
         }
         for (k, negate) in [(&f.has_keyword, false), (&f.not_keyword, true)] {
             if let Some(k) = k {

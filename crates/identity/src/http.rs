@@ -566,6 +566,17 @@ fn client_credentials(
     }
 }
 
+/// The client a token or revocation request authenticates as (RFC 6749 §2.3).
+fn authenticated_client(
+    id: &Identity,
+    realm: &RealmId,
+    headers: &HeaderMap,
+    p: &Params,
+) -> Result<store::Client, OAuthError> {
+    let (cid, secret) = client_credentials(headers, p)?;
+    id.authenticate_client(realm, cid.as_deref(), secret.as_deref())
+}
+
 fn no_store(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -599,8 +610,7 @@ async fn token(
                     "unsupported grant_type {grant:?}"
                 )));
             }
-            let (cid, secret) = client_credentials(&headers, &p)?;
-            let client = id.authenticate_client(&realm, cid.as_deref(), secret.as_deref())?;
+            let client = authenticated_client(&id, &realm, &headers, &p)?;
             let t = now();
             let required = |k: &str| {
                 p.get(k)
@@ -701,8 +711,7 @@ async fn revoke(
         let result = (|| {
             let realm = realm_of(&id, &realm)?;
             let p = Params::form(&headers, &body)?;
-            let (cid, secret) = client_credentials(&headers, &p)?;
-            let client = id.authenticate_client(&realm, cid.as_deref(), secret.as_deref())?;
+            let client = authenticated_client(&id, &realm, &headers, &p)?;
             let token = p
                 .get("token")
                 .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
@@ -763,7 +772,7 @@ fn logout(
         Err(e) => return e.into_response(),
     };
     // Redirect only to a URI registered for the client the ID token names (or client_id says).
-    let client = hinted.or_else(|| p.get("client_id").and_then(|c| id_client(id, &realm, c)));
+    let client = hinted.or_else(|| p.get("client_id").and_then(|c| id.client(&realm, c)));
     let target = p.get("post_logout_redirect_uri").filter(|u| {
         client
             .as_ref()
@@ -791,8 +800,4 @@ fn logout(
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
-}
-
-fn id_client(id: &Identity, realm: &RealmId, client: &str) -> Option<store::Client> {
-    id.client(realm, client)
 }

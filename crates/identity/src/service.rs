@@ -391,7 +391,10 @@ impl Identity {
                 .target(&a.email),
             now,
         )?;
-        self.user(email)
+        Ok(Account {
+            disabled: true,
+            ..a
+        })
     }
 
     /// Replaces an account's password. A `temporary` one must be changed by the user at the

@@ -807,6 +807,18 @@ pub(crate) fn email_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRes
     }))
 }
 
+/// The ids of a change set, as JMAP's strings.
+fn strings<T: std::fmt::Display>(c: store::Changes<T>) -> store::Changes<String> {
+    let s = |v: Vec<T>| v.into_iter().map(|i| i.to_string()).collect();
+    store::Changes {
+        created: s(c.created),
+        updated: s(c.updated),
+        destroyed: s(c.destroyed),
+        new_modseq: c.new_modseq,
+        has_more: c.has_more,
+    }
+}
+
 fn changes(j: &Jmap, a: &Authed, args: &Map<String, Value>, mailboxes: bool) -> MResult {
     let since_state = args
         .get("sinceState")
@@ -830,35 +842,22 @@ fn changes(j: &Jmap, a: &Authed, args: &Map<String, Value>, mailboxes: bool) -> 
             }
         },
     };
-    let (created, updated, destroyed, new_modseq, has_more) = if mailboxes {
-        let c = j
-            .mail
+    let c = if mailboxes {
+        j.mail
             .mailbox_changes(&a.account.id, since, max)
-            .map_err(MethodError::server)?
-            .ok_or_else(cannot)?;
-        let ids = |v: Vec<MailboxId>| v.into_iter().map(|i| i.to_string()).collect::<Vec<_>>();
-        (
-            ids(c.created),
-            ids(c.updated),
-            ids(c.destroyed),
-            c.new_modseq,
-            c.has_more,
-        )
+            .map(|c| c.map(strings))
     } else {
-        let c = j
-            .mail
+        j.mail
             .email_changes(&a.account.id, since, max)
-            .map_err(MethodError::server)?
-            .ok_or_else(cannot)?;
-        let ids = |v: Vec<EmailId>| v.into_iter().map(|i| i.to_string()).collect::<Vec<_>>();
-        (
-            ids(c.created),
-            ids(c.updated),
-            ids(c.destroyed),
-            c.new_modseq,
-            c.has_more,
-        )
+            .map(|c| c.map(strings))
     };
+    let store::Changes {
+        created,
+        updated,
+        destroyed,
+        new_modseq,
+        has_more,
+    } = c.map_err(MethodError::server)?.ok_or_else(cannot)?;
     let mut out = json!({
         "accountId": a.account.id, "oldState": since_state, "newState": new_modseq.to_string(),
         "hasMoreChanges": has_more, "created": created, "updated": updated, "destroyed": destroyed,

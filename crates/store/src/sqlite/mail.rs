@@ -50,6 +50,19 @@ fn memberships(tx: &Transaction<'_>, email: &EmailId) -> Result<Vec<MailboxId>> 
     rows.into_iter().map(parse_id).collect()
 }
 
+/// `NotFound` unless `account` has the (undestroyed) mailbox `id`.
+fn live_mailbox(tx: &Transaction<'_>, account: &AccountId, id: &MailboxId) -> Result<()> {
+    let n: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM mailboxes WHERE id = ? AND account = ? AND destroyed_modseq IS NULL",
+        [id.as_str(), account.as_str()],
+        |r| r.get(0),
+    )?;
+    if n == 0 {
+        return Err(crate::Error::NotFound(format!("mailbox {id}")));
+    }
+    Ok(())
+}
+
 fn live_email(tx: &Transaction<'_>, account: &AccountId, id: &EmailId) -> Result<()> {
     let n: i64 = tx.query_row(
         "SELECT COUNT(*) FROM emails WHERE id = ? AND account = ? AND destroyed_modseq IS NULL",
@@ -508,14 +521,7 @@ impl MailStore for SqliteStore {
         }
         if let Some(boxes) = mailboxes {
             for m in boxes {
-                let n: i64 = tx.query_row(
-                    "SELECT COUNT(*) FROM mailboxes WHERE id = ? AND account = ? AND destroyed_modseq IS NULL",
-                    [m.as_str(), account.as_str()],
-                    |r| r.get(0),
-                )?;
-                if n == 0 {
-                    return Err(crate::Error::NotFound(format!("mailbox {m}")));
-                }
+                live_mailbox(&tx, account, m)?;
             }
             tx.execute("DELETE FROM email_mailboxes WHERE email = ?", [id.as_str()])?;
             for m in boxes {
@@ -636,14 +642,7 @@ impl MailStore for SqliteStore {
     ) -> Result<i64> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
-        let exists: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM mailboxes WHERE id = ? AND account = ? AND destroyed_modseq IS NULL",
-            [id.as_str(), account.as_str()],
-            |r| r.get(0),
-        )?;
-        if exists == 0 {
-            return Err(crate::Error::NotFound(format!("mailbox {id}")));
-        }
+        live_mailbox(&tx, account, id)?;
         let children: i64 = tx.query_row(
             "SELECT COUNT(*) FROM mailboxes WHERE parent = ? AND destroyed_modseq IS NULL",
             [id.as_str()],

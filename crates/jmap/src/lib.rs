@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod blob;
 mod methods;
 mod submit;
 
@@ -31,7 +32,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use mail::Mail;
 use serde_json::json;
-use store::{Account, BlobId, Store};
+use store::{Account, Store};
 use tokens::{Audience, Gate, GateError, Principal};
 
 /// Largest API request accepted (advertised as `maxSizeRequest`).
@@ -320,10 +321,10 @@ async fn download(
         if account != a.account.id.as_str() {
             return not_found();
         }
-        let Ok(blob_id) = BlobId::new(blob) else {
+        let Some(blob_ref) = blob::BlobRef::parse(&blob) else {
             return not_found();
         };
-        let (email, bytes) = match j.mail.blob(&a.account.id, &blob_id) {
+        let fetched = match blob::fetch(j, a, &blob_ref) {
             Ok(Some(found)) => found,
             Ok(None) => return not_found(),
             Err(e) => return methods::MethodError::server(e).into_response(),
@@ -331,8 +332,15 @@ async fn download(
         let ev = a
             .event(Operation::MailItemsAccessed)
             .detail("operation", "download")
-            .detail("items", vec![email.to_string()])
-            .detail("blob", blob_id.to_string());
+            .detail(
+                "items",
+                fetched
+                    .email
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .detail("blob", blob);
         if let Err(e) = j.audit.record(ev, now()) {
             tracing::error!(error = %e, "audit write failed; refusing to serve mail unaudited");
             return problem(
@@ -355,7 +363,7 @@ async fn download(
             .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
             .take(100)
             .collect();
-        let mut r = (StatusCode::OK, bytes).into_response();
+        let mut r = (StatusCode::OK, fetched.bytes).into_response();
         let h = r.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&accept) {
             h.insert(header::CONTENT_TYPE, v);

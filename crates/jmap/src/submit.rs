@@ -4,7 +4,7 @@
 
 use audit::Operation;
 use serde_json::{Map, Value, json};
-use store::{BlobId, EmailId, MailboxId};
+use store::{EmailId, MailboxId};
 
 use crate::methods::{Answer, MResult, MethodError, email_set, null_if_empty, set_error, state};
 use crate::{Authed, Jmap, MAX_OBJECTS_IN_GET, now};
@@ -42,22 +42,17 @@ pub(crate) fn email_import(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> M
     let mut not_created = Map::new();
     for (cid, spec) in emails {
         let result = (|| -> Result<Value, Value> {
+            let not_found =
+                || set_error("blobNotFound", "no such blob in this account", &["blobId"]);
             let blob = spec
                 .get("blobId")
                 .and_then(Value::as_str)
-                .and_then(|b| BlobId::new(b).ok());
-            let not_found =
-                || set_error("blobNotFound", "no such blob in this account", &["blobId"]);
-            let blob = blob.ok_or_else(not_found)?;
-            let raw = match j.mail.uploaded(&a.account.id, &blob) {
-                Ok(Some(raw)) => raw,
-                Ok(None) => match j.mail.blob(&a.account.id, &blob) {
-                    Ok(Some((_, raw))) => raw,
-                    Ok(None) => return Err(not_found()),
-                    Err(e) => return Err(set_error("serverFail", &e.to_string(), &[])),
-                },
-                Err(e) => return Err(set_error("serverFail", &e.to_string(), &[])),
-            };
+                .and_then(crate::blob::BlobRef::parse)
+                .ok_or_else(not_found)?;
+            let raw = crate::blob::fetch(j, a, &blob)
+                .map_err(|e| set_error("serverFail", &e.to_string(), &[]))?
+                .ok_or_else(not_found)?
+                .bytes;
             let mailboxes: Vec<MailboxId> = true_keys(spec.get("mailboxIds"))?
                 .iter()
                 .map(|m| {
@@ -70,9 +65,10 @@ pub(crate) fn email_import(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> M
                 .into_iter()
                 .map(|k| k.to_ascii_lowercase())
                 .collect();
+            let received_at = utc_date(spec.get("receivedAt"), "receivedAt")?.unwrap_or_else(now);
             match j
                 .mail
-                .deliver_to(&a.account.id, &raw, &mailboxes, keywords, now())
+                .deliver_to(&a.account.id, &raw, &mailboxes, keywords, received_at)
             {
                 Ok(d) => Ok(
                     json!({"id": d.id, "blobId": d.blob_id, "threadId": d.thread_id, "size": raw.len()}),

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod import;
+mod message;
 mod parse;
 mod vacation;
 
@@ -27,7 +28,7 @@ use store::{
 };
 
 pub use import::{ImportReport, ImportSource};
-pub use parse::{Body, Part};
+pub use message::{AddressGroup, Body, HeaderForm, HeaderValue, Message, Part};
 
 /// Result alias.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -307,15 +308,14 @@ impl Mail {
         Ok(self.store.mail_modseq(account)?)
     }
 
-    /// Email ids of the account matching `filter`, newest first; and the total.
+    /// Email ids of the account that `query` selects, in its order, and the total if asked.
     pub fn query(
         &self,
         account: &AccountId,
-        filter: &store::EmailFilter,
-        position: u64,
-        limit: u64,
-    ) -> Result<(Vec<EmailId>, u64)> {
-        Ok(self.store.query_emails(account, filter, position, limit)?)
+        query: &store::EmailQuery,
+        page: store::QueryPage,
+    ) -> Result<(Vec<EmailId>, Option<u64>)> {
+        Ok(self.store.query_emails(account, query, page)?)
     }
 
     /// The account's emails among `ids`, each with its mailboxes; ids of other accounts and
@@ -389,6 +389,16 @@ impl Mail {
         max: u64,
     ) -> Result<Option<Changes<EmailId>>> {
         Ok(self.store.email_changes(account, since, max)?)
+    }
+
+    /// Threads whose emails changed after `since`; `None` if it cannot be answered.
+    pub fn thread_changes(
+        &self,
+        account: &AccountId,
+        since: i64,
+        max: u64,
+    ) -> Result<Option<store::Changes<ThreadId>>> {
+        Ok(self.store.thread_changes(account, since, max)?)
     }
 
     /// Mailbox changes since a modseq; `None` if it cannot be answered.
@@ -496,7 +506,7 @@ impl Mail {
             return Ok(None);
         }
         match self.blobs.get(&email.blob_id)? {
-            Some(raw) => Ok(Some(parse::body(&raw)?)),
+            Some(raw) => Ok(Some(Message::parse(&raw)?.body())),
             None => Ok(None),
         }
     }

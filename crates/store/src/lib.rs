@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod blob;
+mod email_query;
 mod error;
 mod ids;
 mod model;
@@ -25,6 +26,9 @@ mod sqlite;
 mod traits;
 
 pub use blob::{BlobStore, FsBlobStore, blob_id};
+pub use email_query::{
+    EmailCondition, EmailFilter, EmailQuery, EmailSort, QueryPage, SortKey, base_subject,
+};
 pub use error::Error;
 pub use ids::{
     AccountId, BlobId, ClientId, EmailId, IdError, Jti, Kid, MailboxId, RealmId, SessionId,

@@ -431,6 +431,19 @@ pub struct Changes<T> {
     pub has_more: bool,
 }
 
+impl<T> Changes<T> {
+    /// No changes yet, reaching `new_modseq`.
+    pub fn empty(new_modseq: i64, has_more: bool) -> Self {
+        Self {
+            created: Vec::new(),
+            updated: Vec::new(),
+            destroyed: Vec::new(),
+            new_modseq,
+            has_more,
+        }
+    }
+}
+
 /// The text of an email that full-text search indexes (the subject comes from the record).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchText {
@@ -440,27 +453,6 @@ pub struct SearchText {
     pub to: String,
     /// The text of the body (HTML converted to text), bounded.
     pub body: String,
-}
-
-/// An `Email/query` filter: every field that is set must match (AND).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EmailFilter {
-    /// In this mailbox.
-    pub mailbox: Option<crate::MailboxId>,
-    /// These words anywhere (subject, addresses, body).
-    pub text: Option<String>,
-    /// These words in the subject.
-    pub subject: Option<String>,
-    /// These words in From.
-    pub from: Option<String>,
-    /// These words in To/Cc.
-    pub to: Option<String>,
-    /// These words in the body.
-    pub body: Option<String>,
-    /// Has this keyword.
-    pub has_keyword: Option<String>,
-    /// Lacks this keyword.
-    pub not_keyword: Option<String>,
 }
 
 /// An account's vacation response (JMAP VacationResponse, RFC 8621 §8).

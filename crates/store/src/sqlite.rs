@@ -291,6 +291,7 @@ impl SqliteStore {
             let r = Connection::open(path)?;
             r.busy_timeout(std::time::Duration::from_secs(10))?;
             r.pragma_update(None, "query_only", "ON")?;
+            add_functions(&r)?;
             store.readers.push(Mutex::new(r));
         }
         Ok(store)
@@ -307,6 +308,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        add_functions(&conn)?;
         let store = Self {
             conn: Mutex::new(conn),
             readers: Vec::new(),
@@ -372,6 +374,18 @@ impl SqliteStore {
         // connection itself is still consistent.
         Ok(self.conn.lock().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// SQL functions the queries use: `base_subject(text)` for sorting by subject.
+fn add_functions(conn: &Connection) -> Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "base_subject",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| Ok(crate::base_subject(&ctx.get::<String>(0)?)),
+    )?;
+    Ok(())
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String> {
@@ -1476,6 +1490,7 @@ impl SqliteStore {
 }
 
 mod mail;
+mod query;
 
 #[cfg(test)]
 mod tests;

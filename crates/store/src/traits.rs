@@ -7,6 +7,7 @@ use crate::ids::{
     AccountId, BlobId, ClientId, EmailId, Jti, Kid, MailboxId, RealmId, SessionId, ThreadId,
 };
 use crate::model::*;
+use crate::{EmailQuery, QueryPage};
 
 /// Realms and their mail domains.
 pub trait RealmStore: Send + Sync {
@@ -153,15 +154,22 @@ pub trait MailStore: Send + Sync {
     fn count_emails(&self, account: &AccountId, mailbox: Option<&MailboxId>) -> Result<u64>;
     /// The account's current modseq (0 if it never had mail).
     fn mail_modseq(&self, account: &AccountId) -> Result<i64>;
-    /// Ids of the account's emails matching `filter`, newest first (`receivedAt` descending,
-    /// then id), from `position`, at most `limit`; and the total count.
+    /// Ids of the account's emails that `query` selects, in its order, from `page.position`,
+    /// at most `page.limit`; and the total count when `page.count_total`.
     fn query_emails(
         &self,
         account: &AccountId,
-        filter: &EmailFilter,
-        position: u64,
-        limit: u64,
-    ) -> Result<(Vec<EmailId>, u64)>;
+        query: &EmailQuery,
+        page: QueryPage,
+    ) -> Result<(Vec<EmailId>, Option<u64>)>;
+    /// Threads that gained, lost (`updated`), got (`created`) or lost all (`destroyed`) their
+    /// emails after `since`.
+    fn thread_changes(
+        &self,
+        account: &AccountId,
+        since: i64,
+        max: u64,
+    ) -> Result<Option<Changes<ThreadId>>>;
     /// The mailboxes each of `emails` is in.
     fn email_mailboxes(&self, emails: &[EmailId]) -> Result<Vec<(EmailId, MailboxId)>>;
     /// The account's emails in a thread, oldest first.

@@ -7,7 +7,6 @@ use crate::Result;
 use crate::ids::{AccountId, BlobId, EmailId, MailboxId, ThreadId};
 use crate::model::{EmailRecord, Mailbox};
 use crate::traits::MailStore;
-use rusqlite::ToSql;
 
 /// Bumps and returns the account's modseq inside `tx`.
 fn next_modseq(tx: &Transaction<'_>, account: &AccountId) -> Result<i64> {
@@ -17,18 +16,6 @@ fn next_modseq(tx: &Transaction<'_>, account: &AccountId) -> Result<i64> {
         [account.as_str()],
         |r| r.get(0),
     )?)
-}
-
-/// A user's search words as an FTS5 query: every word quoted (so no word is read as FTS5 syntax
-/// such as `OR`, `NEAR` or a column filter), all of them required. `None` if there are none.
-fn fts_terms(words: &str) -> Option<String> {
-    let terms: Vec<String> = words
-        .split(|c: char| !c.is_alphanumeric() && c != '@' && c != '.' && c != '-' && c != '_')
-        .filter(|w| w.chars().any(char::is_alphanumeric))
-        .take(32)
-        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
-        .collect();
-    (!terms.is_empty()).then(|| terms.join(" "))
 }
 
 /// Marks mailboxes updated (their counts changed) at `modseq`.
@@ -77,6 +64,61 @@ fn live_email(tx: &Transaction<'_>, account: &AccountId, id: &EmailId) -> Result
 
 /// Rows of `table` changed after `since`: (id, created_modseq, destroyed?) ordered by the modseq
 /// of their latest change, at most `max` + 1 (to tell whether more remain).
+/// The account's current modseq.
+fn current_modseq(conn: &rusqlite::Connection, account: &AccountId) -> Result<i64> {
+    Ok(conn
+        .query_row(
+            "SELECT modseq FROM mail_state WHERE account = ?",
+            [account.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Rows of a change query, each ending in the modseq it happened at. `sql` selects them for
+/// one account with `m > ? AND m <= ?` and `LIMIT ?`, ordered by `m`.
+///
+/// Returns at most `max` rows, never cut in the middle of one modseq (a client resuming from
+/// the returned modseq must not miss the rest of it); the modseq they reach; whether more remain.
+fn changed_rows<R>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    account: &AccountId,
+    (since, current): (i64, i64),
+    max: u64,
+    row: impl Fn(&Row<'_>) -> rusqlite::Result<(R, i64)>,
+) -> Result<(Vec<R>, i64, bool)> {
+    let fetch = |until: i64, limit: i64| -> Result<Vec<(R, i64)>> {
+        Ok(conn
+            .prepare_cached(sql)?
+            .query_map(params![account.as_str(), since, until, limit], &row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?)
+    };
+    let cap = usize::try_from(max).unwrap_or(usize::MAX);
+    let mut rows = fetch(
+        current,
+        i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX),
+    )?;
+    if rows.len() <= cap {
+        return Ok((rows.into_iter().map(|r| r.0).collect(), current, false));
+    }
+    let next = rows[cap].1;
+    let keep = rows.iter().take(cap).filter(|r| r.1 < next).count();
+    if keep == 0 {
+        // One modseq holds more than `max` changes: report all of it rather than never advance.
+        let whole = fetch(next, i64::MAX)?;
+        return Ok((
+            whole.into_iter().map(|r| r.0).collect(),
+            next,
+            next < current,
+        ));
+    }
+    rows.truncate(keep);
+    let reached = rows.last().map_or(current, |r| r.1);
+    Ok((rows.into_iter().map(|r| r.0).collect(), reached, true))
+}
+
 fn changes<T: std::str::FromStr>(
     conn: &rusqlite::Connection,
     table: &str,
@@ -87,60 +129,78 @@ fn changes<T: std::str::FromStr>(
 where
     T::Err: std::fmt::Display,
 {
-    let current: i64 = conn
-        .query_row(
-            "SELECT modseq FROM mail_state WHERE account = ?",
-            [account.as_str()],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
+    let current = current_modseq(conn, account)?;
     if since > current || since < 0 {
         return Ok(None);
     }
     let sql = format!(
         "SELECT id, created_modseq, destroyed_modseq, max(updated_modseq, ifnull(destroyed_modseq, 0)) AS m \
-         FROM {table} WHERE account = ? AND m > ? ORDER BY m, id LIMIT ?"
+         FROM {table} WHERE account = ? AND m > ? AND m <= ? ORDER BY m, id LIMIT ?"
     );
-    let rows = conn
-        .prepare_cached(&sql)?
-        .query_map(
-            params![
-                account.as_str(),
-                since,
-                i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX)
-            ],
-            |r| {
-                Ok((
+    let (rows, new_modseq, has_more) =
+        changed_rows(conn, &sql, account, (since, current), max, |r| {
+            Ok((
+                (
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            },
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let has_more = rows.len() as u64 > max;
-    let mut out = crate::model::Changes {
-        created: vec![],
-        updated: vec![],
-        destroyed: vec![],
-        new_modseq: current,
-        has_more,
-    };
-    for (i, (id, created, destroyed, m)) in rows.into_iter().enumerate() {
-        if i as u64 >= max {
-            break;
-        }
-        if has_more {
-            out.new_modseq = m;
-        }
+                ),
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+    let mut out = crate::model::Changes::empty(new_modseq, has_more);
+    for (id, created, destroyed) in rows {
         let id: T = parse_id(id)?;
         match (created > since, destroyed.is_some()) {
             (true, true) => {} // born and gone within the window: the client never saw it
             (true, false) => out.created.push(id),
             (false, true) => out.destroyed.push(id),
             (false, false) => out.updated.push(id),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Threads whose membership changed after `since`: a thread changes only when an email joins
+/// (is created) or leaves (is destroyed); keyword and mailbox changes do not touch it.
+fn thread_changes(
+    conn: &rusqlite::Connection,
+    account: &AccountId,
+    since: i64,
+    max: u64,
+) -> Result<Option<crate::model::Changes<ThreadId>>> {
+    let current = current_modseq(conn, account)?;
+    if since > current || since < 0 {
+        return Ok(None);
+    }
+    let sql = "SELECT e.thread_id, \
+           EXISTS (SELECT 1 FROM emails b WHERE b.thread_id = e.thread_id AND b.account = e.account \
+                   AND b.created_modseq <= ?2 AND (b.destroyed_modseq IS NULL OR b.destroyed_modseq > ?2)), \
+           EXISTS (SELECT 1 FROM emails n WHERE n.thread_id = e.thread_id AND n.account = e.account \
+                   AND n.destroyed_modseq IS NULL), \
+           MAX(max(e.created_modseq, ifnull(e.destroyed_modseq, 0))) AS m \
+         FROM emails e WHERE e.account = ?1 \
+           AND (e.created_modseq > ?2 OR e.destroyed_modseq > ?2) \
+         GROUP BY e.thread_id HAVING m <= ?3 ORDER BY m, e.thread_id LIMIT ?4";
+    let (rows, new_modseq, has_more) =
+        changed_rows(conn, sql, account, (since, current), max, |r| {
+            Ok((
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, bool>(2)?,
+                ),
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+    let mut out = crate::model::Changes::empty(new_modseq, has_more);
+    for (id, before, now) in rows {
+        let id: ThreadId = parse_id(id)?;
+        match (before, now) {
+            (true, true) => out.updated.push(id),
+            (false, true) => out.created.push(id),
+            (true, false) => out.destroyed.push(id),
+            (false, false) => {}
         }
     }
     Ok(Some(out))
@@ -390,77 +450,65 @@ impl MailStore for SqliteStore {
     fn query_emails(
         &self,
         account: &AccountId,
-        f: &crate::model::EmailFilter,
-        position: u64,
-        limit: u64,
-    ) -> Result<(Vec<EmailId>, u64)> {
-        // A search starts from the index's matches (CROSS JOIN keeps that order), so a query
-        // costs in proportion to what it matches, not to the size of the mailbox.
-        let mut fts = Vec::new();
-        for (column, words) in [
-            ("", &f.text),
-            ("subject", &f.subject),
-            ("from_text", &f.from),
-            ("to_text", &f.to),
-            ("body", &f.body),
-        ] {
-            if let Some(w) = words.as_deref().and_then(fts_terms) {
-                fts.push(if column.is_empty() {
-                    w
-                } else {
-                    format!("{column} : ({w})")
-                });
-            }
-        }
-        let searching = f.text.is_some()
-            || f.subject.is_some()
-            || f.from.is_some()
-            || f.to.is_some()
-            || f.body.is_some();
-        if searching && fts.is_empty() {
-            // Only punctuation was asked for: nothing matches.
-            return Ok((Vec::new(), 0));
-        }
-        let mut args: Vec<Box<dyn ToSql>> = Vec::new();
-        let mut from = if searching {
-            args.push(Box::new(fts.join(" AND ")));
-            String::from(
-                "(SELECT rowid AS r FROM email_fts WHERE email_fts MATCH ?) hits CROSS JOIN emails e ON e.rowid = hits.r",
+        q: &crate::EmailQuery,
+        page: crate::QueryPage,
+    ) -> Result<(Vec<EmailId>, Option<u64>)> {
+        let from_where = super::query::from_where(account, &q.filter);
+        let order = super::query::order_by(q);
+        let conn = self.reader()?;
+        let total = if page.count_total {
+            let column = if q.collapse_threads {
+                "DISTINCT e.thread_id"
+            } else {
+                "*"
+            };
+            let sql = format!("SELECT COUNT({column}){}", from_where.text);
+            let n: i64 = conn
+                .prepare_cached(&sql)?
+                .query_row(rusqlite::params_from_iter(&from_where.args), |r| r.get(0))?;
+            Some(u64::try_from(n).unwrap_or(0))
+        } else {
+            None
+        };
+        let window = [
+            rusqlite::types::Value::from(i64::try_from(page.limit).unwrap_or(i64::MAX)),
+            rusqlite::types::Value::from(i64::try_from(page.position).unwrap_or(i64::MAX)),
+        ];
+        let (sql, args): (String, Vec<&rusqlite::types::Value>) = if q.collapse_threads {
+            // The first email of each thread in sort order stands for the thread.
+            (
+                format!(
+                    "SELECT id FROM (SELECT e.id AS id, ROW_NUMBER() OVER (PARTITION BY e.thread_id \
+                     ORDER BY {o}) AS rn, ROW_NUMBER() OVER (ORDER BY {o}) AS pos{fw}) \
+                     WHERE rn = 1 ORDER BY pos LIMIT ? OFFSET ?",
+                    o = order.text,
+                    fw = from_where.text
+                ),
+                order
+                    .args
+                    .iter()
+                    .chain(&order.args)
+                    .chain(&from_where.args)
+                    .chain(&window)
+                    .collect(),
             )
         } else {
-            String::from("emails e")
+            (
+                format!(
+                    "SELECT e.id{} ORDER BY {} LIMIT ? OFFSET ?",
+                    from_where.text, order.text
+                ),
+                from_where
+                    .args
+                    .iter()
+                    .chain(&order.args)
+                    .chain(&window)
+                    .collect(),
+            )
         };
-        let mut cond = vec![
-            "e.account = ?".to_owned(),
-            "e.destroyed_modseq IS NULL".to_owned(),
-        ];
-        args.push(Box::new(account.to_string()));
-        if let Some(m) = &f.mailbox {
-            from.push_str(" JOIN email_mailboxes em ON em.email = e.id");
-            cond.push("em.mailbox = ?".into());
-            args.push(Box::new(m.to_string()));
-        }
-        for (k, negate) in [(&f.has_keyword, false), (&f.not_keyword, true)] {
-            if let Some(k) = k {
-                let not = if negate { "NOT " } else { "" };
-                cond.push(format!(
-                    "{not}EXISTS (SELECT 1 FROM json_each(e.keywords) WHERE value = ?)"
-                ));
-                args.push(Box::new(k.to_ascii_lowercase()));
-            }
-        }
-        let cond = cond.join(" AND ");
-        let conn = self.reader()?;
-        let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
-        let total: u64 = conn
-            .prepare_cached(&format!("SELECT COUNT(*) FROM {from} WHERE {cond}"))?
-            .query_row(&params[..], |r| r.get(0))?;
-        args.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
-        args.push(Box::new(i64::try_from(position).unwrap_or(i64::MAX)));
-        let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
         let ids = conn
-            .prepare_cached(&format!("SELECT e.id FROM {from} WHERE {cond} ORDER BY e.received_at DESC, e.id DESC LIMIT ? OFFSET ?"))?
-            .query_map(&params[..], |r| r.get::<_, String>(0))?
+            .prepare_cached(&sql)?
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok((ids.into_iter().map(parse_id).collect::<Result<_>>()?, total))
     }
@@ -568,6 +616,15 @@ impl MailStore for SqliteStore {
         max: u64,
     ) -> Result<Option<crate::model::Changes<EmailId>>> {
         changes(&*self.reader()?, "emails", account, since, max)
+    }
+
+    fn thread_changes(
+        &self,
+        account: &AccountId,
+        since: i64,
+        max: u64,
+    ) -> Result<Option<crate::model::Changes<ThreadId>>> {
+        thread_changes(&*self.reader()?, account, since, max)
     }
 
     fn mailbox_changes(

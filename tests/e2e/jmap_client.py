@@ -9,7 +9,8 @@ CORE = "urn:ietf:params:jmap:core"
 MAIL = "urn:ietf:params:jmap:mail"
 SUBMISSION = "urn:ietf:params:jmap:submission"
 VACATION = "urn:ietf:params:jmap:vacationresponse"
-USING = (CORE, MAIL, SUBMISSION, VACATION)
+QUOTA = "urn:ietf:params:jmap:quota"
+USING = (CORE, MAIL, SUBMISSION, VACATION, QUOTA)
 
 
 def auth(token):
@@ -37,12 +38,16 @@ class Client:
 
     def call(self, *calls):
         """Runs method calls (accountId filled in); returns {call id: arguments}. A method-level
-        error comes back as {"type": ...} under its call id."""
+        error comes back as {"error": type, ...} under its call id; an implicit response (an
+        Email/set after EmailSubmission/set) under "{call id}/{method}"."""
         calls = [[name, {"accountId": self.account, **args}, cid] for name, args, cid in calls]
         r = api(self.keypost, self.token, calls)
         assert r.status_code == 200, r.text
-        return {cid: args if name != "error" else {"error": args["type"], **args}
-                for name, args, cid in r.json()["methodResponses"]}
+        out = {}
+        for name, args, cid in r.json()["methodResponses"]:
+            out[cid if cid not in out else f"{cid}/{name}"] = (
+                args if name != "error" else {"error": args["type"], **args})
+        return out
 
     def one(self, name, args):
         return self.call([name, args, "x"])["x"]

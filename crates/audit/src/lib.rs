@@ -51,6 +51,9 @@ pub enum Operation {
     RefreshTokenReused,
     /// A session was ended (sign-out).
     SessionEnded,
+    /// A mailbox setting changed (identities, vacation response, quota): attackers who get in
+    /// often add a sender identity or an auto-reply, so these are evidence too.
+    SettingsChanged,
     /// A sign-in failed.
     SignInFailed,
     /// A sign-in was refused because of too many failures.
@@ -88,6 +91,7 @@ impl Operation {
             PasswordChanged => "PasswordChanged",
             RefreshTokenReused => "RefreshTokenReused",
             SessionEnded => "SessionEnded",
+            SettingsChanged => "SettingsChanged",
             SignInFailed => "SignInFailed",
             SignInThrottled => "SignInThrottled",
             SignInSucceeded => "SignInSucceeded",

@@ -13,7 +13,19 @@ pub(crate) const CORE: &str = "urn:ietf:params:jmap:core";
 pub(crate) const MAIL: &str = "urn:ietf:params:jmap:mail";
 pub(crate) const SUBMISSION: &str = "urn:ietf:params:jmap:submission";
 pub(crate) const VACATION: &str = "urn:ietf:params:jmap:vacationresponse";
-const KNOWN: [&str; 4] = [CORE, MAIL, SUBMISSION, VACATION];
+pub(crate) const QUOTA: &str = "urn:ietf:params:jmap:quota";
+const KNOWN: [&str; 5] = [CORE, MAIL, SUBMISSION, VACATION, QUOTA];
+
+/// The capability a method belongs to: the client must name it in `using`.
+fn capability_of(method: &str) -> &'static str {
+    match method.split_once('/').map_or(method, |(kind, _)| kind) {
+        "Core" => CORE,
+        "Identity" | "EmailSubmission" => SUBMISSION,
+        "VacationResponse" => VACATION,
+        "Quota" => QUOTA,
+        _ => MAIL,
+    }
+}
 
 pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
@@ -72,11 +84,7 @@ pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
     let mut responses: Vec<Value> = Vec::new();
     for (name, args, call_id) in parsed {
         let result = resolve_references(args, &responses).and_then(|args| {
-            let needs = if name.starts_with("Core/") {
-                CORE
-            } else {
-                MAIL
-            };
+            let needs = capability_of(&name);
             if !using_caps.contains(&needs) {
                 return Err(MethodError::new(
                     "unknownMethod",

@@ -17,7 +17,6 @@
 mod api;
 mod blob;
 mod methods;
-mod submit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

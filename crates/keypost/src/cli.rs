@@ -219,6 +219,16 @@ pub(crate) enum MailCmd {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Show an account's mail storage, or set its limit: a size ("2GiB", "500MB"),
+    /// "unlimited", or "default" (the configured mail.quota).
+    Quota {
+        /// The account's email address.
+        email: String,
+        /// New limit; omit to only show.
+        limit: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,7 +288,7 @@ pub(crate) fn open_mail(svc: &Services) -> Result<mail::Mail> {
     let blobs = Arc::new(store::FsBlobStore::open(
         &svc.config.data_dir.join("blobs"),
     )?);
-    Ok(mail::Mail::new(svc.store.clone(), blobs))
+    Ok(mail::Mail::new(svc.store.clone(), blobs).with_default_quota(svc.config.mail_quota))
 }
 
 fn load_kek(config: &Config) -> Result<Kek> {
@@ -748,6 +758,40 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             for (what, why) in &report.failed {
                 eprintln!("skipped {what}: {why}");
             }
+            Ok(())
+        }
+        Command::Mail(MailCmd::Quota { email, limit, out }) => {
+            let svc = services(config)?;
+            let account = svc.identity.user(&email)?;
+            let mail = open_mail(&svc)?;
+            if let Some(limit) = &limit {
+                let setting = match limit.trim().to_ascii_lowercase().as_str() {
+                    "default" => store::QuotaSetting::Default,
+                    _ => match crate::config::size("limit", limit)? {
+                        None => store::QuotaSetting::Unlimited,
+                        Some(n) => store::QuotaSetting::Limit(n),
+                    },
+                };
+                mail.set_quota(&account.id, setting)?;
+                svc.identity.audit().record(
+                    audit::Event::success(audit::Operation::SettingsChanged)
+                        .realm(&account.realm)
+                        .actor("cli")
+                        .target(account.email.clone())
+                        .detail("quota", limit.clone()),
+                    now,
+                )?;
+            }
+            let q = mail.quota(&account.id)?;
+            if out.json {
+                return print_json(
+                    &json!({"account": account.email, "used": q.used, "limit": q.limit}),
+                );
+            }
+            let limit = q
+                .limit
+                .map_or("unlimited".to_owned(), |l| format!("{l} bytes"));
+            println!("{}: {} bytes used of {limit}", account.email, q.used);
             Ok(())
         }
         Command::Audit(AuditCmd::Search {

@@ -23,6 +23,23 @@ pub(crate) struct FileConfig {
     tokens: Tokens,
     keys: Keys,
     login: Login,
+    mail: MailSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MailSection {
+    /// Storage per account unless set per account (`keypost mail quota`): a size such as
+    /// "10GiB" or "500MB", or "unlimited".
+    quota: String,
+}
+
+impl Default for MailSection {
+    fn default() -> Self {
+        Self {
+            quota: "10GiB".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,6 +90,7 @@ impl Default for FileConfig {
             tokens: Tokens::default(),
             keys: Keys::default(),
             login: Login::default(),
+            mail: MailSection::default(),
         }
     }
 }
@@ -131,6 +149,38 @@ pub(crate) struct Config {
     pub(crate) identity: identity::IdentityConfig,
     pub(crate) key_policy: keys::KeyPolicy,
     pub(crate) kek_file: PathBuf,
+    /// Default mail storage per account (`None`: unlimited).
+    pub(crate) mail_quota: Option<u64>,
+}
+
+/// A size such as `10GiB`, `500MB`, `1048576` (bytes) or `unlimited` (`None`).
+pub(crate) fn size(name: &str, v: &str) -> Result<Option<u64>> {
+    let v = v.trim();
+    if v.eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("{name} = {v:?} is not a size like \"10GiB\" or \"unlimited\""))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            bail!("{name}: unknown size unit {other:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+        }
+    };
+    n.checked_mul(scale)
+        .map(Some)
+        .with_context(|| format!("{name} = {v:?} is too large"))
 }
 
 fn secs(name: &str, v: &str) -> Result<i64> {
@@ -303,6 +353,7 @@ impl FileConfig {
             identity,
             key_policy,
             kek_file,
+            mail_quota: size("mail.quota", &self.mail.quota)?,
             file: self,
         })
     }
@@ -317,6 +368,24 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("q", "10GiB").unwrap(), Some(10 << 30));
+        assert_eq!(size("q", "500 MB").unwrap(), Some(500_000_000));
+        assert_eq!(size("q", "42").unwrap(), Some(42));
+        assert_eq!(size("q", "Unlimited").unwrap(), None);
+        for bad in ["", "GiB", "10 parsecs", "-1", "99999999999TiB"] {
+            assert!(size("q", bad).is_err(), "{bad:?}");
+        }
+        let c = Config::from_parts(
+            None,
+            "keypost.toml",
+            &env(&[("KEYPOST_MAIL_QUOTA", "1MiB")]),
+        )
+        .unwrap();
+        assert_eq!(c.mail_quota, Some(1 << 20));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 mod import;
 mod message;
 mod parse;
+mod sending;
 mod vacation;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use store::{
 
 pub use import::{ImportReport, ImportSource};
 pub use message::{AddressGroup, Body, HeaderForm, HeaderValue, Message, Part};
+pub use sending::Quota;
 
 /// Result alias.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -50,6 +52,14 @@ pub enum Error {
         path: String,
         /// Why it failed.
         error: String,
+    },
+    /// Storing the message would take the account over its storage limit.
+    #[error("over quota: {used} of {limit} bytes used")]
+    OverQuota {
+        /// Bytes used now.
+        used: u64,
+        /// The limit.
+        limit: u64,
     },
     /// A request that breaks a rule of the mail model (the message says which).
     #[error("{0}")]
@@ -136,6 +146,8 @@ fn new_id(prefix: char) -> Result<String> {
 pub struct Mail {
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
+    /// The limit for accounts without one of their own (`None`: unlimited).
+    default_quota: Option<u64>,
 }
 
 impl std::fmt::Debug for Mail {
@@ -147,7 +159,17 @@ impl std::fmt::Debug for Mail {
 impl Mail {
     /// Mail over `store` (metadata) and `blobs` (raw messages).
     pub fn new(store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>) -> Self {
-        Self { store, blobs }
+        Self {
+            store,
+            blobs,
+            default_quota: None,
+        }
+    }
+
+    /// Sets the storage limit of accounts that have none of their own.
+    pub fn with_default_quota(mut self, bytes: Option<u64>) -> Self {
+        self.default_quota = bytes;
+        self
     }
 
     /// The account's mailboxes, creating the default ones (with their roles) the first time.
@@ -237,7 +259,13 @@ impl Mail {
         }
         let meta = parse::metadata(raw)?;
         let blob_id = store::blob_id(raw);
-        if let Some(id) = self.store.email_with_blob(account, &blob_id)? {
+        // Checked before the write, not inside it: concurrent deliveries may overshoot the
+        // limit by what is in flight, as with most mail servers' quotas.
+        let existing = self.store.email_with_blob(account, &blob_id)?;
+        if existing.is_none() {
+            self.quota(account)?.admits(raw.len() as u64)?;
+        }
+        if let Some(id) = existing {
             let existing = self
                 .store
                 .get_email(&id)?

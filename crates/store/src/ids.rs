@@ -157,6 +157,20 @@ string_id!(
     opaque
 );
 string_id!(
+    /// An identity an account sends as (JMAP `Id`).
+    IdentityId,
+    "identity id",
+    opaque
+);
+
+string_id!(
+    /// A record of one sending (JMAP `EmailSubmission` id).
+    SubmissionId,
+    "submission id",
+    opaque
+);
+
+string_id!(
     /// A blob: the lowercase hex SHA-256 of its bytes, so equal content is stored once.
     BlobId,
     "blob id",

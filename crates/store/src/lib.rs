@@ -31,8 +31,8 @@ pub use email_query::{
 };
 pub use error::Error;
 pub use ids::{
-    AccountId, BlobId, ClientId, EmailId, IdError, Jti, Kid, MailboxId, RealmId, SessionId,
-    ThreadId,
+    AccountId, BlobId, ClientId, EmailId, IdError, IdentityId, Jti, Kid, MailboxId, RealmId,
+    SessionId, SubmissionId, ThreadId,
 };
 pub use model::*;
 pub use sqlite::SqliteStore;

@@ -455,6 +455,75 @@ pub struct SearchText {
     pub body: String,
 }
 
+/// An account's storage limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuotaSetting {
+    /// The configured default applies.
+    #[default]
+    Default,
+    /// No limit.
+    Unlimited,
+    /// At most this many bytes of mail.
+    Limit(u64),
+}
+
+/// Who an account sends as (JMAP Identity, RFC 8621 §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Id.
+    pub id: crate::IdentityId,
+    /// Owning account.
+    pub account: AccountId,
+    /// Display name for From.
+    pub name: String,
+    /// The From address; always one the account may send as.
+    pub email: String,
+    /// Default Reply-To.
+    pub reply_to: Option<Vec<EmailAddress>>,
+    /// Default Bcc.
+    pub bcc: Option<Vec<EmailAddress>>,
+    /// Plain-text signature.
+    pub text_signature: String,
+    /// HTML signature.
+    pub html_signature: String,
+    /// The account's own identity: cannot be destroyed.
+    pub is_primary: bool,
+}
+
+/// How the delivery to one recipient went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The recipient address.
+    pub rcpt: String,
+    /// The SMTP reply for this recipient (`250 2.1.5 ...`, `552 5.2.2 ...`).
+    pub smtp_reply: String,
+    /// `yes`, `no` or `queued` (JMAP `delivered`).
+    pub delivered: String,
+}
+
+/// One sending of an email (JMAP EmailSubmission, RFC 8621 §7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// Id.
+    pub id: crate::SubmissionId,
+    /// Owning account.
+    pub account: AccountId,
+    /// Sent as.
+    pub identity: crate::IdentityId,
+    /// The email sent.
+    pub email: crate::EmailId,
+    /// Its thread.
+    pub thread: crate::ThreadId,
+    /// SMTP MAIL FROM.
+    pub mail_from: String,
+    /// SMTP RCPT TO.
+    pub rcpt_to: Vec<String>,
+    /// When it was sent.
+    pub send_at: UnixTime,
+    /// Per-recipient outcome.
+    pub delivery: Vec<Delivery>,
+}
+
 /// An account's vacation response (JMAP VacationResponse, RFC 8621 §8).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Vacation {

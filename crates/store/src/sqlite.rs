@@ -249,6 +249,55 @@ CREATE TABLE vacation_replies (
     PRIMARY KEY (account, sender)
 ) STRICT, WITHOUT ROWID;
 "#,
+    r#"
+-- Who an account sends as (JMAP Identity). The primary identity is the account's own address.
+CREATE TABLE identities (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL REFERENCES accounts(id),
+    name TEXT NOT NULL,
+    email TEXT NOT NULL,
+    reply_to TEXT,
+    bcc TEXT,
+    text_signature TEXT NOT NULL,
+    html_signature TEXT NOT NULL,
+    is_primary INTEGER NOT NULL,
+    created_modseq INTEGER NOT NULL,
+    updated_modseq INTEGER NOT NULL,
+    destroyed_modseq INTEGER
+) STRICT;
+CREATE INDEX identities_account ON identities(account);
+-- What was sent, to whom, and how each delivery went (JMAP EmailSubmission).
+CREATE TABLE submissions (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL REFERENCES accounts(id),
+    identity_id TEXT NOT NULL,
+    email_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    envelope TEXT NOT NULL,
+    send_at INTEGER NOT NULL,
+    delivery TEXT NOT NULL,
+    created_modseq INTEGER NOT NULL,
+    updated_modseq INTEGER NOT NULL,
+    destroyed_modseq INTEGER
+) STRICT;
+CREATE INDEX submissions_account ON submissions(account, send_at);
+-- Storage quota: bytes of live mail per account, kept by triggers so no write path can forget.
+ALTER TABLE mail_state ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
+UPDATE mail_state SET used = (SELECT ifnull(sum(size), 0) FROM emails
+    WHERE emails.account = mail_state.account AND destroyed_modseq IS NULL);
+CREATE TRIGGER emails_used_insert AFTER INSERT ON emails BEGIN
+    UPDATE mail_state SET used = used + NEW.size WHERE account = NEW.account;
+END;
+CREATE TRIGGER emails_used_destroy AFTER UPDATE OF destroyed_modseq ON emails
+    WHEN OLD.destroyed_modseq IS NULL AND NEW.destroyed_modseq IS NOT NULL BEGIN
+    UPDATE mail_state SET used = used - NEW.size WHERE account = NEW.account;
+END;
+-- Per-account limits; no row means the configured default.
+CREATE TABLE quotas (
+    account TEXT PRIMARY KEY REFERENCES accounts(id),
+    limit_bytes INTEGER
+) STRICT;
+"#,
 ];
 
 /// Read-only connections per file-backed store.
@@ -1491,6 +1540,7 @@ impl SqliteStore {
 
 mod mail;
 mod query;
+mod sending;
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,8 @@
 
 use crate::Result;
 use crate::ids::{
-    AccountId, BlobId, ClientId, EmailId, Jti, Kid, MailboxId, RealmId, SessionId, ThreadId,
+    AccountId, BlobId, ClientId, EmailId, IdentityId, Jti, Kid, MailboxId, RealmId, SessionId,
+    SubmissionId, ThreadId,
 };
 use crate::model::*;
 use crate::{EmailQuery, QueryPage};
@@ -246,9 +247,49 @@ pub trait MailStore: Send + Sync {
     fn has_upload(&self, account: &AccountId, blob: &BlobId) -> Result<bool>;
 }
 
+/// Identities, submissions and quotas: what an account sends as, what it sent, how much it
+/// may keep. Identities and submissions share the account's mail modseq, as JMAP states.
+pub trait SendingStore: Send + Sync {
+    /// The account's live identities, primary first.
+    fn list_identities(&self, account: &AccountId) -> Result<Vec<Identity>>;
+    /// Stores a new identity.
+    fn create_identity(&self, identity: &Identity) -> Result<i64>;
+    /// Replaces an identity's fields; `NotFound` if the account has no such identity.
+    fn update_identity(&self, identity: &Identity) -> Result<i64>;
+    /// Destroys a (non-primary) identity; `NotFound` if there is none to destroy.
+    fn destroy_identity(&self, account: &AccountId, id: &IdentityId) -> Result<i64>;
+    /// Identities changed after `since`.
+    fn identity_changes(
+        &self,
+        account: &AccountId,
+        since: i64,
+        max: u64,
+    ) -> Result<Option<Changes<IdentityId>>>;
+    /// Records a submission.
+    fn insert_submission(&self, submission: &Submission) -> Result<i64>;
+    /// The account's live submissions, newest first.
+    fn list_submissions(&self, account: &AccountId) -> Result<Vec<Submission>>;
+    /// Forgets a submission (the email itself stays); `NotFound` if there is none.
+    fn destroy_submission(&self, account: &AccountId, id: &SubmissionId) -> Result<i64>;
+    /// Submissions changed after `since`.
+    fn submission_changes(
+        &self,
+        account: &AccountId,
+        since: i64,
+        max: u64,
+    ) -> Result<Option<Changes<SubmissionId>>>;
+    /// Bytes of live mail the account holds.
+    fn mail_usage(&self, account: &AccountId) -> Result<u64>;
+    /// The account's own storage limit setting.
+    fn account_quota(&self, account: &AccountId) -> Result<QuotaSetting>;
+    /// Sets the account's storage limit.
+    fn set_account_quota(&self, account: &AccountId, quota: QuotaSetting) -> Result<()>;
+}
+
 /// Everything Keypost stores.
 pub trait Store:
-    RealmStore
+    SendingStore
+    + RealmStore
     + AccountStore
     + ClientStore
     + KeyStore
@@ -260,7 +301,8 @@ pub trait Store:
 }
 
 impl<T> Store for T where
-    T: RealmStore
+    T: SendingStore
+        + RealmStore
         + AccountStore
         + ClientStore
         + KeyStore

@@ -1,4 +1,5 @@
-//! Emails: `Email/get`, `Email/parse`, `Email/set`, `Email/copy` and `Thread/get`, and how an
+//! Emails: `Email/get`, `Email/parse`, `Email/set`, `Email/import`, `Email/copy` and
+//! `Thread/get`, and how an
 //! email is shown: stored metadata for the cheap properties, the parsed message for headers,
 //! body parts and body values.
 //!
@@ -799,5 +800,108 @@ pub(crate) fn email_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRes
         "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,
         "created": null, "updated": null_if_empty(updated), "destroyed": if destroyed.is_empty() { Value::Null } else { json!(destroyed) },
         "notCreated": null_if_empty(not_created), "notUpdated": null_if_empty(not_updated), "notDestroyed": null_if_empty(not_destroyed),
+    }))
+}
+
+pub(super) fn true_keys(v: Option<&Value>) -> Result<Vec<String>, Value> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                if v == &Value::Bool(true) {
+                    Ok(k.clone())
+                } else {
+                    Err(set_error("invalidProperties", "values must be true", &[]))
+                }
+            })
+            .collect(),
+        Some(_) => Err(set_error("invalidProperties", "must be an object", &[])),
+    }
+}
+
+pub(super) fn email_import(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
+    let old_state = state(j, a)?;
+    let emails = args
+        .get("emails")
+        .and_then(Value::as_object)
+        .ok_or_else(|| MethodError::invalid("emails must be an object"))?;
+    if emails.len() > MAX_OBJECTS_IN_GET {
+        return Err(MethodError::new(
+            "requestTooLarge",
+            format!("at most {MAX_OBJECTS_IN_GET} emails per import"),
+        ));
+    }
+    let mut created = Map::new();
+    let mut not_created = Map::new();
+    for (cid, spec) in emails {
+        let result = (|| -> Result<Value, Value> {
+            let not_found =
+                || set_error("blobNotFound", "no such blob in this account", &["blobId"]);
+            let blob = spec
+                .get("blobId")
+                .and_then(Value::as_str)
+                .and_then(crate::blob::BlobRef::parse)
+                .ok_or_else(not_found)?;
+            let raw = crate::blob::fetch(j, a, &blob)
+                .map_err(|e| set_error("serverFail", &e.to_string(), &[]))?
+                .ok_or_else(not_found)?
+                .bytes;
+            let mailboxes: Vec<MailboxId> = true_keys(spec.get("mailboxIds"))?
+                .iter()
+                .map(|m| {
+                    MailboxId::new(m.as_str()).map_err(|_| {
+                        set_error("invalidProperties", "unknown mailbox", &["mailboxIds"])
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let keywords = true_keys(spec.get("keywords"))?
+                .into_iter()
+                .map(|k| k.to_ascii_lowercase())
+                .collect();
+            let received_at =
+                super::utc_date(spec.get("receivedAt"), "receivedAt")?.unwrap_or_else(now);
+            match j
+                .mail
+                .deliver_to(&a.account.id, &raw, &mailboxes, keywords, received_at)
+            {
+                Ok(d) => Ok(
+                    json!({"id": d.id, "blobId": d.blob_id, "threadId": d.thread_id, "size": raw.len()}),
+                ),
+                Err(mail::Error::NoMailbox(why)) => {
+                    Err(set_error("invalidProperties", &why, &["mailboxIds"]))
+                }
+                Err(mail::Error::NotAMessage(why)) => {
+                    Err(set_error("invalidEmail", &why, &["blobId"]))
+                }
+                Err(e @ mail::Error::OverQuota { .. }) => {
+                    Err(set_error("overQuota", &e.to_string(), &[]))
+                }
+                Err(e) => Err(set_error("serverFail", &e.to_string(), &[])),
+            }
+        })();
+        match result {
+            Ok(v) => {
+                created.insert(cid.clone(), v);
+            }
+            Err(e) => {
+                not_created.insert(cid.clone(), e);
+            }
+        }
+    }
+    if !created.is_empty() {
+        let items: Vec<Value> = created
+            .values()
+            .filter_map(|v| v.get("id").cloned())
+            .collect();
+        let ev = a
+            .event(Operation::MailItemsUpdated)
+            .detail("operation", "Email/import")
+            .detail("items", items);
+        j.audit.record(ev, now()).map_err(MethodError::server)?;
+    }
+    Ok(json!({
+        "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,
+        "created": null_if_empty(created), "notCreated": null_if_empty(not_created),
     }))
 }

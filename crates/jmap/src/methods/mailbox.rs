@@ -347,37 +347,15 @@ fn query_ids(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> Result<Vec<Stri
 }
 
 pub(super) fn query(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
-    let query_state = state(j, a)?;
-    let ids = query_ids(j, a, args)?;
-    Ok(json!({
-        "accountId": a.account.id, "queryState": query_state, "canCalculateChanges": true,
-        "position": 0, "ids": ids, "total": ids.len(),
-    }))
+    super::list_query(j, a, query_ids(j, a, args)?)
 }
 
 pub(super) fn query_changes(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
-    let since = super::since_arg(args, "sinceQueryState")?;
-    let max = super::max_changes_arg(args, super::MAX_QUERY_CHANGES)?;
-    super::consistently(j, a, || {
-        let changes = j
-            .mail
-            .mailbox_changes(&a.account.id, since, max)
-            .map_err(MethodError::server)?
-            .ok_or_else(super::cannot_calculate)?;
-        if changes.has_more {
-            return Err(super::too_many_changes());
-        }
-        let changed = changes
-            .created
-            .iter()
-            .chain(&changes.updated)
-            .chain(&changes.destroyed)
-            .map(|m| m.to_string())
-            .collect();
-        let ids = query_ids(j, a, args)?;
-        Ok((
-            changes.new_modseq,
-            super::query_changes_answer(a, since, changes.new_modseq, changed, &ids),
-        ))
-    })
+    super::list_query_changes(
+        j,
+        a,
+        args,
+        |since, max| j.mail.mailbox_changes(&a.account.id, since, max),
+        || query_ids(j, a, args),
+    )
 }

@@ -6,8 +6,12 @@
 //! fails, the method fails: mail is never served unaudited.
 
 mod email;
+mod identity;
 mod mailbox;
 mod query;
+mod quota;
+mod submission;
+mod vacation;
 
 pub(crate) use email::email_set;
 
@@ -15,7 +19,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use crate::api::{CORE, MAIL, SUBMISSION, VACATION};
+use crate::api::{CORE, MAIL, QUOTA, SUBMISSION, VACATION};
 use crate::{Authed, Jmap, MAX_CALLS_IN_REQUEST, MAX_OBJECTS_IN_GET, MAX_SIZE_REQUEST};
 
 /// A method-level error (RFC 8620 §3.6.2).
@@ -81,6 +85,7 @@ pub(crate) fn session_object(j: &Jmap, a: &Authed) -> MResult {
             MAIL: {},
             SUBMISSION: {},
             VACATION: {},
+            QUOTA: {},
         },
         "accounts": {
             id: {
@@ -99,10 +104,11 @@ pub(crate) fn session_object(j: &Jmap, a: &Authed) -> MResult {
                     },
                     SUBMISSION: {"maxDelayedSend": 0, "submissionExtensions": {}},
                     VACATION: {},
+                    QUOTA: {},
                 },
             }
         },
-        "primaryAccounts": {CORE: id, MAIL: id, SUBMISSION: id, VACATION: id},
+        "primaryAccounts": {CORE: id, MAIL: id, SUBMISSION: id, VACATION: id, QUOTA: id},
         "username": a.account.email,
         "apiUrl": format!("{base}/jmap/api"),
         "downloadUrl": format!("{base}/jmap/download/{{accountId}}/{{blobId}}/{{name}}?accept={{type}}"),
@@ -145,13 +151,22 @@ pub(crate) fn call(j: &Jmap, a: &Authed, name: &str, args: &Map<String, Value>) 
         "Email/queryChanges" => plain(query::email_query_changes(j, a, args)),
         "Email/set" => plain(email_set(j, a, args)),
         "Email/copy" => plain(email::email_copy(j, a, args)),
-        "Email/import" => plain(crate::submit::email_import(j, a, args)),
+        "Email/import" => plain(email::email_import(j, a, args)),
         "Email/parse" => plain(email::email_parse(j, a, args)),
         "SearchSnippet/get" => plain(query::search_snippet_get(j, a, args)),
-        "VacationResponse/get" => plain(crate::submit::vacation_get(j, a, args)),
-        "VacationResponse/set" => plain(crate::submit::vacation_set(j, a, args)),
-        "Identity/get" => plain(crate::submit::identity_get(j, a, args)),
-        "EmailSubmission/set" => crate::submit::submission_set(j, a, args),
+        "VacationResponse/get" => plain(vacation::get(j, a, args)),
+        "VacationResponse/set" => plain(vacation::set(j, a, args)),
+        "Identity/get" => plain(identity::get(j, a, args)),
+        "Identity/changes" => plain(changes(j, a, args, Kind::Identity)),
+        "Identity/set" => plain(identity::set(j, a, args)),
+        "EmailSubmission/get" => plain(submission::get(j, a, args)),
+        "EmailSubmission/changes" => plain(changes(j, a, args, Kind::Submission)),
+        "EmailSubmission/query" => plain(submission::query(j, a, args)),
+        "EmailSubmission/queryChanges" => plain(submission::query_changes(j, a, args)),
+        "EmailSubmission/set" => submission::set(j, a, args),
+        "Quota/get" => plain(quota::get(j, a, args)),
+        "Quota/changes" => plain(quota::changes(j, a, args)),
+        "Quota/query" => plain(quota::query(j, a, args)),
         _ => Err(MethodError::new(
             "unknownMethod",
             format!("{name} is not implemented"),
@@ -245,6 +260,76 @@ pub(crate) fn utc(t: i64) -> String {
     .to_string()
 }
 
+/// A `/get` over a small collection held in memory: the objects `ids` names (all when null)
+/// and the ids not found.
+pub(super) fn get_from<T>(
+    j: &Jmap,
+    a: &Authed,
+    args: &Map<String, Value>,
+    all: &[T],
+    id_of: impl Fn(&T) -> &str,
+    to_json: impl Fn(&T) -> Value,
+) -> MResult {
+    let ids = ids_arg(args)?;
+    let list: Vec<Value> = all
+        .iter()
+        .filter(|x| {
+            ids.as_ref()
+                .is_none_or(|ids| ids.iter().any(|i| i == id_of(x)))
+        })
+        .map(to_json)
+        .collect();
+    let not_found: Vec<&String> = ids
+        .iter()
+        .flatten()
+        .filter(|i| !all.iter().any(|x| id_of(x) == i.as_str()))
+        .collect();
+    Ok(
+        json!({"accountId": a.account.id, "state": state(j, a)?, "list": list, "notFound": not_found}),
+    )
+}
+
+/// Every id a change set names.
+pub(super) fn changed_ids<T: std::fmt::Display>(c: &store::Changes<T>) -> Vec<String> {
+    c.created
+        .iter()
+        .chain(&c.updated)
+        .chain(&c.destroyed)
+        .map(|x| x.to_string())
+        .collect()
+}
+
+/// A `/query` over a small collection whose whole result list is computed in memory.
+pub(super) fn list_query(j: &Jmap, a: &Authed, ids: Vec<String>) -> MResult {
+    Ok(json!({
+        "accountId": a.account.id, "queryState": state(j, a)?, "canCalculateChanges": true,
+        "position": 0, "ids": ids, "total": ids.len(),
+    }))
+}
+
+/// The `/queryChanges` of a [`list_query`]: `changes` gives what changed since a state,
+/// `ids` the current results.
+pub(super) fn list_query_changes<T: std::fmt::Display>(
+    j: &Jmap,
+    a: &Authed,
+    args: &Map<String, Value>,
+    changes: impl Fn(i64, u64) -> mail::Result<Option<store::Changes<T>>>,
+    ids: impl Fn() -> Result<Vec<String>, MethodError>,
+) -> MResult {
+    let since = since_arg(args, "sinceQueryState")?;
+    let max = max_changes_arg(args, MAX_QUERY_CHANGES)?;
+    consistently(j, a, || {
+        let c = changes(since, max)
+            .map_err(MethodError::server)?
+            .ok_or_else(cannot_calculate)?;
+        if c.has_more {
+            return Err(too_many_changes());
+        }
+        let answer = query_changes_answer(a, since, c.new_modseq, changed_ids(&c), &ids()?);
+        Ok((c.new_modseq, answer))
+    })
+}
+
 /// The account's current state, after checking `ifInState` against it (RFC 8620 §5.3).
 pub(super) fn if_in_state(
     j: &Jmap,
@@ -258,6 +343,28 @@ pub(super) fn if_in_state(
             "the account changed since ifInState".into(),
         )),
         _ => Ok(current),
+    }
+}
+
+pub(super) fn utc_date(v: Option<&Value>, name: &str) -> Result<Option<i64>, Value> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => humantime::parse_rfc3339(s)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| Some(d.as_secs() as i64))
+            .ok_or_else(|| {
+                set_error(
+                    "invalidProperties",
+                    &format!("{name} must be a UTCDate"),
+                    &[name],
+                )
+            }),
+        Some(_) => Err(set_error(
+            "invalidProperties",
+            &format!("{name} must be a UTCDate"),
+            &[name],
+        )),
     }
 }
 
@@ -386,6 +493,8 @@ enum Kind {
     Email,
     Mailbox,
     Thread,
+    Identity,
+    Submission,
 }
 
 fn changes(j: &Jmap, a: &Authed, args: &Map<String, Value>, kind: Kind) -> MResult {
@@ -404,6 +513,14 @@ fn changes(j: &Jmap, a: &Authed, args: &Map<String, Value>, kind: Kind) -> MResu
         Kind::Thread => j
             .mail
             .thread_changes(acc, since, max)
+            .map(|c| c.map(strings)),
+        Kind::Identity => j
+            .mail
+            .identity_changes(acc, since, max)
+            .map(|c| c.map(strings)),
+        Kind::Submission => j
+            .mail
+            .submission_changes(acc, since, max)
             .map(|c| c.map(strings)),
     };
     let store::Changes {

@@ -9,7 +9,7 @@ use crate::model::{EmailRecord, Mailbox};
 use crate::traits::MailStore;
 
 /// Bumps and returns the account's modseq inside `tx`.
-fn next_modseq(tx: &Transaction<'_>, account: &AccountId) -> Result<i64> {
+pub(super) fn next_modseq(tx: &Transaction<'_>, account: &AccountId) -> Result<i64> {
     Ok(tx.query_row(
         "INSERT INTO mail_state(account, modseq) VALUES (?, 1) \
          ON CONFLICT(account) DO UPDATE SET modseq = modseq + 1 RETURNING modseq",
@@ -119,7 +119,7 @@ fn changed_rows<R>(
     Ok((rows.into_iter().map(|r| r.0).collect(), reached, true))
 }
 
-fn changes<T: std::str::FromStr>(
+pub(super) fn changes<T: std::str::FromStr>(
     conn: &rusqlite::Connection,
     table: &str,
     account: &AccountId,

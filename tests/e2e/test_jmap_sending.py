@@ -1,0 +1,122 @@
+"""Sending as someone (RFC 8621 §6–7) and keeping within a quota (RFC 9425): identities a user
+may add but never with another's address; submissions recorded with each recipient's outcome;
+a full mailbox refuses delivery (552) without losing the sender's copy; quotas set per account
+from the CLI and reported over JMAP."""
+
+import pytest
+
+from jmap_client import Client, api
+
+
+@pytest.fixture(scope="module")
+def users(keypost, world):
+    keypost.create_user("frank@contoso.test", "frank-correct-horse-battery-6")
+    keypost.create_user("gwen@contoso.test", "gwen-correct-horse-battery-7")
+    def client(email, pw):
+        return Client(keypost, keypost.password_grant("contoso", email, pw).json()["access_token"])
+    return client("frank@contoso.test", "frank-correct-horse-battery-6"), client("gwen@contoso.test", "gwen-correct-horse-battery-7")
+
+
+def draft(c, to, subject, sender="frank@contoso.test"):
+    raw = f"From: Frank <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nHi there.\r\n".encode()
+    return c.import_email(raw, role="drafts", keywords=["$draft"])
+
+
+def test_identities(keypost, users):
+    frank, _ = users
+    (primary,) = frank.one("Identity/get", {})["list"]
+    assert primary["email"] == "frank@contoso.test" and primary["mayDelete"] is False
+    state = frank.one("Identity/get", {"ids": []})["state"]
+    out = frank.one("Identity/set", {"create": {
+        "work": {"name": "Frank (Projects)", "email": "FRANK@contoso.test", "textSignature": "-- \nFrank",
+                 "replyTo": [{"name": "Projects", "email": "projects@contoso.test"}]},
+        "spoof": {"name": "CEO", "email": "ceo@contoso.test"},
+        "bad": {"name": 7},
+    }})
+    work = out["created"]["work"]["id"]
+    assert out["notCreated"]["spoof"]["type"] == "forbiddenFrom"
+    assert out["notCreated"]["bad"]["type"] == "invalidProperties"
+    out = frank.one("Identity/set", {"update": {work: {"htmlSignature": "<p>Frank</p>"}, primary["id"]: {"email": "x@contoso.test"}},
+                                     "destroy": [primary["id"]]})
+    assert out["updated"] == {work: None}
+    assert out["notUpdated"][primary["id"]]["type"] == "invalidProperties", "the address is not editable"
+    assert out["notDestroyed"][primary["id"]]["type"] == "forbidden"
+    (w,) = frank.one("Identity/get", {"ids": [work]})["list"]
+    assert w["email"] == "frank@contoso.test" and w["htmlSignature"] == "<p>Frank</p>"
+    assert w["replyTo"] == [{"name": "Projects", "email": "projects@contoso.test"}]
+    changes = frank.one("Identity/changes", {"sinceState": state})
+    assert work in changes["created"]
+    assert frank.one("Identity/set", {"destroy": [work]})["destroyed"] == [work]
+    assert "SettingsChanged" in {r["operation"] for r in keypost.audit("SettingsChanged", realm="contoso")}
+
+
+def test_submissions_are_recorded_per_recipient(keypost, users):
+    frank, gwen = users
+    identity = frank.one("Identity/get", {})["list"][0]["id"]
+    email = draft(frank, "gwen@contoso.test, Bob <bob@fabrikam.test>", "Kickoff agenda")
+    state = frank.one("EmailSubmission/get", {"ids": []})["state"]
+    resp = frank.call(["EmailSubmission/set", {
+        "create": {"s": {"identityId": identity, "emailId": email}},
+        "onSuccessUpdateEmail": {"#s": {f"mailboxIds/{frank.mailbox('drafts')}": None,
+                                        f"mailboxIds/{frank.mailbox('sent')}": True, "keywords/$draft": None}},
+    }, "x"])
+    out = resp["x"]
+    assert out["created"], out["notCreated"]
+    assert resp["x/Email/set"]["updated"] == {email: None}, "the implicit Email/set of RFC 8621 §7.5"
+    sid = out["created"]["s"]["id"]
+    (sub,) = frank.one("EmailSubmission/get", {"ids": [sid]})["list"]
+    assert sub["emailId"] == email and sub["identityId"] == identity and sub["undoStatus"] == "final"
+    assert sorted(r["email"] for r in sub["envelope"]["rcptTo"]) == ["bob@fabrikam.test", "gwen@contoso.test"]
+    assert sub["deliveryStatus"]["gwen@contoso.test"]["delivered"] == "yes"
+    assert sub["deliveryStatus"]["gwen@contoso.test"]["smtpReply"].startswith("250")
+    (sent,) = frank.one("Email/get", {"ids": [email], "properties": ["mailboxIds", "keywords"]})["list"]
+    assert sent["mailboxIds"] == {frank.mailbox("sent"): True} and "$draft" not in sent["keywords"]
+    got = gwen.one("Email/query", {"filter": {"subject": "kickoff agenda"}})["ids"]
+    assert len(got) == 1
+
+    assert frank.one("EmailSubmission/changes", {"sinceState": state})["created"] == [sid]
+    assert frank.one("EmailSubmission/query", {"filter": {"emailIds": [email]}})["ids"] == [sid]
+    assert frank.one("EmailSubmission/query", {"filter": {"emailIds": ["Mnothing"]}})["ids"] == []
+    out = frank.one("EmailSubmission/set", {"update": {sid: {"undoStatus": "canceled"}}})
+    assert out["notUpdated"][sid]["type"] == "cannotUnsend"
+    assert frank.one("EmailSubmission/set", {"destroy": [sid]})["destroyed"] == [sid]
+    assert frank.one("EmailSubmission/get", {"ids": [sid]})["notFound"] == [sid]
+
+    bad = frank.one("EmailSubmission/set", {"create": {
+        "a": {"identityId": "Inope", "emailId": email},
+        "b": {"identityId": identity, "emailId": email, "envelope": {"mailFrom": {"email": "ceo@contoso.test"},
+                                                                      "rcptTo": [{"email": "gwen@contoso.test"}]}},
+    }})
+    assert bad["notCreated"]["a"]["type"] == "invalidProperties"
+    assert bad["notCreated"]["b"]["type"] == "forbiddenMailFrom"
+
+
+def test_quota_limits_delivery_and_import(keypost, users):
+    frank, gwen = users
+    r = gwen.call(["Quota/get", {}, "q"])["q"]
+    (q,) = r["list"]
+    assert q["resourceType"] == "octets" and q["hardLimit"] == 10 << 30 and q["used"] > 0
+    keypost.cli("mail", "quota", "gwen@contoso.test", "1KB")
+    (q,) = gwen.one("Quota/get", {})["list"]
+    assert q["hardLimit"] == 1000
+    used = q["used"]
+    identity = frank.one("Identity/get", {})["list"][0]["id"]
+    big = f"From: frank@contoso.test\r\nTo: gwen@contoso.test\r\nSubject: Big\r\n\r\n{'x' * 2000}\r\n".encode()
+    email = frank.import_email(big, role="drafts")
+    out = frank.one("EmailSubmission/set", {"create": {"s": {"identityId": identity, "emailId": email}}})
+    (sub,) = frank.one("EmailSubmission/get", {"ids": [out["created"]["s"]["id"]]})["list"]
+    status = sub["deliveryStatus"]["gwen@contoso.test"]
+    assert status["delivered"] == "no" and status["smtpReply"].startswith("552"), status
+    assert gwen.one("Quota/get", {})["list"][0]["used"] == used, "nothing was stored"
+
+    out = gwen.one("Email/import", {"emails": {"i": {"blobId": gwen.upload(big), "mailboxIds": {gwen.mailbox("inbox"): True}}}})
+    assert out["notCreated"]["i"]["type"] == "overQuota"
+
+    report = keypost.cli("mail", "quota", "gwen@contoso.test", "unlimited", json=True)
+    assert report["limit"] is None
+    assert gwen.one("Quota/get", {})["list"] == [], "an unlimited account has no quota object"
+    keypost.cli("mail", "quota", "gwen@contoso.test", "default")
+    assert gwen.one("Quota/query", {"filter": {"type": "Mail"}})["ids"] == ["mail"]
+    # Without the quota capability in "using", Quota methods do not exist.
+    raw = api(keypost, gwen.token, [["Quota/get", {"accountId": gwen.account}, "q"]], using=["urn:ietf:params:jmap:core"])
+    assert raw.json()["methodResponses"][0][1]["type"] == "unknownMethod"

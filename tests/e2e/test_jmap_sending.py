@@ -120,3 +120,62 @@ def test_quota_limits_delivery_and_import(keypost, users):
     # Without the quota capability in "using", Quota methods do not exist.
     raw = api(keypost, gwen.token, [["Quota/get", {"accountId": gwen.account}, "q"]], using=["urn:ietf:params:jmap:core"])
     assert raw.json()["methodResponses"][0][1]["type"] == "unknownMethod"
+
+
+def test_compose_a_draft_and_send_it_in_one_request(users):
+    frank, gwen = users
+    identity = frank.one("Identity/get", {})["list"][0]["id"]
+    pdf = frank.upload(b"%PDF-1.4 agenda", content_type="application/pdf")
+    out = frank.call(
+        ["Mailbox/set", {"create": {"box": {"name": "Outbox drafts"}}}, "m"],
+        ["Email/set", {"create": {"d": {
+            "mailboxIds": {"#box": True}, "keywords": {"$draft": True},
+            "from": [{"name": "Frank", "email": "frank@contoso.test"}],
+            "to": [{"name": "Gwen", "email": "gwen@contoso.test"}],
+            "subject": "Agenda für Montag",
+            "header:X-Priority": "1",
+            "textBody": [{"partId": "t", "type": "text/plain"}],
+            "htmlBody": [{"partId": "h", "type": "text/html"}],
+            "bodyValues": {"t": {"value": "See the agenda.\n"}, "h": {"value": "<p>See the <b>agenda</b>.</p>"}},
+            "attachments": [{"blobId": pdf, "type": "application/pdf", "name": "agenda.pdf"}],
+        }}}, "e"],
+        ["EmailSubmission/set", {"create": {"s": {"identityId": identity, "emailId": "#d"}}}, "s"],
+    )
+    box = out["m"]["created"]["box"]["id"]
+    created = out["e"]["created"]["d"]
+    assert out["s"]["created"]["s"]["id"], out["s"]
+    (draft,) = frank.one("Email/get", {"ids": [created["id"]], "fetchAllBodyValues": True,
+                                       "properties": ["mailboxIds", "keywords", "subject", "attachments", "bodyValues",
+                                                      "textBody", "header:X-Priority:asText", "messageId"]})["list"]
+    assert draft["mailboxIds"] == {box: True} and draft["keywords"] == {"$draft": True}
+    assert draft["subject"] == "Agenda für Montag"
+    assert draft["header:X-Priority:asText"] == "1"
+    assert draft["messageId"][0].endswith("@contoso.test")
+    assert [a["name"] for a in draft["attachments"]] == ["agenda.pdf"]
+    assert draft["bodyValues"][draft["textBody"][0]["partId"]]["value"].strip() == "See the agenda."
+
+    (received,) = gwen.one("Email/query", {"filter": {"subject": "agenda montag"}})["ids"]
+    (mail,) = gwen.one("Email/get", {"ids": [received], "properties": ["from", "attachments", "hasAttachment"]})["list"]
+    assert mail["from"] == [{"name": "Frank", "email": "frank@contoso.test"}] and mail["hasAttachment"] is True
+    assert gwen.download(mail["attachments"][0]["blobId"]).content == b"%PDF-1.4 agenda"
+
+
+def test_draft_errors(users):
+    frank, _ = users
+    drafts = frank.mailbox("drafts")
+    out = frank.one("Email/set", {"create": {
+        "nobox": {"subject": "x"},
+        "rawfrom": {"mailboxIds": {drafts: True}, "header:From": "ceo@contoso.test"},
+        "inject": {"mailboxIds": {drafts: True}, "subject": "hi\r\nBcc: everyone@contoso.test"},
+        "structure": {"mailboxIds": {drafts: True}, "bodyStructure": {"type": "text/plain", "partId": "1"}},
+        "noblob": {"mailboxIds": {drafts: True}, "attachments": [{"blobId": "0" * 64, "type": "text/plain"}]},
+        "novalue": {"mailboxIds": {drafts: True}, "textBody": [{"partId": "t", "type": "text/plain"}]},
+        "server": {"mailboxIds": {drafts: True}, "id": "Mx"},
+        "ok": {"mailboxIds": {drafts: True}},
+    }})
+    errors = {k: v["type"] for k, v in out["notCreated"].items()}
+    assert errors == {"nobox": "invalidProperties", "rawfrom": "invalidProperties", "inject": "invalidProperties",
+                      "structure": "invalidProperties", "noblob": "blobNotFound", "novalue": "invalidProperties",
+                      "server": "invalidProperties"}
+    assert out["notCreated"]["noblob"]["notFound"] == ["0" * 64]
+    assert list(out["created"]) == ["ok"]

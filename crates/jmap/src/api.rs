@@ -82,7 +82,14 @@ pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
     }
 
     let mut responses: Vec<Value> = Vec::new();
-    for (name, args, call_id) in parsed {
+    // RFC 8620 §5.3: an object created earlier in the request can be named "#creationId".
+    let mut created: Map<String, Value> = Map::new();
+    for (name, mut args, call_id) in parsed {
+        if !created.is_empty() {
+            for v in args.values_mut() {
+                substitute_creation_ids(v, &created, false);
+            }
+        }
         let result = resolve_references(args, &responses).and_then(|args| {
             let needs = capability_of(&name);
             if !using_caps.contains(&needs) {
@@ -95,6 +102,16 @@ pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
         });
         match result {
             Ok((v, implicit)) => {
+                for (cid, obj) in v
+                    .get("created")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(id) = obj.get("id") {
+                        created.insert(cid.clone(), id.clone());
+                    }
+                }
                 responses.push(json!([name, v, call_id]));
                 // RFC 8621 §7.5: onSuccessUpdateEmail answers with an implicit Email/set.
                 if let Some((implicit_name, implicit_value)) = implicit {
@@ -109,6 +126,41 @@ pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
 }
 
 /// Replaces every `#name` argument by the value its ResultReference points at.
+/// Replaces "#creationId" by the id it was given: as a string value anywhere, as a key of a
+/// `mailboxIds` map, and in a `mailboxIds/#creationId` patch path.
+fn substitute_creation_ids(v: &mut Value, created: &Map<String, Value>, in_mailbox_ids: bool) {
+    let lookup = |s: &str| {
+        s.strip_prefix('#')
+            .and_then(|c| created.get(c))
+            .and_then(Value::as_str)
+    };
+    match v {
+        Value::String(s) => {
+            if let Some(id) = lookup(s) {
+                *s = id.to_owned();
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                substitute_creation_ids(item, created, false);
+            }
+        }
+        Value::Object(map) => {
+            let old = std::mem::take(map);
+            for (k, mut val) in old {
+                let key = match k.split_once('/') {
+                    Some(("mailboxIds", rest)) => lookup(rest).map(|id| format!("mailboxIds/{id}")),
+                    _ if in_mailbox_ids => lookup(&k).map(str::to_owned),
+                    _ => None,
+                };
+                substitute_creation_ids(&mut val, created, k == "mailboxIds");
+                map.insert(key.unwrap_or(k), val);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn resolve_references(
     args: Map<String, Value>,
     responses: &[Value],

@@ -12,6 +12,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod compose;
 mod import;
 mod message;
 mod parse;
@@ -28,6 +29,7 @@ use store::{
     ThreadId, UnixTime,
 };
 
+pub use compose::{Attachment, Draft, is_free_header};
 pub use import::{ImportReport, ImportSource};
 pub use message::{AddressGroup, Body, HeaderForm, HeaderValue, Message, Part};
 pub use sending::Quota;

@@ -679,15 +679,28 @@ fn apply_patch(
 
 pub(crate) fn email_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
     let old_state = super::if_in_state(j, a, args)?;
-    let mut not_created = Map::new();
-    if let Some(create) = args.get("create").and_then(Value::as_object) {
-        for id in create.keys() {
-            not_created.insert(id.clone(), set_error("forbidden", "creating emails with Email/set is not supported yet; upload and use Email/import", &[]));
+    let (mut created, mut not_created) = (Map::new(), Map::new());
+    let mut touched: Vec<String> = Vec::new();
+    for (cid, spec) in args
+        .get("create")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        match super::draft::create(j, a, spec) {
+            Ok(v) => {
+                if let Some(id) = v.get("id").and_then(Value::as_str) {
+                    touched.push(id.to_owned());
+                }
+                created.insert(cid.clone(), v);
+            }
+            Err(e) => {
+                not_created.insert(cid.clone(), e);
+            }
         }
     }
     let mut updated = Map::new();
     let mut not_updated = Map::new();
-    let mut touched: Vec<String> = Vec::new();
     if let Some(update) = args.get("update").and_then(Value::as_object) {
         if update.len() > MAX_OBJECTS_IN_GET {
             return Err(MethodError::new(
@@ -798,7 +811,7 @@ pub(crate) fn email_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRes
     }
     Ok(json!({
         "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,
-        "created": null, "updated": null_if_empty(updated), "destroyed": if destroyed.is_empty() { Value::Null } else { json!(destroyed) },
+        "created": null_if_empty(created), "updated": null_if_empty(updated), "destroyed": if destroyed.is_empty() { Value::Null } else { json!(destroyed) },
         "notCreated": null_if_empty(not_created), "notUpdated": null_if_empty(not_updated), "notDestroyed": null_if_empty(not_destroyed),
     }))
 }

@@ -5,6 +5,7 @@
 //! the response leaves; methods that only list ids record `MailboxQueried`. If the audit write
 //! fails, the method fails: mail is never served unaudited.
 
+mod draft;
 mod email;
 mod identity;
 mod mailbox;

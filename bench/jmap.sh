@@ -2,7 +2,8 @@
 # JMAP read performance on mailboxes of growing size: for each N, imports N messages into one
 # account (bench/import.sh's generator), then drives /jmap/api with wrk for
 #   - Email/get of 50 messages (headers + preview), and
-#   - Email/query sorted by receivedAt with a text filter (first 50 ids),
+#   - Email/query sorted by receivedAt with a text filter (first 50 ids), with and without
+#     calculateTotal,
 # printing requests/s and latency percentiles. Every request passes the token gate and writes
 # its MailItemsAccessed / MailboxQueried audit record.
 #
@@ -55,6 +56,9 @@ PY
     wrk -t2 -c16 -d"$DURATION" --latency -s bench/jmap_get.lua "http://127.0.0.1:$PORT/jmap/api" | grep -E "Requests/sec|50%|99%"
   echo "== N=$N messages: Email/query, receivedAt desc, text filter, first 50"
   JMAP_BODY="{\"using\":[$CORE],\"methodCalls\":[[\"Email/query\",{\"accountId\":\"$ACCOUNT\",\"filter\":{\"text\":\"budget\"},\"sort\":[{\"property\":\"receivedAt\",\"isAscending\":false}],\"limit\":50,\"calculateTotal\":true},\"q\"]]}" \
+    wrk -t2 -c16 -d"$DURATION" --latency -s bench/jmap_get.lua "http://127.0.0.1:$PORT/jmap/api" | grep -E "Requests/sec|50%|99%"
+  echo "== N=$N messages: Email/query, receivedAt desc, text filter, first 50, no total"
+  JMAP_BODY="{\"using\":[$CORE],\"methodCalls\":[[\"Email/query\",{\"accountId\":\"$ACCOUNT\",\"filter\":{\"text\":\"budget\"},\"sort\":[{\"property\":\"receivedAt\",\"isAscending\":false}],\"limit\":50},\"q\"]]}" \
     wrk -t2 -c16 -d"$DURATION" --latency -s bench/jmap_get.lua "http://127.0.0.1:$PORT/jmap/api" | grep -E "Requests/sec|50%|99%"
   kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
   rm -rf "$WORK"

@@ -1,14 +1,20 @@
 //! The audit log: what happened, to whom, from where, with which token and key.
 //!
-//! `audit` owns the shape of audit events and their append to the store. It must never
-//! update or delete a record: the store has no such operation, and the SQLite schema refuses
-//! them with triggers. (The per-tenant hash chain, signed checkpoints and `audit verify` come
-//! with the full audit log; this crate is where they will live.)
+//! `audit` owns the shape of audit events, their append to the store, and the proof that
+//! nobody edited them since: per-tenant hash chains ([`store::chain`], linked by the store as
+//! records are appended), checkpoints signed with each realm's audit key, and [`chain::verify`].
+//! It must never update or delete a record: the store has no such operation, and the SQLite
+//! schema refuses them with triggers.
 //!
 //! ```text
 //!   identity / tokens / keys events ──Event──> AuditLog::record ──> AuditStore::append_audit
+//!                                                                   (links the tenant's chain)
+//!   every minute: chain::checkpoint ──sign(head, realm's audit key)──> audit_checkpoints
+//!   keypost audit verify: chain::verify ──recompute links, check checkpoints──> ChainReport
 //! ```
 #![forbid(unsafe_code)]
+
+pub mod chain;
 
 use std::sync::Arc;
 

@@ -205,6 +205,11 @@ impl Identity {
         &self.audit
     }
 
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
     /// Key custody.
     pub fn custody(&self) -> &Custody {
         &self.custody

@@ -265,6 +265,19 @@ pub(crate) enum AuditCmd {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Check the audit log: recompute every record's link in its tenant's hash chain and check
+    /// every signed checkpoint. Says where anything was edited, deleted, inserted or reordered,
+    /// and exits non-zero if so.
+    Verify {
+        /// Only this realm's chain.
+        #[arg(long)]
+        realm: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Sign a checkpoint of every chain whose head moved since its last one (`serve` does this
+    /// every minute).
+    Checkpoint,
 }
 
 /// What a verb needs: the identity service over the opened data directory.
@@ -677,9 +690,13 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             let bytes = Zeroizing::new(
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
             );
+            // Audit keys are only ever generated inside Keypost: an imported one would let
+            // whoever held it sign checkpoints over a rewritten log.
             let purpose: KeyPurpose = purpose
                 .parse()
-                .map_err(|_| anyhow::anyhow!("--purpose must be access-token or id-token"))?;
+                .ok()
+                .filter(|p| *p != KeyPurpose::Audit)
+                .ok_or_else(|| anyhow::anyhow!("--purpose must be access-token or id-token"))?;
             let (kid, alg) =
                 svc.identity
                     .custody()
@@ -792,6 +809,67 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
                 .limit
                 .map_or("unlimited".to_owned(), |l| format!("{l} bytes"));
             println!("{}: {} bytes used of {limit}", account.email, q.used);
+            Ok(())
+        }
+        Command::Audit(AuditCmd::Verify { realm: r, out }) => {
+            let svc = services(config)?;
+            let only = r.as_deref().map(realm).transpose()?;
+            let reports = audit::chain::verify(
+                &*svc.store,
+                &svc.custody,
+                only.as_ref().map(RealmId::as_str),
+            )?;
+            let broken = reports.iter().filter(|c| !c.problems.is_empty()).count();
+            if out.json {
+                print_json(&reports)?;
+            } else {
+                for c in &reports {
+                    let name = if c.chain.is_empty() {
+                        "(provider)"
+                    } else {
+                        c.chain.as_str()
+                    };
+                    let checkpoint = c
+                        .last_checkpoint
+                        .map_or("no checkpoint yet".to_owned(), |s| {
+                            format!("last checkpoint at {s}")
+                        });
+                    let verdict = if c.problems.is_empty() {
+                        "intact"
+                    } else {
+                        "TAMPERED"
+                    };
+                    println!(
+                        "{name}: {verdict}: {} records, positions 1..={}, {} checkpoints ({checkpoint})",
+                        c.records, c.last_seq, c.checkpoints
+                    );
+                    for p in &c.problems {
+                        println!("  {p}");
+                    }
+                }
+            }
+            if broken > 0 {
+                anyhow::bail!("{broken} audit chain(s) failed verification");
+            }
+            Ok(())
+        }
+        Command::Audit(AuditCmd::Checkpoint) => {
+            let svc = services(config)?;
+            let made = audit::chain::checkpoint(&*svc.store, &svc.custody.signer(), now)?;
+            for c in &made {
+                let name = if c.chain.is_empty() {
+                    "(provider)"
+                } else {
+                    c.chain.as_str()
+                };
+                println!(
+                    "checkpoint {name} at position {} signed by {}",
+                    c.seq, c.kid
+                );
+            }
+            if made.is_empty() {
+                println!("every chain already has a checkpoint at its head");
+            }
             Ok(())
         }
         Command::Audit(AuditCmd::Search {

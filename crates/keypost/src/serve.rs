@@ -66,8 +66,9 @@ pub(crate) fn run(svc: Services) -> Result<()> {
     })
 }
 
-/// One pass of automatic rotation over every realm. Failures are logged loudly and retried on
-/// the next tick; they never stop the server.
+/// One pass of automatic rotation over every realm, then a signed checkpoint of every audit
+/// chain that grew. Failures are logged loudly and retried on the next tick; they never stop
+/// the server.
 fn key_schedule_step(identity: &Arc<Identity>) {
     let now = identity::now();
     match identity.realms() {
@@ -86,6 +87,10 @@ fn key_schedule_step(identity: &Arc<Identity>) {
             }
         }
         Err(e) => tracing::error!(error = %e, "listing realms for key rotation failed"),
+    }
+    let signer = identity.custody().signer();
+    if let Err(e) = audit::chain::checkpoint(identity.store(), &signer, now) {
+        tracing::error!(target: "keypost::security", error = %e, "audit checkpoint failed");
     }
 }
 

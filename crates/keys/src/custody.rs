@@ -360,6 +360,11 @@ impl Custody {
         now: UnixTime,
     ) -> Result<(Kid, Algorithm)> {
         self.require_realm(realm)?;
+        if purpose == KeyPurpose::Audit {
+            // Generated inside only: an imported audit key would let whoever else holds it
+            // sign checkpoints over a rewritten log.
+            return Err(Error::KeyRejected("audit keys cannot be imported".into()));
+        }
         let (key, pkcs8) = PrivateKey::import(bytes, rsa_alg)?;
         let alg = key.alg();
         let kid =
@@ -377,12 +382,14 @@ impl Custody {
     }
 
     /// The (purpose, algorithm) pairs a realm must always have an active key for: its
-    /// access-token algorithm, RS256 ID tokens, and every ID-token algorithm a client registered.
+    /// access-token algorithm, RS256 ID tokens, every ID-token algorithm a client registered,
+    /// and an Ed25519 key that signs the realm's audit checkpoints.
     pub fn needs(&self, realm: &RealmId) -> Result<Vec<(KeyPurpose, Algorithm)>> {
         let r = self.require_realm(realm)?;
         let mut needs = vec![
             (KeyPurpose::AccessToken, r.access_token_alg.parse()?),
             (KeyPurpose::IdToken, Algorithm::RS256),
+            (KeyPurpose::Audit, Algorithm::EdDSA),
         ];
         for c in self.store.list_clients(realm)? {
             if let Some(a) = c.id_token_alg.as_deref().and_then(Algorithm::from_jose)
@@ -477,13 +484,14 @@ impl Custody {
             .collect())
     }
 
-    /// The realm's JWKS: its pending, active and retiring keys, and nothing of any other realm.
+    /// The realm's JWKS: its pending, active and retiring token keys, and nothing of any other
+    /// realm. Audit keys sign no token, so relying parties never see them.
     pub fn jwks(&self, realm: &RealmId, now: UnixTime) -> Result<Jwks> {
         let records = self.store.list_keys(Some(realm))?;
         let st = states(&records, now);
         let mut keys = Vec::new();
         for (k, s) in records.iter().zip(st) {
-            if s.published() && &k.realm == realm {
+            if s.published() && &k.realm == realm && k.purpose != KeyPurpose::Audit {
                 keys.push(
                     serde_json::from_str(&k.public_jwk)
                         .map_err(|e| store::Error::Corrupt(e.to_string()))?,

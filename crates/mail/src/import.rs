@@ -139,7 +139,14 @@ impl Mail {
     ) -> Result<ImportReport> {
         let mut report = ImportReport::default();
         let one = |report: &mut ImportReport, what: String, raw: &[u8], keywords: Vec<String>| {
-            match self.deliver(account, raw, mailbox, keywords, now) {
+            // Migrated mail keeps its place in time: it arrived when its Date says (never in the
+            // future), as Gmail's and Exchange's importers do.
+            let received = crate::message::parse_raw(raw)
+                .ok()
+                .and_then(|m| m.date().map(|d| d.to_timestamp()))
+                .filter(|t| (1..=now).contains(t))
+                .unwrap_or(now);
+            match self.deliver(account, raw, mailbox, keywords, received) {
                 Ok(d) if d.duplicate => report.duplicates += 1,
                 Ok(_) => report.imported += 1,
                 Err(Error::NotAMessage(why)) => report.failed.push((what, why)),

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod blob;
+pub mod chain;
 mod email_query;
 mod error;
 mod ids;

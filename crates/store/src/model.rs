@@ -49,7 +49,7 @@ text_enum!(
 );
 text_enum!(
     /// What a signing key is for. A key signs one kind of token only.
-    KeyPurpose { AccessToken = "access-token", IdToken = "id-token" }
+    KeyPurpose { AccessToken = "access-token", IdToken = "id-token", Audit = "audit" }
 );
 text_enum!(
     /// Where a key came from.

@@ -298,7 +298,42 @@ CREATE TABLE quotas (
     limit_bytes INTEGER
 ) STRICT;
 "#,
+    r#"
+-- The audit hash chain (crate::chain): each tenant's records linked in order. Records written
+-- before this migration are linked by SqliteStore::link_unchained_audit at open.
+ALTER TABLE audit ADD COLUMN chain TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN seq INTEGER;
+ALTER TABLE audit ADD COLUMN link BLOB;
+CREATE UNIQUE INDEX audit_chain_seq ON audit(chain, seq);
+CREATE TABLE audit_heads (
+    chain TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    link BLOB NOT NULL
+) STRICT;
+CREATE TABLE audit_checkpoints (
+    chain TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    link BLOB NOT NULL,
+    time INTEGER NOT NULL,
+    kid TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (chain, seq)
+) STRICT;
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+"#,
+    r#"
+-- Arrival order made total (id breaks ties), so a search sorted by arrival can walk the index
+-- and stop after one page.
+DROP INDEX emails_received;
+CREATE INDEX emails_received ON emails(account, received_at, id);
+"#,
 ];
+
+/// The migration that introduced the audit chain (1-based).
+const AUDIT_CHAIN_MIGRATION: usize = 9;
 
 /// Read-only connections per file-backed store.
 const READERS: usize = 4;
@@ -389,6 +424,11 @@ impl SqliteStore {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
+            if i + 1 == AUDIT_CHAIN_MIGRATION {
+                // Once, with the migration: records from before the chain get linked. Never on
+                // an ordinary open, or rows written into the file by hand would be laundered.
+                audit_chain::link_existing(&tx)?;
+            }
             tx.pragma_update(None, "user_version", i + 1)?;
             tx.commit()?;
             tracing::info!(version = i + 1, "applied database migration");
@@ -1274,6 +1314,78 @@ impl SessionStore for SqliteStore {
 
 const AUDIT_COLS: &str = "id, time, realm, actor, operation, target, result, source_ip, user_agent, client_id, jti, kid, details";
 
+type AuditRow = (
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+/// Reads the [`AUDIT_COLS`] of a row.
+fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+    ))
+}
+
+/// The record, and its details column verbatim (the audit chain links those bytes).
+fn finish_audit(row: AuditRow) -> Result<(AuditRecord, String)> {
+    let (
+        id,
+        time,
+        realm,
+        actor,
+        operation,
+        target,
+        result,
+        source_ip,
+        user_agent,
+        client_id,
+        jti,
+        kid,
+        details,
+    ) = row;
+    Ok((
+        AuditRecord {
+            id,
+            time,
+            realm: parse_opt(realm)?,
+            actor,
+            operation,
+            target,
+            result,
+            source_ip,
+            user_agent,
+            client_id,
+            jti,
+            kid,
+            details: from_json(&details)?,
+        },
+        details,
+    ))
+}
+
 /// Builds the WHERE clause of an audit query. Values are bound, never spliced into the SQL.
 fn audit_where(q: &AuditQuery) -> (String, Vec<Box<dyn ToSql>>) {
     let mut clauses = Vec::new();
@@ -1329,58 +1441,10 @@ impl AuditStore for SqliteStore {
         let mut stmt = conn.prepare(&sql)?;
         let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
         let rows = stmt
-            .query_map(&params[..], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                    r.get(11)?,
-                    r.get::<_, String>(12)?,
-                ))
-            })?
+            .query_map(&params[..], audit_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
-            .map(
-                |(
-                    id,
-                    time,
-                    realm,
-                    actor,
-                    operation,
-                    target,
-                    result,
-                    source_ip,
-                    user_agent,
-                    client_id,
-                    jti,
-                    kid,
-                    details,
-                )| {
-                    Ok(AuditRecord {
-                        id,
-                        time,
-                        realm: parse_opt(realm)?,
-                        actor,
-                        operation,
-                        target,
-                        result,
-                        source_ip,
-                        user_agent,
-                        client_id,
-                        jti,
-                        kid,
-                        details: from_json(&details)?,
-                    })
-                },
-            )
+            .map(|row| finish_audit(row).map(|(record, _)| record))
             .collect()
     }
 
@@ -1432,33 +1496,6 @@ fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<Vec<i64>>
         stmt.execute(&p[..])?;
     }
     Ok(Vec::new())
-}
-
-fn insert_audit(conn: &Connection, records: &[AuditRecord]) -> Result<Vec<i64>> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO audit(time, realm, actor, operation, target, result, source_ip, user_agent, client_id, jti, kid, details) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-    )?;
-    let mut ids = Vec::with_capacity(records.len());
-    for r in records {
-        let details = json(&r.details)?;
-        let p: [&dyn ToSql; 12] = [
-            &r.time,
-            &r.realm.as_ref().map(RealmId::as_str),
-            &r.actor,
-            &r.operation,
-            &r.target,
-            &r.result,
-            &r.source_ip,
-            &r.user_agent,
-            &r.client_id,
-            &r.jti,
-            &r.kid,
-            &details,
-        ];
-        stmt.execute(&p[..])?;
-        ids.push(conn.last_insert_rowid());
-    }
-    Ok(ids)
 }
 
 impl SqliteStore {
@@ -1538,9 +1575,12 @@ impl SqliteStore {
     }
 }
 
+mod audit_chain;
 mod mail;
 mod query;
 mod sending;
+
+use audit_chain::insert_audit;
 
 #[cfg(test)]
 mod tests;

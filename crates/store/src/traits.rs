@@ -123,6 +123,24 @@ pub trait AuditStore: Send + Sync {
     fn count_audit(&self, query: &AuditQuery) -> Result<u64>;
 }
 
+/// The audit hash chain ([`crate::chain`]): heads, records in append order, checkpoints.
+pub trait AuditChainStore: Send + Sync {
+    /// Every chain's head: name, last position, last link.
+    fn audit_heads(&self) -> Result<Vec<(String, u64, crate::chain::Link)>>;
+    /// Records of `chain` (all chains when `None`) with ids above `after_id`, in append
+    /// order, at most `limit`.
+    fn audit_chain(
+        &self,
+        chain: Option<&str>,
+        after_id: i64,
+        limit: u64,
+    ) -> Result<Vec<crate::chain::ChainedRecord>>;
+    /// Stores a signed checkpoint (a second one for the same position is ignored).
+    fn add_checkpoint(&self, checkpoint: &crate::chain::Checkpoint) -> Result<()>;
+    /// A chain's checkpoints, oldest first.
+    fn checkpoints(&self, chain: &str) -> Result<Vec<crate::chain::Checkpoint>>;
+}
+
 /// Mailboxes and email metadata. Every change bumps the account's modification sequence
 /// (`modseq`), from which JMAP states and IMAP MODSEQs are derived.
 pub trait MailStore: Send + Sync {
@@ -288,7 +306,8 @@ pub trait SendingStore: Send + Sync {
 
 /// Everything Keypost stores.
 pub trait Store:
-    SendingStore
+    AuditChainStore
+    + SendingStore
     + RealmStore
     + AccountStore
     + ClientStore
@@ -301,7 +320,8 @@ pub trait Store:
 }
 
 impl<T> Store for T where
-    T: SendingStore
+    T: AuditChainStore
+        + SendingStore
         + RealmStore
         + AccountStore
         + ClientStore

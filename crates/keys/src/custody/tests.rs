@@ -44,13 +44,13 @@ fn active_access_kid(c: &Custody, r: &RealmId, now: i64) -> Kid {
 fn scheduled_rotation_timeline() {
     let (_s, c) = setup();
     let r = realm("contoso");
-    // Day 0: no keys, so one access-token and one ID-token key, active at once.
-    assert_eq!(c.ensure(&r, T0).unwrap().len(), 2);
+    // Day 0: no keys, so an access-token, an ID-token and an audit key, active at once.
+    assert_eq!(c.ensure(&r, T0).unwrap().len(), 3);
     assert!(c.ensure(&r, T0 + 60).unwrap().is_empty(), "idempotent");
     let first = active_access_kid(&c, &r, T0);
     // Day 6: the successor is published 24 h ahead of taking over.
     let created = c.ensure(&r, T0 + 6 * DAY).unwrap();
-    assert_eq!(created.len(), 2);
+    assert_eq!(created.len(), 3);
     let jwks = c.jwks(&r, T0 + 6 * DAY).unwrap();
     assert!(
         jwks.keys.iter().any(|k| k.kid == created[0].as_str()),

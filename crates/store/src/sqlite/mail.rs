@@ -453,9 +453,28 @@ impl MailStore for SqliteStore {
         q: &crate::EmailQuery,
         page: crate::QueryPage,
     ) -> Result<(Vec<EmailId>, Option<u64>)> {
-        let from_where = super::query::from_where(account, &q.filter);
-        let order = super::query::order_by(q);
+        use super::query::{Plan, from_where, order_by, top_level_match};
         let conn = self.reader()?;
+        // A search sorted by arrival, without a total, where many emails match: walking the
+        // arrival index and stopping after the page beats sorting every match. The index's
+        // own count of matches (no row lookups) decides.
+        const WALK_ABOVE_MATCHES: i64 = 2_000;
+        let by_arrival = matches!(q.sort.as_slice(), [s] if s.key == crate::SortKey::ReceivedAt);
+        let mut plan = Plan::Drive;
+        if by_arrival
+            && !page.count_total
+            && !q.collapse_threads
+            && let Some(m) = top_level_match(&q.filter)
+        {
+            let matches: i64 = conn
+                .prepare_cached("SELECT count(*) FROM email_fts WHERE email_fts MATCH ?")?
+                .query_row([m], |r| r.get(0))?;
+            if matches > WALK_ABOVE_MATCHES {
+                plan = Plan::WalkByArrival;
+            }
+        }
+        let from_where = from_where(account, &q.filter, plan);
+        let order = order_by(q);
         let total = if page.count_total {
             let column = if q.collapse_threads {
                 "DISTINCT e.thread_id"

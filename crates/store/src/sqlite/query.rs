@@ -213,8 +213,43 @@ fn filter(f: &EmailFilter) -> Sql {
     }
 }
 
+/// How a query reaches its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Plan {
+    /// Start from the full-text matches and one mailbox's members, then sort what matched:
+    /// costs what matches, best when few do.
+    Drive,
+    /// Walk the account's emails in arrival order and stop after the page: best when many
+    /// emails match a search sorted by arrival and no total is asked for.
+    WalkByArrival,
+}
+
+/// The full-text MATCH expression the top level of `f` would drive a query with, if any.
+pub(super) fn top_level_match(f: &EmailFilter) -> Option<String> {
+    let top: Vec<&EmailFilter> = match f {
+        EmailFilter::And(fs) => fs.iter().collect(),
+        other => vec![other],
+    };
+    let matches: Vec<String> = top
+        .into_iter()
+        .filter_map(|f| match f {
+            EmailFilter::Condition(c) => fts_match(c).filter(|m| !m.is_empty()),
+            _ => None,
+        })
+        .collect();
+    (!matches.is_empty()).then(|| matches.join(" AND "))
+}
+
 /// `FROM … WHERE …` selecting the account's live emails that match `f`, as `e`.
-pub(super) fn from_where(account: &AccountId, f: &EmailFilter) -> Sql {
+pub(super) fn from_where(account: &AccountId, f: &EmailFilter, plan: Plan) -> Sql {
+    if plan == Plan::WalkByArrival {
+        let mut sql = Sql::default();
+        sql.push(" FROM emails e INDEXED BY emails_received WHERE e.account = ")
+            .arg(account.to_string())
+            .push(" AND e.destroyed_modseq IS NULL AND ")
+            .append(filter(f));
+        return sql;
+    }
     // Hoist what the indexes can drive: the top level's full-text terms and one mailbox.
     let top: Vec<&EmailFilter> = match f {
         EmailFilter::And(fs) => fs.iter().collect(),

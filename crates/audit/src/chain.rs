@@ -1,0 +1,290 @@
+//! Proving the log was not quietly edited: signed checkpoints of each chain's head, and the
+//! verifier that recomputes every link ([`store::chain`]) and checks every checkpoint.
+//!
+//! A checkpoint is signed by the chain's realm's audit key (the provider chain by the
+//! `consumers` realm's), which lives with the other private keys under the key-encryption key.
+//! Someone who can write the database but not use that key can edit records and even relink
+//! the whole chain, but cannot make a later checkpoint agree: that is what `verify` catches.
+
+use std::fmt;
+
+use keys::{Algorithm, Custody, Signer};
+use store::chain::{self, ChainedRecord, Checkpoint, GENESIS, Link};
+use store::{KeyPurpose, RealmId, Store, UnixTime};
+
+/// What the verifier found wrong, and where.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    /// The record's content does not match its link: it was edited.
+    Altered { id: i64, seq: u64 },
+    /// Positions are missing: records were deleted.
+    Missing { from_seq: u64, to_seq: u64 },
+    /// A record's position is not the next one in append order: reordered or inserted.
+    OutOfOrder { id: i64, seq: u64, expected: u64 },
+    /// A record with no position: written outside Keypost.
+    Unlinked { id: i64 },
+    /// A checkpoint names a link the chain does not have at that position.
+    CheckpointMismatch { seq: u64 },
+    /// A checkpoint past the chain's end: records after it were removed.
+    Truncated { checkpoint_seq: u64, last_seq: u64 },
+    /// A checkpoint whose signature does not verify with an audit key of the chain's realm.
+    BadSignature { seq: u64, kid: String },
+    /// The stored head disagrees with the last record.
+    HeadMismatch { head_seq: u64, last_seq: u64 },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Altered { id, seq } => write!(f, "record {id} (position {seq}) was altered"),
+            Problem::Missing { from_seq, to_seq } => {
+                write!(
+                    f,
+                    "positions {from_seq}..={to_seq} are missing (records deleted)"
+                )
+            }
+            Problem::OutOfOrder { id, seq, expected } => write!(
+                f,
+                "record {id} is at position {seq} where {expected} was expected (reordered or inserted)"
+            ),
+            Problem::Unlinked { id } => {
+                write!(f, "record {id} is not linked (written outside Keypost)")
+            }
+            Problem::CheckpointMismatch { seq } => {
+                write!(
+                    f,
+                    "the signed checkpoint at position {seq} does not match the chain (rewritten)"
+                )
+            }
+            Problem::Truncated {
+                checkpoint_seq,
+                last_seq,
+            } => write!(
+                f,
+                "a signed checkpoint is at position {checkpoint_seq} but the chain ends at {last_seq} (records removed)"
+            ),
+            Problem::BadSignature { seq, kid } => {
+                write!(
+                    f,
+                    "the checkpoint at position {seq} has a bad signature (key {kid})"
+                )
+            }
+            Problem::HeadMismatch { head_seq, last_seq } => write!(
+                f,
+                "the chain head says position {head_seq} but the last record is at {last_seq}"
+            ),
+        }
+    }
+}
+
+/// One chain's verification.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChainReport {
+    /// The chain: a realm, or `""` for provider-level records.
+    pub chain: String,
+    /// Records read.
+    pub records: u64,
+    /// Position of the last record.
+    pub last_seq: u64,
+    /// Checkpoints checked.
+    pub checkpoints: usize,
+    /// Position of the newest checkpoint.
+    pub last_checkpoint: Option<u64>,
+    /// Everything found wrong (empty: intact).
+    pub problems: Vec<Problem>,
+}
+
+/// A verification or checkpoint failed to run (not: found a problem).
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Signing failed (no audit key, ...).
+    #[error(transparent)]
+    Keys(#[from] keys::Error),
+}
+
+/// The realm whose audit key signs a chain.
+fn signing_realm(chain: &str) -> Result<RealmId, ChainError> {
+    let name = if chain.is_empty() { "consumers" } else { chain };
+    RealmId::new(name).map_err(|e| ChainError::Store(store::Error::Corrupt(e.to_string())))
+}
+
+/// Signs a checkpoint of every chain whose head moved since its last checkpoint; returns them.
+pub fn checkpoint(
+    store: &dyn Store,
+    signer: &Signer,
+    now: UnixTime,
+) -> Result<Vec<Checkpoint>, ChainError> {
+    let mut made = Vec::new();
+    for (name, seq, link) in store.audit_heads()? {
+        if store
+            .checkpoints(&name)?
+            .last()
+            .is_some_and(|c| c.seq >= seq)
+        {
+            continue;
+        }
+        let realm = signing_realm(&name)?;
+        let message = chain::checkpoint_message(&name, seq, &link, now);
+        let (key, _, signature) =
+            signer.sign_current(&realm, KeyPurpose::Audit, Algorithm::EdDSA, now, |_| {
+                message
+            })?;
+        let c = Checkpoint {
+            chain: name,
+            seq,
+            link: link.to_vec(),
+            time: now,
+            kid: key.kid,
+            signature: signature.0,
+        };
+        store.add_checkpoint(&c)?;
+        made.push(c);
+    }
+    Ok(made)
+}
+
+/// Walks one chain in append order, recomputing links.
+struct Walk {
+    expected: u64,
+    prev: Link,
+    records: u64,
+    /// The stored link at each position, for the checkpoint comparison.
+    links: std::collections::HashMap<u64, Vec<u8>>,
+    problems: Vec<Problem>,
+}
+
+impl Walk {
+    fn new() -> Self {
+        Self {
+            expected: 1,
+            prev: GENESIS,
+            records: 0,
+            links: Default::default(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn step(&mut self, r: &ChainedRecord) {
+        self.records += 1;
+        let id = r.record.id;
+        let (Some(seq), Some(stored)) = (r.seq, r.link.as_ref()) else {
+            self.problems.push(Problem::Unlinked { id });
+            return;
+        };
+        // After any break, continue from what is stored, so each later break is reported
+        // on its own rather than as a cascade.
+        let resync = |w: &mut Self| {
+            w.prev = stored.as_slice().try_into().unwrap_or(GENESIS);
+            w.expected = seq + 1;
+        };
+        if seq > self.expected {
+            self.problems.push(Problem::Missing {
+                from_seq: self.expected,
+                to_seq: seq - 1,
+            });
+        } else if seq < self.expected {
+            self.problems.push(Problem::OutOfOrder {
+                id,
+                seq,
+                expected: self.expected,
+            });
+        } else if chain::link(&self.prev, seq, &r.record, &r.details_text).as_slice()
+            != stored.as_slice()
+        {
+            self.problems.push(Problem::Altered { id, seq });
+        }
+        self.links.insert(seq, stored.clone());
+        resync(self);
+    }
+}
+
+/// Verifies every chain (or one), with the checkpoints' signatures checked against the audit
+/// keys `custody` knows.
+pub fn verify(
+    store: &dyn Store,
+    custody: &Custody,
+    only: Option<&str>,
+) -> Result<Vec<ChainReport>, ChainError> {
+    const PAGE: u64 = 10_000;
+    let heads = store.audit_heads()?;
+    let mut names: Vec<String> = heads.iter().map(|(c, _, _)| c.clone()).collect();
+    // Records can sit in a chain that has no head (inserted by hand): find those chains too.
+    let mut walks: std::collections::BTreeMap<String, Walk> = Default::default();
+    let mut after = 0;
+    loop {
+        let page = store.audit_chain(only, after, PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = last.record.id;
+        for r in &page {
+            walks
+                .entry(r.chain.clone())
+                .or_insert_with(Walk::new)
+                .step(r);
+        }
+    }
+    for name in walks.keys() {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    let verifying = custody.verifying_keys()?;
+    let mut reports = Vec::new();
+    for name in names.into_iter().filter(|n| only.is_none_or(|o| o == n)) {
+        let mut walk = walks.remove(&name).unwrap_or_else(Walk::new);
+        let last_seq = walk.expected.saturating_sub(1);
+        if let Some((_, head_seq, head_link)) = heads.iter().find(|(c, _, _)| c == &name)
+            && (*head_seq != last_seq
+                || walk
+                    .links
+                    .get(head_seq)
+                    .is_some_and(|l| l.as_slice() != head_link))
+        {
+            walk.problems.push(Problem::HeadMismatch {
+                head_seq: *head_seq,
+                last_seq,
+            });
+        }
+        let checkpoints = store.checkpoints(&name)?;
+        let realm = signing_realm(&name)?;
+        for c in &checkpoints {
+            let message = c
+                .link
+                .as_slice()
+                .try_into()
+                .map(|l: Link| chain::checkpoint_message(&name, c.seq, &l, c.time));
+            let signed = message.as_ref().ok().is_some_and(|m| {
+                verifying
+                    .in_realm(&realm, c.kid.as_str())
+                    .is_some_and(|k| k.purpose() == KeyPurpose::Audit && k.verify(m, &c.signature))
+            });
+            if !signed {
+                walk.problems.push(Problem::BadSignature {
+                    seq: c.seq,
+                    kid: c.kid.to_string(),
+                });
+            }
+            if c.seq > last_seq {
+                walk.problems.push(Problem::Truncated {
+                    checkpoint_seq: c.seq,
+                    last_seq,
+                });
+            } else if walk.links.get(&c.seq).is_none_or(|l| l != &c.link) {
+                walk.problems
+                    .push(Problem::CheckpointMismatch { seq: c.seq });
+            }
+        }
+        reports.push(ChainReport {
+            chain: name,
+            records: walk.records,
+            last_seq,
+            checkpoints: checkpoints.len(),
+            last_checkpoint: checkpoints.last().map(|c| c.seq),
+            problems: walk.problems,
+        });
+    }
+    Ok(reports)
+}

@@ -1,0 +1,213 @@
+//! The audit hash chain in SQLite: linking records as they are appended (inside the group
+//! commit's transaction, so a record and its link are one write), reading chains back for
+//! verification, and signed checkpoints.
+
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
+
+use super::{AUDIT_COLS, SqliteStore, audit_row, finish_audit, json};
+use crate::chain::{self, ChainedRecord, Checkpoint, GENESIS, Link};
+use crate::model::AuditRecord;
+use crate::{Error, Kid, RealmId, Result};
+
+fn to_link(bytes: Vec<u8>) -> Result<Link> {
+    bytes
+        .try_into()
+        .map_err(|_| Error::Corrupt("an audit link is not 32 bytes".into()))
+}
+
+/// The head of `chain`: its last position and link.
+fn head(conn: &Connection, chain: &str) -> Result<(u64, Link)> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT seq, link FROM audit_heads WHERE chain = ?")?
+        .query_row([chain], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        None => Ok((0, GENESIS)),
+        Some((seq, link)) => Ok((u64::try_from(seq).unwrap_or(0), to_link(link)?)),
+    }
+}
+
+fn set_head(conn: &Connection, chain: &str, seq: u64, link: &Link) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit_heads(chain, seq, link) VALUES (?, ?, ?) \
+         ON CONFLICT(chain) DO UPDATE SET seq = excluded.seq, link = excluded.link",
+    )?
+    .execute(params![chain, seq as i64, link.as_slice()])?;
+    Ok(())
+}
+
+/// Appends and links records; returns their ids. Runs inside the caller's transaction.
+pub(super) fn insert_audit(conn: &Connection, records: &[AuditRecord]) -> Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO audit(time, realm, actor, operation, target, result, source_ip, user_agent, \
+         client_id, jti, kid, details, chain, seq, link) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    )?;
+    let mut ids = Vec::with_capacity(records.len());
+    for r in records {
+        let details = json(&r.details)?;
+        let chain_name = chain::chain_of(r);
+        let (seq, prev) = head(conn, chain_name)?;
+        let seq = seq + 1;
+        let link = chain::link(&prev, seq, r, &details);
+        let realm = r.realm.as_ref().map(RealmId::as_str);
+        let seq_i = seq as i64;
+        let link_s = link.as_slice();
+        let p: [&dyn ToSql; 15] = [
+            &r.time,
+            &realm,
+            &r.actor,
+            &r.operation,
+            &r.target,
+            &r.result,
+            &r.source_ip,
+            &r.user_agent,
+            &r.client_id,
+            &r.jti,
+            &r.kid,
+            &details,
+            &chain_name,
+            &seq_i,
+            &link_s,
+        ];
+        stmt.execute(&p[..])?;
+        ids.push(conn.last_insert_rowid());
+        set_head(conn, chain_name, seq, &link)?;
+    }
+    Ok(ids)
+}
+
+/// Links the records written before the chain existed (a database from an older version), in
+/// append order, inside the migration's transaction. The append-only trigger is lifted for it.
+pub(super) fn link_existing(tx: &Connection) -> Result<()> {
+    tx.execute_batch("DROP TRIGGER audit_no_update;")?;
+    let rows = tx
+        .prepare(&format!(
+            "SELECT {AUDIT_COLS} FROM audit WHERE seq IS NULL ORDER BY id"
+        ))?
+        .query_map([], audit_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let n = rows.len();
+    for row in rows {
+        let (record, details) = finish_audit(row)?;
+        let name = chain::chain_of(&record).to_owned();
+        let (seq, prev) = head(tx, &name)?;
+        let link = chain::link(&prev, seq + 1, &record, &details);
+        tx.execute(
+            "UPDATE audit SET chain = ?, seq = ?, link = ? WHERE id = ?",
+            params![name, (seq + 1) as i64, link.as_slice(), record.id],
+        )?;
+        set_head(tx, &name, seq + 1, &link)?;
+    }
+    tx.execute_batch(
+        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit \
+         BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;",
+    )?;
+    if n > 0 {
+        tracing::info!(
+            records = n,
+            "linked earlier audit records into their chains"
+        );
+    }
+    Ok(())
+}
+
+impl crate::traits::AuditChainStore for SqliteStore {
+    fn audit_heads(&self) -> Result<Vec<(String, u64, Link)>> {
+        let rows = self
+            .reader()?
+            .prepare_cached("SELECT chain, seq, link FROM audit_heads ORDER BY chain")?
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(c, s, l)| Ok((c, u64::try_from(s).unwrap_or(0), to_link(l)?)))
+            .collect()
+    }
+
+    fn audit_chain(
+        &self,
+        chain: Option<&str>,
+        after_id: i64,
+        limit: u64,
+    ) -> Result<Vec<ChainedRecord>> {
+        // By id, the append order: the verifier checks that positions follow it.
+        let (filter, args): (&str, Vec<&dyn ToSql>) = match &chain {
+            Some(c) => ("chain = ? AND id > ?", vec![c, &after_id]),
+            None => ("id > ?", vec![&after_id]),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {AUDIT_COLS}, chain, seq, link FROM audit WHERE {filter} ORDER BY id LIMIT {limit}"
+        );
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt
+            .query_map(&args[..], |r| {
+                Ok((
+                    audit_row(r)?,
+                    r.get::<_, String>(13)?,
+                    r.get::<_, Option<i64>>(14)?,
+                    r.get::<_, Option<Vec<u8>>>(15)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(row, chain, seq, link)| {
+                let (record, details_text) = finish_audit(row)?;
+                Ok(ChainedRecord {
+                    record,
+                    chain,
+                    seq: seq.and_then(|s| u64::try_from(s).ok()),
+                    link,
+                    details_text,
+                })
+            })
+            .collect()
+    }
+
+    fn add_checkpoint(&self, c: &Checkpoint) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO audit_checkpoints(chain, seq, link, time, kid, signature) VALUES (?,?,?,?,?,?) \
+             ON CONFLICT(chain, seq) DO NOTHING",
+            params![c.chain, c.seq as i64, c.link, c.time, c.kid.as_str(), c.signature],
+        )?;
+        Ok(())
+    }
+
+    fn checkpoints(&self, chain: &str) -> Result<Vec<Checkpoint>> {
+        let rows = self
+            .reader()?
+            .prepare_cached(
+                "SELECT chain, seq, link, time, kid, signature FROM audit_checkpoints \
+                 WHERE chain = ? ORDER BY seq",
+            )?
+            .query_map([chain], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(chain, seq, link, time, kid, signature)| {
+                Ok(Checkpoint {
+                    chain,
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    link,
+                    time,
+                    kid: Kid::new(kid).map_err(|e| Error::Corrupt(e.to_string()))?,
+                    signature,
+                })
+            })
+            .collect()
+    }
+}

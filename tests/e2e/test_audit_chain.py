@@ -1,0 +1,175 @@
+"""The audit log nobody can quietly edit (issue 4): each tenant's records form a hash chain,
+checkpoints of each chain's head are signed with the realm's audit key, and `keypost audit
+verify` finds every edit, deletion, insertion and reordering made directly in the database,
+even by someone who rewrites the whole chain with the published algorithm.
+
+The link is recomputed here by an independent implementation written from
+docs/design/003-audit-chain.md, so the format is what the document says."""
+
+import hashlib
+import json
+import sqlite3
+import struct
+
+import pytest
+import requests
+
+from conftest import Keypost
+
+
+def link(prev: bytes, seq: int, row: sqlite3.Row) -> bytes:
+    """docs/design/003-audit-chain.md: the link of one record."""
+    m = bytearray(b"keypost-audit-v1") + prev + struct.pack(">Q", seq)
+    fields = [row["chain"], str(row["time"]), row["realm"], row["actor"], row["operation"], row["target"],
+              row["result"], row["source_ip"], row["user_agent"], row["client_id"], row["jti"], row["kid"],
+              row["details"]]
+    for f in fields:
+        if f is None:
+            m += b"\x00"
+        else:
+            b = f.encode()
+            m += b"\x01" + struct.pack(">Q", len(b)) + b
+    return hashlib.sha256(m).digest()
+
+
+@pytest.fixture(scope="module")
+def activity(keypost: Keypost, world):
+    for user in (world.alice, world.bob, world.carol):
+        keypost.tokens_for(user)
+    keypost.password_grant("contoso", world.alice.email, "wrong password")
+    out = keypost.cli("audit", "checkpoint")
+    assert "checkpoint contoso" in out, out
+    keypost.tokens_for(world.alice)  # and more after the checkpoint
+    return keypost
+
+
+def tampered_copy(keypost: Keypost, tmp_path, sql: str | None = None, fn=None):
+    """A copy of the live database, changed the way someone with file access would."""
+    data = tmp_path / "copy"
+    data.mkdir()
+    src = sqlite3.connect(keypost.data_dir / "keypost.db")
+    dst = sqlite3.connect(data / "keypost.db")
+    src.backup(dst)
+    src.close()
+    dst.row_factory = sqlite3.Row
+    dst.executescript("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+    if sql:
+        dst.executescript(sql)
+    if fn:
+        fn(dst)
+    dst.commit()
+    dst.close()
+    env = {**keypost.env, "KEYPOST_DATA_DIR": str(data),
+           "KEYPOST_KEYS_KEK_FILE": str(keypost.data_dir.with_name(keypost.data_dir.name + ".kek"))}
+    return env
+
+
+def verify(keypost: Keypost, env=None, realm="contoso"):
+    p = keypost.run("audit", "verify", "--realm", realm, "--json", env=env)
+    assert p.stdout.startswith("["), p.stderr
+    (report,) = json.loads(p.stdout)
+    return p.returncode, report
+
+
+def contoso_ids(keypost):
+    db = sqlite3.connect(keypost.data_dir / "keypost.db")
+    ids = [r[0] for r in db.execute("SELECT id FROM audit WHERE chain = 'contoso' ORDER BY id")]
+    db.close()
+    return ids
+
+
+def test_an_untouched_log_verifies_and_matches_the_documented_format(activity):
+    code, report = verify(activity)
+    assert code == 0 and report["problems"] == [], report
+    assert report["records"] >= 3 and report["checkpoints"] >= 1
+    db = sqlite3.connect(activity.data_dir / "keypost.db")
+    db.row_factory = sqlite3.Row
+    prev = bytes(32)
+    for row in db.execute("SELECT * FROM audit WHERE chain = 'contoso' ORDER BY seq"):
+        prev = link(prev, row["seq"], row)
+        assert prev == row["link"], f"record {row['id']}: the documented link differs from the stored one"
+    all_chains = json.loads(activity.cli("audit", "verify", "--json"))
+    assert {c["chain"] for c in all_chains} >= {"contoso", "fabrikam", "consumers"}
+
+
+def test_an_edited_record_is_found(activity, tmp_path):
+    victim = contoso_ids(activity)[1]
+    env = tampered_copy(activity, tmp_path, f"UPDATE audit SET actor = 'someone-else' WHERE id = {victim};")
+    code, report = verify(activity, env)
+    assert code != 0
+    assert {"problem": "altered", "id": victim, "seq": 2} in report["problems"]
+
+
+def test_a_deleted_record_is_found(activity, tmp_path):
+    victim = contoso_ids(activity)[1]
+    env = tampered_copy(activity, tmp_path, f"DELETE FROM audit WHERE id = {victim};")
+    code, report = verify(activity, env)
+    assert code != 0
+    assert {"problem": "missing", "from_seq": 2, "to_seq": 2} in report["problems"]
+
+
+def test_an_inserted_record_is_found(activity, tmp_path):
+    env = tampered_copy(activity, tmp_path, """
+        INSERT INTO audit(time, realm, actor, operation, result, details, chain)
+        VALUES (1, 'contoso', 'alibi@contoso.test', 'SignInSucceeded', 'success', '{}', 'contoso');""")
+    code, report = verify(activity, env)
+    assert code != 0
+    assert any(p["problem"] == "unlinked" for p in report["problems"]), report
+
+
+def test_reordered_records_are_found(activity, tmp_path):
+    first, second = contoso_ids(activity)[:2]
+    env = tampered_copy(activity, tmp_path, f"""
+        UPDATE audit SET seq = -1 WHERE id = {first};
+        UPDATE audit SET seq = 1 WHERE id = {second};
+        UPDATE audit SET seq = 2 WHERE id = {first};""")
+    code, report = verify(activity, env)
+    assert code != 0
+    assert any(p["problem"] in ("out_of_order", "altered") for p in report["problems"]), report
+
+
+def test_a_chain_rewritten_with_the_published_algorithm_fails_its_signed_checkpoint(activity, tmp_path):
+    """The attacker knows the format (it is documented) and can write the file, but cannot use
+    the audit key: every link recomputed, the head fixed, and still the checkpoint disagrees."""
+    victim = contoso_ids(activity)[0]
+
+    def rewrite(db):
+        db.execute("UPDATE audit SET actor = 'nobody' WHERE id = ?", (victim,))
+        prev = bytes(32)
+        for row in db.execute("SELECT * FROM audit WHERE chain = 'contoso' ORDER BY seq").fetchall():
+            prev = link(prev, row["seq"], row)
+            db.execute("UPDATE audit SET link = ? WHERE id = ?", (prev, row["id"]))
+        db.execute("UPDATE audit_heads SET link = ? WHERE chain = 'contoso'", (prev,))
+
+    env = tampered_copy(activity, tmp_path, fn=rewrite)
+    code, report = verify(activity, env)
+    assert code != 0
+    kinds = {p["problem"] for p in report["problems"]}
+    assert kinds == {"checkpoint_mismatch"}, report
+
+
+def test_a_truncated_chain_is_found(activity, tmp_path):
+    def truncate(db):
+        (cp,) = db.execute("SELECT max(seq) FROM audit_checkpoints WHERE chain = 'contoso'").fetchone()
+        db.execute("DELETE FROM audit WHERE chain = 'contoso' AND seq >= ?", (cp,))
+        row = db.execute("SELECT seq, link FROM audit WHERE chain = 'contoso' ORDER BY seq DESC LIMIT 1").fetchone()
+        db.execute("UPDATE audit_heads SET seq = ?, link = ? WHERE chain = 'contoso'", (row["seq"], row["link"]))
+
+    env = tampered_copy(activity, tmp_path, fn=truncate)
+    code, report = verify(activity, env)
+    assert code != 0
+    assert any(p["problem"] == "truncated" for p in report["problems"]), report
+
+
+def test_the_log_refuses_edits_through_sql_and_audit_keys_stay_out_of_jwks(activity):
+    db = sqlite3.connect(activity.data_dir / "keypost.db")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("UPDATE audit SET actor = 'x' WHERE id = 1")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("DELETE FROM audit_checkpoints")
+    db.close()
+    audit_kids = {k["kid"] for k in activity.cli("keys", "list", "--realm", "contoso", json=True) if k["purpose"] == "audit"}
+    assert audit_kids, "every realm has an audit key"
+    jwks = activity.discovery("contoso")
+    published = {k["kid"] for k in requests.get(jwks["jwks_uri"], timeout=10).json()["keys"]}
+    assert not (audit_kids & published)

@@ -1546,15 +1546,17 @@ impl SqliteStore {
             Err(e) => return fail_all(e.into()),
         };
         let mut results = Vec::with_capacity(batch.len());
+        let mut heads = audit_chain::Heads::default();
         for (ticket, write) in batch {
+            let before = heads.clone();
             let r = (|| {
                 let sp = tx.savepoint()?;
                 let ids = match &write {
                     Write::Issuance(entries, audit) => {
                         insert_ledger(&sp, entries)?;
-                        insert_audit(&sp, audit)?
+                        insert_audit(&sp, audit, &mut heads)?
                     }
-                    Write::Audit(records) => insert_audit(&sp, records)?,
+                    Write::Audit(records) => insert_audit(&sp, records, &mut heads)?,
                     Write::MarkRefreshUsed(jti, at) => {
                         let n = sp.execute(
                             "UPDATE ledger SET used_at = ? WHERE jti = ? AND kind = 'refresh' AND used_at IS NULL",
@@ -1566,7 +1568,14 @@ impl SqliteStore {
                 sp.commit()?;
                 Ok(ids)
             })();
+            if r.is_err() {
+                // That write rolled back: so do the chain positions it took.
+                heads = before;
+            }
             results.push((ticket, r));
+        }
+        if let Err(e) = heads.flush(&tx) {
+            return fail_all(e);
         }
         match tx.commit() {
             Ok(()) => results,

@@ -36,8 +36,37 @@ fn set_head(conn: &Connection, chain: &str, seq: u64, link: &Link) -> Result<()>
     Ok(())
 }
 
-/// Appends and links records; returns their ids. Runs inside the caller's transaction.
-pub(super) fn insert_audit(conn: &Connection, records: &[AuditRecord]) -> Result<Vec<i64>> {
+/// Chain heads as a group commit moves them: read from `audit_heads` once per chain, advanced
+/// in memory record by record, and written back once when the batch commits.
+#[derive(Default, Clone)]
+pub(super) struct Heads(Vec<(String, u64, Link)>);
+
+impl Heads {
+    fn slot(&mut self, conn: &Connection, chain: &str) -> Result<usize> {
+        if let Some(i) = self.0.iter().position(|(c, _, _)| c == chain) {
+            return Ok(i);
+        }
+        let (seq, link) = head(conn, chain)?;
+        self.0.push((chain.to_owned(), seq, link));
+        Ok(self.0.len() - 1)
+    }
+
+    /// Writes the heads back (inside the batch's transaction).
+    pub(super) fn flush(&self, conn: &Connection) -> Result<()> {
+        for (chain, seq, link) in &self.0 {
+            set_head(conn, chain, *seq, link)?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends and links records; returns their ids. Runs inside the caller's transaction; the
+/// caller flushes `heads` before committing (and restores them if this write rolls back).
+pub(super) fn insert_audit(
+    conn: &Connection,
+    records: &[AuditRecord],
+    heads: &mut Heads,
+) -> Result<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO audit(time, realm, actor, operation, target, result, source_ip, user_agent, \
          client_id, jti, kid, details, chain, seq, link) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -46,11 +75,13 @@ pub(super) fn insert_audit(conn: &Connection, records: &[AuditRecord]) -> Result
     for r in records {
         let details = json(&r.details)?;
         let chain_name = chain::chain_of(r);
-        let (seq, prev) = head(conn, chain_name)?;
-        let seq = seq + 1;
-        let link = chain::link(&prev, seq, r, &details);
+        let slot = heads.slot(conn, chain_name)?;
+        let (_, seq, prev) = &mut heads.0[slot];
+        *seq += 1;
+        let link = chain::link(prev, *seq, r, &details);
+        *prev = link;
         let realm = r.realm.as_ref().map(RealmId::as_str);
-        let seq_i = seq as i64;
+        let seq_i = *seq as i64;
         let link_s = link.as_slice();
         let p: [&dyn ToSql; 15] = [
             &r.time,
@@ -71,7 +102,6 @@ pub(super) fn insert_audit(conn: &Connection, records: &[AuditRecord]) -> Result
         ];
         stmt.execute(&p[..])?;
         ids.push(conn.last_insert_rowid());
-        set_head(conn, chain_name, seq, &link)?;
     }
     Ok(ids)
 }

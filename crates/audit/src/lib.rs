@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod investigate;
 
 use std::sync::Arc;
 
@@ -27,6 +28,10 @@ use store::{AuditQuery, AuditRecord, RealmId, Store, UnixTime};
 pub enum Operation {
     /// An account was created.
     AccountCreated,
+    /// A detection rule raised an alert (or counted a repeat of an open one).
+    AlertRaised,
+    /// An alert was acknowledged or resolved.
+    AlertUpdated,
     /// An account was disabled.
     AccountDisabled,
     /// An authorization code was presented a second time (its tokens are revoked).
@@ -82,6 +87,8 @@ impl Operation {
         use Operation::*;
         match self {
             AccountCreated => "AccountCreated",
+            AlertRaised => "AlertRaised",
+            AlertUpdated => "AlertUpdated",
             AccountDisabled => "AccountDisabled",
             AuthCodeReused => "AuthCodeReused",
             ClientCreated => "ClientCreated",

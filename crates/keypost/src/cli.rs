@@ -37,6 +37,12 @@ pub(crate) enum Command {
     /// Mail in accounts.
     #[command(subcommand)]
     Mail(MailCmd),
+    /// Alerts raised by the detection rules, and the rules' per-tenant settings.
+    #[command(subcommand)]
+    Alerts(AlertsCmd),
+    /// The blast radius of a key, token, source address or client, from the audit log: tenants,
+    /// accounts, mail items read (and when, from where), refused attempts.
+    Investigate(InvestigateArgs),
     /// Print the effective configuration (file, then environment) as TOML.
     Config,
 }
@@ -232,6 +238,93 @@ pub(crate) enum MailCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum AlertsCmd {
+    /// List alerts, newest first.
+    List {
+        /// Only this realm's.
+        #[arg(long)]
+        realm: Option<String>,
+        /// Only in this status: open, acknowledged or resolved.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show one alert with its evidence.
+    Show {
+        /// Alert id.
+        id: i64,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Acknowledge an alert (someone is on it).
+    Ack {
+        /// Alert id.
+        id: i64,
+    },
+    /// Resolve an alert; a repeat after this raises a new one.
+    Resolve {
+        /// Alert id.
+        id: i64,
+    },
+    /// The detection rules, what each catches, and a realm's settings.
+    Rules {
+        /// Show this realm's settings.
+        #[arg(long)]
+        realm: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Change a rule for a realm: turn it on or off, or set its threshold.
+    SetRule {
+        /// Realm (tenant slug or `consumers`).
+        realm: String,
+        /// Rule id (see `keypost alerts rules`).
+        rule: String,
+        /// Turn the rule off for this realm.
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        /// Turn the rule (back) on.
+        #[arg(long)]
+        enable: bool,
+        /// The rule's threshold (accounts, addresses or items, as the rule says).
+        #[arg(long)]
+        threshold: Option<u64>,
+    },
+    /// Run the detection rules once over the audit records not yet evaluated (`serve` does
+    /// this continuously).
+    Scan,
+}
+
+#[derive(Debug, Args)]
+#[group(id = "what", required = true, multiple = false)]
+pub(crate) struct InvestigateArgs {
+    /// A signing key id.
+    #[arg(long, group = "what", allow_hyphen_values = true)]
+    kid: Option<String>,
+    /// A token id.
+    #[arg(long, group = "what", allow_hyphen_values = true)]
+    jti: Option<String>,
+    /// A source address.
+    #[arg(long, group = "what")]
+    ip: Option<String>,
+    /// A client id.
+    #[arg(long, group = "what")]
+    client: Option<String>,
+    /// Only records at or after this time (RFC 3339, or a duration ago such as "24h").
+    #[arg(long)]
+    since: Option<String>,
+    /// Also print the subject of each mail item read.
+    #[arg(long)]
+    subjects: bool,
+    #[command(flatten)]
+    out: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum AuditCmd {
     /// Search the audit log (oldest first).
     Search {
@@ -278,6 +371,298 @@ pub(crate) enum AuditCmd {
     /// Sign a checkpoint of every chain whose head moved since its last one (`serve` does this
     /// every minute).
     Checkpoint,
+}
+
+fn alerts(config: Config, cmd: AlertsCmd, now: i64) -> Result<()> {
+    let svc = services(config)?;
+    let status_change = |id: i64, status: store::AlertStatus| -> Result<()> {
+        let Some(a) = svc.store.get_alert(id)? else {
+            bail!("no alert {id}");
+        };
+        svc.store.set_alert_status(id, status, "cli", now)?;
+        let mut ev = audit::Event::success(audit::Operation::AlertUpdated)
+            .actor("cli")
+            .target(id.to_string())
+            .detail("status", status.as_str());
+        if let Some(r) = &a.realm {
+            ev = ev.realm(r);
+        }
+        svc.identity.audit().record(ev, now)?;
+        println!("alert {id} {status}");
+        Ok(())
+    };
+    match cmd {
+        AlertsCmd::List {
+            realm: r,
+            status,
+            limit,
+            out,
+        } => {
+            let realm = r.as_deref().map(realm).transpose()?;
+            let status = status
+                .as_deref()
+                .map(str::parse::<store::AlertStatus>)
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--status must be open, acknowledged or resolved"))?;
+            let list = svc.store.list_alerts(realm.as_ref(), status, limit)?;
+            if out.json {
+                return print_json(&list);
+            }
+            table(
+                &[
+                    "ID",
+                    "SEVERITY",
+                    "STATUS",
+                    "REALM",
+                    "RULE",
+                    "COUNT",
+                    "LAST SEEN",
+                    "TITLE",
+                ],
+                list.iter()
+                    .map(|a| {
+                        vec![
+                            a.id.to_string(),
+                            a.severity.to_string(),
+                            a.status.to_string(),
+                            a.realm.as_ref().map_or("-".into(), |r| r.to_string()),
+                            a.rule.clone(),
+                            a.count.to_string(),
+                            rfc3339(a.last_seen),
+                            a.title.clone(),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        AlertsCmd::Show { id, out } => {
+            let Some(a) = svc.store.get_alert(id)? else {
+                bail!("no alert {id}");
+            };
+            if out.json {
+                return print_json(&a);
+            }
+            println!("alert {}: {} ({}, {})", a.id, a.title, a.severity, a.status);
+            println!(
+                "rule: {}   realm: {}",
+                a.rule,
+                a.realm.as_ref().map_or("-".into(), |r| r.to_string())
+            );
+            println!(
+                "seen {} times, first {}, last {}",
+                a.count,
+                rfc3339(a.first_seen),
+                rfc3339(a.last_seen)
+            );
+            println!("evidence (audit records): {:?}", a.evidence);
+            println!("details: {}", a.details);
+            Ok(())
+        }
+        AlertsCmd::Ack { id } => status_change(id, store::AlertStatus::Acknowledged),
+        AlertsCmd::Resolve { id } => status_change(id, store::AlertStatus::Resolved),
+        AlertsCmd::Rules { realm: r, out } => {
+            let realm = r.as_deref().map(realm).transpose()?;
+            let mut rows = Vec::new();
+            for (rule, what) in detect::RULES {
+                let setting = match &realm {
+                    Some(r) => svc.store.rule_setting(r, rule)?,
+                    None => None,
+                };
+                let (enabled, threshold) = setting.unwrap_or((true, None));
+                rows.push(json!({"rule": rule, "enabled": enabled, "threshold": threshold, "catches": what}));
+            }
+            if out.json {
+                return print_json(&rows);
+            }
+            for r in &rows {
+                let threshold = r["threshold"]
+                    .as_u64()
+                    .map_or("default".into(), |t| t.to_string());
+                println!(
+                    "{} ({}, threshold {threshold})",
+                    r["rule"].as_str().unwrap_or(""),
+                    if r["enabled"] == true { "on" } else { "off" }
+                );
+                println!("    {}", r["catches"].as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+        AlertsCmd::SetRule {
+            realm: r,
+            rule,
+            disable,
+            enable: _,
+            threshold,
+        } => {
+            let r = realm(&r)?;
+            if !detect::RULES.iter().any(|(id, _)| *id == rule) {
+                bail!("no rule {rule:?} (see `keypost alerts rules`)");
+            }
+            let current = svc.store.rule_setting(&r, &rule)?;
+            let threshold = threshold.or(current.and_then(|(_, t)| t));
+            svc.store.set_rule_setting(&r, &rule, !disable, threshold)?;
+            svc.identity.audit().record(
+                audit::Event::success(audit::Operation::SettingsChanged)
+                    .realm(&r)
+                    .actor("cli")
+                    .target(rule.clone())
+                    .detail("enabled", !disable)
+                    .detail("threshold", threshold),
+                now,
+            )?;
+            println!("{rule} in {r}: {}", if disable { "off" } else { "on" });
+            Ok(())
+        }
+        AlertsCmd::Scan => {
+            let mail = open_mail(&svc)?;
+            let detector = detect::Detector::new(
+                svc.store.clone(),
+                mail,
+                &svc.config.identity.consumer_domain,
+            );
+            let mut raised = Vec::new();
+            loop {
+                let pass = detector.run_once(now)?;
+                if pass.is_empty()
+                    && svc
+                        .store
+                        .search_audit(&AuditQuery {
+                            after_id: Some(svc.store.detector_cursor()?),
+                            limit: Some(1),
+                            ..Default::default()
+                        })?
+                        .is_empty()
+                {
+                    break;
+                }
+                raised.extend(pass);
+            }
+            let new = raised.iter().filter(|r| r.new).count();
+            println!("{new} new alerts, {} repeats counted", raised.len() - new);
+            Ok(())
+        }
+    }
+}
+
+fn rfc3339(t: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+    )
+    .to_string()
+}
+
+fn print_blast_radius(
+    svc: &Services,
+    what: &str,
+    radius: &audit::investigate::BlastRadius,
+    subjects: bool,
+    json_out: bool,
+) -> Result<()> {
+    let subject_of = |item: &str| -> Option<String> {
+        let id = store::EmailId::new(item).ok()?;
+        svc.store.get_email(&id).ok().flatten().map(|e| e.subject)
+    };
+    if json_out {
+        let mut v = serde_json::to_value(radius)?;
+        if subjects && let Some(reached) = v.get_mut("reached").and_then(|r| r.as_array_mut()) {
+            for r in reached {
+                let items: Vec<String> = r["items_read"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|i| i.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                r["subjects"] = json!(
+                    items
+                        .iter()
+                        .map(|i| json!({"item": i, "subject": subject_of(i)}))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+        return print_json(&v);
+    }
+    println!(
+        "{what}: {} audit records; tenants: {}; {} tokens issued; {} refused attempts; {} accounts reached; {} mail items read",
+        radius.records,
+        if radius.tenants.is_empty() {
+            "-".to_owned()
+        } else {
+            radius.tenants.join(", ")
+        },
+        radius.tokens_issued,
+        radius.refused.len(),
+        radius.reached.len(),
+        radius.items_read,
+    );
+    if !radius.refused.is_empty() {
+        println!("\nrefused:");
+        table(
+            &["TIME", "REALM", "REASON", "SUBJECT", "SOURCE", "RECORD"],
+            radius
+                .refused
+                .iter()
+                .map(|a| {
+                    vec![
+                        rfc3339(a.time),
+                        a.realm.clone().unwrap_or_else(|| "-".into()),
+                        a.reason.clone(),
+                        a.sub.clone().unwrap_or_else(|| "-".into()),
+                        a.source_ip.clone().unwrap_or_else(|| "-".into()),
+                        a.record.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+    if !radius.reached.is_empty() {
+        println!("\nreached:");
+        table(
+            &[
+                "REALM",
+                "ACCOUNT",
+                "ITEMS READ",
+                "QUERIES",
+                "CHANGES",
+                "FIRST",
+                "LAST",
+                "SOURCES",
+                "CLIENTS",
+            ],
+            radius
+                .reached
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.realm.clone().unwrap_or_else(|| "-".into()),
+                        r.account.clone(),
+                        r.items_read.len().to_string(),
+                        r.queries.to_string(),
+                        r.changes.to_string(),
+                        rfc3339(r.first),
+                        rfc3339(r.last),
+                        r.sources.join(" "),
+                        r.clients.join(" "),
+                    ]
+                })
+                .collect(),
+        );
+        if subjects {
+            for r in &radius.reached {
+                for item in &r.items_read {
+                    println!(
+                        "  {} {item}: {}",
+                        r.account,
+                        subject_of(item).unwrap_or_else(|| "(gone)".into())
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a verb needs: the identity service over the opened data directory.
@@ -664,15 +1049,34 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
                     ),
                 now,
             )?;
+            // The answer to "what did this key open?" comes with the revocation.
+            let radius = audit::investigate::investigate(
+                &*svc.store,
+                &audit::investigate::Subject::Kid(kid.to_string()),
+                None,
+            )?;
             if out.json {
                 return print_json(
-                    &json!({"kid": kid, "realm": record.realm, "revoked_at": record.revoked_at, "replacements": replacements}),
+                    &json!({"kid": kid, "realm": record.realm, "revoked_at": record.revoked_at,
+                            "replacements": replacements, "blast_radius": radius}),
                 );
             }
             println!(
                 "revoked {kid} (realm {}); refused for signing and validation from now on",
                 record.realm
             );
+            let radius = audit::investigate::investigate(
+                &*svc.store,
+                &audit::investigate::Subject::Kid(kid.to_string()),
+                None,
+            )?;
+            print_blast_radius(
+                &svc,
+                &format!("blast radius of {kid}"),
+                &radius,
+                false,
+                false,
+            )?;
             for k in replacements {
                 println!("new active key: {k}");
             }
@@ -810,6 +1214,32 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
                 .map_or("unlimited".to_owned(), |l| format!("{l} bytes"));
             println!("{}: {} bytes used of {limit}", account.email, q.used);
             Ok(())
+        }
+        Command::Alerts(cmd) => alerts(config, cmd, now),
+        Command::Investigate(args) => {
+            let svc = services(config)?;
+            let (subject, what) = match (&args.kid, &args.jti, &args.ip, &args.client) {
+                (Some(k), ..) => (
+                    audit::investigate::Subject::Kid(k.clone()),
+                    format!("key {k}"),
+                ),
+                (_, Some(j), ..) => (
+                    audit::investigate::Subject::Jti(j.clone()),
+                    format!("token {j}"),
+                ),
+                (_, _, Some(a), _) => (
+                    audit::investigate::Subject::Ip(a.clone()),
+                    format!("address {a}"),
+                ),
+                (_, _, _, Some(c)) => (
+                    audit::investigate::Subject::Client(c.clone()),
+                    format!("client {c}"),
+                ),
+                _ => bail!("give one of --kid, --jti, --ip, --client"),
+            };
+            let since = args.since.as_deref().map(parse_since).transpose()?;
+            let radius = audit::investigate::investigate(&*svc.store, &subject, since)?;
+            print_blast_radius(&svc, &what, &radius, args.subjects, args.out.json)
         }
         Command::Audit(AuditCmd::Verify { realm: r, out }) => {
             let svc = services(config)?;

@@ -14,8 +14,17 @@ use crate::cli::Services;
 /// plenty; it also bounds how long a stalled rotation could go unnoticed.
 const KEY_SCHEDULE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often the detector looks at new audit records: alerts land within about this long
+/// (plus delivery) of the event, and each idle pass costs one indexed read.
+const DETECT_INTERVAL: Duration = Duration::from_millis(200);
+
 pub(crate) fn run(svc: Services) -> Result<()> {
     let mail = crate::cli::open_mail(&svc)?;
+    let detector = Arc::new(detect::Detector::new(
+        svc.store.clone(),
+        mail.clone(),
+        &svc.config.identity.consumer_domain,
+    ));
     // JMAP gets its own gate (and verified-token cache) over the same store and keys.
     let gate = Arc::new(tokens::Gate::new(
         svc.store.clone(),
@@ -56,6 +65,20 @@ pub(crate) fn run(svc: Services) -> Result<()> {
                 tick.tick().await;
                 let id = schedule.clone();
                 let _ = tokio::task::spawn_blocking(move || key_schedule_step(&id)).await;
+            }
+        });
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DETECT_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let d = detector.clone();
+                // Off the request path; a failed pass is retried from the same cursor.
+                match tokio::task::spawn_blocking(move || d.run_once(identity::now())).await {
+                    Ok(Err(e)) => tracing::error!(target: "keypost::security", error = %e, "detection pass failed"),
+                    Err(e) => tracing::error!(error = %e, "detection task panicked"),
+                    Ok(Ok(_)) => {}
+                }
             }
         });
         let app = identity::router(identity).merge(jmap::router(jmap_service));

@@ -52,6 +52,14 @@ text_enum!(
     KeyPurpose { AccessToken = "access-token", IdToken = "id-token", Audit = "audit" }
 );
 text_enum!(
+    /// How bad an alert is.
+    Severity { Low = "low", Medium = "medium", High = "high", Critical = "critical" }
+);
+text_enum!(
+    /// Where an alert is in its handling.
+    AlertStatus { Open = "open", Acknowledged = "acknowledged", Resolved = "resolved" }
+);
+text_enum!(
     /// Where a key came from.
     KeyOrigin { Generated = "generated", Imported = "imported" }
 );
@@ -297,6 +305,8 @@ pub struct AuditQuery {
     pub result: Option<String>,
     /// Source address.
     pub source_ip: Option<String>,
+    /// Source addresses starting with this (a network, e.g. `192.0.2.`).
+    pub source_prefix: Option<String>,
     /// Key id.
     pub kid: Option<String>,
     /// Token id.
@@ -309,6 +319,8 @@ pub struct AuditQuery {
     pub until: Option<UnixTime>,
     /// Records with an id greater than this (paging).
     pub after_id: Option<i64>,
+    /// Records with an id less than this (history before a given record).
+    pub before_id: Option<i64>,
     /// At most this many (default 100).
     pub limit: Option<u32>,
 }
@@ -453,6 +465,38 @@ pub struct SearchText {
     pub to: String,
     /// The text of the body (HTML converted to text), bounded.
     pub body: String,
+}
+
+/// An alert a detection rule raised (or a repeat of one still open).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    /// Id.
+    pub id: i64,
+    /// The tenant it concerns; `None` for provider-level alerts.
+    pub realm: Option<RealmId>,
+    /// The rule that raised it.
+    pub rule: String,
+    /// How bad.
+    pub severity: Severity,
+    /// One line for humans.
+    pub title: String,
+    /// Repeats with the same rule, realm and key while the alert is not resolved are counted
+    /// on it instead of raising new alerts.
+    pub dedup_key: String,
+    /// When it was first and last seen.
+    pub first_seen: UnixTime,
+    /// Last seen.
+    pub last_seen: UnixTime,
+    /// How many times it was seen.
+    pub count: u64,
+    /// Audit record ids that show it (the first ones, bounded).
+    pub evidence: Vec<i64>,
+    /// What the rule observed.
+    pub details: serde_json::Value,
+    /// Handling status.
+    pub status: AlertStatus,
+    /// Who last changed the status.
+    pub status_by: Option<String>,
 }
 
 /// An account's storage limit.

@@ -330,6 +330,41 @@ CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 DROP INDEX emails_received;
 CREATE INDEX emails_received ON emails(account, received_at, id);
 "#,
+    r#"
+-- Alerts raised by the detection rules (crates/detect), and where the detector is in the log.
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    realm TEXT,
+    rule TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    title TEXT NOT NULL,
+    dedup_key TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    evidence TEXT NOT NULL,
+    details TEXT NOT NULL,
+    status TEXT NOT NULL,
+    status_by TEXT,
+    updated_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX alerts_open ON alerts(realm, rule, dedup_key, status);
+CREATE INDEX alerts_realm ON alerts(realm, id);
+CREATE TABLE detector_state (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT;
+-- Per-tenant rule settings; no row means the rule's defaults.
+CREATE TABLE rule_settings (
+    realm TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    threshold INTEGER,
+    PRIMARY KEY (realm, rule)
+) STRICT;
+-- The detector looks up each user's history by actor and operation.
+CREATE INDEX audit_actor_op ON audit(actor, operation, id);
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).
@@ -1412,12 +1447,36 @@ fn audit_where(q: &AuditQuery) -> (String, Vec<Box<dyn ToSql>>) {
         clauses.push("time < ?".into());
         args.push(Box::new(t));
     }
+    if let Some(id) = q.before_id {
+        clauses.push("id < ?".into());
+        args.push(Box::new(id));
+    }
+    if let Some(p) = &q.source_prefix {
+        clauses.push("substr(source_ip, 1, length(?)) = ?".into());
+        args.push(Box::new(p.clone()));
+        args.push(Box::new(p.clone()));
+    }
     let sql = if clauses.is_empty() {
         String::new()
     } else {
         format!(" WHERE {}", clauses.join(" AND "))
     };
     (sql, args)
+}
+
+impl SqliteStore {
+    /// One aggregate over the audit records a query matches.
+    fn audit_aggregate(&self, q: &AuditQuery, aggregate: &str) -> Result<u64> {
+        let (sql, args) = audit_where(q);
+        let conn = self.reader()?;
+        let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
+        let n: i64 = conn.query_row(
+            &format!("SELECT {aggregate} FROM audit{sql}"),
+            &params[..],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
 }
 
 impl AuditStore for SqliteStore {
@@ -1449,14 +1508,23 @@ impl AuditStore for SqliteStore {
     }
 
     fn count_audit(&self, q: &AuditQuery) -> Result<u64> {
-        let (sql, args) = audit_where(q);
-        let conn = self.reader()?;
-        let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
-        Ok(conn.query_row(
-            &format!("SELECT COUNT(*) FROM audit{sql}"),
-            &params[..],
-            |r| r.get(0),
-        )?)
+        self.audit_aggregate(q, "COUNT(*)")
+    }
+
+    fn count_distinct_audit(&self, q: &AuditQuery, column: AuditColumn) -> Result<u64> {
+        let col = match column {
+            AuditColumn::Actor => "actor",
+            AuditColumn::SourceIp => "source_ip",
+            AuditColumn::ClientId => "client_id",
+        };
+        self.audit_aggregate(q, &format!("COUNT(DISTINCT {col})"))
+    }
+
+    fn sum_audit_items(&self, q: &AuditQuery) -> Result<u64> {
+        self.audit_aggregate(
+            q,
+            "ifnull(sum(ifnull(json_array_length(details, '$.items'), 0)), 0)",
+        )
     }
 }
 
@@ -1584,6 +1652,7 @@ impl SqliteStore {
     }
 }
 
+mod alerts;
 mod audit_chain;
 mod mail;
 mod query;

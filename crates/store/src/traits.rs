@@ -121,6 +121,60 @@ pub trait AuditStore: Send + Sync {
     fn search_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
     /// How many records match a query (ignores `limit` and `after_id`).
     fn count_audit(&self, query: &AuditQuery) -> Result<u64>;
+    /// How many distinct values of `column` the matching records have.
+    fn count_distinct_audit(&self, query: &AuditQuery, column: AuditColumn) -> Result<u64>;
+    /// The total length of `details.items` over the matching records (mail items touched).
+    fn sum_audit_items(&self, query: &AuditQuery) -> Result<u64>;
+}
+
+/// A column of the audit log that can be counted distinct.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditColumn {
+    /// Who acted.
+    Actor,
+    /// The source address.
+    SourceIp,
+    /// The client.
+    ClientId,
+}
+
+/// Alerts and the detector's position in the audit log.
+pub trait AlertStore: Send + Sync {
+    /// Raises `alert`, or, if one with the same realm, rule and dedup key is not resolved,
+    /// counts it there (evidence appended, bounded). Returns the alert's id and whether it is
+    /// new.
+    fn raise_alert(&self, alert: &Alert) -> Result<(i64, bool)>;
+    /// Alerts, newest first: of one realm (or all), in one status (or any).
+    fn list_alerts(
+        &self,
+        realm: Option<&RealmId>,
+        status: Option<AlertStatus>,
+        limit: u32,
+    ) -> Result<Vec<Alert>>;
+    /// One alert.
+    fn get_alert(&self, id: i64) -> Result<Option<Alert>>;
+    /// Moves an alert to `status`; `false` if there is no such alert.
+    fn set_alert_status(
+        &self,
+        id: i64,
+        status: AlertStatus,
+        by: &str,
+        at: UnixTime,
+    ) -> Result<bool>;
+    /// The last audit record id the detector has evaluated.
+    fn detector_cursor(&self) -> Result<i64>;
+    /// Records that the detector evaluated everything up to `id`.
+    fn set_detector_cursor(&self, id: i64) -> Result<()>;
+    /// A rule's setting for a realm: enabled, and its threshold if set.
+    fn rule_setting(&self, realm: &RealmId, rule: &str) -> Result<Option<(bool, Option<u64>)>>;
+    /// Sets a rule's setting for a realm.
+    fn set_rule_setting(
+        &self,
+        realm: &RealmId,
+        rule: &str,
+        enabled: bool,
+        threshold: Option<u64>,
+    ) -> Result<()>;
 }
 
 /// The audit hash chain ([`crate::chain`]): heads, records in append order, checkpoints.
@@ -306,7 +360,8 @@ pub trait SendingStore: Send + Sync {
 
 /// Everything Keypost stores.
 pub trait Store:
-    AuditChainStore
+    AlertStore
+    + AuditChainStore
     + SendingStore
     + RealmStore
     + AccountStore
@@ -320,7 +375,8 @@ pub trait Store:
 }
 
 impl<T> Store for T where
-    T: AuditChainStore
+    T: AlertStore
+        + AuditChainStore
         + SendingStore
         + RealmStore
         + AccountStore

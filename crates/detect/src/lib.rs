@@ -1,0 +1,291 @@
+//! Detection: rules over the live audit stream, alerts, and their delivery to the people who
+//! must act on them.
+//!
+//! `detect` owns the rule catalogue ([`rules::RULES`]), the alert lifecycle (raised, repeated,
+//! acknowledged, resolved) and delivery: a new alert lands as an email in the Inbox of every
+//! admin of its tenant, and of the provider admins when it is high or critical. It runs off
+//! the request path: [`Detector::run_once`] reads the audit records appended since its cursor,
+//! so a slow rule never slows a mail read, and a restart resumes where it stopped.
+//!
+//! ```text
+//!   audit log ──(id > cursor)──> rules::Context::evaluate ──Finding──> AlertStore::raise_alert
+//!                                                                     └─ new: email to admins,
+//!                                                                        AlertRaised audited
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod rules;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use audit::{AuditLog, Event, Operation};
+use mail::{Draft, Mail};
+use serde_json::Value;
+use store::{
+    Account, Alert, AlertStatus, AuditQuery, EmailAddress, RealmId, Role, Severity, Store, UnixTime,
+};
+
+pub use rules::{Finding, RULES, Setting};
+
+/// How many audit records one pass evaluates.
+const BATCH: u32 = 500;
+
+/// Detection failed to run (not: found something).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Delivering an alert failed.
+    #[error(transparent)]
+    Mail(#[from] mail::Error),
+    /// Auditing failed.
+    #[error(transparent)]
+    Audit(#[from] audit::Error),
+}
+
+/// An alert a pass raised or counted again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Raised {
+    /// The alert.
+    pub id: i64,
+    /// First time (delivered) or a repeat (counted).
+    pub new: bool,
+    /// The rule.
+    pub rule: &'static str,
+}
+
+/// The detector.
+pub struct Detector {
+    store: Arc<dyn Store>,
+    mail: Mail,
+    audit: AuditLog,
+    /// Alerts come from `Keypost Security <security@{sender_domain}>`.
+    sender_domain: String,
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detector").finish_non_exhaustive()
+    }
+}
+
+/// A rule's defaults (every rule is on unless a tenant turns it off).
+fn default_setting() -> Setting {
+    Setting {
+        enabled: true,
+        threshold: None,
+    }
+}
+
+impl Detector {
+    /// A detector over `store`, delivering alerts with `mail`.
+    pub fn new(store: Arc<dyn Store>, mail: Mail, sender_domain: &str) -> Self {
+        Self {
+            audit: AuditLog::new(store.clone()),
+            store,
+            mail,
+            sender_domain: sender_domain.to_owned(),
+        }
+    }
+
+    /// Evaluates the audit records appended since the last pass (at most a batch), raising
+    /// and delivering alerts. Returns what it raised; an empty list when there was nothing new.
+    pub fn run_once(&self, now: UnixTime) -> Result<Vec<Raised>, Error> {
+        let cursor = self.store.detector_cursor()?;
+        let records = self.store.search_audit(&AuditQuery {
+            after_id: Some(cursor),
+            limit: Some(BATCH),
+            ..Default::default()
+        })?;
+        let Some(last) = records.last().map(|r| r.id) else {
+            return Ok(Vec::new());
+        };
+        let cache: std::cell::RefCell<HashMap<(RealmId, String), Setting>> = Default::default();
+        let settings = |realm: &RealmId, rule: &str| -> Setting {
+            let key = (realm.clone(), rule.to_owned());
+            if let Some(s) = cache.borrow().get(&key) {
+                return *s;
+            }
+            let s = match self.store.rule_setting(realm, rule) {
+                Ok(Some((enabled, threshold))) => Setting { enabled, threshold },
+                Ok(None) => default_setting(),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading rule settings failed; using defaults");
+                    default_setting()
+                }
+            };
+            cache.borrow_mut().insert(key, s);
+            s
+        };
+        let ctx = rules::Context {
+            store: &*self.store,
+            settings: &settings,
+        };
+        let mut raised = Vec::new();
+        for r in &records {
+            for f in ctx.evaluate(r)? {
+                let alert = Alert {
+                    id: 0,
+                    realm: r.realm.clone(),
+                    rule: f.rule.to_owned(),
+                    severity: f.severity,
+                    title: f.title.clone(),
+                    dedup_key: f.dedup_key.clone(),
+                    first_seen: r.time,
+                    last_seen: r.time,
+                    count: 1,
+                    evidence: vec![r.id],
+                    details: f.details.clone(),
+                    status: AlertStatus::Open,
+                    status_by: None,
+                };
+                let (id, new) = self.store.raise_alert(&alert)?;
+                if new {
+                    let delivered = self.deliver(&Alert { id, ..alert }, now)?;
+                    let mut ev = Event::success(Operation::AlertRaised)
+                        .actor("keypost-detect")
+                        .target(id.to_string())
+                        .detail("rule", f.rule)
+                        .detail("severity", f.severity.as_str())
+                        .detail("title", f.title.clone())
+                        .detail("evidence", vec![r.id])
+                        .detail("delivered_to", delivered);
+                    if let Some(realm) = &r.realm {
+                        ev = ev.realm(realm);
+                    }
+                    self.audit.record(ev, now)?;
+                    tracing::warn!(target: "keypost::security", alert = id, rule = f.rule,
+                        severity = f.severity.as_str(), "{}", f.title);
+                }
+                raised.push(Raised {
+                    id,
+                    new,
+                    rule: f.rule,
+                });
+            }
+        }
+        self.store.set_detector_cursor(last)?;
+        Ok(raised)
+    }
+
+    /// Who hears of an alert: the tenant's admins (the provider admins for the consumer realm
+    /// or a tenant without one), and the provider admins too when it is high or critical.
+    fn recipients(&self, alert: &Alert) -> Result<Vec<Account>, Error> {
+        let all = self.store.list_accounts(None)?;
+        let live = |a: &&Account| !a.disabled;
+        let providers: Vec<&Account> = all
+            .iter()
+            .filter(live)
+            .filter(|a| a.role == Role::ProviderAdmin)
+            .collect();
+        let mut out: Vec<&Account> = all
+            .iter()
+            .filter(live)
+            .filter(|a| a.role == Role::TenantAdmin && Some(&a.realm) == alert.realm.as_ref())
+            .collect();
+        if out.is_empty() || matches!(alert.severity, Severity::High | Severity::Critical) {
+            out.extend(providers);
+        }
+        out.sort_by(|a, b| a.email.cmp(&b.email));
+        out.dedup_by(|a, b| a.id == b.id);
+        Ok(out.into_iter().cloned().collect())
+    }
+
+    /// Puts the alert in each recipient's Inbox; returns their addresses.
+    fn deliver(&self, alert: &Alert, now: UnixTime) -> Result<Vec<String>, Error> {
+        let mut delivered = Vec::new();
+        for admin in self.recipients(alert)? {
+            let raw = self.message(alert, &admin).write()?;
+            let inbox = self.mail.mailbox_by_role(&admin.id, "inbox")?;
+            let keywords = if alert.severity == Severity::Critical {
+                vec!["$flagged".to_owned()]
+            } else {
+                Vec::new()
+            };
+            match self.mail.deliver(&admin.id, &raw, &inbox.id, keywords, now) {
+                Ok(d) => {
+                    self.audit.record(
+                        Event::success(Operation::MailDelivered)
+                            .realm(&admin.realm)
+                            .actor("keypost-detect")
+                            .target(admin.email.clone())
+                            .detail("items", vec![d.id.to_string()])
+                            .detail("via", "Alert")
+                            .detail("alert", alert.id),
+                        now,
+                    )?;
+                    delivered.push(admin.email.clone());
+                }
+                // A full mailbox must not stop the alert reaching the others.
+                Err(e @ mail::Error::OverQuota { .. }) => {
+                    tracing::error!(admin = %admin.email, error = %e, "alert not delivered");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(delivered)
+    }
+
+    fn message(&self, alert: &Alert, to: &Account) -> Draft {
+        let description = RULES
+            .iter()
+            .find(|(id, _)| *id == alert.rule)
+            .map_or("", |(_, d)| d);
+        let tenant = alert.realm.as_ref().map_or("(provider)", RealmId::as_str);
+        let mut observed = String::new();
+        if let Value::Object(m) = &alert.details {
+            for (k, v) in m.iter().filter(|(_, v)| !v.is_null()) {
+                let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                observed.push_str(&format!("  {k}: {v}\n"));
+            }
+        }
+        let d = &alert.details;
+        let investigate = [
+            ("kid", "--kid"),
+            ("source_ip", "--ip"),
+            ("client_id", "--client"),
+        ]
+        .iter()
+        .find_map(|(k, flag)| {
+            d.get(*k)
+                .and_then(Value::as_str)
+                .map(|v| format!("keypost investigate {flag} {v}"))
+        })
+        .unwrap_or_else(|| "keypost audit search --realm ".to_owned() + tenant);
+        let body = format!(
+            "{title}\n\nSeverity: {severity}\nRule: {rule}\n  {description}\nTenant: {tenant}\nAlert: {id}\n\n\
+             What was observed:\n{observed}\nEvidence: audit records {evidence:?}\n\n\
+             Next steps:\n  {investigate}\n  keypost alerts ack {id}    (then: keypost alerts resolve {id})\n",
+            title = alert.title,
+            severity = alert.severity,
+            rule = alert.rule,
+            id = alert.id,
+            evidence = alert.evidence,
+        );
+        Draft {
+            from: vec![EmailAddress {
+                name: Some("Keypost Security".into()),
+                email: format!("security@{}", self.sender_domain),
+            }],
+            to: vec![EmailAddress {
+                name: Some(to.display_name.clone()),
+                email: to.email.clone(),
+            }],
+            subject: Some(format!(
+                "[Keypost] {} alert: {}",
+                alert.severity.as_str().to_uppercase(),
+                alert.title
+            )),
+            sent_at: Some(alert.first_seen),
+            headers: vec![
+                ("X-Keypost-Alert".into(), alert.id.to_string()),
+                ("X-Keypost-Rule".into(), alert.rule.clone()),
+                ("Auto-Submitted".into(), "auto-generated".into()),
+            ],
+            text: Some(body),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The detection rules: what each catches, why, and how it decides. Each rule looks at one new
+//! audit record and, where it needs to, at that user's or source's history before it.
+//!
+//! Hand-rolled on purpose: these rules are the product (the original breach was noticed by a
+//! customer's own rule on premium logs); no library knows Keypost's events.
+
+use serde_json::{Value, json};
+use store::{AuditColumn, AuditQuery, AuditRecord, RealmId, Severity, Store};
+
+/// Every rule, with its id (used in settings and alerts) and what it catches.
+pub const RULES: [(&str, &str); 7] = [
+    (
+        "forged-token",
+        "A token whose signature belongs to another realm's key, an unknown key or a revoked \
+         key, or a correctly signed token Keypost never issued: someone holds a signing key \
+         (the Storm-0558 pattern). Critical; one alert per key.",
+    ),
+    (
+        "token-out-of-policy",
+        "A token crafted outside policy: a lifetime longer than the realm issues, iat in the \
+         future, a forbidden algorithm, keys in the header, unknown crit, an ID token presented \
+         as an access token. Tools forging tokens produce these. High; one alert per key or source.",
+    ),
+    (
+        "new-client",
+        "Mail read by a client id never seen before for that user (the user has earlier reads). \
+         An attacker's tooling usually shows up as a new client. Medium.",
+    ),
+    (
+        "new-network",
+        "Mail read from a network (IPv4 /24, IPv6 /48) never seen before for that user (the user \
+         has earlier reads). Medium.",
+    ),
+    (
+        "mail-volume",
+        "A user's mail items read in the last hour far above their own baseline: more than the \
+         threshold (default 1000) and ten times their hourly average of the week before. Bulk \
+         exfiltration looks like this. High; one alert per user and hour.",
+    ),
+    (
+        "password-spray",
+        "Failed sign-ins from one source address across many accounts within 15 minutes \
+         (default 10 accounts). High; one alert per source.",
+    ),
+    (
+        "credential-stuffing",
+        "Failed sign-ins on one account from many source addresses within 15 minutes \
+         (default 10 addresses). High; one alert per account.",
+    ),
+];
+
+/// What a rule found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// Rule id.
+    pub rule: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// One line.
+    pub title: String,
+    /// Repeats with this key count on one alert.
+    pub dedup_key: String,
+    /// What was observed.
+    pub details: Value,
+}
+
+/// Settings a rule runs with for one realm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// Whether the rule runs.
+    pub enabled: bool,
+    /// Its threshold, if it has one and the realm set it.
+    pub threshold: Option<u64>,
+}
+
+/// What a rule may look up.
+pub struct Context<'a> {
+    pub(crate) store: &'a dyn Store,
+    pub(crate) settings: &'a dyn Fn(&RealmId, &str) -> Setting,
+}
+
+const SPRAY_WINDOW: i64 = 15 * 60;
+const HOUR: i64 = 3600;
+
+fn reason(r: &AuditRecord) -> &str {
+    r.details
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// The network a source address is in, as a prefix of its text: IPv4 /24, IPv6 /48.
+pub fn network_of(ip: &str) -> String {
+    if let Ok(std::net::IpAddr::V4(v4)) = ip.parse() {
+        let o = v4.octets();
+        return format!("{}.{}.{}.", o[0], o[1], o[2]);
+    }
+    if let Ok(std::net::IpAddr::V6(v6)) = ip.parse() {
+        let s = v6.segments();
+        return format!("{:x}:{:x}:{:x}:", s[0], s[1], s[2]);
+    }
+    ip.to_owned()
+}
+
+fn history(r: &AuditRecord, operation: &str) -> AuditQuery {
+    AuditQuery {
+        realm: r.realm.clone(),
+        operation: Some(operation.into()),
+        actor: r.actor.clone(),
+        before_id: Some(r.id),
+        ..Default::default()
+    }
+}
+
+impl Context<'_> {
+    fn setting(&self, r: &AuditRecord, rule: &str) -> Option<Setting> {
+        let realm = r.realm.as_ref()?;
+        let s = (self.settings)(realm, rule);
+        s.enabled.then_some(s)
+    }
+
+    /// Every finding `r` produces.
+    pub fn evaluate(&self, r: &AuditRecord) -> store::Result<Vec<Finding>> {
+        let mut out = Vec::new();
+        match r.operation.as_str() {
+            "TokenRejected" => {
+                out.extend(self.forged_token(r));
+                out.extend(self.out_of_policy(r));
+            }
+            "MailItemsAccessed" if r.result == "success" => {
+                out.extend(self.new_client(r)?);
+                out.extend(self.new_network(r)?);
+                out.extend(self.mail_volume(r)?);
+            }
+            "SignInFailed" => {
+                out.extend(self.password_spray(r)?);
+                out.extend(self.credential_stuffing(r)?);
+            }
+            // Once an account is throttled, further guesses are refused as throttled: they
+            // still count as attempts on it.
+            "SignInThrottled" => out.extend(self.credential_stuffing(r)?),
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    fn forged_token(&self, r: &AuditRecord) -> Option<Finding> {
+        self.setting(r, "forged-token")?;
+        let why = match reason(r) {
+            "KeyNotInRealm" => "signed by a key of another realm",
+            "NotIssued" => "correctly signed but never issued (a stolen signing key)",
+            "LedgerMismatch" => "correctly signed but not the token the ledger holds",
+            "KeyRevoked" => "signed by a revoked key",
+            "UnknownKid" => "signed by a key no realm has",
+            _ => return None,
+        };
+        let kid = r.kid.clone().unwrap_or_else(|| "(none)".into());
+        let realm = r.realm.as_ref().map_or("", RealmId::as_str);
+        Some(Finding {
+            rule: "forged-token",
+            severity: Severity::Critical,
+            title: format!("Forged token refused in {realm}: {why} (kid {kid})"),
+            dedup_key: kid.clone(),
+            details: json!({"reason": reason(r), "kid": kid, "iss": r.details.get("iss"),
+                "sub": r.details.get("sub"), "source_ip": r.source_ip, "user_agent": r.user_agent}),
+        })
+    }
+
+    fn out_of_policy(&self, r: &AuditRecord) -> Option<Finding> {
+        self.setting(r, "token-out-of-policy")?;
+        let why = match reason(r) {
+            "LifetimeExceedsPolicy" => "a lifetime longer than the realm issues",
+            "IssuedInFuture" => "iat in the future",
+            "AlgorithmNotAllowed" => "a forbidden algorithm",
+            "AlgorithmMismatch" => "an algorithm the key is not pinned to",
+            "HeaderKeyForbidden" => "a key in its header",
+            "CritUnsupported" => "an unknown crit extension",
+            "TypeMismatch" => "the wrong type (an ID token as an access token)",
+            _ => return None,
+        };
+        let key = r
+            .kid
+            .clone()
+            .or_else(|| r.source_ip.clone())
+            .unwrap_or_default();
+        Some(Finding {
+            rule: "token-out-of-policy",
+            severity: Severity::High,
+            title: format!("Crafted token refused: {why}"),
+            dedup_key: format!("{}|{key}", reason(r)),
+            details: json!({"reason": reason(r), "kid": r.kid, "source_ip": r.source_ip,
+                "alg": r.details.get("alg"), "sub": r.details.get("sub")}),
+        })
+    }
+
+    fn new_client(&self, r: &AuditRecord) -> store::Result<Option<Finding>> {
+        let (Some(_), Some(client), Some(actor)) =
+            (self.setting(r, "new-client"), &r.client_id, &r.actor)
+        else {
+            return Ok(None);
+        };
+        let before = history(r, "MailItemsAccessed");
+        if self.store.count_audit(&before)? == 0 {
+            return Ok(None); // no baseline yet: a user's first client is not news
+        }
+        let same = AuditQuery {
+            client_id: Some(client.clone()),
+            ..before
+        };
+        if self.store.count_audit(&same)? > 0 {
+            return Ok(None);
+        }
+        let tenant_new = self.store.count_audit(&AuditQuery {
+            realm: r.realm.clone(),
+            operation: Some("MailItemsAccessed".into()),
+            client_id: Some(client.clone()),
+            before_id: Some(r.id),
+            ..Default::default()
+        })? == 0;
+        Ok(Some(Finding {
+            rule: "new-client",
+            severity: Severity::Medium,
+            title: format!("Mail of {actor} read by a client never seen for them: {client}"),
+            dedup_key: format!("{actor}|{client}"),
+            details: json!({"actor": actor, "client_id": client, "new_for_tenant": tenant_new,
+                "source_ip": r.source_ip}),
+        }))
+    }
+
+    fn new_network(&self, r: &AuditRecord) -> store::Result<Option<Finding>> {
+        let (Some(_), Some(ip), Some(actor)) =
+            (self.setting(r, "new-network"), &r.source_ip, &r.actor)
+        else {
+            return Ok(None);
+        };
+        let before = history(r, "MailItemsAccessed");
+        if self.store.count_audit(&before)? == 0 {
+            return Ok(None);
+        }
+        let network = network_of(ip);
+        let seen = AuditQuery {
+            source_prefix: Some(network.clone()),
+            ..before
+        };
+        if self.store.count_audit(&seen)? > 0 {
+            return Ok(None);
+        }
+        Ok(Some(Finding {
+            rule: "new-network",
+            severity: Severity::Medium,
+            title: format!("Mail of {actor} read from a network never seen for them: {ip}"),
+            dedup_key: format!("{actor}|{network}"),
+            details: json!({"actor": actor, "source_ip": ip, "network": network, "client_id": r.client_id}),
+        }))
+    }
+
+    fn mail_volume(&self, r: &AuditRecord) -> store::Result<Option<Finding>> {
+        let (Some(setting), Some(actor)) = (self.setting(r, "mail-volume"), &r.actor) else {
+            return Ok(None);
+        };
+        let floor = setting.threshold.unwrap_or(1000);
+        let base = AuditQuery {
+            realm: r.realm.clone(),
+            operation: Some("MailItemsAccessed".into()),
+            actor: Some(actor.clone()),
+            before_id: Some(r.id + 1),
+            ..Default::default()
+        };
+        let last_hour = self.store.sum_audit_items(&AuditQuery {
+            since: Some(r.time - HOUR),
+            ..base.clone()
+        })?;
+        if last_hour <= floor {
+            return Ok(None);
+        }
+        let week = self.store.sum_audit_items(&AuditQuery {
+            since: Some(r.time - HOUR - 7 * 24 * HOUR),
+            until: Some(r.time - HOUR),
+            ..base
+        })?;
+        let hourly_baseline = week / (7 * 24);
+        if last_hour <= hourly_baseline.saturating_mul(10) {
+            return Ok(None);
+        }
+        Ok(Some(Finding {
+            rule: "mail-volume",
+            severity: Severity::High,
+            title: format!(
+                "{actor} read {last_hour} mail items in an hour (baseline {hourly_baseline}/hour)"
+            ),
+            dedup_key: format!("{actor}|{}", r.time / HOUR),
+            details: json!({"actor": actor, "items_last_hour": last_hour,
+                "hourly_baseline": hourly_baseline, "threshold": floor}),
+        }))
+    }
+
+    fn password_spray(&self, r: &AuditRecord) -> store::Result<Option<Finding>> {
+        let (Some(setting), Some(ip)) = (self.setting(r, "password-spray"), &r.source_ip) else {
+            return Ok(None);
+        };
+        let threshold = setting.threshold.unwrap_or(10);
+        let accounts = self.store.count_distinct_audit(
+            &AuditQuery {
+                realm: r.realm.clone(),
+                operation: Some("SignInFailed".into()),
+                source_ip: Some(ip.clone()),
+                since: Some(r.time - SPRAY_WINDOW),
+                before_id: Some(r.id + 1),
+                ..Default::default()
+            },
+            AuditColumn::Actor,
+        )?;
+        if accounts < threshold {
+            return Ok(None);
+        }
+        Ok(Some(Finding {
+            rule: "password-spray",
+            severity: Severity::High,
+            title: format!(
+                "Password spraying from {ip}: failed sign-ins on {accounts} accounts in 15 minutes"
+            ),
+            dedup_key: ip.clone(),
+            details: json!({"source_ip": ip, "accounts": accounts, "threshold": threshold}),
+        }))
+    }
+
+    fn credential_stuffing(&self, r: &AuditRecord) -> store::Result<Option<Finding>> {
+        let (Some(setting), Some(actor)) = (self.setting(r, "credential-stuffing"), &r.actor)
+        else {
+            return Ok(None);
+        };
+        let threshold = setting.threshold.unwrap_or(10);
+        let mut sources = 0;
+        for op in ["SignInFailed", "SignInThrottled"] {
+            sources += self.store.count_distinct_audit(
+                &AuditQuery {
+                    realm: r.realm.clone(),
+                    operation: Some(op.into()),
+                    actor: Some(actor.clone()),
+                    since: Some(r.time - SPRAY_WINDOW),
+                    before_id: Some(r.id + 1),
+                    ..Default::default()
+                },
+                AuditColumn::SourceIp,
+            )?;
+        }
+        if sources < threshold {
+            return Ok(None);
+        }
+        Ok(Some(Finding {
+            rule: "credential-stuffing",
+            severity: Severity::High,
+            title: format!("Failed sign-ins on {actor} from {sources} addresses in 15 minutes"),
+            dedup_key: actor.clone(),
+            details: json!({"actor": actor, "sources": sources, "threshold": threshold}),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_of;
+
+    #[test]
+    fn networks() {
+        assert_eq!(network_of("192.0.2.77"), "192.0.2.");
+        assert_eq!(network_of("2001:db8:1:2::5"), "2001:db8:1:");
+        assert_eq!(network_of("not an address"), "not an address");
+    }
+}

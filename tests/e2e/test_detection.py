@@ -1,0 +1,219 @@
+"""Detection (issue 4): each rule fires on a scenario made of real requests and stays quiet on a
+benign one; alerts reach the tenant admin's Inbox; `keypost investigate` shows the blast radius.
+
+Source addresses are varied by binding the client to other loopback addresses (127.0.0.0/8)."""
+
+import base64
+import json as jsonlib
+import time
+
+import pytest
+import requests
+from requests.adapters import HTTPAdapter
+
+from conftest import CLI_CLIENT, HTTP_TIMEOUT_S, forge_access_token, new_ed25519_pem, unverified
+from jmap_client import Client, api, auth
+
+ADMIN = ("secops@contoso.test", "secops-correct-horse-battery-9")
+
+
+class FromAddress(HTTPAdapter):
+    """Connects from a given local address."""
+
+    def __init__(self, source):
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def session_from(source):
+    s = requests.Session()
+    s.mount("http://", FromAddress(source))
+    return s
+
+
+def alerts(keypost, rule=None, realm="contoso"):
+    found = keypost.cli("alerts", "list", "--realm", realm, json=True)
+    return [a for a in found if rule is None or a["rule"] == rule]
+
+
+def wait_for_alert(keypost, rule, predicate=lambda a: True, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hits = [a for a in alerts(keypost, rule) if predicate(a)]
+        if hits:
+            return hits
+        time.sleep(0.2)
+    raise AssertionError(f"no {rule} alert within {timeout}s; alerts: {alerts(keypost)}")
+
+
+def settle(keypost):
+    """Lets the detector catch up with everything so far (it runs every 200 ms in serve)."""
+    keypost.cli("alerts", "scan")
+
+
+@pytest.fixture(scope="module")
+def admin(keypost, world):
+    keypost.create_user(ADMIN[0], ADMIN[1], "--admin")
+    return Client(keypost, keypost.password_grant("contoso", *ADMIN).json()["access_token"])
+
+
+@pytest.fixture(scope="module")
+def reader(keypost, world):
+    """A contoso user with mail and a history of reading it from 127.0.0.1 with keypost-cli."""
+    email, pw = "reader@contoso.test", "reader-correct-horse-battery-8"
+    keypost.create_user(email, pw)
+    token = keypost.password_grant("contoso", email, pw).json()["access_token"]
+    c = Client(keypost, token)
+    c.email, c.password = email, pw
+    c.ids = [c.import_email(f"From: x@fabrikam.test\r\nTo: {email}\r\nSubject: Note {n}\r\n\r\nBody {n}\r\n".encode())
+             for n in range(30)]
+    c.one("Email/get", {"ids": c.ids[:2], "properties": ["subject"]})
+    return c
+
+
+def read_from(keypost, source, token, ids):
+    r = session_from(source).post(f"{keypost.url}/jmap/api", headers=auth(token), timeout=HTTP_TIMEOUT_S, json={
+        "using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"],
+        "methodCalls": [["Email/get", {"accountId": unverified(token)[1]["sub"], "ids": ids, "properties": ["subject"]}, "g"]]})
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_the_replay_is_refused_alerted_to_the_tenant_admin_and_investigated(keypost, world, admin, reader, tmp_path):
+    """THREAT-MODEL, end to end: a consumer-realm key (imported: standing in for the stolen
+    one) signs a token for an enterprise user. Refused; a critical alert in the tenant admin's
+    Inbox within seconds; `keypost investigate --kid` shows the attempt and nothing read."""
+    key, pem = new_ed25519_pem(tmp_path)
+    kid = keypost.import_key("consumers", pem)
+    sub = reader.account
+    forged = forge_access_token(keypost, key, kid, "contoso", sub, scope="openid email mail")
+    r = api(keypost, forged, [["Email/query", {"accountId": sub}, "q"]])
+    assert r.status_code == 401
+    started = time.monotonic()
+    (alert,) = wait_for_alert(keypost, "forged-token", lambda a: a["dedup_key"] == kid)
+    assert alert["severity"] == "critical" and alert["status"] == "open"
+    assert alert["details"]["reason"] == "KeyNotInRealm"
+
+    deadline = time.monotonic() + 10
+    while True:
+        found = admin.one("Email/query", {"filter": {"subject": "critical alert"}})["ids"]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert found, "the alert is in the tenant admin's Inbox"
+    (mail,) = admin.one("Email/get", {"ids": found[:1], "properties": ["subject", "from", "keywords", "mailboxIds",
+                                                                       "bodyValues", "textBody"], "fetchTextBodyValues": True})["list"]
+    assert kid in mail["subject"] and mail["keywords"].get("$flagged")
+    assert list(mail["mailboxIds"]) == [admin.mailbox("inbox")]
+    body = next(iter(mail["bodyValues"].values()))["value"]
+    assert f"keypost investigate --kid {kid}" in body
+    assert time.monotonic() - started < 10
+
+    # A second attempt with the same key is counted on the same alert, not mailed again.
+    api(keypost, forge_access_token(keypost, key, kid, "contoso", sub, scope="openid email mail"), [["Email/query", {"accountId": sub}, "q"]])
+    wait_for_alert(keypost, "forged-token", lambda a: a["dedup_key"] == kid and a["count"] == 2)
+    assert len(admin.one("Email/query", {"filter": {"subject": kid}})["ids"]) == 1
+
+    radius = keypost.cli("investigate", "--kid", kid, json=True)
+    assert radius["items_read"] == 0 and radius["reached"] == []
+    assert [a["reason"] for a in radius["refused"]] == ["KeyNotInRealm", "KeyNotInRealm"]
+    assert set(radius["tenants"]) == {"consumers", "contoso"}, "the key lives in consumers; it was tried on contoso"
+    raised = keypost.audit("AlertRaised", realm="contoso")
+    assert ADMIN[0] in raised[-1]["details"]["delivered_to"] or any(ADMIN[0] in r["details"]["delivered_to"] for r in raised)
+
+    revoked = keypost.cli("keys", "revoke", kid, json=True)
+    assert revoked["blast_radius"]["items_read"] == 0, "revocation reports the blast radius"
+
+
+def test_a_crafted_token_raises_out_of_policy_and_an_expired_one_does_not(keypost, reader):
+    sub = reader.account
+    header = '{"alg":"none","typ":"at+jwt","kid":"x"}'
+
+    def b64(s):
+        return base64.urlsafe_b64encode(s.encode()).rstrip(b"=").decode()
+
+    none_token = b64(header) + "." + b64(jsonlib.dumps({"sub": sub, "iss": keypost.issuer("contoso")})) + ".AAAA"
+    before = len(alerts(keypost, "token-out-of-policy"))
+    assert api(keypost, none_token, [["Email/query", {"accountId": sub}, "q"]]).status_code == 401
+    wait_for_alert(keypost, "token-out-of-policy", lambda a: a["details"]["reason"] == "AlgorithmNotAllowed")
+    # Benign: a garbled token is refused (Malformed) but is not a crafted token.
+    assert api(keypost, "not-a-token", [["Email/query", {"accountId": sub}, "q"]]).status_code == 401
+    settle(keypost)
+    assert len(alerts(keypost, "token-out-of-policy")) == before + 1
+
+
+def test_new_client_and_new_network(keypost, world, reader):
+    c = reader
+    settle(keypost)
+    # Benign: the same client from the same network.
+    read_from(keypost, "127.0.0.1", c.token, c.ids[:1])
+    read_from(keypost, "127.0.0.42", c.token, c.ids[:1])
+    settle(keypost)
+    assert not alerts(keypost, "new-client") and not alerts(keypost, "new-network")
+    # Another network.
+    read_from(keypost, "127.9.8.7", c.token, c.ids[:1])
+    (a,) = wait_for_alert(keypost, "new-network")
+    assert a["details"]["source_ip"] == "127.9.8.7" and a["details"]["actor"] == c.email
+    # Another client.
+    keypost.create_client("contoso", "mallory-tool", "--first-party", "--grant", "password")
+    token = keypost.password_grant("contoso", c.email, c.password, client_id="mallory-tool").json()["access_token"]
+    read_from(keypost, "127.0.0.1", token, c.ids[:1])
+    (a,) = wait_for_alert(keypost, "new-client")
+    assert a["details"]["client_id"] == "mallory-tool"
+
+
+def test_mail_volume_above_the_users_baseline(keypost, reader, world):
+    keypost.cli("alerts", "set-rule", "contoso", "mail-volume", "--threshold", "50")
+    c = reader
+    c.one("Email/get", {"ids": c.ids[:20], "properties": ["subject"]})
+    settle(keypost)
+    assert not alerts(keypost, "mail-volume"), "under the threshold"
+    c.one("Email/get", {"ids": c.ids, "properties": ["subject"]})
+    (a,) = wait_for_alert(keypost, "mail-volume")
+    assert a["details"]["items_last_hour"] > 50 and a["severity"] == "high"
+
+
+def test_password_spraying_from_one_source(keypost):
+    def fail(source, user):
+        session_from(source).post(keypost.endpoint("contoso", "token_endpoint"), timeout=HTTP_TIMEOUT_S, data={
+            "grant_type": "password", "username": user, "password": "Summer2026!", "client_id": CLI_CLIENT})
+    for n in range(3):
+        fail("127.0.3.1", f"user{n}@contoso.test")
+    settle(keypost)
+    assert not alerts(keypost, "password-spray"), "three accounts are not a spray"
+    for n in range(10):
+        fail("127.0.3.2", f"user{n}@contoso.test")
+    (a,) = wait_for_alert(keypost, "password-spray")
+    assert a["dedup_key"] == "127.0.3.2" and a["details"]["accounts"] >= 10
+
+
+def test_credential_stuffing_on_one_account(keypost, reader):
+    def fail(source):
+        session_from(source).post(keypost.endpoint("contoso", "token_endpoint"), timeout=HTTP_TIMEOUT_S, data={
+            "grant_type": "password", "username": "victim@contoso.test", "password": "wrong", "client_id": CLI_CLIENT})
+    for n in range(2):
+        fail(f"127.0.4.{n + 1}")
+    settle(keypost)
+    assert not alerts(keypost, "credential-stuffing")
+    for n in range(2, 12):
+        fail(f"127.0.4.{n + 1}")
+    (a,) = wait_for_alert(keypost, "credential-stuffing")
+    assert a["dedup_key"] == "victim@contoso.test"
+
+
+def test_rules_can_be_turned_off_per_tenant_and_alerts_have_a_lifecycle(keypost, reader):
+    keypost.cli("alerts", "set-rule", "contoso", "new-network", "--disable")
+    read_from(keypost, "127.77.0.1", reader.token, reader.ids[:1])
+    settle(keypost)
+    assert not [a for a in alerts(keypost, "new-network") if a["details"]["source_ip"] == "127.77.0.1"]
+    rules = {r["rule"]: r for r in keypost.cli("alerts", "rules", "--realm", "contoso", json=True)}
+    assert rules["new-network"]["enabled"] is False and rules["mail-volume"]["threshold"] == 50
+    (a, *_) = alerts(keypost, "forged-token")
+    keypost.cli("alerts", "ack", str(a["id"]))
+    keypost.cli("alerts", "resolve", str(a["id"]))
+    assert keypost.cli("alerts", "show", str(a["id"]), json=True)["status"] == "resolved"
+    assert keypost.audit("AlertUpdated", realm="contoso")[-1]["details"]["status"] == "resolved"

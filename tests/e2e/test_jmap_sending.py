@@ -167,7 +167,9 @@ def test_draft_errors(users):
         "nobox": {"subject": "x"},
         "rawfrom": {"mailboxIds": {drafts: True}, "header:From": "ceo@contoso.test"},
         "inject": {"mailboxIds": {drafts: True}, "subject": "hi\r\nBcc: everyone@contoso.test"},
-        "structure": {"mailboxIds": {drafts: True}, "bodyStructure": {"type": "text/plain", "partId": "1"}},
+        "mixed": {"mailboxIds": {drafts: True}, "bodyStructure": {"type": "text/plain", "partId": "1"},
+                  "textBody": [{"partId": "1", "type": "text/plain"}], "bodyValues": {"1": {"value": "x"}}},
+        "badtree": {"mailboxIds": {drafts: True}, "bodyStructure": {"type": "text/plain", "subParts": []}},
         "noblob": {"mailboxIds": {drafts: True}, "attachments": [{"blobId": "0" * 64, "type": "text/plain"}]},
         "novalue": {"mailboxIds": {drafts: True}, "textBody": [{"partId": "t", "type": "text/plain"}]},
         "server": {"mailboxIds": {drafts: True}, "id": "Mx"},
@@ -175,7 +177,34 @@ def test_draft_errors(users):
     }})
     errors = {k: v["type"] for k, v in out["notCreated"].items()}
     assert errors == {"nobox": "invalidProperties", "rawfrom": "invalidProperties", "inject": "invalidProperties",
-                      "structure": "invalidProperties", "noblob": "blobNotFound", "novalue": "invalidProperties",
+                      "mixed": "invalidProperties", "badtree": "invalidProperties", "noblob": "blobNotFound", "novalue": "invalidProperties",
                       "server": "invalidProperties"}
     assert out["notCreated"]["noblob"]["notFound"] == ["0" * 64]
     assert list(out["created"]) == ["ok"]
+
+
+def test_compose_with_a_body_structure(users):
+    """RFC 8621 §4.6: the body may be given as a MIME tree instead."""
+    frank, _ = users
+    logo = frank.upload(b"\x89PNG fake", content_type="image/png")
+    out = frank.one("Email/set", {"create": {"tree": {
+        "mailboxIds": {frank.mailbox("drafts"): True}, "subject": "Tree",
+        "from": [{"email": "frank@contoso.test"}],
+        "bodyStructure": {"type": "multipart/mixed", "subParts": [
+            {"type": "multipart/alternative", "subParts": [
+                {"type": "text/plain", "partId": "t"},
+                {"type": "text/html", "partId": "h"},
+            ]},
+            {"type": "image/png", "blobId": logo, "disposition": "inline", "cid": "logo@x", "name": "logo.png"},
+        ]},
+        "bodyValues": {"t": {"value": "plain words"}, "h": {"value": "<p>html <img src=cid:logo@x></p>"}},
+    }}})
+    assert out["created"], out["notCreated"]
+    created = out["created"]["tree"]["id"]
+    (e,) = frank.one("Email/get", {"ids": [created], "properties": ["bodyStructure", "textBody", "htmlBody", "bodyValues"],
+                                   "fetchAllBodyValues": True, "bodyProperties": ["type", "partId", "cid", "subParts", "blobId"]})["list"]
+    assert e["bodyStructure"]["type"] == "multipart/mixed"
+    assert [p["type"] for p in e["bodyStructure"]["subParts"]] == ["multipart/alternative", "image/png"]
+    assert e["bodyStructure"]["subParts"][1]["cid"] == "logo@x"
+    assert e["bodyValues"][e["textBody"][0]["partId"]]["value"].strip() == "plain words"
+    assert frank.download(e["bodyStructure"]["subParts"][1]["blobId"]).content == b"\x89PNG fake"

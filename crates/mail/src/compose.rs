@@ -6,6 +6,7 @@ use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::message_id::MessageId;
 use mail_builder::headers::raw::Raw;
+use mail_builder::mime::MimePart;
 use store::EmailAddress;
 
 use crate::{Error, Result, new_id};
@@ -23,6 +24,53 @@ pub struct Attachment {
     pub cid: Option<String>,
     /// The decoded content.
     pub bytes: Vec<u8>,
+}
+
+/// A body given as a MIME tree (JMAP `bodyStructure`): a container of parts, or a leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartSpec {
+    /// `multipart/*` with its children.
+    Multipart {
+        /// `multipart/mixed`, `multipart/alternative`, ...
+        media_type: String,
+        /// The children, in order.
+        parts: Vec<PartSpec>,
+    },
+    /// Text (`text/*`), written as UTF-8.
+    Text {
+        /// `text/plain`, `text/html`, ...
+        media_type: String,
+        /// The text.
+        text: String,
+    },
+    /// A file.
+    File(Attachment),
+}
+
+impl PartSpec {
+    fn mime(&self) -> MimePart<'_> {
+        match self {
+            PartSpec::Multipart { media_type, parts } => MimePart::new(
+                media_type.as_str(),
+                parts.iter().map(PartSpec::mime).collect::<Vec<_>>(),
+            ),
+            PartSpec::Text { media_type, text } => {
+                MimePart::new(media_type.as_str(), text.as_str())
+            }
+            PartSpec::File(a) => {
+                let part = MimePart::new(a.media_type.as_str(), a.bytes.as_slice());
+                let part = if a.inline {
+                    part.inline()
+                } else {
+                    part.attachment(a.name.as_deref().unwrap_or("attachment"))
+                };
+                match &a.cid {
+                    Some(cid) => part.cid(cid.as_str()),
+                    None => part,
+                }
+            }
+        }
+    }
 }
 
 /// A message to write. Unset fields are left out; a Message-ID and Date are always written.
@@ -58,6 +106,8 @@ pub struct Draft {
     pub html: Option<String>,
     /// Attachments, in order.
     pub attachments: Vec<Attachment>,
+    /// The whole body as a MIME tree; when set, `text`, `html` and `attachments` are unused.
+    pub structure: Option<PartSpec>,
 }
 
 fn addresses(list: &[EmailAddress]) -> Option<Address<'_>> {
@@ -143,6 +193,12 @@ impl Draft {
                 return Err(Error::Invalid(format!("header:{name} cannot be set raw")));
             }
             m = m.header(name.clone(), Raw::new(value.trim().to_owned()));
+        }
+        if let Some(tree) = &self.structure {
+            return m
+                .body(tree.mime())
+                .write_to_vec()
+                .map_err(|e| Error::Invalid(format!("cannot write the message: {e}")));
         }
         if let Some(t) = &self.text {
             m = m.text_body(t.as_str());

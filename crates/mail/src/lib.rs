@@ -29,7 +29,7 @@ use store::{
     ThreadId, UnixTime,
 };
 
-pub use compose::{Attachment, Draft, is_free_header};
+pub use compose::{Attachment, Draft, PartSpec, is_free_header};
 pub use import::{ImportReport, ImportSource};
 pub use message::{AddressGroup, Body, HeaderForm, HeaderValue, Message, Part};
 pub use sending::Quota;

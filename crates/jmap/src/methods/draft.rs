@@ -87,6 +87,94 @@ fn body_text(
     }
 }
 
+fn blob_id_of(part: &Value) -> String {
+    part.get("blobId")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// A part naming a blob, as a file; `None` if the account has no such blob.
+fn file(j: &Jmap, a: &Authed, part: &Value) -> Result<Option<mail::Attachment>, Value> {
+    let fetched = match BlobRef::parse(&blob_id_of(part)) {
+        Some(r) => {
+            blob::fetch(j, a, &r).map_err(|e| set_error("serverFail", &e.to_string(), &[]))?
+        }
+        None => None,
+    };
+    let Some(fetched) = fetched else {
+        return Ok(None);
+    };
+    let text = |name: &str| part.get(name).and_then(Value::as_str).map(str::to_owned);
+    Ok(Some(mail::Attachment {
+        media_type: text("type")
+            .filter(|t| t.contains('/') && !t.contains(['\r', '\n', ';']))
+            .unwrap_or_else(|| "application/octet-stream".into()),
+        name: text("name").filter(|n| !n.contains(['\r', '\n'])),
+        inline: text("disposition").as_deref() == Some("inline"),
+        cid: text("cid").filter(|c| !c.contains(['\r', '\n', '<', '>'])),
+        bytes: fetched.bytes,
+    }))
+}
+
+/// A `bodyStructure` as a MIME tree: containers with `subParts`, text leaves with a `partId`
+/// naming a bodyValue, file leaves with a `blobId`. At most 10 deep.
+fn structure(
+    j: &Jmap,
+    a: &Authed,
+    spec: &Map<String, Value>,
+    part: &Value,
+    depth: usize,
+    missing: &mut Vec<String>,
+) -> Result<mail::PartSpec, Value> {
+    let bad = |why: &str| invalid("bodyStructure", why);
+    if depth > 10 {
+        return Err(bad("parts nest at most 10 deep"));
+    }
+    let media_type = part
+        .get("type")
+        .and_then(Value::as_str)
+        .filter(|t| t.contains('/') && !t.contains(['\r', '\n', ';']))
+        .map(str::to_ascii_lowercase);
+    if let Some(children) = part.get("subParts").and_then(Value::as_array) {
+        let media_type = media_type
+            .filter(|t| t.starts_with("multipart/"))
+            .ok_or_else(|| bad("a part with subParts must be multipart/*"))?;
+        let parts = children
+            .iter()
+            .map(|c| structure(j, a, spec, c, depth + 1, missing))
+            .collect::<Result<_, _>>()?;
+        return Ok(mail::PartSpec::Multipart { media_type, parts });
+    }
+    if let Some(id) = part.get("partId").and_then(Value::as_str) {
+        let text = spec
+            .get("bodyValues")
+            .and_then(|v| v.get(id))
+            .and_then(|v| v.get("value"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("bodyValues", &format!("no bodyValue for part {id}")))?;
+        let media_type = media_type.unwrap_or_else(|| "text/plain".into());
+        if !media_type.starts_with("text/") {
+            return Err(bad("a part with a partId must be text/*"));
+        }
+        return Ok(mail::PartSpec::Text {
+            media_type,
+            text: text.to_owned(),
+        });
+    }
+    match file(j, a, part)? {
+        Some(f) => Ok(mail::PartSpec::File(f)),
+        None => {
+            missing.push(blob_id_of(part));
+            // A placeholder; the missing blob fails the whole create below.
+            Ok(mail::PartSpec::Text {
+                media_type: "text/plain".into(),
+                text: String::new(),
+            })
+        }
+    }
+}
+
 /// Reads the client's Email object into a draft, its mailboxes, keywords and arrival time.
 fn read(
     j: &Jmap,
@@ -142,34 +230,14 @@ fn read(
                     .as_array()
                     .ok_or_else(|| invalid(k, "must be a list of parts"))?
                 {
-                    let blob_id = part.get("blobId").and_then(Value::as_str).unwrap_or("");
-                    let fetched = match BlobRef::parse(blob_id) {
-                        Some(r) => blob::fetch(j, a, &r)
-                            .map_err(|e| set_error("serverFail", &e.to_string(), &[]))?,
-                        None => None,
-                    };
-                    let Some(fetched) = fetched else {
-                        missing_blobs.push(blob_id.to_owned());
-                        continue;
-                    };
-                    let text =
-                        |name: &str| part.get(name).and_then(Value::as_str).map(str::to_owned);
-                    d.attachments.push(mail::Attachment {
-                        media_type: text("type")
-                            .filter(|t| t.contains('/') && !t.contains(['\r', '\n', ';']))
-                            .unwrap_or_else(|| "application/octet-stream".into()),
-                        name: text("name").filter(|n| !n.contains(['\r', '\n'])),
-                        inline: text("disposition").as_deref() == Some("inline"),
-                        cid: text("cid").filter(|c| !c.contains(['\r', '\n', '<', '>'])),
-                        bytes: fetched.bytes,
-                    });
+                    match file(j, a, part)? {
+                        Some(f) => d.attachments.push(f),
+                        None => missing_blobs.push(blob_id_of(part)),
+                    }
                 }
             }
             "bodyStructure" => {
-                return Err(invalid(
-                    k,
-                    "give textBody, htmlBody and attachments instead",
-                ));
+                d.structure = Some(structure(j, a, spec, v, 0, &mut missing_blobs)?);
             }
             other if other.starts_with("header:") => {
                 let rest = &other["header:".len()..];
@@ -203,6 +271,16 @@ fn read(
         return Err(invalid(
             "mailboxIds",
             "an email must be in at least one mailbox",
+        ));
+    }
+    if d.structure.is_some()
+        && ["textBody", "htmlBody", "attachments"]
+            .iter()
+            .any(|k| spec.get(*k).is_some_and(|v| !v.is_null()))
+    {
+        return Err(invalid(
+            "bodyStructure",
+            "give either bodyStructure or textBody/htmlBody/attachments",
         ));
     }
     d.text = body_text(spec, "textBody", "text/plain")?;

@@ -175,21 +175,26 @@ fn authenticate(j: &Jmap, headers: &HeaderMap, source: Source) -> Result<Authed,
         .map(|(_, t)| t.trim().to_owned())
         .ok_or_else(|| unauthorized(None))?;
     let t = now();
-    let Some(realm) = tokens::realm_hint(&token, &j.public_url) else {
-        // Not one of our issuers: there is no realm whose keys could even be consulted.
-        let ev = Event::failure(Operation::TokenRejected)
-            .source(&source)
-            .detail("reason", "IssuerMismatch")
-            .detail("audience", "mail");
-        if let Err(e) = j.audit.record(ev, t) {
-            tracing::error!(error = %e, "audit write failed");
-            return Err(problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "serverUnavailable",
-                "try again later",
-            ));
+    let realm = match tokens::realm_hint(&token, &j.public_url) {
+        Ok(realm) => realm,
+        Err(rejection) => {
+            // Not a token, or not one of our issuers: no realm's keys could even be consulted.
+            let (reason, code) = rejection.code();
+            let ev = Event::failure(Operation::TokenRejected)
+                .source(&source)
+                .detail("reason", reason)
+                .detail("code", code)
+                .detail("audience", "mail");
+            if let Err(e) = j.audit.record(ev, t) {
+                tracing::error!(error = %e, "audit write failed");
+                return Err(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "serverUnavailable",
+                    "try again later",
+                ));
+            }
+            return Err(unauthorized(Some("invalid_token")));
         }
-        return Err(unauthorized(Some("invalid_token")));
     };
     let principal = j
         .gate

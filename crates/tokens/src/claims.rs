@@ -13,12 +13,19 @@ pub fn issuer_for(public_url: &str, realm: &RealmId) -> String {
 /// Only for requests that do not name the realm of their resource (a JMAP session, an IMAP or
 /// SMTP AUTH): THREAT-MODEL.md allows `iss` to choose *which realm's key set* is consulted —
 /// never the `kid`, never a union — and everything the resulting principal touches must belong
-/// to that realm. `None` unless `iss` is exactly one of Keypost's issuers.
-pub fn realm_hint(token: &str, public_url: &str) -> Option<RealmId> {
-    let jws = crate::jose::parse_compact(token).ok()?;
-    let iss = jws.claims.get("iss")?.as_str()?;
+/// to that realm. Refused as `Malformed` if the token does not parse, `MissingClaim` without an
+/// `iss`, `IssuerMismatch` unless `iss` is exactly one of Keypost's issuers.
+pub fn realm_hint(token: &str, public_url: &str) -> Result<RealmId, crate::Rejection> {
+    let jws = crate::jose::parse_compact(token).map_err(|_| crate::Rejection::Malformed)?;
+    let iss = jws
+        .claims
+        .get("iss")
+        .and_then(|v| v.as_str())
+        .ok_or(crate::Rejection::MissingClaim)?;
     let prefix = format!("{}/realms/", public_url.trim_end_matches('/'));
-    RealmId::new(iss.strip_prefix(&prefix)?).ok()
+    iss.strip_prefix(&prefix)
+        .and_then(|r| RealmId::new(r).ok())
+        .ok_or(crate::Rejection::IssuerMismatch)
 }
 
 /// The Keypost services a token can be for. `aud` carries their URIs.

@@ -62,6 +62,8 @@ pub enum Operation {
     RefreshTokenReused,
     /// A session was ended (sign-out).
     SessionEnded,
+    /// An operator revoked every session and token of an account, tenant or client.
+    SessionsRevoked,
     /// A mailbox setting changed (identities, vacation response, quota): attackers who get in
     /// often add a sender identity or an auto-reply, so these are evidence too.
     SettingsChanged,
@@ -104,6 +106,7 @@ impl Operation {
             PasswordChanged => "PasswordChanged",
             RefreshTokenReused => "RefreshTokenReused",
             SessionEnded => "SessionEnded",
+            SessionsRevoked => "SessionsRevoked",
             SettingsChanged => "SettingsChanged",
             SignInFailed => "SignInFailed",
             SignInThrottled => "SignInThrottled",

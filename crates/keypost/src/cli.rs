@@ -37,6 +37,9 @@ pub(crate) enum Command {
     /// Mail in accounts.
     #[command(subcommand)]
     Mail(MailCmd),
+    /// Sign-in sessions and the tokens issued in them.
+    #[command(subcommand)]
+    Sessions(SessionsCmd),
     /// Alerts raised by the detection rules, and the rules' per-tenant settings.
     #[command(subcommand)]
     Alerts(AlertsCmd),
@@ -232,6 +235,25 @@ pub(crate) enum MailCmd {
         email: String,
         /// New limit; omit to only show.
         limit: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SessionsCmd {
+    /// Revoke at once every session and unexpired token of an account, a whole tenant, or
+    /// every token issued to one client: each refused from the next request on.
+    Revoke {
+        /// An account (email).
+        #[arg(long, group = "scope")]
+        user: Option<String>,
+        /// A tenant (realm).
+        #[arg(long, group = "scope")]
+        tenant: Option<String>,
+        /// A client, as REALM/CLIENT_ID.
+        #[arg(long, group = "scope")]
+        client: Option<String>,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -1216,6 +1238,68 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             Ok(())
         }
         Command::Alerts(cmd) => alerts(config, cmd, now),
+        Command::Sessions(SessionsCmd::Revoke {
+            user,
+            tenant,
+            client,
+            out,
+        }) => {
+            let svc = services(config)?;
+            let (scope, realm_of, what) = match (user, tenant, client) {
+                (Some(email), None, None) => {
+                    let a = svc.identity.user(&email)?;
+                    (
+                        store::RevokeScope::Account(a.id.clone()),
+                        a.realm.clone(),
+                        format!("account {}", a.email),
+                    )
+                }
+                (None, Some(t), None) => {
+                    let r = realm(&t)?;
+                    (
+                        store::RevokeScope::Realm(r.clone()),
+                        r,
+                        format!("tenant {t}"),
+                    )
+                }
+                (None, None, Some(c)) => {
+                    let (r, id) = c
+                        .split_once('/')
+                        .ok_or_else(|| anyhow::anyhow!("--client takes REALM/CLIENT_ID"))?;
+                    let r = realm(r)?;
+                    let id =
+                        ClientId::new(id).with_context(|| format!("{id:?} is not a client id"))?;
+                    if svc.store.get_client(&r, &id)?.is_none() {
+                        bail!("no client {id} in {r}");
+                    }
+                    (
+                        store::RevokeScope::Client(r.clone(), id),
+                        r,
+                        format!("client {c}"),
+                    )
+                }
+                _ => bail!("give exactly one of --user, --tenant, --client"),
+            };
+            let (sessions, tokens) = svc.store.revoke_scope(&scope, now)?;
+            svc.identity.audit().record(
+                audit::Event::success(audit::Operation::SessionsRevoked)
+                    .realm(&realm_of)
+                    .actor("cli")
+                    .target(what.clone())
+                    .detail("sessions", sessions)
+                    .detail("tokens", tokens),
+                now,
+            )?;
+            if out.json {
+                return print_json(
+                    &json!({"revoked": what, "sessions": sessions, "tokens": tokens}),
+                );
+            }
+            println!(
+                "{what}: {sessions} sessions and {tokens} tokens revoked; refused from the next request on"
+            );
+            Ok(())
+        }
         Command::Investigate(args) => {
             let svc = services(config)?;
             let (subject, what) = match (&args.kid, &args.jti, &args.ip, &args.client) {

@@ -325,6 +325,17 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+/// What `keypost sessions revoke` cuts off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeScope {
+    /// One account: its sessions and tokens.
+    Account(AccountId),
+    /// A whole tenant: every session and token of the realm.
+    Realm(RealmId),
+    /// Every token issued to one client of a realm (sessions are the user's, not the client's).
+    Client(RealmId, crate::ClientId),
+}
+
 /// The generation counters caches compare (see [`crate::LedgerStore::generations`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Generations {

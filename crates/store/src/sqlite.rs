@@ -1136,6 +1136,43 @@ impl LedgerStore for SqliteStore {
         Ok(n as u64)
     }
 
+    fn revoke_scope(&self, scope: &RevokeScope, at: UnixTime) -> Result<(u64, u64)> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let (sessions, tokens) = match scope {
+            RevokeScope::Account(a) => (
+                tx.execute(
+                    "UPDATE sessions SET revoked_at = ?1 WHERE account = ?2 AND revoked_at IS NULL AND expires_at > ?1",
+                    params![at, a.as_str()],
+                )?,
+                tx.execute(
+                    "UPDATE ledger SET revoked_at = ?1 WHERE subject = ?2 AND revoked_at IS NULL AND expires_at > ?1",
+                    params![at, a.as_str()],
+                )?,
+            ),
+            RevokeScope::Realm(r) => (
+                tx.execute(
+                    "UPDATE sessions SET revoked_at = ?1 WHERE realm = ?2 AND revoked_at IS NULL AND expires_at > ?1",
+                    params![at, r.as_str()],
+                )?,
+                tx.execute(
+                    "UPDATE ledger SET revoked_at = ?1 WHERE realm = ?2 AND revoked_at IS NULL AND expires_at > ?1",
+                    params![at, r.as_str()],
+                )?,
+            ),
+            RevokeScope::Client(r, c) => (
+                0,
+                tx.execute(
+                    "UPDATE ledger SET revoked_at = ?1 WHERE realm = ?2 AND client_id = ?3 \
+                     AND revoked_at IS NULL AND expires_at > ?1",
+                    params![at, r.as_str(), c.as_str()],
+                )?,
+            ),
+        };
+        tx.commit()?;
+        Ok((sessions as u64, tokens as u64))
+    }
+
     fn generations(&self) -> Result<Generations> {
         let (keys, revocations) = self
             .reader()?

@@ -84,6 +84,9 @@ pub trait LedgerStore: Send + Sync {
     fn revoke_token(&self, jti: &Jti, at: UnixTime) -> Result<bool>;
     /// Revokes every token of a refresh family; returns how many were revoked.
     fn revoke_family(&self, family_id: &str, at: UnixTime) -> Result<u64>;
+    /// Revokes, in one transaction, every live session and unexpired token `scope` covers;
+    /// returns how many sessions and tokens.
+    fn revoke_scope(&self, scope: &RevokeScope, at: UnixTime) -> Result<(u64, u64)>;
     /// The key and revocation generation counters, read together. The revocation counter is
     /// bumped by anything that can invalidate a token already issued (a revoked token, family
     /// or session, a disabled account), so a validator's cache of verified tokens is fresh

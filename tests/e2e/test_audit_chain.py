@@ -173,3 +173,16 @@ def test_the_log_refuses_edits_through_sql_and_audit_keys_stay_out_of_jwks(activ
     jwks = activity.discovery("contoso")
     published = {k["kid"] for k in requests.get(jwks["jwks_uri"], timeout=10).json()["keys"]}
     assert not (audit_kids & published)
+
+
+def test_export_as_json_lines_and_ocsf(activity):
+    searched = activity.cli("audit", "search", "--tenant", "contoso", "--limit", "100000", json=True)
+    lines = activity.cli("audit", "export", "--tenant", "contoso").splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [r["id"] for r in searched]
+    events = [json.loads(line) for line in activity.cli("audit", "export", "--tenant", "contoso", "--format", "ocsf").splitlines()]
+    assert len(events) == len(searched)
+    failed = [e for e in events if e["message"] == "SignInFailed"]
+    assert failed and failed[0]["class_uid"] == 3002 and failed[0]["status_id"] == 2
+    assert all(e["metadata"]["tenant_uid"] == "contoso" and e["metadata"]["product"]["name"] == "Keypost" for e in events)
+    assert activity.cli("audit", "export", "--tenant", "contoso", "--until", "2000-01-01T00:00:00Z") == ""
+    assert activity.run("audit", "export", "--format", "csv").returncode != 0

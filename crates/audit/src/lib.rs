@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod export;
 pub mod investigate;
 
 use std::sync::Arc;

@@ -346,39 +346,75 @@ pub(crate) struct InvestigateArgs {
     out: JsonFlag,
 }
 
+/// Which audit records: every flag narrows.
+#[derive(Debug, Args)]
+pub(crate) struct AuditFilter {
+    /// Realm (tenant).
+    #[arg(long, visible_alias = "tenant")]
+    realm: Option<String>,
+    /// Operation, e.g. TokenRejected, SignInFailed.
+    #[arg(long)]
+    operation: Option<String>,
+    /// Actor (email, client id).
+    #[arg(long)]
+    user: Option<String>,
+    /// Source address.
+    #[arg(long)]
+    ip: Option<String>,
+    /// Client id.
+    #[arg(long)]
+    client: Option<String>,
+    /// Token id.
+    #[arg(long, allow_hyphen_values = true)]
+    jti: Option<String>,
+    /// Key id.
+    #[arg(long, allow_hyphen_values = true)]
+    kid: Option<String>,
+    /// Only records at or after this time (RFC 3339, or a duration ago such as "1h").
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records before this time (RFC 3339, or a duration ago).
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl AuditFilter {
+    fn query(&self) -> Result<AuditQuery> {
+        Ok(AuditQuery {
+            realm: self.realm.as_deref().map(realm).transpose()?,
+            operation: self.operation.clone(),
+            actor: self.user.clone(),
+            source_ip: self.ip.clone(),
+            client_id: self.client.clone(),
+            jti: self.jti.clone(),
+            kid: self.kid.clone(),
+            since: self.since.as_deref().map(parse_since).transpose()?,
+            until: self.until.as_deref().map(parse_since).transpose()?,
+            ..Default::default()
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCmd {
     /// Search the audit log (oldest first).
     Search {
-        /// Realm (tenant).
-        #[arg(long)]
-        realm: Option<String>,
-        /// Operation, e.g. TokenRejected, SignInFailed.
-        #[arg(long)]
-        operation: Option<String>,
-        /// Actor (email, client id).
-        #[arg(long)]
-        user: Option<String>,
-        /// Source address.
-        #[arg(long)]
-        ip: Option<String>,
-        /// Client id.
-        #[arg(long)]
-        client: Option<String>,
-        /// Token id.
-        #[arg(long, allow_hyphen_values = true)]
-        jti: Option<String>,
-        /// Key id.
-        #[arg(long, allow_hyphen_values = true)]
-        kid: Option<String>,
-        /// Only records at or after this time (RFC 3339, or a duration ago such as "1h").
-        #[arg(long)]
-        since: Option<String>,
+        #[command(flatten)]
+        filter: AuditFilter,
         /// At most this many records.
         #[arg(long, default_value_t = 100)]
         limit: u32,
         #[command(flatten)]
         out: JsonFlag,
+    },
+    /// Stream the matching records, oldest first, for a SIEM or an archive: JSON Lines as
+    /// stored (`jsonl`) or shaped as OCSF 1.1 events (`ocsf`), one per line.
+    Export {
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// `jsonl` or `ocsf`.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
     },
     /// Check the audit log: recompute every record's link in its tenant's hash chain and check
     /// every signed checkpoint. Says where anything was edited, deleted, inserted or reordered,
@@ -767,7 +803,7 @@ fn parse_since(s: &str) -> Result<i64> {
         return Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64);
     }
     let d = humantime::parse_duration(s)
-        .with_context(|| format!("--since {s:?}: expected RFC 3339 time or a duration like 1h"))?;
+        .with_context(|| format!("{s:?}: expected an RFC 3339 time or a duration like 1h"))?;
     Ok(identity::now() - d.as_secs() as i64)
 }
 
@@ -1386,30 +1422,41 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             }
             Ok(())
         }
-        Command::Audit(AuditCmd::Search {
-            realm: r,
-            operation,
-            user,
-            ip,
-            client,
-            jti,
-            kid,
-            since,
-            limit,
-            out,
-        }) => {
+        Command::Audit(AuditCmd::Export { filter, format }) => {
+            let svc = services(config)?;
+            let ocsf = match format.as_str() {
+                "jsonl" => false,
+                "ocsf" => true,
+                other => bail!("--format must be jsonl or ocsf, not {other:?}"),
+            };
+            let mut q = filter.query()?;
+            q.limit = Some(5_000);
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            loop {
+                let page = svc.store.search_audit(&q)?;
+                let Some(last) = page.last().map(|r| r.id) else {
+                    break;
+                };
+                for r in &page {
+                    let line = if ocsf {
+                        serde_json::to_string(&audit::export::ocsf(r))?
+                    } else {
+                        serde_json::to_string(r)?
+                    };
+                    std::io::Write::write_all(&mut out, line.as_bytes())?;
+                    std::io::Write::write_all(&mut out, b"\n")?;
+                }
+                q.after_id = Some(last);
+            }
+            std::io::Write::flush(&mut out)?;
+            Ok(())
+        }
+        Command::Audit(AuditCmd::Search { filter, limit, out }) => {
             let svc = services(config)?;
             let q = AuditQuery {
-                realm: r.as_deref().map(realm).transpose()?,
-                operation,
-                actor: user,
-                source_ip: ip,
-                client_id: client,
-                jti,
-                kid,
-                since: since.as_deref().map(parse_since).transpose()?,
                 limit: Some(limit),
-                ..Default::default()
+                ..filter.query()?
             };
             let records = svc.identity.audit().search(&q)?;
             if out.json {

@@ -7,6 +7,7 @@ The link is recomputed here by an independent implementation written from
 docs/design/003-audit-chain.md, so the format is what the document says."""
 
 import hashlib
+import time
 import json
 import sqlite3
 import struct
@@ -46,7 +47,7 @@ def activity(keypost: Keypost, world):
 def tampered_copy(keypost: Keypost, tmp_path, sql: str | None = None, fn=None):
     """A copy of the live database, changed the way someone with file access would."""
     data = tmp_path / "copy"
-    data.mkdir()
+    data.mkdir(parents=True)
     src = sqlite3.connect(keypost.data_dir / "keypost.db")
     dst = sqlite3.connect(data / "keypost.db")
     src.backup(dst)
@@ -186,3 +187,35 @@ def test_export_as_json_lines_and_ocsf(activity):
     assert all(e["metadata"]["tenant_uid"] == "contoso" and e["metadata"]["product"]["name"] == "Keypost" for e in events)
     assert activity.cli("audit", "export", "--tenant", "contoso", "--until", "2000-01-01T00:00:00Z") == ""
     assert activity.run("audit", "export", "--format", "csv").returncode != 0
+
+
+def test_retention_expires_a_prefix_behind_a_signed_tombstone(activity, world, tmp_path):
+    """Runs last: it expires the records the tests above used."""
+    time.sleep(1.1)  # so every record so far is strictly older than now
+    out = activity.cli("audit", "expire", "--older-than", "0s")
+    assert "contoso:" in out and "tombstone signed by" in out
+    activity.tokens_for(world.alice)  # the chain goes on after the tombstone
+    activity.cli("audit", "checkpoint")
+    code, report = verify(activity)
+    assert code == 0 and report["problems"] == [], report
+    assert report["records"] >= 1
+
+    # Removing records by hand, with or without a made-up tombstone, is not retention.
+    def first_live(db):
+        return db.execute("SELECT seq, link FROM audit WHERE chain = 'contoso' ORDER BY seq LIMIT 1").fetchone()
+
+    def cut_without_tombstone(db):
+        seq, _ = first_live(db)
+        db.execute("DELETE FROM audit WHERE chain = 'contoso' AND seq = ?", (seq,))
+    env = tampered_copy(activity, tmp_path / "a", fn=cut_without_tombstone)
+    code, report = verify(activity, env)
+    assert code != 0 and report["problems"][0]["problem"] == "missing", report
+
+    def forged_tombstone(db):
+        seq, link = first_live(db)
+        db.execute("DELETE FROM audit WHERE chain = 'contoso' AND seq <= ?", (seq,))
+        (kid,) = db.execute("SELECT kid FROM keys WHERE realm = 'contoso' AND purpose = 'audit'").fetchone()
+        db.execute("INSERT INTO audit_tombstones VALUES ('contoso', ?, ?, 1, 1, ?, ?)", (seq, link, kid, b"\x00" * 64))
+    env = tampered_copy(activity, tmp_path / "b", fn=forged_tombstone)
+    code, report = verify(activity, env)
+    assert code != 0 and {p["problem"] for p in report["problems"]} == {"bad_tombstone"}, report

@@ -9,7 +9,7 @@
 use std::fmt;
 
 use keys::{Algorithm, Custody, Signer};
-use store::chain::{self, ChainedRecord, Checkpoint, GENESIS, Link};
+use store::chain::{self, ChainedRecord, Checkpoint, GENESIS, Link, Tombstone};
 use store::{KeyPurpose, RealmId, Store, UnixTime};
 
 /// What the verifier found wrong, and where.
@@ -32,6 +32,8 @@ pub enum Problem {
     BadSignature { seq: u64, kid: String },
     /// The stored head disagrees with the last record.
     HeadMismatch { head_seq: u64, last_seq: u64 },
+    /// A retention tombstone whose signature does not verify: records were removed by hand.
+    BadTombstone { through_seq: u64, kid: String },
 }
 
 impl fmt::Display for Problem {
@@ -70,6 +72,10 @@ impl fmt::Display for Problem {
                     "the checkpoint at position {seq} has a bad signature (key {kid})"
                 )
             }
+            Problem::BadTombstone { through_seq, kid } => write!(
+                f,
+                "the retention tombstone through position {through_seq} has a bad signature (key {kid}): records were removed by hand"
+            ),
             Problem::HeadMismatch { head_seq, last_seq } => write!(
                 f,
                 "the chain head says position {head_seq} but the last record is at {last_seq}"
@@ -168,6 +174,16 @@ impl Walk {
         }
     }
 
+    /// A chain whose records through the tombstone's position expired: it continues from the
+    /// tombstone's link.
+    fn after(t: &Tombstone) -> Self {
+        let mut w = Self::new();
+        w.expected = t.through_seq + 1;
+        w.prev = t.link.as_slice().try_into().unwrap_or(GENESIS);
+        w.links.insert(t.through_seq, t.link.clone());
+        w
+    }
+
     fn step(&mut self, r: &ChainedRecord) {
         self.records += 1;
         let id = r.record.id;
@@ -214,6 +230,36 @@ pub fn verify(
     let mut names: Vec<String> = heads.iter().map(|(c, _, _)| c.clone()).collect();
     // Records can sit in a chain that has no head (inserted by hand): find those chains too.
     let mut walks: std::collections::BTreeMap<String, Walk> = Default::default();
+    let verifying = custody.verifying_keys()?;
+    let signed_by_audit_key = |chain: &str, kid: &str, message: &[u8], signature: &[u8]| {
+        signing_realm(chain).is_ok_and(|realm| {
+            verifying
+                .in_realm(&realm, kid)
+                .is_some_and(|k| k.purpose() == KeyPurpose::Audit && k.verify(message, signature))
+        })
+    };
+    let mut tombstone_problems: Vec<(String, Problem)> = Vec::new();
+    let mut expired: std::collections::HashMap<String, u64> = Default::default();
+    for name in &names {
+        if let Some(t) = store.tombstone(name)? {
+            let message = t
+                .link
+                .as_slice()
+                .try_into()
+                .map(|l: Link| chain::tombstone_message(name, t.through_seq, &l, t.time));
+            if !message.is_ok_and(|m| signed_by_audit_key(name, t.kid.as_str(), &m, &t.signature)) {
+                tombstone_problems.push((
+                    name.clone(),
+                    Problem::BadTombstone {
+                        through_seq: t.through_seq,
+                        kid: t.kid.to_string(),
+                    },
+                ));
+            }
+            walks.insert(name.clone(), Walk::after(&t));
+            expired.insert(name.clone(), t.through_seq);
+        }
+    }
     let mut after = 0;
     loop {
         let page = store.audit_chain(only, after, PAGE)?;
@@ -231,10 +277,13 @@ pub fn verify(
             names.push(name.clone());
         }
     }
-    let verifying = custody.verifying_keys()?;
     let mut reports = Vec::new();
     for name in names.into_iter().filter(|n| only.is_none_or(|o| o == n)) {
         let mut walk = walks.remove(&name).unwrap_or_else(Walk::new);
+        for (_, p) in tombstone_problems.iter().filter(|(c, _)| c == &name) {
+            walk.problems.push(p.clone());
+        }
+        let expired_through = expired.get(&name).copied();
         let last_seq = walk.expected.saturating_sub(1);
         if let Some((_, head_seq, head_link)) = heads.iter().find(|(c, _, _)| c == &name)
             && (*head_seq != last_seq
@@ -249,18 +298,25 @@ pub fn verify(
             });
         }
         let checkpoints = store.checkpoints(&name)?;
-        let realm = signing_realm(&name)?;
         for c in &checkpoints {
             let message = c
                 .link
                 .as_slice()
                 .try_into()
                 .map(|l: Link| chain::checkpoint_message(&name, c.seq, &l, c.time));
-            let signed = message.as_ref().ok().is_some_and(|m| {
-                verifying
-                    .in_realm(&realm, c.kid.as_str())
-                    .is_some_and(|k| k.purpose() == KeyPurpose::Audit && k.verify(m, &c.signature))
-            });
+            let signed = message
+                .as_ref()
+                .is_ok_and(|m| signed_by_audit_key(&name, c.kid.as_str(), m, &c.signature));
+            // Positions a tombstone expired are gone; their checkpoints have nothing to match.
+            if expired_through.is_some_and(|through| c.seq < through) {
+                if !signed {
+                    walk.problems.push(Problem::BadSignature {
+                        seq: c.seq,
+                        kid: c.kid.to_string(),
+                    });
+                }
+                continue;
+            }
             if !signed {
                 walk.problems.push(Problem::BadSignature {
                     seq: c.seq,
@@ -287,4 +343,39 @@ pub fn verify(
         });
     }
     Ok(reports)
+}
+
+/// Expires, in every chain, the records older than `before` (retention): removes them and
+/// leaves a tombstone signed by the chain's audit key, from which the chain still verifies.
+/// Returns the tombstones made.
+pub fn expire(
+    store: &dyn Store,
+    signer: &Signer,
+    before: UnixTime,
+    now: UnixTime,
+) -> Result<Vec<Tombstone>, ChainError> {
+    let mut made = Vec::new();
+    for (name, _, _) in store.audit_heads()? {
+        let Some((seq, link, _)) = store.expiry_point(&name, before)? else {
+            continue;
+        };
+        let realm = signing_realm(&name)?;
+        let message = chain::tombstone_message(&name, seq, &link, now);
+        let (key, _, signature) =
+            signer.sign_current(&realm, KeyPurpose::Audit, Algorithm::EdDSA, now, |_| {
+                message
+            })?;
+        let mut t = Tombstone {
+            chain: name,
+            through_seq: seq,
+            link: link.to_vec(),
+            time: now,
+            records: 0,
+            kid: key.kid,
+            signature: signature.0,
+        };
+        t.records = store.expire_audit(&t)?;
+        made.push(t);
+    }
+    Ok(made)
 }

@@ -429,6 +429,14 @@ pub(crate) enum AuditCmd {
     /// Sign a checkpoint of every chain whose head moved since its last one (`serve` does this
     /// every minute).
     Checkpoint,
+    /// Expire records older than the retention (`audit.retention`, or --older-than): each
+    /// chain's expired prefix is removed behind a tombstone signed with the audit key, from
+    /// which the chain still verifies (`serve` does this every minute).
+    Expire {
+        /// Expire records older than this (default: `audit.retention`).
+        #[arg(long)]
+        older_than: Option<String>,
+    },
 }
 
 fn alerts(config: Config, cmd: AlertsCmd, now: i64) -> Result<()> {
@@ -1400,6 +1408,39 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             }
             if broken > 0 {
                 anyhow::bail!("{broken} audit chain(s) failed verification");
+            }
+            Ok(())
+        }
+        Command::Audit(AuditCmd::Expire { older_than }) => {
+            let svc = services(config)?;
+            let age = match older_than {
+                Some(d) => {
+                    let d = humantime::parse_duration(&d).with_context(|| {
+                        format!("--older-than {d:?}: expected a duration like 365d")
+                    })?;
+                    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+                }
+                None => svc.config.audit_retention,
+            };
+            let made = audit::chain::expire(
+                &*svc.store,
+                &svc.custody.signer(),
+                now.saturating_sub(age),
+                now,
+            )?;
+            for t in &made {
+                let name = if t.chain.is_empty() {
+                    "(provider)"
+                } else {
+                    t.chain.as_str()
+                };
+                println!(
+                    "{name}: {} records expired through position {}, tombstone signed by {}",
+                    t.records, t.through_seq, t.kid
+                );
+            }
+            if made.is_empty() {
+                println!("nothing older than the retention");
             }
             Ok(())
         }

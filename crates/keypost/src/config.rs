@@ -24,6 +24,22 @@ pub(crate) struct FileConfig {
     keys: Keys,
     login: Login,
     mail: MailSection,
+    audit: AuditSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuditSection {
+    /// How long audit records are kept; older ones expire behind a signed tombstone.
+    retention: String,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            retention: "365d".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +107,7 @@ impl Default for FileConfig {
             keys: Keys::default(),
             login: Login::default(),
             mail: MailSection::default(),
+            audit: AuditSection::default(),
         }
     }
 }
@@ -151,6 +168,8 @@ pub(crate) struct Config {
     pub(crate) kek_file: PathBuf,
     /// Default mail storage per account (`None`: unlimited).
     pub(crate) mail_quota: Option<u64>,
+    /// Seconds audit records are kept.
+    pub(crate) audit_retention: i64,
 }
 
 /// A size such as `10GiB`, `500MB`, `1048576` (bytes) or `unlimited` (`None`).
@@ -354,6 +373,7 @@ impl FileConfig {
             key_policy,
             kek_file,
             mail_quota: size("mail.quota", &self.mail.quota)?,
+            audit_retention: secs("audit.retention", &self.audit.retention)?,
             file: self,
         })
     }

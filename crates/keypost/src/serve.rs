@@ -50,7 +50,8 @@ pub(crate) fn run(svc: Services) -> Result<()> {
             "(store it now: it is not shown again; change it with `keypost user set-password {email}`)"
         );
     }
-    key_schedule_step(&identity);
+    let retention = config.audit_retention;
+    key_schedule_step(&identity, retention);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -64,7 +65,7 @@ pub(crate) fn run(svc: Services) -> Result<()> {
             loop {
                 tick.tick().await;
                 let id = schedule.clone();
-                let _ = tokio::task::spawn_blocking(move || key_schedule_step(&id)).await;
+                let _ = tokio::task::spawn_blocking(move || key_schedule_step(&id, retention)).await;
             }
         });
         tokio::spawn(async move {
@@ -90,9 +91,9 @@ pub(crate) fn run(svc: Services) -> Result<()> {
 }
 
 /// One pass of automatic rotation over every realm, then a signed checkpoint of every audit
-/// chain that grew. Failures are logged loudly and retried on the next tick; they never stop
+/// chain that grew, and the expiry of records older than `retention` seconds. Failures are logged loudly and retried on the next tick; they never stop
 /// the server.
-fn key_schedule_step(identity: &Arc<Identity>) {
+fn key_schedule_step(identity: &Arc<Identity>, retention: i64) {
     let now = identity::now();
     match identity.realms() {
         Ok(realms) => {
@@ -114,6 +115,19 @@ fn key_schedule_step(identity: &Arc<Identity>) {
     let signer = identity.custody().signer();
     if let Err(e) = audit::chain::checkpoint(identity.store(), &signer, now) {
         tracing::error!(target: "keypost::security", error = %e, "audit checkpoint failed");
+    }
+    match audit::chain::expire(
+        identity.store(),
+        &signer,
+        now.saturating_sub(retention),
+        now,
+    ) {
+        Ok(made) => {
+            for t in made {
+                tracing::info!(chain = %t.chain, records = t.records, through = t.through_seq, "audit records expired");
+            }
+        }
+        Err(e) => tracing::error!(target: "keypost::security", error = %e, "audit expiry failed"),
     }
 }
 

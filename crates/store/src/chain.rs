@@ -104,3 +104,29 @@ pub struct Checkpoint {
     /// Signature over [`checkpoint_message`].
     pub signature: Vec<u8>,
 }
+
+/// What a tombstone signs: that a chain's records up to `seq` (whose link was `link`) expired.
+pub fn tombstone_message(chain: &str, seq: u64, link: &Link, time: i64) -> Vec<u8> {
+    let hex: String = link.iter().map(|b| format!("{b:02x}")).collect();
+    format!("keypost-audit-tombstone-v1\n{chain}\n{seq}\n{hex}\n{time}").into_bytes()
+}
+
+/// A signed statement that a chain's records through `through_seq` were expired by retention;
+/// the chain continues from `link`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The chain.
+    pub chain: String,
+    /// The last position expired.
+    pub through_seq: u64,
+    /// The link at that position.
+    pub link: Vec<u8>,
+    /// When.
+    pub time: i64,
+    /// How many records this expiry removed.
+    pub records: u64,
+    /// The audit key that signed it.
+    pub kid: crate::Kid,
+    /// Signature over [`tombstone_message`].
+    pub signature: Vec<u8>,
+}

@@ -365,6 +365,24 @@ CREATE TABLE rule_settings (
 -- The detector looks up each user's history by actor and operation.
 CREATE INDEX audit_actor_op ON audit(actor, operation, id);
 "#,
+    r#"
+-- Retention: expired prefixes of a chain leave a signed tombstone the chain continues from.
+CREATE TABLE audit_tombstones (
+    chain TEXT NOT NULL,
+    through_seq INTEGER NOT NULL,
+    link BLOB NOT NULL,
+    time INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    kid TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (chain, through_seq)
+) STRICT;
+CREATE INDEX audit_chain_time ON audit(chain, time);
+CREATE TRIGGER audit_tombstones_no_update BEFORE UPDATE ON audit_tombstones
+    BEGIN SELECT RAISE(ABORT, 'audit tombstones are append-only'); END;
+CREATE TRIGGER audit_tombstones_no_delete BEFORE DELETE ON audit_tombstones
+    BEGIN SELECT RAISE(ABORT, 'audit tombstones are append-only'); END;
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).

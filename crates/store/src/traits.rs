@@ -196,6 +196,18 @@ pub trait AuditChainStore: Send + Sync {
     fn add_checkpoint(&self, checkpoint: &crate::chain::Checkpoint) -> Result<()>;
     /// A chain's checkpoints, oldest first.
     fn checkpoints(&self, chain: &str) -> Result<Vec<crate::chain::Checkpoint>>;
+    /// Where retention would cut `chain`: the last position (and its link) of the records
+    /// older than `before`, and how many there are; `None` if none are.
+    fn expiry_point(
+        &self,
+        chain: &str,
+        before: UnixTime,
+    ) -> Result<Option<(u64, crate::chain::Link, u64)>>;
+    /// Removes the chain's records through `tombstone.through_seq` and stores the tombstone,
+    /// in one transaction; `Conflict` if the chain no longer has that link there.
+    fn expire_audit(&self, tombstone: &crate::chain::Tombstone) -> Result<u64>;
+    /// The chain's latest tombstone.
+    fn tombstone(&self, chain: &str) -> Result<Option<crate::chain::Tombstone>>;
 }
 
 /// Mailboxes and email metadata. Every change bumps the account's modification sequence

@@ -5,7 +5,7 @@
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
 use super::{AUDIT_COLS, SqliteStore, audit_row, finish_audit, json};
-use crate::chain::{self, ChainedRecord, Checkpoint, GENESIS, Link};
+use crate::chain::{self, ChainedRecord, Checkpoint, GENESIS, Link, Tombstone};
 use crate::model::AuditRecord;
 use crate::{Error, Kid, RealmId, Result};
 
@@ -207,6 +207,97 @@ impl crate::traits::AuditChainStore for SqliteStore {
             params![c.chain, c.seq as i64, c.link, c.time, c.kid.as_str(), c.signature],
         )?;
         Ok(())
+    }
+
+    fn expiry_point(&self, chain: &str, before: i64) -> Result<Option<(u64, Link, u64)>> {
+        let conn = self.reader()?;
+        // A prefix: everything up to the newest record older than `before`.
+        let last: Option<(i64, Vec<u8>)> = conn
+            .prepare_cached(
+                "SELECT seq, link FROM audit WHERE chain = ? AND time < ? AND seq IS NOT NULL \
+                 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(params![chain, before], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((seq, link)) = last else {
+            return Ok(None);
+        };
+        let n: i64 = conn
+            .prepare_cached("SELECT count(*) FROM audit WHERE chain = ? AND seq <= ?")?
+            .query_row(params![chain, seq], |r| r.get(0))?;
+        Ok(Some((
+            u64::try_from(seq).unwrap_or(0),
+            to_link(link)?,
+            u64::try_from(n).unwrap_or(0),
+        )))
+    }
+
+    fn expire_audit(&self, t: &Tombstone) -> Result<u64> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let current: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT link FROM audit WHERE chain = ? AND seq = ?",
+                params![t.chain, t.through_seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if current.as_deref() != Some(t.link.as_slice()) {
+            return Err(Error::Conflict(format!(
+                "chain {:?} changed at position {} since the tombstone was signed",
+                t.chain, t.through_seq
+            )));
+        }
+        // The one sanctioned deletion: lifted for this transaction only.
+        tx.execute_batch("DROP TRIGGER audit_no_delete;")?;
+        let n = tx.execute(
+            "DELETE FROM audit WHERE chain = ? AND seq <= ?",
+            params![t.chain, t.through_seq as i64],
+        )?;
+        tx.execute_batch(
+            "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit \
+             BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;",
+        )?;
+        tx.execute(
+            "INSERT INTO audit_tombstones(chain, through_seq, link, time, records, kid, signature) \
+             VALUES (?,?,?,?,?,?,?)",
+            params![
+                t.chain,
+                t.through_seq as i64,
+                t.link,
+                t.time,
+                n as i64,
+                t.kid.as_str(),
+                t.signature
+            ],
+        )?;
+        tx.commit()?;
+        Ok(n as u64)
+    }
+
+    fn tombstone(&self, chain: &str) -> Result<Option<Tombstone>> {
+        let row: Option<(String, i64, Vec<u8>, i64, i64, String, Vec<u8>)> = self
+            .reader()?
+            .prepare_cached(
+                "SELECT chain, through_seq, link, time, records, kid, signature FROM audit_tombstones \
+                 WHERE chain = ? ORDER BY through_seq DESC LIMIT 1",
+            )?
+            .query_row([chain], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })
+            .optional()?;
+        row.map(|(chain, seq, link, time, records, kid, signature)| {
+            Ok(Tombstone {
+                chain,
+                through_seq: u64::try_from(seq).unwrap_or(0),
+                link,
+                time,
+                records: u64::try_from(records).unwrap_or(0),
+                kid: Kid::new(kid).map_err(|e| Error::Corrupt(e.to_string()))?,
+                signature,
+            })
+        })
+        .transpose()
     }
 
     fn checkpoints(&self, chain: &str) -> Result<Vec<Checkpoint>> {

@@ -217,3 +217,49 @@ def test_rules_can_be_turned_off_per_tenant_and_alerts_have_a_lifecycle(keypost,
     keypost.cli("alerts", "resolve", str(a["id"]))
     assert keypost.cli("alerts", "show", str(a["id"]), json=True)["status"] == "resolved"
     assert keypost.audit("AlertUpdated", realm="contoso")[-1]["details"]["status"] == "resolved"
+
+
+def admin_token(keypost, realm, user, password, resource=True, scope="openid audit"):
+    data = {"grant_type": "password", "username": user, "password": password, "client_id": CLI_CLIENT, "scope": scope}
+    if resource:
+        data["resource"] = f"{keypost.url}/admin"
+    return requests.post(keypost.endpoint(realm, "token_endpoint"), data=data, timeout=HTTP_TIMEOUT_S)
+
+
+def test_the_admin_api_pages_a_tenants_own_log_and_alerts(keypost, world, admin, reader):
+    r = admin_token(keypost, "contoso", *ADMIN)
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+    assert unverified(token)[1]["aud"] == [f"{keypost.url}/admin"]
+    get = lambda path, **params: requests.get(f"{keypost.url}{path}", params=params, timeout=HTTP_TIMEOUT_S,
+                                             headers={"Authorization": f"Bearer {token}"})
+    first = get("/admin/audit", limit=5).json()
+    assert len(first["records"]) == 5 and first["next"] == first["records"][-1]["id"]
+    second = get("/admin/audit", limit=5, after=first["next"]).json()
+    assert second["records"][0]["id"] > first["next"]
+    everything = get("/admin/audit", limit=1000, operation="TokenRejected").json()["records"]
+    assert everything and {r["realm"] for r in everything} == {"contoso"}, "a tenant admin sees only their tenant"
+    assert get("/admin/audit", tenant="fabrikam").status_code == 403
+    assert get("/admin/audit", since="yesterday").status_code == 400
+    assert {a["realm"] for a in get("/admin/alerts").json()["alerts"]} == {"contoso"}
+
+    # The admin API is never in a token's default audience, and the audit scope is for admins.
+    default = keypost.password_grant("contoso", *ADMIN).json()["access_token"]
+    r = requests.get(f"{keypost.url}/admin/audit", headers={"Authorization": f"Bearer {default}"}, timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+    refused = admin_token(keypost, "contoso", reader.email, reader.password)
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_scope"
+    no_scope = admin_token(keypost, "contoso", *ADMIN, scope="openid").json()["access_token"]
+    r = requests.get(f"{keypost.url}/admin/audit", headers={"Authorization": f"Bearer {no_scope}"}, timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 403 and "insufficient_scope" in r.headers["WWW-Authenticate"]
+    assert requests.get(f"{keypost.url}/admin/audit", timeout=HTTP_TIMEOUT_S).status_code == 401
+
+
+def test_a_provider_admin_reads_every_tenant(keypost, world):
+    boss = ("boss@keypost.test", "boss-correct-horse-battery-11")
+    keypost.create_user(*boss, "--admin")
+    token = admin_token(keypost, "consumers", *boss).json()["access_token"]
+    get = lambda **params: requests.get(f"{keypost.url}/admin/audit", params={"limit": 1000, **params}, timeout=HTTP_TIMEOUT_S,
+                                        headers={"Authorization": f"Bearer {token}"}).json()["records"]
+    assert {"contoso", "fabrikam"} <= {r["realm"] for r in get()}
+    assert {r["realm"] for r in get(tenant="fabrikam")} == {"fabrikam"}

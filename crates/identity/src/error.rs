@@ -129,6 +129,10 @@ impl OAuthError {
         e.www_authenticate = Some(format!("Bearer realm=\"{realm}\""));
         e
     }
+    /// 403: the principal is valid but may not see this (another tenant's audit log).
+    pub fn forbidden(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", d)
+    }
     /// RFC 6750 `insufficient_scope` (403).
     pub fn insufficient_scope(realm: &str, scope: &str) -> Self {
         let mut e = Self::new(

@@ -41,6 +41,8 @@ pub fn router(identity: Arc<Identity>) -> Router {
         .route("/realms/{realm}/userinfo", get(userinfo).post(userinfo))
         .route("/realms/{realm}/revoke", post(revoke))
         .route("/realms/{realm}/logout", get(logout_get).post(logout_post))
+        .route("/admin/audit", get(crate::admin::audit_log))
+        .route("/admin/alerts", get(crate::admin::alerts))
         // Layers run bottom-up on the way in. Bounded bodies everywhere: the largest legitimate
         // request is a login form. A client that trickles its body is cut off, and no request
         // holds a worker longer than REQUEST_TIMEOUT (408).
@@ -76,7 +78,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientSource {
     }
 }
 
-async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+pub(crate) async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "request handler panicked");
         OAuthError::unavailable().into_response()
@@ -577,7 +579,7 @@ fn authenticated_client(
     id.authenticate_client(realm, cid.as_deref(), secret.as_deref())
 }
 
-fn no_store(mut r: Response) -> Response {
+pub(crate) fn no_store(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -664,7 +666,7 @@ async fn token(
 
 // ---- resource-side endpoints ----------------------------------------------------------------
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme

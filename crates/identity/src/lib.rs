@@ -18,6 +18,7 @@
 //! is the HTTP surface over it.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod error;
 mod html;
 mod http;

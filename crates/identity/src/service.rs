@@ -21,7 +21,14 @@ use zeroize::Zeroizing;
 use crate::{Error, OAuthError, password};
 
 /// Scopes Keypost understands.
-pub const SCOPES: [&str; 5] = ["openid", "profile", "email", "offline_access", "mail"];
+pub const SCOPES: [&str; 6] = [
+    "openid",
+    "profile",
+    "email",
+    "offline_access",
+    "mail",
+    "audit",
+];
 const DEFAULT_SCOPE: &str = "openid profile email mail";
 /// The first-party client every realm has, for Keypost's own CLI and apps.
 pub const CLI_CLIENT: &str = "keypost-cli";
@@ -732,10 +739,11 @@ impl Identity {
         Ok(out.join(" "))
     }
 
-    /// RFC 8707: `resource` values narrow the audience; none means every Keypost service.
+    /// RFC 8707: `resource` values choose the audience; none means the mail service and
+    /// userinfo (the admin API must be asked for by name).
     fn audience(&self, resources: &[String]) -> Result<Vec<String>, OAuthError> {
         if resources.is_empty() {
-            return Ok(Audience::ALL
+            return Ok(Audience::DEFAULT
                 .iter()
                 .map(|a| a.uri(&self.cfg.public_url))
                 .collect());
@@ -776,6 +784,15 @@ impl Identity {
         now: UnixTime,
     ) -> Result<TokenResponse, OAuthError> {
         let has = |s: &str| scope.split(' ').any(|x| x == s);
+        // Reading the audit log is for admins only: a tenant admin (their tenant) or a
+        // provider admin (all).
+        if has("audit")
+            && !account.is_some_and(|a| matches!(a.role, Role::TenantAdmin | Role::ProviderAdmin))
+        {
+            return Err(OAuthError::invalid_scope(
+                "the audit scope is for admin accounts".to_owned(),
+            ));
+        }
         let wants_refresh = account.is_some()
             && has("offline_access")
             && client.grant_types.iter().any(|g| g == "refresh_token");

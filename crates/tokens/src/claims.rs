@@ -35,11 +35,15 @@ pub enum Audience {
     Mail,
     /// The OIDC userinfo endpoint of the token's realm.
     Userinfo,
+    /// The admin API (audit log, alerts): only when asked for with RFC 8707 `resource`.
+    Admin,
 }
 
 impl Audience {
-    /// All services, the default audience of an access token.
-    pub const ALL: [Audience; 2] = [Audience::Mail, Audience::Userinfo];
+    /// Every service a token can name.
+    pub const ALL: [Audience; 3] = [Audience::Mail, Audience::Userinfo, Audience::Admin];
+    /// The audience of an access token that names no `resource`: never the admin API.
+    pub const DEFAULT: [Audience; 2] = [Audience::Mail, Audience::Userinfo];
 
     /// The audience URI of this service.
     pub fn uri(self, public_url: &str) -> String {
@@ -47,6 +51,7 @@ impl Audience {
         match self {
             Audience::Mail => format!("{base}/mail"),
             Audience::Userinfo => format!("{base}/userinfo"),
+            Audience::Admin => format!("{base}/admin"),
         }
     }
 

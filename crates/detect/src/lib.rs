@@ -63,6 +63,11 @@ pub struct Detector {
     audit: AuditLog,
     /// Alerts come from `Keypost Security <security@{sender_domain}>`.
     sender_domain: String,
+    /// Each user's last hour of mail reads (the `mail-volume` rule).
+    volumes: rules::Volumes,
+    /// Where this detector left the cursor: if another detector (`keypost alerts scan`) moved
+    /// it since, the in-memory windows missed records and are rebuilt from the log.
+    left_at: std::sync::Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -87,6 +92,8 @@ impl Detector {
             store,
             mail,
             sender_domain: sender_domain.to_owned(),
+            volumes: Default::default(),
+            left_at: Default::default(),
         }
     }
 
@@ -94,6 +101,16 @@ impl Detector {
     /// and delivering alerts. Returns what it raised; an empty list when there was nothing new.
     pub fn run_once(&self, now: UnixTime) -> Result<Vec<Raised>, Error> {
         let cursor = self.store.detector_cursor()?;
+        {
+            let mut left_at = self.left_at.lock().unwrap_or_else(|p| p.into_inner());
+            if left_at.is_some_and(|l| l != cursor) {
+                self.volumes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+            }
+            *left_at = Some(cursor);
+        }
         let records = self.store.search_audit(&AuditQuery {
             after_id: Some(cursor),
             limit: Some(BATCH),
@@ -122,6 +139,7 @@ impl Detector {
         let ctx = rules::Context {
             store: &*self.store,
             settings: &settings,
+            volumes: &self.volumes,
         };
         let mut raised = Vec::new();
         for r in &records {
@@ -167,6 +185,11 @@ impl Detector {
             }
         }
         self.store.set_detector_cursor(last)?;
+        *self.left_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
+        let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        if volumes.len() > 10_000 {
+            volumes.retain(|_, w| !w.idle(now));
+        }
         Ok(raised)
     }
 

@@ -73,10 +73,43 @@ pub struct Setting {
     pub threshold: Option<u64>,
 }
 
+/// One user's mail reads in the last hour, and their weekly hourly baseline when known.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    events: std::collections::VecDeque<(i64, u64)>,
+    total: u64,
+    /// (items per hour over the week before, when computed).
+    baseline: Option<(u64, i64)>,
+}
+
+impl Window {
+    fn push(&mut self, time: i64, items: u64) {
+        self.events.push_back((time, items));
+        self.total += items;
+        while let Some((t, n)) = self.events.front().copied() {
+            if t > time - HOUR {
+                break;
+            }
+            self.events.pop_front();
+            self.total -= n;
+        }
+    }
+
+    /// Whether the window holds nothing newer than an hour before `now`.
+    pub(crate) fn idle(&self, now: i64) -> bool {
+        self.events.back().is_none_or(|(t, _)| *t <= now - HOUR)
+    }
+}
+
+/// Per-user windows, kept by the detector across passes.
+pub(crate) type Volumes =
+    std::sync::Mutex<std::collections::HashMap<(Option<RealmId>, String), Window>>;
+
 /// What a rule may look up.
 pub struct Context<'a> {
     pub(crate) store: &'a dyn Store,
     pub(crate) settings: &'a dyn Fn(&RealmId, &str) -> Setting,
+    pub(crate) volumes: &'a Volumes,
 }
 
 const SPRAY_WINDOW: i64 = 15 * 60;
@@ -200,23 +233,23 @@ impl Context<'_> {
             return Ok(None);
         };
         let before = history(r, "MailItemsAccessed");
-        if self.store.count_audit(&before)? == 0 {
+        if !self.store.audit_exists(&before)? {
             return Ok(None); // no baseline yet: a user's first client is not news
         }
         let same = AuditQuery {
             client_id: Some(client.clone()),
             ..before
         };
-        if self.store.count_audit(&same)? > 0 {
+        if self.store.audit_exists(&same)? {
             return Ok(None);
         }
-        let tenant_new = self.store.count_audit(&AuditQuery {
+        let tenant_new = !self.store.audit_exists(&AuditQuery {
             realm: r.realm.clone(),
             operation: Some("MailItemsAccessed".into()),
             client_id: Some(client.clone()),
             before_id: Some(r.id),
             ..Default::default()
-        })? == 0;
+        })?;
         Ok(Some(Finding {
             rule: "new-client",
             severity: Severity::Medium,
@@ -234,7 +267,7 @@ impl Context<'_> {
             return Ok(None);
         };
         let before = history(r, "MailItemsAccessed");
-        if self.store.count_audit(&before)? == 0 {
+        if !self.store.audit_exists(&before)? {
             return Ok(None);
         }
         let network = network_of(ip);
@@ -242,7 +275,7 @@ impl Context<'_> {
             source_prefix: Some(network.clone()),
             ..before
         };
-        if self.store.count_audit(&seen)? > 0 {
+        if self.store.audit_exists(&seen)? {
             return Ok(None);
         }
         Ok(Some(Finding {
@@ -263,22 +296,50 @@ impl Context<'_> {
             realm: r.realm.clone(),
             operation: Some("MailItemsAccessed".into()),
             actor: Some(actor.clone()),
-            before_id: Some(r.id + 1),
             ..Default::default()
         };
-        let last_hour = self.store.sum_audit_items(&AuditQuery {
-            since: Some(r.time - HOUR),
-            ..base.clone()
-        })?;
+        let items = r
+            .details
+            .get("items")
+            .and_then(Value::as_array)
+            .map_or(0, |a| a.len() as u64);
+        // The last hour is kept in memory per user, fed by the records as they pass; the
+        // database is asked only when a user is first seen (since a restart) and, once an hour,
+        // for their weekly baseline. Summing an hour of history per record would make the
+        // detector fall behind under exactly the load it must watch.
+        let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (r.realm.clone(), actor.clone());
+        if !volumes.contains_key(&key) {
+            let earlier = self.store.sum_audit_items(&AuditQuery {
+                since: Some(r.time - HOUR),
+                before_id: Some(r.id),
+                ..base.clone()
+            })?;
+            let mut w = Window::default();
+            w.push(r.time, earlier);
+            volumes.insert(key.clone(), w);
+        }
+        let Some(w) = volumes.get_mut(&key) else {
+            return Ok(None);
+        };
+        w.push(r.time, items);
+        let last_hour = w.total;
         if last_hour <= floor {
             return Ok(None);
         }
-        let week = self.store.sum_audit_items(&AuditQuery {
-            since: Some(r.time - HOUR - 7 * 24 * HOUR),
-            until: Some(r.time - HOUR),
-            ..base
-        })?;
-        let hourly_baseline = week / (7 * 24);
+        let hourly_baseline = match w.baseline {
+            Some((b, at)) if r.time - at < HOUR => b,
+            _ => {
+                let week = self.store.sum_audit_items(&AuditQuery {
+                    since: Some(r.time - HOUR - 7 * 24 * HOUR),
+                    until: Some(r.time - HOUR),
+                    ..base
+                })?;
+                let b = week / (7 * 24);
+                w.baseline = Some((b, r.time));
+                b
+            }
+        };
         if last_hour <= hourly_baseline.saturating_mul(10) {
             return Ok(None);
         }

@@ -1566,6 +1566,17 @@ impl AuditStore for SqliteStore {
         self.audit_aggregate(q, "COUNT(*)")
     }
 
+    fn audit_exists(&self, q: &AuditQuery) -> Result<bool> {
+        let (sql, args) = audit_where(q);
+        let conn = self.reader()?;
+        let params: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
+        Ok(conn
+            .prepare_cached(&format!("SELECT 1 FROM audit{sql} LIMIT 1"))?
+            .query_row(&params[..], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     fn count_distinct_audit(&self, q: &AuditQuery, column: AuditColumn) -> Result<u64> {
         let col = match column {
             AuditColumn::Actor => "actor",

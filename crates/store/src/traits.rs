@@ -124,6 +124,8 @@ pub trait AuditStore: Send + Sync {
     fn search_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
     /// How many records match a query (ignores `limit` and `after_id`).
     fn count_audit(&self, query: &AuditQuery) -> Result<u64>;
+    /// Whether any record matches (cheaper than counting: stops at the first).
+    fn audit_exists(&self, query: &AuditQuery) -> Result<bool>;
     /// How many distinct values of `column` the matching records have.
     fn count_distinct_audit(&self, query: &AuditQuery, column: AuditColumn) -> Result<u64>;
     /// The total length of `details.items` over the matching records (mail items touched).

@@ -67,7 +67,7 @@ DURATION=$((SAMPLES / 4 + 20))
 wrk -t1 -c8 -d"${DURATION}s" -s bench/jmap_get.lua "$URL/jmap/api" > "$WORK/wrk.out" 2>&1 &
 LOAD=$!
 sleep 2
-"$PY" - "$URL" "$ADMIN_TOKEN" "$ACCOUNT" "$WORK" <<'PY'
+if "$PY" - "$URL" "$ADMIN_TOKEN" "$ACCOUNT" "$WORK" <<'PY'
 import json, sys, time, uuid
 from pathlib import Path
 import jwt, requests
@@ -97,5 +97,6 @@ latencies.sort()
 pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
 print(f"alerts: {len(latencies)}, latency p50 {pick(0.5):.0f} ms, p99 {pick(0.99):.0f} ms, max {latencies[-1] * 1000:.0f} ms")
 PY
+then :; else echo "--- serve.err (tail)"; tail -20 "$WORK/serve.err"; exit 1; fi
 wait $LOAD || true
 grep -E "Requests/sec" "$WORK/wrk.out" | sed 's/^/mail-read load: /'

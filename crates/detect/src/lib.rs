@@ -65,6 +65,8 @@ pub struct Detector {
     sender_domain: String,
     /// Each user's last hour of mail reads (the `mail-volume` rule).
     volumes: rules::Volumes,
+    /// What each user's history is known to contain (`new-client`, `new-network`).
+    seen: rules::Seen,
     /// Where this detector left the cursor: if another detector (`keypost alerts scan`) moved
     /// it since, the in-memory windows missed records and are rebuilt from the log.
     left_at: std::sync::Mutex<Option<i64>>,
@@ -93,6 +95,7 @@ impl Detector {
             mail,
             sender_domain: sender_domain.to_owned(),
             volumes: Default::default(),
+            seen: Default::default(),
             left_at: Default::default(),
         }
     }
@@ -140,6 +143,7 @@ impl Detector {
             store: &*self.store,
             settings: &settings,
             volumes: &self.volumes,
+            seen: &self.seen,
         };
         let mut raised = Vec::new();
         for r in &records {

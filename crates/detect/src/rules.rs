@@ -101,6 +101,11 @@ impl Window {
     }
 }
 
+/// Facts about a user's history that, once true, stay true (they have read mail before; with
+/// this client; from this network), so the detector asks the log about each only once.
+pub(crate) type Seen =
+    std::sync::Mutex<std::collections::HashSet<(Option<RealmId>, String, String)>>;
+
 /// Per-user windows, kept by the detector across passes.
 pub(crate) type Volumes =
     std::sync::Mutex<std::collections::HashMap<(Option<RealmId>, String), Window>>;
@@ -110,6 +115,7 @@ pub struct Context<'a> {
     pub(crate) store: &'a dyn Store,
     pub(crate) settings: &'a dyn Fn(&RealmId, &str) -> Setting,
     pub(crate) volumes: &'a Volumes,
+    pub(crate) seen: &'a Seen,
 }
 
 const SPRAY_WINDOW: i64 = 15 * 60;
@@ -146,6 +152,29 @@ fn history(r: &AuditRecord, operation: &str) -> AuditQuery {
 }
 
 impl Context<'_> {
+    /// Whether the user's history before `r` has a record matching `q` (`fact` names it for
+    /// the cache; only "yes" is cached, since history only grows).
+    fn seen_before(&self, r: &AuditRecord, fact: String, q: &AuditQuery) -> store::Result<bool> {
+        let key = (r.realm.clone(), r.actor.clone().unwrap_or_default(), fact);
+        if self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
+            return Ok(true);
+        }
+        let yes = self.store.audit_exists(q)?;
+        if yes {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() > 200_000 {
+                seen.clear();
+            }
+            seen.insert(key);
+        }
+        Ok(yes)
+    }
+
     fn setting(&self, r: &AuditRecord, rule: &str) -> Option<Setting> {
         let realm = r.realm.as_ref()?;
         let s = (self.settings)(realm, rule);
@@ -233,14 +262,14 @@ impl Context<'_> {
             return Ok(None);
         };
         let before = history(r, "MailItemsAccessed");
-        if !self.store.audit_exists(&before)? {
+        if !self.seen_before(r, "reads".into(), &before)? {
             return Ok(None); // no baseline yet: a user's first client is not news
         }
         let same = AuditQuery {
             client_id: Some(client.clone()),
             ..before
         };
-        if self.store.audit_exists(&same)? {
+        if self.seen_before(r, format!("client {client}"), &same)? {
             return Ok(None);
         }
         let tenant_new = !self.store.audit_exists(&AuditQuery {
@@ -267,7 +296,7 @@ impl Context<'_> {
             return Ok(None);
         };
         let before = history(r, "MailItemsAccessed");
-        if !self.store.audit_exists(&before)? {
+        if !self.seen_before(r, "reads".into(), &before)? {
             return Ok(None);
         }
         let network = network_of(ip);
@@ -275,7 +304,7 @@ impl Context<'_> {
             source_prefix: Some(network.clone()),
             ..before
         };
-        if self.store.audit_exists(&seen)? {
+        if self.seen_before(r, format!("network {network}"), &seen)? {
             return Ok(None);
         }
         Ok(Some(Finding {

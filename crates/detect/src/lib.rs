@@ -145,48 +145,69 @@ impl Detector {
             volumes: &self.volumes,
             seen: &self.seen,
         };
-        let mut raised = Vec::new();
+        // Findings of one pass are gathered per alert first: a rule that keeps firing (a user
+        // reading in bulk, a spray) costs one write per pass, not one per record.
+        let mut found: Vec<(Alert, &'static str)> = Vec::new();
         for r in &records {
             for f in ctx.evaluate(r)? {
-                let alert = Alert {
-                    id: 0,
-                    realm: r.realm.clone(),
-                    rule: f.rule.to_owned(),
-                    severity: f.severity,
-                    title: f.title.clone(),
-                    dedup_key: f.dedup_key.clone(),
-                    first_seen: r.time,
-                    last_seen: r.time,
-                    count: 1,
-                    evidence: vec![r.id],
-                    details: f.details.clone(),
-                    status: AlertStatus::Open,
-                    status_by: None,
+                let same = |(a, _): &&mut (Alert, &'static str)| {
+                    a.realm == r.realm && a.rule == f.rule && a.dedup_key == f.dedup_key
                 };
-                let (id, new) = self.store.raise_alert(&alert)?;
-                if new {
-                    let delivered = self.deliver(&Alert { id, ..alert }, now)?;
-                    let mut ev = Event::success(Operation::AlertRaised)
-                        .actor("keypost-detect")
-                        .target(id.to_string())
-                        .detail("rule", f.rule)
-                        .detail("severity", f.severity.as_str())
-                        .detail("title", f.title.clone())
-                        .detail("evidence", vec![r.id])
-                        .detail("delivered_to", delivered);
-                    if let Some(realm) = &r.realm {
-                        ev = ev.realm(realm);
+                if let Some((a, _)) = found.iter_mut().find(same) {
+                    a.count += 1;
+                    a.last_seen = a.last_seen.max(r.time);
+                    if a.evidence.len() < 50 {
+                        a.evidence.push(r.id);
                     }
-                    self.audit.record(ev, now)?;
-                    tracing::warn!(target: "keypost::security", alert = id, rule = f.rule,
-                        severity = f.severity.as_str(), "{}", f.title);
+                    continue;
                 }
-                raised.push(Raised {
-                    id,
-                    new,
-                    rule: f.rule,
-                });
+                found.push((
+                    Alert {
+                        id: 0,
+                        realm: r.realm.clone(),
+                        rule: f.rule.to_owned(),
+                        severity: f.severity,
+                        title: f.title,
+                        dedup_key: f.dedup_key,
+                        first_seen: r.time,
+                        last_seen: r.time,
+                        count: 1,
+                        evidence: vec![r.id],
+                        details: f.details,
+                        status: AlertStatus::Open,
+                        status_by: None,
+                    },
+                    f.rule,
+                ));
             }
+        }
+        let mut raised = Vec::new();
+        for (alert, rule) in found {
+            let (id, new) = self.store.raise_alert(&alert)?;
+            if new {
+                let delivered = self.deliver(
+                    &Alert {
+                        id,
+                        ..alert.clone()
+                    },
+                    now,
+                )?;
+                let mut ev = Event::success(Operation::AlertRaised)
+                    .actor("keypost-detect")
+                    .target(id.to_string())
+                    .detail("rule", rule)
+                    .detail("severity", alert.severity.as_str())
+                    .detail("title", alert.title.clone())
+                    .detail("evidence", alert.evidence.clone())
+                    .detail("delivered_to", delivered);
+                if let Some(realm) = &alert.realm {
+                    ev = ev.realm(realm);
+                }
+                self.audit.record(ev, now)?;
+                tracing::warn!(target: "keypost::security", alert = id, rule,
+                    severity = alert.severity.as_str(), "{}", alert.title);
+            }
+            raised.push(Raised { id, new, rule });
         }
         self.store.set_detector_cursor(last)?;
         *self.left_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);

@@ -67,3 +67,40 @@ pub fn ocsf(r: &AuditRecord) -> Value {
         "unmapped": {"jti": r.jti, "kid": r.kid, "details": r.details},
     })
 }
+
+/// RFC 5424 `PARAM-VALUE` escaping: `"`, `\` and `]` take a backslash.
+fn sd_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace(']', "\\]")
+}
+
+/// One record as an RFC 5424 syslog message (facility log audit), the record's JSON as MSG.
+/// Severity: critical for a refusal that suggests a stolen key or a critical alert, warning
+/// for other failures, informational otherwise.
+pub fn syslog(r: &AuditRecord, hostname: &str) -> String {
+    const FACILITY_LOG_AUDIT: u32 = 13;
+    let critical = r.details.get("critical") == Some(&Value::Bool(true))
+        || r.details.get("severity").and_then(Value::as_str) == Some("critical");
+    let severity = if critical {
+        2
+    } else if r.result != "success" {
+        4
+    } else {
+        6
+    };
+    let time = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.time.max(0) as u64),
+    );
+    let realm = r.realm.as_ref().map_or("", |x| x.as_str());
+    format!(
+        "<{}>1 {time} {} keypost - {} [keypost@32473 id=\"{}\" realm=\"{}\" result=\"{}\"] {}",
+        FACILITY_LOG_AUDIT * 8 + severity,
+        if hostname.is_empty() { "-" } else { hostname },
+        r.operation,
+        r.id,
+        sd_value(realm),
+        sd_value(&r.result),
+        serde_json::to_string(r).unwrap_or_default(),
+    )
+}

@@ -28,6 +28,9 @@ use store::{
 
 pub use rules::{Finding, RULES, Setting};
 
+/// The detector's cursor in the audit log.
+pub const CURSOR: &str = "detector";
+
 /// How many audit records one pass evaluates.
 const BATCH: u32 = 500;
 
@@ -103,7 +106,7 @@ impl Detector {
     /// Evaluates the audit records appended since the last pass (at most a batch), raising
     /// and delivering alerts. Returns what it raised; an empty list when there was nothing new.
     pub fn run_once(&self, now: UnixTime) -> Result<Vec<Raised>, Error> {
-        let cursor = self.store.detector_cursor()?;
+        let cursor = self.store.cursor(CURSOR)?;
         {
             let mut left_at = self.left_at.lock().unwrap_or_else(|p| p.into_inner());
             if left_at.is_some_and(|l| l != cursor) {
@@ -209,7 +212,7 @@ impl Detector {
             }
             raised.push(Raised { id, new, rule });
         }
-        self.store.set_detector_cursor(last)?;
+        self.store.set_cursor(CURSOR, last)?;
         *self.left_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
         let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
         if volumes.len() > 10_000 {

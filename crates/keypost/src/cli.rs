@@ -594,7 +594,7 @@ fn alerts(config: Config, cmd: AlertsCmd, now: i64) -> Result<()> {
                     && svc
                         .store
                         .search_audit(&AuditQuery {
-                            after_id: Some(svc.store.detector_cursor()?),
+                            after_id: Some(svc.store.cursor(detect::CURSOR)?),
                             limit: Some(1),
                             ..Default::default()
                         })?

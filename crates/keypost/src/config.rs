@@ -25,6 +25,7 @@ pub(crate) struct FileConfig {
     login: Login,
     mail: MailSection,
     audit: AuditSection,
+    alerts: AlertsSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,13 +33,59 @@ pub(crate) struct FileConfig {
 struct AuditSection {
     /// How long audit records are kept; older ones expire behind a signed tombstone.
     retention: String,
+    /// Every record is also sent here as RFC 5424 syslog: `udp://host:port` or `tcp://host:port`.
+    syslog: String,
 }
 
 impl Default for AuditSection {
     fn default() -> Self {
         Self {
             retention: "365d".into(),
+            syslog: String::new(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AlertsSection {
+    /// New alerts are POSTed here as JSON (http:// only).
+    webhook: String,
+    /// The key of the webhook's HMAC-SHA256 signature (`X-Keypost-Signature`); required with
+    /// `webhook`. Prefer `KEYPOST_ALERTS_WEBHOOK_SECRET` to writing it in the file.
+    webhook_secret: Secret,
+}
+
+/// A secret read from the configuration: zeroized on drop, never printed (`keypost config`
+/// and `Debug` show `[redacted]`).
+#[derive(Clone, Default)]
+pub(crate) struct Secret(zeroize::Zeroizing<String>);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(Self(zeroize::Zeroizing::new(String::deserialize(d)?)))
+    }
+}
+
+impl Secret {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
     }
 }
 
@@ -108,6 +155,7 @@ impl Default for FileConfig {
             login: Login::default(),
             mail: MailSection::default(),
             audit: AuditSection::default(),
+            alerts: AlertsSection::default(),
         }
     }
 }
@@ -170,6 +218,10 @@ pub(crate) struct Config {
     pub(crate) mail_quota: Option<u64>,
     /// Seconds audit records are kept.
     pub(crate) audit_retention: i64,
+    /// Where audit records are also sent.
+    pub(crate) syslog: Option<crate::forward::SyslogTarget>,
+    /// Where new alerts are posted, and the signing key.
+    pub(crate) webhook: Option<(hyper::Uri, Secret)>,
 }
 
 /// A size such as `10GiB`, `500MB`, `1048576` (bytes) or `unlimited` (`None`).
@@ -374,6 +426,24 @@ impl FileConfig {
             kek_file,
             mail_quota: size("mail.quota", &self.mail.quota)?,
             audit_retention: secs("audit.retention", &self.audit.retention)?,
+            syslog: match self.audit.syslog.trim() {
+                "" => None,
+                s => Some(crate::forward::SyslogTarget::parse(s)?),
+            },
+            webhook: match self.alerts.webhook.trim() {
+                "" => None,
+                url => {
+                    if self.alerts.webhook_secret.as_bytes().len() < 16 {
+                        bail!(
+                            "alerts.webhook_secret must be set (16 characters or more) with alerts.webhook"
+                        );
+                    }
+                    Some((
+                        crate::forward::check_webhook(url)?,
+                        self.alerts.webhook_secret.clone(),
+                    ))
+                }
+            },
             file: self,
         })
     }

@@ -7,6 +7,7 @@
 
 mod cli;
 mod config;
+mod forward;
 mod serve;
 
 use std::path::PathBuf;

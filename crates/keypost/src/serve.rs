@@ -40,7 +40,10 @@ pub(crate) fn run(svc: Services) -> Result<()> {
         &svc.config.public_url,
     ));
     let Services {
-        identity, config, ..
+        identity,
+        config,
+        store,
+        ..
     } = svc;
     if let Some((email, password)) = identity.bootstrap(identity::now())? {
         // Printed once, to stdout, for the operator; never logged.
@@ -82,6 +85,13 @@ pub(crate) fn run(svc: Services) -> Result<()> {
                 }
             }
         });
+        if let Some(target) = config.syslog.clone() {
+            let host = std::env::var("HOSTNAME").unwrap_or_default();
+            tokio::spawn(crate::forward::syslog(store.clone(), target, host));
+        }
+        if let Some((uri, secret)) = config.webhook.clone() {
+            tokio::spawn(crate::forward::webhook(store.clone(), uri, secret));
+        }
         let app = identity::router(identity).merge(jmap::router(jmap_service));
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown())

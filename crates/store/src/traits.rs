@@ -166,10 +166,11 @@ pub trait AlertStore: Send + Sync {
         by: &str,
         at: UnixTime,
     ) -> Result<bool>;
-    /// The last audit record id the detector has evaluated.
-    fn detector_cursor(&self) -> Result<i64>;
-    /// Records that the detector evaluated everything up to `id`.
-    fn set_detector_cursor(&self, id: i64) -> Result<()>;
+    /// How far a background consumer of the log (`detector`, `syslog`, `webhook`) has got:
+    /// the last id it handled, 0 if none.
+    fn cursor(&self, name: &str) -> Result<i64>;
+    /// Records that the consumer `name` handled everything up to `id`.
+    fn set_cursor(&self, name: &str, id: i64) -> Result<()>;
     /// A rule's setting for a realm: enabled, and its threshold if set.
     fn rule_setting(&self, realm: &RealmId, rule: &str) -> Result<Option<(bool, Option<u64>)>>;
     /// Sets a rule's setting for a realm.

@@ -151,20 +151,20 @@ impl AlertStore for SqliteStore {
         Ok(n > 0)
     }
 
-    fn detector_cursor(&self) -> Result<i64> {
+    fn cursor(&self, name: &str) -> Result<i64> {
         Ok(self
             .reader()?
-            .prepare_cached("SELECT value FROM detector_state WHERE name = 'cursor'")?
-            .query_row([], |r| r.get(0))
+            .prepare_cached("SELECT value FROM detector_state WHERE name = ?")?
+            .query_row([name], |r| r.get(0))
             .optional()?
             .unwrap_or(0))
     }
 
-    fn set_detector_cursor(&self, id: i64) -> Result<()> {
+    fn set_cursor(&self, name: &str, id: i64) -> Result<()> {
         self.conn()?.execute(
-            "INSERT INTO detector_state(name, value) VALUES ('cursor', ?) \
+            "INSERT INTO detector_state(name, value) VALUES (?, ?) \
              ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            [id],
+            params![name, id],
         )?;
         Ok(())
     }

@@ -35,6 +35,7 @@ pub fn router(identity: Arc<Identity>) -> Router {
             get(discovery),
         )
         .route("/realms/{realm}/jwks", get(jwks))
+        .route("/realms/{realm}/key-history", get(key_history))
         .route("/realms/{realm}/authorize", get(authorize))
         .route("/realms/{realm}/login", post(login))
         .route("/realms/{realm}/token", post(token))
@@ -284,6 +285,22 @@ async fn discovery(State(id): St, Path(realm): Path<String>) -> Response {
             "access_token_issuer": iss,
         }))
         .into_response()
+    })
+    .await
+}
+
+/// Every key the realm ever had, with its life and public key (issue 5: relying parties and
+/// auditors can see every key that was ever valid). Public information, like the JWKS.
+async fn key_history(State(id): St, Path(realm): Path<String>) -> Response {
+    blocking(move || {
+        let realm = match realm_of(&id, &realm) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        };
+        match id.custody().history(&realm, now()) {
+            Ok(keys) => Json(serde_json::json!({"realm": realm, "keys": keys})).into_response(),
+            Err(e) => OAuthError::from(Error::from(e)).into_response(),
+        }
     })
     .await
 }

@@ -19,6 +19,9 @@ const KEY_SCHEDULE_INTERVAL: Duration = Duration::from_secs(60);
 const DETECT_INTERVAL: Duration = Duration::from_millis(200);
 
 pub(crate) fn run(svc: Services) -> Result<()> {
+    // This process holds private keys (until the signer is a process of its own): it must
+    // never leave them in a core dump. Refusing to run unhardened is the safe failure.
+    hardening::no_core_dumps().context("making the process non-dumpable")?;
     let mail = crate::cli::open_mail(&svc)?;
     let detector = Arc::new(detect::Detector::new(
         svc.store.clone(),
@@ -112,6 +115,14 @@ fn key_schedule_step(identity: &Arc<Identity>, retention: i64) {
                     Ok(created) => {
                         for kid in created {
                             tracing::info!(target: "keypost::security", realm = %r.id, %kid, "scheduled key created");
+                            // The key history is in the audit log too.
+                            let ev = audit::Event::success(audit::Operation::KeyCreated)
+                                .realm(&r.id)
+                                .actor("keypost-schedule")
+                                .kid(kid.as_str());
+                            if let Err(e) = identity.audit().record(ev, now) {
+                                tracing::error!(error = %e, "auditing a scheduled key failed");
+                            }
                         }
                     }
                     Err(e) => {

@@ -148,6 +148,18 @@ pub struct KeyInfo {
     pub revoked_at: Option<UnixTime>,
 }
 
+/// One entry of a realm's key history.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyHistory {
+    /// What `keys list` shows.
+    #[serde(flatten)]
+    pub info: KeyInfo,
+    /// When a successor took over signing, if one has.
+    pub retired_at: Option<UnixTime>,
+    /// The public key.
+    pub public_jwk: serde_json::Value,
+}
+
 /// A public key that may verify tokens of one realm, parsed once.
 pub struct VerifyingKey {
     record: KeyRecord,
@@ -460,6 +472,39 @@ impl Custody {
         tracing::warn!(target: "keypost::security", %kid, realm = %record.realm, "key revoked");
         let replacements = self.ensure(&record.realm, now)?;
         Ok(self.store.get_key(kid)?.map(|r| (r, replacements)))
+    }
+
+    /// Every key the realm ever had, oldest first, with its life (created, activated, retired
+    /// when a successor took over, revoked, expires), its state now and its public JWK: the
+    /// realm's published key history, so relying parties and auditors can see every key that
+    /// was ever valid.
+    pub fn history(&self, realm: &RealmId, now: UnixTime) -> Result<Vec<KeyHistory>> {
+        let records = self.store.list_keys(Some(realm))?;
+        let infos = self.list(Some(realm), now)?;
+        let mut out = Vec::with_capacity(records.len());
+        for (i, (record, info)) in records.iter().zip(infos).enumerate() {
+            // Retired when the next key of its kind (later activation, or same second and
+            // inserted later) started signing.
+            let retired_at = records
+                .iter()
+                .enumerate()
+                .filter(|(j, o)| {
+                    *j != i
+                        && o.purpose == record.purpose
+                        && o.alg == record.alg
+                        && o.activates_at <= now
+                        && (o.activates_at, *j) > (record.activates_at, i)
+                })
+                .map(|(_, o)| o.activates_at)
+                .min();
+            out.push(KeyHistory {
+                public_jwk: serde_json::from_str(&record.public_jwk)
+                    .map_err(|e| store::Error::Corrupt(e.to_string()))?,
+                retired_at,
+                info,
+            });
+        }
+        Ok(out)
     }
 
     /// Keys with their state now, optionally of one realm.

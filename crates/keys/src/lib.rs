@@ -33,7 +33,7 @@ mod material;
 mod signer;
 
 pub use alg::Algorithm;
-pub use custody::{Custody, KeyInfo, KeyPolicy, KeyState, VerifyingKey, VerifyingKeys};
+pub use custody::{Custody, KeyHistory, KeyInfo, KeyPolicy, KeyState, VerifyingKey, VerifyingKeys};
 pub use error::Error;
 pub use kek::Kek;
 pub use material::{Jwk, Jwks};

@@ -445,6 +445,10 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Every write transaction here begins IMMEDIATE (see `transaction_with_behavior`): many
+        // read before they write (chain heads, alert de-duplication), and a deferred transaction
+        // that must upgrade to a write lock fails at once with "database is locked" when another
+        // process (the CLI beside `serve`) committed meanwhile, where IMMEDIATE simply waits.
         add_functions(&conn)?;
         let store = Self {
             conn: Mutex::new(conn),
@@ -475,7 +479,7 @@ impl SqliteStore {
             )));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute_batch(sql)?;
             if i + 1 == AUDIT_CHAIN_MIGRATION {
                 // Once, with the migration: records from before the chain get linked. Never on
@@ -557,7 +561,7 @@ where
 impl RealmStore for SqliteStore {
     fn create_realm(&self, realm: &Realm) -> Result<()> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO realms(id, kind, display_name, access_token_alg, created_at) VALUES (?,?,?,?,?)",
             params![realm.id.as_str(), realm.kind.as_str(), realm.display_name, realm.access_token_alg, realm.created_at],
@@ -958,7 +962,7 @@ fn bump_generation(conn: &Connection) -> Result<()> {
 impl KeyStore for SqliteStore {
     fn insert_key(&self, k: &KeyRecord) -> Result<()> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             &format!("INSERT INTO keys({KEY_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"),
             params![
@@ -1008,7 +1012,7 @@ impl KeyStore for SqliteStore {
 
     fn revoke_key(&self, kid: &Kid, at: UnixTime) -> Result<bool> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "UPDATE keys SET revoked_at = ? WHERE kid = ? AND revoked_at IS NULL",
             params![at, kid.as_str()],
@@ -1022,7 +1026,7 @@ impl KeyStore for SqliteStore {
 
     fn replace_sealed(&self, kid: &Kid, sealed: &[u8]) -> Result<()> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "UPDATE keys SET sealed = ? WHERE kid = ?",
             params![sealed, kid.as_str()],
@@ -1156,7 +1160,7 @@ impl LedgerStore for SqliteStore {
 
     fn revoke_scope(&self, scope: &RevokeScope, at: UnixTime) -> Result<(u64, u64)> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let (sessions, tokens) = match scope {
             RevokeScope::Account(a) => (
                 tx.execute(
@@ -1325,7 +1329,7 @@ impl SessionStore for SqliteStore {
 
     fn consume_auth_code(&self, code_hash: &[u8], at: UnixTime) -> Result<Option<AuthCode>> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         type CodeRow = (
             String,
             String,
@@ -1675,7 +1679,8 @@ impl SqliteStore {
             Ok(c) => c,
             Err(e) => return fail_all(e),
         };
-        let mut tx = match conn.transaction() {
+        let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
             Ok(tx) => tx,
             Err(e) => return fail_all(e.into()),
         };

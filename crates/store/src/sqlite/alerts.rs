@@ -52,7 +52,7 @@ fn alert(r: &Row<'_>) -> rusqlite::Result<Result<Alert>> {
 impl AlertStore for SqliteStore {
     fn raise_alert(&self, a: &Alert) -> Result<(i64, bool)> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let realm = a.realm.as_ref().map(RealmId::as_str);
         let open: Option<(i64, String)> = tx
             .query_row(

@@ -234,7 +234,7 @@ impl crate::traits::AuditChainStore for SqliteStore {
 
     fn expire_audit(&self, t: &Tombstone) -> Result<u64> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let current: Option<Vec<u8>> = tx
             .query_row(
                 "SELECT link FROM audit WHERE chain = ? AND seq = ?",

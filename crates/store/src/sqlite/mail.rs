@@ -263,7 +263,7 @@ fn email_row(r: &Row<'_>) -> rusqlite::Result<Result<EmailRecord>> {
 impl MailStore for SqliteStore {
     fn create_mailboxes(&self, mailboxes: &[Mailbox]) -> Result<()> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for m in mailboxes {
             let modseq = next_modseq(&tx, &m.account)?;
             tx.execute(
@@ -325,7 +325,7 @@ impl MailStore for SqliteStore {
         search: &crate::model::SearchText,
     ) -> Result<i64> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let modseq = next_modseq(&tx, &e.account)?;
         tx.execute(
             &format!("INSERT INTO emails({EMAIL_COLS}, created_modseq, updated_modseq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"),
@@ -575,7 +575,7 @@ impl MailStore for SqliteStore {
         mailboxes: Option<&[MailboxId]>,
     ) -> Result<i64> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         live_email(&tx, account, id)?;
         let modseq = next_modseq(&tx, account)?;
         let before = memberships(&tx, id)?;
@@ -610,7 +610,7 @@ impl MailStore for SqliteStore {
 
     fn destroy_email(&self, account: &AccountId, id: &EmailId) -> Result<i64> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         live_email(&tx, account, id)?;
         let modseq = next_modseq(&tx, account)?;
         let before = memberships(&tx, id)?;
@@ -689,7 +689,7 @@ impl MailStore for SqliteStore {
         sort_order: u32,
     ) -> Result<i64> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let modseq = next_modseq(&tx, account)?;
         let n = tx.execute(
             "UPDATE mailboxes SET name = ?, parent = ?, sort_order = ?, updated_modseq = ? \
@@ -717,7 +717,7 @@ impl MailStore for SqliteStore {
         remove_emails: bool,
     ) -> Result<i64> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         live_mailbox(&tx, account, id)?;
         let children: i64 = tx.query_row(
             "SELECT COUNT(*) FROM mailboxes WHERE parent = ? AND destroyed_modseq IS NULL",
@@ -789,7 +789,7 @@ impl MailStore for SqliteStore {
 
     fn set_vacation(&self, account: &AccountId, v: &crate::model::Vacation) -> Result<i64> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let modseq = next_modseq(&tx, account)?;
         tx.execute(
             "INSERT INTO vacation(account, enabled, from_date, to_date, subject, text_body, html_body) VALUES (?,?,?,?,?,?,?) \

@@ -106,7 +106,7 @@ impl SqliteStore {
         id: &str,
     ) -> Result<i64> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let modseq = next_modseq(&tx, account)?;
         let n = tx.execute(
             &format!(
@@ -138,7 +138,7 @@ impl SendingStore for SqliteStore {
 
     fn create_identity(&self, i: &Identity) -> Result<i64> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let modseq = next_modseq(&tx, &i.account)?;
         tx.execute(
             &format!(
@@ -165,7 +165,7 @@ impl SendingStore for SqliteStore {
 
     fn update_identity(&self, i: &Identity) -> Result<i64> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let modseq = next_modseq(&tx, &i.account)?;
         let n = tx.execute(
             "UPDATE identities SET name = ?, reply_to = ?, bcc = ?, text_signature = ?, \
@@ -204,7 +204,7 @@ impl SendingStore for SqliteStore {
 
     fn insert_submission(&self, s: &Submission) -> Result<i64> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let modseq = next_modseq(&tx, &s.account)?;
         let envelope = Envelope {
             mail_from: s.mail_from.clone(),

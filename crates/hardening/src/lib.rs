@@ -1,0 +1,109 @@
+//! The one place Keypost calls the operating system directly: keeping a process that holds
+//! private keys out of core dumps and out of swap.
+//!
+//! A crash dump carried out of an isolated signing system is the leading theory of how the
+//! 2023 key left it (THREAT-MODEL step 2). A process that holds keys therefore marks itself
+//! non-dumpable (`PR_SET_DUMPABLE 0`: no core file, no ptrace attach, `/proc/PID/mem` readable
+//! by root only) and sets its core-size limit to zero, and may lock its memory so keys are never
+//! written to swap. Everything here is Linux; elsewhere the calls report `Unsupported`.
+//!
+//! This crate is the only one that allows `unsafe`: each block is one libc call with a comment
+//! saying why it is sound.
+#![deny(unsafe_code)]
+
+/// A hardening step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The system call failed.
+    #[error("{call} failed: {source}")]
+    Os {
+        /// Which call.
+        call: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not available on this platform.
+    #[error("{0} is not available on this platform")]
+    Unsupported(&'static str),
+}
+
+fn check(call: &'static str, rc: libc::c_int) -> Result<(), Error> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Error::Os {
+            call,
+            source: std::io::Error::last_os_error(),
+        })
+    }
+}
+
+/// No core dumps of this process, ever: marks it non-dumpable and sets `RLIMIT_CORE` to zero
+/// (soft and hard, so it cannot be raised again).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn no_core_dumps() -> Result<(), Error> {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integer arguments only and changes a flag of
+    // the calling process; no memory is passed or retained.
+    check("prctl(PR_SET_DUMPABLE)", unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)
+    })?;
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `zero` is a valid, initialised rlimit that outlives the call; setrlimit only
+    // reads it.
+    check("setrlimit(RLIMIT_CORE)", unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &zero)
+    })
+}
+
+/// No core dumps (unsupported platform).
+#[cfg(not(target_os = "linux"))]
+pub fn no_core_dumps() -> Result<(), Error> {
+    Err(Error::Unsupported("no_core_dumps"))
+}
+
+/// Whether the process is non-dumpable (what [`no_core_dumps`] set).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn is_dumpable() -> bool {
+    // SAFETY: prctl(PR_GET_DUMPABLE) takes no pointers and only returns the flag.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
+}
+
+/// Whether the process is dumpable (unsupported platform: assume so).
+#[cfg(not(target_os = "linux"))]
+pub fn is_dumpable() -> bool {
+    true
+}
+
+/// Locks every page of the process, now and future, in RAM so nothing (keys included) is ever
+/// written to swap. Needs `CAP_IPC_LOCK` or a large enough `RLIMIT_MEMLOCK`; meant for the
+/// small signer process, not for a mail server's whole heap.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn lock_all_memory() -> Result<(), Error> {
+    // SAFETY: mlockall takes a flag set only; it changes the paging of the calling process.
+    check("mlockall", unsafe {
+        libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE)
+    })
+}
+
+/// Memory locking (unsupported platform).
+#[cfg(not(target_os = "linux"))]
+pub fn lock_all_memory() -> Result<(), Error> {
+    Err(Error::Unsupported("lock_all_memory"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_hardened_process_cannot_dump() {
+        // Runs in the test process itself: afterwards it can never dump, which is harmless.
+        assert!(super::no_core_dumps().is_ok());
+        assert!(!super::is_dumpable());
+    }
+}

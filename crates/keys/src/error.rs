@@ -36,6 +36,9 @@ pub enum Error {
     /// A cryptographic operation failed unexpectedly.
     #[error("cryptographic failure")]
     Crypto,
+    /// The signer process cannot be reached (it is restarting, or down).
+    #[error("signer unavailable: {0}")]
+    Unavailable(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] store::Error),

@@ -30,6 +30,7 @@ mod custody;
 mod error;
 mod kek;
 mod material;
+mod remote;
 mod signer;
 
 pub use alg::Algorithm;
@@ -37,6 +38,7 @@ pub use custody::{Custody, KeyHistory, KeyInfo, KeyPolicy, KeyState, VerifyingKe
 pub use error::Error;
 pub use kek::Kek;
 pub use material::{Jwk, Jwks};
+pub use remote::{RemoteSigner, SignService, serve as serve_signer};
 pub use signer::{Signature, Signer, SigningKey};
 pub use store::{KeyPurpose, Kid, RealmId};
 

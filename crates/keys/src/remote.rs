@@ -1,0 +1,382 @@
+//! The signer as a separate process: the protocol it speaks over a Unix socket, the server loop
+//! that runs in `keypost signer`, and the client every other process signs through.
+//!
+//! One JSON object per line each way. A request names what to sign and for whom — never which
+//! key: the signer picks the realm's active key itself, builds the JWS header (so the `kid` in
+//! it is always the key that signed), decides "active" by its own clock, and refuses exactly as
+//! the in-process [`Signer`] does. The web-facing process holds no private key and no
+//! key-encryption key; it can only ask.
+//!
+//! ```text
+//!   {"op":"jws","realm":"contoso","purpose":"access-token","alg":"EdDSA","typ":"at+jwt","payload":"<b64url>"}
+//!   → {"kid":"…","alg":"EdDSA","input":"<header>.<payload>","signature":"<b64url>"}
+//!   {"op":"raw","realm":"contoso","purpose":"audit","alg":"EdDSA","message":"<b64url>"}
+//!   → {"kid":"…","alg":"EdDSA","signature":"<b64url>"}
+//!   any failure → {"error":"refused"|"no_active_key"|"failed","detail":"…"}
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use store::{KeyPurpose, Kid, RealmId, UnixTime};
+
+use crate::{Algorithm, Error, Result, Signature, Signer, SigningKey};
+
+/// Signing, wherever the keys are: in this process ([`Signer`]) or in the signer process
+/// ([`RemoteSigner`]).
+pub trait SignService: Send + Sync + std::fmt::Debug {
+    /// A JWS signing input `{header}.{payload_b64}` whose header names the realm's active key
+    /// for `purpose` and `alg` (`{"alg","typ","kid"}`), and its signature.
+    fn sign_jws(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        typ: &str,
+        payload_b64: &str,
+        now: UnixTime,
+    ) -> Result<(SigningKey, String, Signature)>;
+
+    /// A signature of `message` with the realm's active key for `purpose` and `alg`.
+    fn sign_raw(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        message: &[u8],
+        now: UnixTime,
+    ) -> Result<(SigningKey, Signature)>;
+}
+
+/// The JWS protected header Keypost writes: three plain strings.
+fn header(key: &SigningKey, typ: &str) -> String {
+    let h = json!({"alg": key.alg.as_str(), "typ": typ, "kid": key.kid.as_str()});
+    B64.encode(serde_json::to_vec(&h).unwrap_or_default())
+}
+
+impl SignService for Signer {
+    fn sign_jws(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        typ: &str,
+        payload_b64: &str,
+        now: UnixTime,
+    ) -> Result<(SigningKey, String, Signature)> {
+        let (key, input, sig) = self.sign_current(realm, purpose, alg, now, |key| {
+            format!("{}.{payload_b64}", header(key, typ)).into_bytes()
+        })?;
+        let input = String::from_utf8(input).map_err(|_| Error::Crypto)?;
+        Ok((key, input, sig))
+    }
+
+    fn sign_raw(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        message: &[u8],
+        now: UnixTime,
+    ) -> Result<(SigningKey, Signature)> {
+        let (key, _, sig) = self.sign_current(realm, purpose, alg, now, |_| message.to_vec())?;
+        Ok((key, sig))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Request {
+    Jws {
+        realm: String,
+        purpose: String,
+        alg: String,
+        typ: String,
+        payload: String,
+    },
+    Raw {
+        realm: String,
+        purpose: String,
+        alg: String,
+        message: String,
+    },
+    Ping,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Response {
+    Signed {
+        kid: String,
+        alg: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<String>,
+        signature: String,
+    },
+    Failed {
+        error: String,
+        detail: String,
+    },
+    Pong {
+        pong: bool,
+    },
+}
+
+fn now() -> UnixTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Answers one request with `signer`, by the signer's own clock.
+fn answer(signer: &Signer, line: &str) -> Response {
+    let failed = |error: &str, detail: String| Response::Failed {
+        error: error.into(),
+        detail,
+    };
+    let request: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return failed("failed", format!("bad request: {e}")),
+    };
+    let parse =
+        |realm: &str, purpose: &str, alg: &str| -> Result<(RealmId, KeyPurpose, Algorithm)> {
+            Ok((
+                RealmId::new(realm).map_err(|_| Error::Refused("unknown realm"))?,
+                purpose
+                    .parse()
+                    .map_err(|_| Error::Refused("unknown purpose"))?,
+                alg.parse()?,
+            ))
+        };
+    let result = match request {
+        Request::Ping => return Response::Pong { pong: true },
+        Request::Jws {
+            realm,
+            purpose,
+            alg,
+            typ,
+            payload,
+        } => parse(&realm, &purpose, &alg).and_then(|(r, p, a)| {
+            signer
+                .sign_jws(&r, p, a, &typ, &payload, now())
+                .map(|(k, input, s)| (k, Some(input), s))
+        }),
+        Request::Raw {
+            realm,
+            purpose,
+            alg,
+            message,
+        } => parse(&realm, &purpose, &alg).and_then(|(r, p, a)| {
+            let message = B64
+                .decode(message)
+                .map_err(|_| Error::Refused("bad message"))?;
+            signer
+                .sign_raw(&r, p, a, &message, now())
+                .map(|(k, s)| (k, None, s))
+        }),
+    };
+    match result {
+        Ok((key, input, sig)) => Response::Signed {
+            kid: key.kid.to_string(),
+            alg: key.alg.as_str().to_owned(),
+            input,
+            signature: B64.encode(sig.0),
+        },
+        Err(Error::Refused(why)) => failed("refused", why.into()),
+        Err(e @ Error::NoActiveKey { .. }) => failed("no_active_key", e.to_string()),
+        Err(e) => {
+            tracing::error!(target: "keypost::security", error = %e, "signing failed");
+            failed("failed", "signing failed".into())
+        }
+    }
+}
+
+/// Serves signing requests on `listener` until it fails: one thread per connection.
+pub fn serve(listener: UnixListener, signer: Arc<Signer>) -> std::io::Result<()> {
+    for stream in listener.incoming() {
+        let stream = stream?;
+        let signer = signer.clone();
+        std::thread::spawn(move || {
+            let Ok(mut writer) = stream.try_clone() else {
+                return;
+            };
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { return };
+                let mut out = serde_json::to_vec(&answer(&signer, &line)).unwrap_or_default();
+                out.push(b'\n');
+                if writer.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The reasons a signer refuses, as the static strings [`Error::Refused`] carries.
+const REASONS: [&str; 10] = [
+    "unknown key",
+    "key is bound to another realm",
+    "key is for another purpose",
+    "key is revoked",
+    "key is not active yet",
+    "key is retired or expired",
+    "key is not loaded",
+    "unknown realm",
+    "unknown purpose",
+    "bad message",
+];
+
+/// Signs through the signer process at a Unix socket.
+pub struct RemoteSigner {
+    path: PathBuf,
+    idle: Mutex<Vec<BufReader<UnixStream>>>,
+}
+
+impl std::fmt::Debug for RemoteSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSigner")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteSigner {
+    /// A client of the signer listening at `path`.
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn connect(&self) -> std::io::Result<BufReader<UnixStream>> {
+        let s = UnixStream::connect(&self.path)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        Ok(BufReader::new(s))
+    }
+
+    fn exchange(conn: &mut BufReader<UnixStream>, line: &[u8]) -> std::io::Result<String> {
+        conn.get_mut().write_all(line)?;
+        let mut answer = String::new();
+        if conn.read_line(&mut answer)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(answer)
+    }
+
+    fn call(&self, request: &Request) -> Result<Response> {
+        let mut line = serde_json::to_vec(request).map_err(|_| Error::Crypto)?;
+        line.push(b'\n');
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        // A pooled connection may have died with a restarted signer: one fresh try after it.
+        let attempt = |conn: Option<BufReader<UnixStream>>| -> std::io::Result<(BufReader<UnixStream>, String)> {
+            let mut conn = match conn {
+                Some(c) => c,
+                None => self.connect()?,
+            };
+            let answer = Self::exchange(&mut conn, &line)?;
+            Ok((conn, answer))
+        };
+        let (conn, answer) = match attempt(pooled) {
+            Ok(ok) => ok,
+            Err(_) => attempt(None).map_err(|e| Error::Unavailable(e.to_string()))?,
+        };
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        serde_json::from_str(&answer).map_err(|e| Error::Unavailable(format!("bad answer: {e}")))
+    }
+
+    /// Whether the signer answers.
+    pub fn ping(&self) -> bool {
+        matches!(self.call(&Request::Ping), Ok(Response::Pong { .. }))
+    }
+
+    fn signed(response: Response) -> Result<(SigningKey, Option<String>, Signature)> {
+        match response {
+            Response::Signed {
+                kid,
+                alg,
+                input,
+                signature,
+            } => Ok((
+                SigningKey {
+                    kid: Kid::new(kid).map_err(|_| Error::Crypto)?,
+                    alg: alg.parse()?,
+                },
+                input,
+                Signature(B64.decode(signature).map_err(|_| Error::Crypto)?),
+            )),
+            Response::Failed { error, detail } if error == "refused" => Err(Error::Refused(
+                REASONS
+                    .iter()
+                    .find(|r| **r == detail)
+                    .copied()
+                    .unwrap_or("refused"),
+            )),
+            Response::Failed { error, detail } if error == "no_active_key" => {
+                Err(Error::NoActiveKey {
+                    realm: detail,
+                    purpose: String::new(),
+                })
+            }
+            Response::Failed { detail, .. } => Err(Error::Unavailable(detail)),
+            Response::Pong { .. } => Err(Error::Unavailable("unexpected answer".into())),
+        }
+    }
+}
+
+impl SignService for RemoteSigner {
+    fn sign_jws(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        typ: &str,
+        payload_b64: &str,
+        _now: UnixTime,
+    ) -> Result<(SigningKey, String, Signature)> {
+        let (key, input, sig) = Self::signed(self.call(&Request::Jws {
+            realm: realm.to_string(),
+            purpose: purpose.to_string(),
+            alg: alg.as_str().to_owned(),
+            typ: typ.to_owned(),
+            payload: payload_b64.to_owned(),
+        })?)?;
+        let input = input.ok_or_else(|| Error::Unavailable("no signing input".into()))?;
+        // The signer built the header; make sure it signed what was asked.
+        if !input.ends_with(&format!(".{payload_b64}")) {
+            return Err(Error::Unavailable(
+                "the signer signed something else".into(),
+            ));
+        }
+        Ok((key, input, sig))
+    }
+
+    fn sign_raw(
+        &self,
+        realm: &RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        message: &[u8],
+        _now: UnixTime,
+    ) -> Result<(SigningKey, Signature)> {
+        let (key, _, sig) = Self::signed(self.call(&Request::Raw {
+            realm: realm.to_string(),
+            purpose: purpose.to_string(),
+            alg: alg.as_str().to_owned(),
+            message: B64.encode(message),
+        })?)?;
+        Ok((key, sig))
+    }
+}

@@ -16,10 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
 
-from conftest import KEYPOST_BIN, Keypost
+from conftest import KEYPOST_BIN, Keypost, new_ed25519_pem
 
 
 @pytest.fixture()
@@ -34,7 +36,7 @@ def cores_in(directory: Path):
     return [p for p in directory.iterdir() if p.name.startswith("core")]
 
 
-def test_a_crash_with_core_dumps_enabled_leaves_no_dump(cores_enabled):
+def test_crashes_with_core_dumps_enabled_leave_no_dump(cores_enabled):
     if cores_enabled == 0:
         pytest.skip("the hard core-size limit is 0 here: no process can dump")
     control = Path(tempfile.mkdtemp(prefix="keypost-core-control-"))
@@ -58,6 +60,10 @@ def test_a_crash_with_core_dumps_enabled_leaves_no_dump(cores_enabled):
         kp.cli("tenant", "create", "contoso", "--domain", "contoso.test")
         kp.create_user("kim@contoso.test", "kim-correct-horse-battery-13")
         assert kp.password_grant("contoso", "kim@contoso.test", "kim-correct-horse-battery-13").status_code == 200
+        # The signer, which holds the unsealed keys, first.
+        os.kill(signer_pid(pid), signal.SIGABRT)
+        time.sleep(1.0)
+        assert cores_in(tmp) == [], "the signer's crash left a core dump"
         os.kill(pid, signal.SIGABRT)
         kp.proc.wait(timeout=10)
         assert kp.proc.returncode == -signal.SIGABRT
@@ -86,3 +92,76 @@ def test_each_realm_publishes_its_key_history(keypost, world):
         assert k["public_jwk"]["kid"] == k["kid"] and "d" not in k["public_jwk"], "public halves only"
     assert all(k["realm"] == "contoso" for k in keys.values())
     assert requests.get(f"{keypost.url}/realms/nope/key-history", timeout=10).status_code == 404
+
+
+def signer_pid(serve_pid: int, timeout: float = 10.0) -> int:
+    """The signer child of a `keypost serve`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == serve_pid and b"signer" in cmdline:
+                return int(entry.name)
+        time.sleep(0.1)
+    raise AssertionError(f"no signer child of {serve_pid}")
+
+
+def memory_contains(pid: int, needle: bytes) -> bool:
+    """Whether any readable mapping of the process holds `needle` (read as root from /proc)."""
+    found = False
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            addr, perms = line.split()[:2]
+            if "r" not in perms:
+                continue
+            start, end = (int(x, 16) for x in addr.split("-"))
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, OverflowError, ValueError):
+                continue
+            if needle in chunk:
+                found = True
+                break
+    return found
+
+
+def test_the_web_process_holds_no_private_key_and_the_signer_is_locked_down(keypost, world, tmp_path):
+    key, pem = new_ed25519_pem(tmp_path)
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    kid = keypost.import_key("fabrikam", pem)
+    token = keypost.tokens_for(world.bob)["access_token"]
+    assert jwt.get_unverified_header(token)["kid"] == kid, "signed with the imported key"
+
+    serve = keypost.proc.pid
+    assert memory_contains(serve, keypost.url.encode()), "the scan sees this process's memory"
+    assert not memory_contains(serve, seed), "a private key is in the web-facing process"
+
+    signer = signer_pid(serve)
+    socket_path = keypost.data_dir / "signer" / "signer.sock"
+    assert (socket_path.stat().st_mode & 0o777) == 0o600
+    assert (socket_path.parent.stat().st_mode & 0o777) == 0o700
+    limits = Path(f"/proc/{signer}/limits").read_text()
+    assert next(l for l in limits.splitlines() if l.startswith("Max core file size")).split()[4:6] == ["0", "0"]
+
+
+def test_minting_fails_cleanly_while_the_signer_is_down_then_recovers(keypost, world):
+    assert keypost.password_grant(world.alice.realm, world.alice.email, world.alice.password).status_code == 200
+    os.kill(signer_pid(keypost.proc.pid), signal.SIGKILL)
+    r = keypost.password_grant(world.alice.realm, world.alice.email, world.alice.password)
+    assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable", r.text
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        r = keypost.password_grant(world.alice.realm, world.alice.email, world.alice.password)
+        if r.status_code == 200:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 200, "the signer was restarted"
+    assert keypost.userinfo(world.alice.realm, r.json()["access_token"]).status_code == 200

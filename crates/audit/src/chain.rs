@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use keys::{Algorithm, Custody, Signer};
+use keys::{Algorithm, Custody, SignService};
 use store::chain::{self, ChainedRecord, Checkpoint, GENESIS, Link, Tombstone};
 use store::{KeyPurpose, RealmId, Store, UnixTime};
 
@@ -121,7 +121,7 @@ fn signing_realm(chain: &str) -> Result<RealmId, ChainError> {
 /// Signs a checkpoint of every chain whose head moved since its last checkpoint; returns them.
 pub fn checkpoint(
     store: &dyn Store,
-    signer: &Signer,
+    signer: &dyn SignService,
     now: UnixTime,
 ) -> Result<Vec<Checkpoint>, ChainError> {
     let mut made = Vec::new();
@@ -135,10 +135,8 @@ pub fn checkpoint(
         }
         let realm = signing_realm(&name)?;
         let message = chain::checkpoint_message(&name, seq, &link, now);
-        let (key, _, signature) =
-            signer.sign_current(&realm, KeyPurpose::Audit, Algorithm::EdDSA, now, |_| {
-                message
-            })?;
+        let (key, signature) =
+            signer.sign_raw(&realm, KeyPurpose::Audit, Algorithm::EdDSA, &message, now)?;
         let c = Checkpoint {
             chain: name,
             seq,
@@ -350,7 +348,7 @@ pub fn verify(
 /// Returns the tombstones made.
 pub fn expire(
     store: &dyn Store,
-    signer: &Signer,
+    signer: &dyn SignService,
     before: UnixTime,
     now: UnixTime,
 ) -> Result<Vec<Tombstone>, ChainError> {
@@ -361,10 +359,8 @@ pub fn expire(
         };
         let realm = signing_realm(&name)?;
         let message = chain::tombstone_message(&name, seq, &link, now);
-        let (key, _, signature) =
-            signer.sign_current(&realm, KeyPurpose::Audit, Algorithm::EdDSA, now, |_| {
-                message
-            })?;
+        let (key, signature) =
+            signer.sign_raw(&realm, KeyPurpose::Audit, Algorithm::EdDSA, &message, now)?;
         let mut t = Tombstone {
             chain: name,
             through_seq: seq,

@@ -91,6 +91,24 @@ pub fn lock_all_memory() -> Result<(), Error> {
     })
 }
 
+/// Asks the kernel to end this process when its parent dies, so a signer never outlives the
+/// server that started it.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn die_with_parent() -> Result<(), Error> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG, signal) takes integers only and sets a flag of the
+    // calling process.
+    check("prctl(PR_SET_PDEATHSIG)", unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0)
+    })
+}
+
+/// Parent-death signal (unsupported platform).
+#[cfg(not(target_os = "linux"))]
+pub fn die_with_parent() -> Result<(), Error> {
+    Err(Error::Unsupported("die_with_parent"))
+}
+
 /// Memory locking (unsupported platform).
 #[cfg(not(target_os = "linux"))]
 pub fn lock_all_memory() -> Result<(), Error> {

@@ -181,9 +181,15 @@ impl std::fmt::Debug for Identity {
 }
 
 impl Identity {
-    /// The service over a store and key custody.
-    pub fn new(store: Arc<dyn Store>, custody: Arc<Custody>, cfg: IdentityConfig) -> Self {
-        let minter = Minter::new(custody.signer(), store.clone(), cfg.public_url.clone());
+    /// The service over a store and key custody, signing through `signer` (in this process,
+    /// or the signer process).
+    pub fn new(
+        store: Arc<dyn Store>,
+        custody: Arc<Custody>,
+        signer: Arc<dyn keys::SignService>,
+        cfg: IdentityConfig,
+    ) -> Self {
+        let minter = Minter::new(signer, store.clone(), cfg.public_url.clone());
         let audit = AuditLog::new(store.clone());
         let gate = tokens::Gate::new(
             store.clone(),
@@ -210,6 +216,16 @@ impl Identity {
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Creates the keys a realm needs, where this process holds private keys; elsewhere (the
+    /// web-facing `serve`) the signer process creates them.
+    fn ensure_keys(&self, realm: &RealmId, now: UnixTime) -> Result<Vec<store::Kid>, keys::Error> {
+        if self.custody.holds_private_keys() {
+            self.custody.ensure(realm, now)
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     /// The store.
@@ -268,7 +284,7 @@ impl Identity {
             })?;
             self.add_cli_client(&id, now)?;
         }
-        self.custody.ensure(&id, now)?;
+        self.ensure_keys(&id, now)?;
         Ok(())
     }
 
@@ -312,7 +328,7 @@ impl Identity {
         };
         self.store.create_realm(&realm)?;
         self.add_cli_client(&id, now)?;
-        self.custody.ensure(&id, now)?;
+        self.ensure_keys(&id, now)?;
         self.audit.record(
             Event::success(Operation::TenantCreated)
                 .realm(&id)
@@ -490,7 +506,7 @@ impl Identity {
             other => other.into(),
         })?;
         // A client that registered another ID-token algorithm needs a key for it now.
-        self.custody.ensure(&new.realm, now)?;
+        self.ensure_keys(&new.realm, now)?;
         self.audit.record(
             Event::success(Operation::ClientCreated)
                 .realm(&new.realm)

@@ -17,8 +17,20 @@ use crate::config::Config;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run Keypost (HTTP now; SMTP and IMAP as they land) on the configured addresses.
+    /// Run Keypost (HTTP now; SMTP and IMAP as they land) on the configured addresses. The
+    /// private keys live in a signer child process that `serve` starts and restarts.
     Serve,
+    /// Run the signer alone: the only process that unseals private keys. It signs over a Unix
+    /// socket (mode 0600, in a 0700 directory), keeps every realm's keys on schedule and signs
+    /// the audit checkpoints. `serve` starts one itself; run this only to place it elsewhere.
+    Signer {
+        /// The socket to listen on (default: {data_dir}/signer/signer.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Started by `serve`: end when it ends.
+        #[arg(long, hide = true)]
+        child: bool,
+    },
     /// Enterprise tenants (one realm each).
     #[command(subcommand)]
     Tenant(TenantCmd),
@@ -762,13 +774,35 @@ fn load_kek(config: &Config) -> Result<Kek> {
     }
 }
 
-fn services(config: Config) -> Result<Services> {
+/// What an operator's verb (and the signer process) gets: custody with the key-encryption key
+/// and an in-process signer.
+pub(crate) fn services(config: Config) -> Result<Services> {
     let store = open_store(&config)?;
     let kek = Arc::new(load_kek(&config)?);
     let custody = Arc::new(Custody::new(store.clone(), kek, config.key_policy));
+    let signer: Arc<dyn keys::SignService> = Arc::new(custody.signer());
+    wire(store, custody, signer, config)
+}
+
+/// What the web-facing `serve` gets: public keys only, and signing through the signer process
+/// at `socket`. No private key and no key-encryption key is ever in this process.
+pub(crate) fn web_services(config: Config, socket: &std::path::Path) -> Result<Services> {
+    let store = open_store(&config)?;
+    let custody = Arc::new(Custody::public(store.clone(), config.key_policy));
+    let signer: Arc<dyn keys::SignService> = Arc::new(keys::RemoteSigner::new(socket));
+    wire(store, custody, signer, config)
+}
+
+fn wire(
+    store: Arc<dyn Store>,
+    custody: Arc<Custody>,
+    signer: Arc<dyn keys::SignService>,
+    config: Config,
+) -> Result<Services> {
     let identity = Arc::new(Identity::new(
         store.clone(),
         custody.clone(),
+        signer,
         config.identity.clone(),
     ));
     identity.ensure_consumers(identity::now())?;
@@ -847,7 +881,11 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
     let now = identity::now();
     match cmd {
-        Command::Serve => crate::serve::run(services(config)?),
+        Command::Serve => crate::serve::run(config),
+        Command::Signer { socket, child } => {
+            let socket = socket.unwrap_or_else(|| crate::signer::default_socket(&config));
+            crate::signer::run(services(config)?, &socket, child)
+        }
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config.file)?);
             Ok(())
@@ -1424,7 +1462,7 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             };
             let made = audit::chain::expire(
                 &*svc.store,
-                &svc.custody.signer(),
+                &svc.custody.signer() as &dyn keys::SignService,
                 now.saturating_sub(age),
                 now,
             )?;

@@ -208,6 +208,8 @@ impl Default for Login {
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) file: FileConfig,
+    /// The file it was read from, if any (`serve` hands it to the signer process).
+    pub(crate) path: Option<PathBuf>,
     pub(crate) public_url: String,
     pub(crate) data_dir: PathBuf,
     pub(crate) http: std::net::SocketAddr,
@@ -339,7 +341,9 @@ impl Config {
         let name = explicit
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "keypost.toml".into());
-        Self::from_parts(text.as_deref(), &name, &env)
+        let mut config = Self::from_parts(text.as_deref(), &name, &env)?;
+        config.path = text.as_ref().map(|_| PathBuf::from(&name));
+        Ok(config)
     }
 
     pub(crate) fn from_parts(
@@ -418,6 +422,7 @@ impl FileConfig {
             PathBuf::from(&self.keys.kek_file)
         };
         Ok(Config {
+            path: None,
             public_url,
             data_dir: self.data_dir.clone(),
             http,

@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod forward;
 mod serve;
+mod signer;
 
 use std::path::PathBuf;
 
@@ -28,7 +29,10 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_logging(matches!(args.command, cli::Command::Serve));
+    init_logging(matches!(
+        args.command,
+        cli::Command::Serve | cli::Command::Signer { .. }
+    ));
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

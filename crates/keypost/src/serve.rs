@@ -1,27 +1,25 @@
-//! `keypost serve`: opens the data directory, bootstraps an empty installation, keeps every
-//! realm's keys on schedule, and serves HTTP until interrupted.
+//! `keypost serve`: opens the data directory, bootstraps an empty installation, starts the
+//! signer process (which holds the keys and keeps them on schedule), and serves HTTP until
+//! interrupted. This process holds no private key and no key-encryption key.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use identity::Identity;
 
 use crate::cli::Services;
-
-/// How often the key schedule is checked. Keys are published a day ahead, so a minute is
-/// plenty; it also bounds how long a stalled rotation could go unnoticed.
-const KEY_SCHEDULE_INTERVAL: Duration = Duration::from_secs(60);
+use crate::config::Config;
 
 /// How often the detector looks at new audit records: alerts land within about this long
 /// (plus delivery) of the event, and each idle pass costs one indexed read.
 const DETECT_INTERVAL: Duration = Duration::from_millis(200);
 
-pub(crate) fn run(svc: Services) -> Result<()> {
-    // This process holds private keys (until the signer is a process of its own): it must
-    // never leave them in a core dump. Refusing to run unhardened is the safe failure.
+pub(crate) fn run(config: Config) -> Result<()> {
+    // No key lives here, but tokens, sessions and mail pass through: no core dumps either.
     hardening::no_core_dumps().context("making the process non-dumpable")?;
+    let socket = crate::signer::default_socket(&config);
+    let svc = crate::cli::web_services(config.clone(), &socket)?;
     let mail = crate::cli::open_mail(&svc)?;
     let detector = Arc::new(detect::Detector::new(
         svc.store.clone(),
@@ -56,24 +54,14 @@ pub(crate) fn run(svc: Services) -> Result<()> {
             "(store it now: it is not shown again; change it with `keypost user set-password {email}`)"
         );
     }
-    let retention = config.audit_retention;
-    key_schedule_step(&identity, retention);
+    // After the bootstrap, so the signer's first pass creates the new realm's keys.
+    let signer = crate::signer::Supervisor::start(&config, &socket)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding {}", config.http))?;
         tracing::info!(address = %config.http, public_url = %config.public_url, "keypost listening");
-        let schedule = identity.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(KEY_SCHEDULE_INTERVAL);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let id = schedule.clone();
-                let _ = tokio::task::spawn_blocking(move || key_schedule_step(&id, retention)).await;
-            }
-        });
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(DETECT_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -100,56 +88,9 @@ pub(crate) fn run(svc: Services) -> Result<()> {
             .with_graceful_shutdown(shutdown())
             .await
             .context("HTTP server failed")
-    })
-}
-
-/// One pass of automatic rotation over every realm, then a signed checkpoint of every audit
-/// chain that grew, and the expiry of records older than `retention` seconds. Failures are logged loudly and retried on the next tick; they never stop
-/// the server.
-fn key_schedule_step(identity: &Arc<Identity>, retention: i64) {
-    let now = identity::now();
-    match identity.realms() {
-        Ok(realms) => {
-            for r in realms {
-                match identity.custody().ensure(&r.id, now) {
-                    Ok(created) => {
-                        for kid in created {
-                            tracing::info!(target: "keypost::security", realm = %r.id, %kid, "scheduled key created");
-                            // The key history is in the audit log too.
-                            let ev = audit::Event::success(audit::Operation::KeyCreated)
-                                .realm(&r.id)
-                                .actor("keypost-schedule")
-                                .kid(kid.as_str());
-                            if let Err(e) = identity.audit().record(ev, now) {
-                                tracing::error!(error = %e, "auditing a scheduled key failed");
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(target: "keypost::security", realm = %r.id, error = %e, "key rotation failed")
-                    }
-                }
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "listing realms for key rotation failed"),
-    }
-    let signer = identity.custody().signer();
-    if let Err(e) = audit::chain::checkpoint(identity.store(), &signer, now) {
-        tracing::error!(target: "keypost::security", error = %e, "audit checkpoint failed");
-    }
-    match audit::chain::expire(
-        identity.store(),
-        &signer,
-        now.saturating_sub(retention),
-        now,
-    ) {
-        Ok(made) => {
-            for t in made {
-                tracing::info!(chain = %t.chain, records = t.records, through = t.through_seq, "audit records expired");
-            }
-        }
-        Err(e) => tracing::error!(target: "keypost::security", error = %e, "audit expiry failed"),
-    }
+    });
+    signer.stop();
+    served
 }
 
 async fn shutdown() {

@@ -261,10 +261,12 @@ impl VerifyingKeys {
     }
 }
 
-/// Key custody over a [`Store`] and a [`Kek`].
+/// Key custody over a [`Store`] and, where private keys are handled, a [`Kek`].
 pub struct Custody {
     store: Arc<dyn Store>,
-    kek: Arc<Kek>,
+    /// `None` in a process that must never touch a private key (the web-facing `serve`):
+    /// it can publish and verify, and creating, importing or signing is refused.
+    kek: Option<Arc<Kek>>,
     policy: KeyPolicy,
     verifying: Mutex<Option<(i64, Arc<VerifyingKeys>)>>,
 }
@@ -286,10 +288,33 @@ impl Custody {
     pub fn new(store: Arc<dyn Store>, kek: Arc<Kek>, policy: KeyPolicy) -> Self {
         Self {
             store,
-            kek,
+            kek: Some(kek),
             policy,
             verifying: Mutex::new(None),
         }
+    }
+
+    /// Custody of public keys only, for a process that must hold no private key and no
+    /// key-encryption key: JWKS, key history and verification work; everything that needs a
+    /// private key is refused (signing goes to the signer process).
+    pub fn public(store: Arc<dyn Store>, policy: KeyPolicy) -> Self {
+        Self {
+            store,
+            kek: None,
+            policy,
+            verifying: Mutex::new(None),
+        }
+    }
+
+    /// Whether this custody can create and unseal private keys.
+    pub fn holds_private_keys(&self) -> bool {
+        self.kek.is_some()
+    }
+
+    fn kek(&self) -> Result<&Kek> {
+        self.kek
+            .as_deref()
+            .ok_or_else(|| Error::Kek("no key-encryption key in this process".into()))
     }
 
     /// The rotation policy.
@@ -316,7 +341,7 @@ impl Custody {
         let jwk = key.public_jwk();
         let kid = Kid::new(jwk.kid.clone()).map_err(|_| Error::Crypto)?;
         let alg = key.alg().as_str();
-        let sealed = self.kek.seal(pkcs8, &aad(&kid, realm, purpose, alg))?;
+        let sealed = self.kek()?.seal(pkcs8, &aad(&kid, realm, purpose, alg))?;
         let record = KeyRecord {
             kid: kid.clone(),
             realm: realm.clone(),
@@ -587,7 +612,7 @@ impl Custody {
                 continue;
             }
             let plain = self
-                .kek
+                .kek()?
                 .open(&k.sealed, &aad)
                 .ok_or_else(|| Error::Unseal(k.kid.to_string()))?;
             self.store

@@ -2,8 +2,8 @@
 //! under. It signs only with a key that is bound to the realm the request names, is active, and
 //! is for the requested purpose; everything else is refused and logged on the security target.
 //!
-//! Today the signer runs in-process; its interface (realm, kid, signing input → signature) is
-//! the protocol a separate signer process will speak.
+//! In `keypost serve` it runs in the signer process (`keypost signer`, see [`crate::RemoteSigner`]
+//! for the socket protocol); operator verbs run it in-process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,7 +43,8 @@ struct Loaded {
 /// Signs for realms with their own keys only.
 pub struct Signer {
     store: Arc<dyn Store>,
-    kek: Arc<Kek>,
+    /// `None`: a signer of a public-only custody, which has no key to sign with.
+    kek: Option<Arc<Kek>>,
     loaded: Mutex<Option<Arc<Loaded>>>,
 }
 
@@ -54,7 +55,7 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    pub(crate) fn new(store: Arc<dyn Store>, kek: Arc<Kek>) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, kek: Option<Arc<Kek>>) -> Self {
         Self {
             store,
             kek,
@@ -81,10 +82,10 @@ impl Signer {
             let Some(alg) = Algorithm::from_jose(&k.alg) else {
                 continue;
             };
-            let Some(pkcs8) = self
-                .kek
-                .open(&k.sealed, &aad(&k.kid, &k.realm, k.purpose, &k.alg))
-            else {
+            let Some(kek) = self.kek.as_deref() else {
+                break;
+            };
+            let Some(pkcs8) = kek.open(&k.sealed, &aad(&k.kid, &k.realm, k.purpose, &k.alg)) else {
                 tracing::error!(target: "keypost::security", kid = %k.kid, "sealed key does not open: wrong key-encryption key or tampered row");
                 continue;
             };

@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
         Arc::new(Kek::generate().unwrap()),
         KeyPolicy::default(),
     );
-    let minter = Minter::new(custody.signer(), store.clone(), URL);
+    let minter = Minter::new(Arc::new(custody.signer()), store.clone(), URL);
     let issuer = issuer_for(URL, &realm);
     let aud = format!("{URL}/mail");
 

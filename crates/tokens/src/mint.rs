@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use aws_lc_rs::{digest, rand};
-use keys::{Algorithm, Signer};
+use keys::{Algorithm, SignService};
 use serde_json::json;
 use store::{
     AuditRecord, ClientId, Jti, KeyPurpose, LedgerEntry, RealmId, SessionId, Store, TokenKind,
@@ -122,7 +122,7 @@ impl RefreshToken {
 
 /// Mints tokens for every realm, each with that realm's own keys.
 pub struct Minter {
-    signer: Signer,
+    signer: Arc<dyn SignService>,
     store: Arc<dyn Store>,
     public_url: String,
 }
@@ -137,7 +137,11 @@ impl std::fmt::Debug for Minter {
 
 impl Minter {
     /// A minter signing through `signer` and recording in `store`'s ledger.
-    pub fn new(signer: Signer, store: Arc<dyn Store>, public_url: impl Into<String>) -> Self {
+    pub fn new(
+        signer: Arc<dyn SignService>,
+        store: Arc<dyn Store>,
+        public_url: impl Into<String>,
+    ) -> Self {
         Self {
             signer,
             store,
@@ -160,13 +164,9 @@ impl Minter {
                 .map_err(|e| Error::Encoding(e.to_string()))
         };
         let claims = enc(claims)?;
-        let (key, input, sig) = self.signer.sign_current(realm, purpose, alg, now, |key| {
-            // A header of three plain strings always serialises.
-            let header = json!({"alg": key.alg.as_str(), "typ": typ, "kid": key.kid.as_str()});
-            let header = b64(&serde_json::to_vec(&header).unwrap_or_default());
-            format!("{header}.{claims}").into_bytes()
-        })?;
-        let input = String::from_utf8(input).map_err(|e| Error::Encoding(e.to_string()))?;
+        let (key, input, sig) = self
+            .signer
+            .sign_jws(realm, purpose, alg, typ, &claims, now)?;
         Ok((format!("{input}.{}", b64(&sig.0)), key.kid))
     }
 

@@ -81,7 +81,7 @@ fn fx() -> Fx {
     for r in ["consumers", "contoso", "fabrikam"] {
         custody.ensure(&rid(r), NOW).unwrap();
     }
-    let minter = Minter::new(custody.signer(), store.clone(), URL);
+    let minter = Minter::new(Arc::new(custody.signer()), store.clone(), URL);
     Fx {
         store,
         custody,

@@ -1,0 +1,104 @@
+//! Minting throughput with the signer in this process versus in a separate signer process
+//! (over its Unix socket), many concurrent minters as under load. Each mint signs an access
+//! token and writes its ledger row durably (file-backed SQLite, group commit).
+//!
+//! `cargo bench -p tokens --bench mint`; BENCHMARKS.md records the ratio.
+
+// A benchmark panicking on a broken setup is the right outcome, like a test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use keys::{Algorithm, Custody, Kek, KeyPolicy, RemoteSigner, SignService};
+use store::{ClientId, Realm, RealmId, RealmKind, SqliteStore, Store};
+use tokens::{MintRequest, Minter};
+
+const URL: &str = "https://keypost.test";
+const MINTERS: u64 = 16;
+
+fn bench(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("keypost-mint-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("bench.db")).unwrap());
+    let realm = RealmId::new("contoso").unwrap();
+    store
+        .create_realm(&Realm {
+            id: realm.clone(),
+            kind: RealmKind::Tenant,
+            display_name: "c".into(),
+            domains: vec![],
+            access_token_alg: "EdDSA".into(),
+            created_at: 0,
+        })
+        .unwrap();
+    let custody = Custody::new(
+        store.clone(),
+        Arc::new(Kek::generate().unwrap()),
+        KeyPolicy::default(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    custody.ensure(&realm, now).unwrap();
+    let socket = dir.join("signer.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let served = Arc::new(custody.signer());
+    std::thread::spawn(move || keys::serve_signer(listener, served));
+    let signers: [(&str, Arc<dyn SignService>); 2] = [
+        ("in_process", Arc::new(custody.signer())),
+        ("signer_process", Arc::new(RemoteSigner::new(&socket))),
+    ];
+    let mut g = c.benchmark_group("mint");
+    g.throughput(Throughput::Elements(1));
+    for (name, signer) in signers {
+        let minter = Minter::new(signer, store.clone(), URL);
+        g.bench_function(format!("{name}_{MINTERS}_concurrent"), |b| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(MINTERS);
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..MINTERS {
+                        let (minter, realm) = (&minter, &realm);
+                        s.spawn(move || {
+                            for _ in 0..per {
+                                minter
+                                    .mint(
+                                        &MintRequest {
+                                            realm: realm.clone(),
+                                            access_alg: Algorithm::EdDSA,
+                                            subject: "u1".into(),
+                                            client_id: ClientId::new("app").unwrap(),
+                                            scope: "mail".into(),
+                                            audience: vec![format!("{URL}/mail")],
+                                            session: None,
+                                            access_ttl: 600,
+                                            id_token: None,
+                                            refresh: None,
+                                        },
+                                        now,
+                                    )
+                                    .unwrap();
+                            }
+                        });
+                    }
+                });
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per * MINTERS) as f64)
+            })
+        });
+    }
+    g.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(8)).sample_size(20);
+    targets = bench
+}
+criterion_main!(benches);

@@ -118,20 +118,126 @@ fn signing_realm(chain: &str) -> Result<RealmId, ChainError> {
     RealmId::new(name).map_err(|e| ChainError::Store(store::Error::Corrupt(e.to_string())))
 }
 
-/// Signs a checkpoint of every chain whose head moved since its last checkpoint; returns them.
+/// Whether a signature over `message` is by an audit key of the chain's realm that the sealed
+/// keys vouch for (see [`Custody::sealed_audit_key`]) and was not revoked before `signed_at`.
+fn audit_signed(
+    custody: &Custody,
+    chain: &str,
+    kid: &str,
+    message: &[u8],
+    signature: &[u8],
+    signed_at: UnixTime,
+) -> Result<bool, ChainError> {
+    let realm = signing_realm(chain)?;
+    Ok(custody.sealed_audit_key(&realm, kid)?.is_some_and(|k| {
+        k.revoked_at().is_none_or(|r| r > signed_at) && k.verify(message, signature)
+    }))
+}
+
+/// Where the trusted part of a chain ends: its latest checkpoint or tombstone whose signature
+/// holds (position and link), or the genesis.
+fn trusted_start(
+    store: &dyn Store,
+    custody: &Custody,
+    name: &str,
+) -> Result<(u64, Link), ChainError> {
+    let mut start = (0, GENESIS);
+    if let Some(t) = store.tombstone(name)?
+        && let Ok(link) = <Link>::try_from(t.link.as_slice())
+        && audit_signed(
+            custody,
+            name,
+            t.kid.as_str(),
+            &chain::tombstone_message(name, t.through_seq, &link, t.time),
+            &t.signature,
+            t.time,
+        )?
+    {
+        start = (t.through_seq, link);
+    }
+    for c in store.checkpoints(name)?.iter().rev() {
+        if c.seq <= start.0 {
+            break;
+        }
+        if let Ok(link) = <Link>::try_from(c.link.as_slice())
+            && audit_signed(
+                custody,
+                name,
+                c.kid.as_str(),
+                &chain::checkpoint_message(name, c.seq, &link, c.time),
+                &c.signature,
+                c.time,
+            )?
+        {
+            start = (c.seq, link);
+            break;
+        }
+    }
+    Ok(start)
+}
+
+/// Recomputes `name` from the trusted `start` through position `end`, reading what is stored.
+/// Returns the recomputed link at `end` and at `cut` (if asked), or `None` if any record on the
+/// way is missing, out of place or altered.
+fn recompute(
+    store: &dyn Store,
+    name: &str,
+    start: (u64, Link),
+    end: u64,
+    cut: Option<u64>,
+) -> Result<Option<(Link, Option<Link>)>, ChainError> {
+    let (mut seq, mut prev) = start;
+    let mut at_cut = (cut == Some(seq)).then_some(prev);
+    while seq < end {
+        let page = store.audit_chain_after_seq(name, seq, 5_000)?;
+        if page.is_empty() {
+            return Ok(None);
+        }
+        for r in page {
+            let (Some(s), Some(stored)) = (r.seq, r.link.as_ref()) else {
+                return Ok(None);
+            };
+            if s != seq + 1 || s > end {
+                return Ok(if s > end { Some((prev, at_cut)) } else { None });
+            }
+            let link = chain::link(&prev, s, &r.record, &r.details_text);
+            if link.as_slice() != stored.as_slice() {
+                return Ok(None);
+            }
+            (seq, prev) = (s, link);
+            if cut == Some(s) {
+                at_cut = Some(link);
+            }
+            if s == end {
+                break;
+            }
+        }
+    }
+    Ok(Some((prev, at_cut)))
+}
+
+/// Signs a checkpoint of every chain whose head moved since its last checkpoint, after
+/// recomputing everything appended since the last trusted point: a chain edited or relinked
+/// in the meantime is refused (and logged), never blessed. Returns the checkpoints made.
 pub fn checkpoint(
     store: &dyn Store,
-    signer: &dyn SignService,
+    custody: &Custody,
     now: UnixTime,
 ) -> Result<Vec<Checkpoint>, ChainError> {
+    let signer = custody.signer();
     let mut made = Vec::new();
     for (name, seq, link) in store.audit_heads()? {
-        if store
-            .checkpoints(&name)?
-            .last()
-            .is_some_and(|c| c.seq >= seq)
-        {
+        let start = trusted_start(store, custody, &name)?;
+        if start.0 >= seq {
             continue;
+        }
+        match recompute(store, &name, start, seq, None)? {
+            Some((computed, _)) if computed == link => {}
+            _ => {
+                tracing::error!(target: "keypost::security", chain = %name,
+                    "audit chain does not recompute since its last checkpoint: not signing (run keypost audit verify)");
+                continue;
+            }
         }
         let realm = signing_realm(&name)?;
         let message = chain::checkpoint_message(&name, seq, &link, now);
@@ -228,14 +334,6 @@ pub fn verify(
     let mut names: Vec<String> = heads.iter().map(|(c, _, _)| c.clone()).collect();
     // Records can sit in a chain that has no head (inserted by hand): find those chains too.
     let mut walks: std::collections::BTreeMap<String, Walk> = Default::default();
-    let verifying = custody.verifying_keys()?;
-    let signed_by_audit_key = |chain: &str, kid: &str, message: &[u8], signature: &[u8]| {
-        signing_realm(chain).is_ok_and(|realm| {
-            verifying
-                .in_realm(&realm, kid)
-                .is_some_and(|k| k.purpose() == KeyPurpose::Audit && k.verify(message, signature))
-        })
-    };
     let mut tombstone_problems: Vec<(String, Problem)> = Vec::new();
     let mut expired: std::collections::HashMap<String, u64> = Default::default();
     for name in &names {
@@ -245,7 +343,11 @@ pub fn verify(
                 .as_slice()
                 .try_into()
                 .map(|l: Link| chain::tombstone_message(name, t.through_seq, &l, t.time));
-            if !message.is_ok_and(|m| signed_by_audit_key(name, t.kid.as_str(), &m, &t.signature)) {
+            let signed = match message {
+                Ok(m) => audit_signed(custody, name, t.kid.as_str(), &m, &t.signature, t.time)?,
+                Err(_) => false,
+            };
+            if !signed {
                 tombstone_problems.push((
                     name.clone(),
                     Problem::BadTombstone {
@@ -302,9 +404,10 @@ pub fn verify(
                 .as_slice()
                 .try_into()
                 .map(|l: Link| chain::checkpoint_message(&name, c.seq, &l, c.time));
-            let signed = message
-                .as_ref()
-                .is_ok_and(|m| signed_by_audit_key(&name, c.kid.as_str(), m, &c.signature));
+            let signed = match &message {
+                Ok(m) => audit_signed(custody, &name, c.kid.as_str(), m, &c.signature, c.time)?,
+                Err(_) => false,
+            };
             // Positions a tombstone expired are gone; their checkpoints have nothing to match.
             if expired_through.is_some_and(|through| c.seq < through) {
                 if !signed {
@@ -345,25 +448,53 @@ pub fn verify(
 
 /// Expires, in every chain, the records older than `before` (retention): removes them and
 /// leaves a tombstone signed by the chain's audit key, from which the chain still verifies.
-/// Returns the tombstones made.
+/// Only records a checkpoint already covers expire, and only after the chain recomputes from its
+/// last trusted point through that checkpoint, so nobody can steer retention by editing a
+/// record's time. Returns the tombstones made.
 pub fn expire(
     store: &dyn Store,
-    signer: &dyn SignService,
+    custody: &Custody,
     before: UnixTime,
     now: UnixTime,
 ) -> Result<Vec<Tombstone>, ChainError> {
+    let signer = custody.signer();
     let mut made = Vec::new();
     for (name, _, _) in store.audit_heads()? {
-        let Some((seq, link, _)) = store.expiry_point(&name, before)? else {
+        let Some((old, _, _)) = store.expiry_point(&name, before)? else {
             continue;
         };
+        let Some(last) = store.checkpoints(&name)?.pop() else {
+            continue;
+        };
+        let Ok(last_link) = <Link>::try_from(last.link.as_slice()) else {
+            continue;
+        };
+        let start = match store.tombstone(&name)? {
+            Some(t) => match <Link>::try_from(t.link.as_slice()) {
+                Ok(l) => (t.through_seq, l),
+                Err(_) => continue,
+            },
+            None => (0, GENESIS),
+        };
+        let cut = old.min(last.seq);
+        if cut <= start.0 {
+            continue;
+        }
+        let link = match recompute(store, &name, start, last.seq, Some(cut))? {
+            Some((end, Some(at_cut))) if end == last_link => at_cut,
+            _ => {
+                tracing::error!(target: "keypost::security", chain = %name,
+                    "audit chain does not recompute to its checkpoint: not expiring (run keypost audit verify)");
+                continue;
+            }
+        };
         let realm = signing_realm(&name)?;
-        let message = chain::tombstone_message(&name, seq, &link, now);
+        let message = chain::tombstone_message(&name, cut, &link, now);
         let (key, signature) =
             signer.sign_raw(&realm, KeyPurpose::Audit, Algorithm::EdDSA, &message, now)?;
         let mut t = Tombstone {
             chain: name,
-            through_seq: seq,
+            through_seq: cut,
             link: link.to_vec(),
             time: now,
             records: 0,

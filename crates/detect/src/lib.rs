@@ -188,13 +188,22 @@ impl Detector {
         for (alert, rule) in found {
             let (id, new) = self.store.raise_alert(&alert)?;
             if new {
-                let delivered = self.deliver(
+                // The alert is stored whatever happens to the mail: a failed delivery is
+                // logged and the alert stays visible (CLI, admin API, webhook, syslog).
+                let delivered = match self.deliver(
                     &Alert {
                         id,
                         ..alert.clone()
                     },
                     now,
-                )?;
+                ) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(target: "keypost::security", alert = id, error = %e,
+                            "alert not delivered by mail");
+                        Vec::new()
+                    }
+                };
                 let mut ev = Event::success(Operation::AlertRaised)
                     .actor("keypost-detect")
                     .target(id.to_string())

@@ -420,20 +420,17 @@ impl Context<'_> {
             return Ok(None);
         };
         let threshold = setting.threshold.unwrap_or(10);
-        let mut sources = 0;
-        for op in ["SignInFailed", "SignInThrottled"] {
-            sources += self.store.count_distinct_audit(
-                &AuditQuery {
-                    realm: r.realm.clone(),
-                    operation: Some(op.into()),
-                    actor: Some(actor.clone()),
-                    since: Some(r.time - SPRAY_WINDOW),
-                    before_id: Some(r.id + 1),
-                    ..Default::default()
-                },
-                AuditColumn::SourceIp,
-            )?;
-        }
+        let sources = self.store.count_distinct_audit(
+            &AuditQuery {
+                realm: r.realm.clone(),
+                operations: vec!["SignInFailed".into(), "SignInThrottled".into()],
+                actor: Some(actor.clone()),
+                since: Some(r.time - SPRAY_WINDOW),
+                before_id: Some(r.id + 1),
+                ..Default::default()
+            },
+            AuditColumn::SourceIp,
+        )?;
         if sources < threshold {
             return Ok(None);
         }

@@ -1460,12 +1460,8 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
                 }
                 None => svc.config.audit_retention,
             };
-            let made = audit::chain::expire(
-                &*svc.store,
-                &svc.custody.signer() as &dyn keys::SignService,
-                now.saturating_sub(age),
-                now,
-            )?;
+            let made =
+                audit::chain::expire(&*svc.store, &svc.custody, now.saturating_sub(age), now)?;
             for t in &made {
                 let name = if t.chain.is_empty() {
                     "(provider)"
@@ -1484,7 +1480,7 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
         }
         Command::Audit(AuditCmd::Checkpoint) => {
             let svc = services(config)?;
-            let made = audit::chain::checkpoint(&*svc.store, &svc.custody.signer(), now)?;
+            let made = audit::chain::checkpoint(&*svc.store, &svc.custody, now)?;
             for c in &made {
                 let name = if c.chain.is_empty() {
                     "(provider)"

@@ -39,10 +39,22 @@ pub(crate) fn run(svc: Services, socket: &Path, child: bool) -> Result<()> {
     let dir = socket
         .parent()
         .context("the socket path has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // The directory is the signer's own: created 0700, or refused if anyone else could
+        // reach into it (never chmod a directory someone else owns, like /tmp).
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let meta = std::fs::metadata(dir)?;
+        let me = std::fs::metadata("/proc/self").map_or(meta.uid(), |m| m.uid());
+        if meta.uid() != me || meta.mode() & 0o077 != 0 {
+            bail!(
+                "{} must be a directory of this user that nobody else can enter (mode 0700)",
+                dir.display()
+            );
+        }
         let _ = std::fs::remove_file(socket);
         let listener = std::os::unix::net::UnixListener::bind(socket)
             .with_context(|| format!("binding {}", socket.display()))?;
@@ -91,13 +103,13 @@ fn key_schedule_step(identity: &Arc<Identity>, retention: i64) {
         }
         Err(e) => tracing::error!(error = %e, "listing realms for key rotation failed"),
     }
-    let signer = identity.custody().signer();
-    if let Err(e) = audit::chain::checkpoint(identity.store(), &signer, now) {
+    let custody = identity.custody();
+    if let Err(e) = audit::chain::checkpoint(identity.store(), custody, now) {
         tracing::error!(target: "keypost::security", error = %e, "audit checkpoint failed");
     }
     match audit::chain::expire(
         identity.store(),
-        &signer,
+        custody,
         now.saturating_sub(retention),
         now,
     ) {

@@ -601,6 +601,36 @@ impl Custody {
         Ok(keys)
     }
 
+    /// An audit key's verifying key as its sealed private half proves it: unsealed under the
+    /// key-encryption key and its public key derived again, so a public key added or swapped
+    /// in the database by someone without the KEK is never trusted to vouch for the audit log.
+    /// `None` unless `kid` is an audit key of `realm` that opens and matches.
+    pub fn sealed_audit_key(&self, realm: &RealmId, kid: &str) -> Result<Option<VerifyingKey>> {
+        let Ok(kid) = Kid::new(kid) else {
+            return Ok(None);
+        };
+        let Some(record) = self.store.get_key(&kid)? else {
+            return Ok(None);
+        };
+        if &record.realm != realm || record.purpose != KeyPurpose::Audit {
+            return Ok(None);
+        }
+        let alg = Algorithm::from_jose(&record.alg).ok_or(Error::Crypto)?;
+        let aad = aad(&record.kid, &record.realm, record.purpose, &record.alg);
+        let Some(pkcs8) = self.kek()?.open(&record.sealed, &aad) else {
+            return Ok(None);
+        };
+        let derived = PrivateKey::from_pkcs8(&pkcs8, alg)?.public_jwk();
+        if derived.kid != record.kid.as_str() {
+            return Ok(None);
+        }
+        let public_jwk = serde_json::to_string(&derived).map_err(|_| Error::Crypto)?;
+        Ok(parse_verifying(KeyRecord {
+            public_jwk,
+            ..record
+        }))
+    }
+
     /// Re-seals every private key under `new_kek`. Each key is rewritten in its own
     /// transaction; a key already under `new_kek` is skipped, so an interrupted run can simply
     /// be repeated. Returns how many keys were rewrapped.

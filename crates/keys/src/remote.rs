@@ -10,8 +10,8 @@
 //! ```text
 //!   {"op":"jws","realm":"contoso","purpose":"access-token","alg":"EdDSA","typ":"at+jwt","payload":"<b64url>"}
 //!   → {"kid":"…","alg":"EdDSA","input":"<header>.<payload>","signature":"<b64url>"}
-//!   {"op":"raw","realm":"contoso","purpose":"audit","alg":"EdDSA","message":"<b64url>"}
-//!   → {"kid":"…","alg":"EdDSA","signature":"<b64url>"}
+//!   {"op":"raw",…} and any request for the audit key → refused: checkpoints and tombstones
+//!   are signed inside the signer process only
 //!   any failure → {"error":"refused"|"no_active_key"|"failed","detail":"…"}
 //! ```
 
@@ -155,8 +155,14 @@ fn answer(signer: &Signer, line: &str) -> Response {
                 alg.parse()?,
             ))
         };
+    // Over the socket, only tokens are signed: the audit key signs checkpoints and tombstones
+    // inside the signer process alone, so a compromised web process cannot forge them.
     let result = match request {
         Request::Ping => return Response::Pong { pong: true },
+        Request::Raw { .. } => Err(Error::Refused("raw signing is not offered over the socket")),
+        Request::Jws { purpose, .. } if purpose == KeyPurpose::Audit.as_str() => {
+            Err(Error::Refused("key is for another purpose"))
+        }
         Request::Jws {
             realm,
             purpose,
@@ -167,19 +173,6 @@ fn answer(signer: &Signer, line: &str) -> Response {
             signer
                 .sign_jws(&r, p, a, &typ, &payload, now())
                 .map(|(k, input, s)| (k, Some(input), s))
-        }),
-        Request::Raw {
-            realm,
-            purpose,
-            alg,
-            message,
-        } => parse(&realm, &purpose, &alg).and_then(|(r, p, a)| {
-            let message = B64
-                .decode(message)
-                .map_err(|_| Error::Refused("bad message"))?;
-            signer
-                .sign_raw(&r, p, a, &message, now())
-                .map(|(k, s)| (k, None, s))
         }),
     };
     match result {
@@ -198,10 +191,18 @@ fn answer(signer: &Signer, line: &str) -> Response {
     }
 }
 
-/// Serves signing requests on `listener` until it fails: one thread per connection.
+/// Serves signing requests on `listener`: one thread per connection. A failed accept (out of
+/// file descriptors, say) is logged and the loop goes on.
 pub fn serve(listener: UnixListener, signer: Arc<Signer>) -> std::io::Result<()> {
     for stream in listener.incoming() {
-        let stream = stream?;
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "signer: accepting a connection failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
         let signer = signer.clone();
         std::thread::spawn(move || {
             let Ok(mut writer) = stream.try_clone() else {
@@ -221,7 +222,8 @@ pub fn serve(listener: UnixListener, signer: Arc<Signer>) -> std::io::Result<()>
 }
 
 /// The reasons a signer refuses, as the static strings [`Error::Refused`] carries.
-const REASONS: [&str; 10] = [
+const REASONS: [&str; 11] = [
+    "raw signing is not offered over the socket",
     "unknown key",
     "key is bound to another realm",
     "key is for another purpose",

@@ -299,6 +299,8 @@ pub struct AuditQuery {
     pub realm: Option<RealmId>,
     /// Operation name.
     pub operation: Option<String>,
+    /// Any of these operations (when not empty).
+    pub operations: Vec<String>,
     /// Actor.
     pub actor: Option<String>,
     /// Result (`success`/`failure`).

@@ -1506,6 +1506,15 @@ fn audit_where(q: &AuditQuery) -> (String, Vec<Box<dyn ToSql>>) {
         clauses.push("time < ?".into());
         args.push(Box::new(t));
     }
+    if !q.operations.is_empty() {
+        clauses.push(format!(
+            "operation IN ({})",
+            vec!["?"; q.operations.len()].join(", ")
+        ));
+        for op in &q.operations {
+            args.push(Box::new(op.clone()));
+        }
+    }
     if let Some(id) = q.before_id {
         clauses.push("id < ?".into());
         args.push(Box::new(id));

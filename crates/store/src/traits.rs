@@ -195,6 +195,13 @@ pub trait AuditChainStore: Send + Sync {
         after_id: i64,
         limit: u64,
     ) -> Result<Vec<crate::chain::ChainedRecord>>;
+    /// Records of `chain` after position `after_seq`, by position, at most `limit`.
+    fn audit_chain_after_seq(
+        &self,
+        chain: &str,
+        after_seq: u64,
+        limit: u64,
+    ) -> Result<Vec<crate::chain::ChainedRecord>>;
     /// Stores a signed checkpoint (a second one for the same position is ignored).
     fn add_checkpoint(&self, checkpoint: &crate::chain::Checkpoint) -> Result<()>;
     /// A chain's checkpoints, oldest first.

@@ -264,7 +264,7 @@ pub(super) fn email_query(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MR
                 MethodError::new("anchorNotFound", "the anchor is not a result".into())
             })?;
         let offset = int_arg(args, "anchorOffset")?.unwrap_or(0);
-        let start = usize::try_from((index as i64 + offset).max(0))
+        let start = usize::try_from((index as i64).saturating_add(offset).max(0))
             .unwrap_or(0)
             .min(all.len());
         let end = start
@@ -285,7 +285,7 @@ pub(super) fn email_query(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MR
                 count_total: true,
             };
             let (_, total) = j.mail.query(acc, &q, page).map_err(MethodError::server)?;
-            (total.unwrap_or(0) as i64 + position).max(0) as u64
+            (total.unwrap_or(0) as i64).saturating_add(position).max(0) as u64
         } else {
             position as u64
         };

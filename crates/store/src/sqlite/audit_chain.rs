@@ -141,6 +141,46 @@ pub(super) fn link_existing(tx: &Connection) -> Result<()> {
     Ok(())
 }
 
+impl SqliteStore {
+    /// Chained records matching `filter` (with `args`), in `order`, at most `limit`.
+    fn chained(
+        &self,
+        filter: &str,
+        args: &[&dyn ToSql],
+        order: &str,
+        limit: u64,
+    ) -> Result<Vec<ChainedRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {AUDIT_COLS}, chain, seq, link FROM audit WHERE {filter} ORDER BY {order} LIMIT {limit}"
+        );
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok((
+                    audit_row(r)?,
+                    r.get::<_, String>(13)?,
+                    r.get::<_, Option<i64>>(14)?,
+                    r.get::<_, Option<Vec<u8>>>(15)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(row, chain, seq, link)| {
+                let (record, details_text) = finish_audit(row)?;
+                Ok(ChainedRecord {
+                    record,
+                    chain,
+                    seq: seq.and_then(|s| u64::try_from(s).ok()),
+                    link,
+                    details_text,
+                })
+            })
+            .collect()
+    }
+}
+
 impl crate::traits::AuditChainStore for SqliteStore {
     fn audit_heads(&self) -> Result<Vec<(String, u64, Link)>> {
         let rows = self
@@ -166,38 +206,20 @@ impl crate::traits::AuditChainStore for SqliteStore {
         limit: u64,
     ) -> Result<Vec<ChainedRecord>> {
         // By id, the append order: the verifier checks that positions follow it.
-        let (filter, args): (&str, Vec<&dyn ToSql>) = match &chain {
-            Some(c) => ("chain = ? AND id > ?", vec![c, &after_id]),
-            None => ("id > ?", vec![&after_id]),
-        };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let sql = format!(
-            "SELECT {AUDIT_COLS}, chain, seq, link FROM audit WHERE {filter} ORDER BY id LIMIT {limit}"
-        );
-        let conn = self.reader()?;
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt
-            .query_map(&args[..], |r| {
-                Ok((
-                    audit_row(r)?,
-                    r.get::<_, String>(13)?,
-                    r.get::<_, Option<i64>>(14)?,
-                    r.get::<_, Option<Vec<u8>>>(15)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(row, chain, seq, link)| {
-                let (record, details_text) = finish_audit(row)?;
-                Ok(ChainedRecord {
-                    record,
-                    chain,
-                    seq: seq.and_then(|s| u64::try_from(s).ok()),
-                    link,
-                    details_text,
-                })
-            })
-            .collect()
+        match chain {
+            Some(c) => self.chained("chain = ? AND id > ?", &[&c, &after_id], "id", limit),
+            None => self.chained("id > ?", &[&after_id], "id", limit),
+        }
+    }
+
+    fn audit_chain_after_seq(
+        &self,
+        chain: &str,
+        after_seq: u64,
+        limit: u64,
+    ) -> Result<Vec<ChainedRecord>> {
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        self.chained("chain = ? AND seq > ?", &[&chain, &after], "seq", limit)
     }
 
     fn add_checkpoint(&self, c: &Checkpoint) -> Result<()> {

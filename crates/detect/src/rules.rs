@@ -339,13 +339,30 @@ impl Context<'_> {
         let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
         let key = (r.realm.clone(), actor.clone());
         if !volumes.contains_key(&key) {
-            let earlier = self.store.sum_audit_items(&AuditQuery {
-                since: Some(r.time - HOUR),
-                before_id: Some(r.id),
-                ..base.clone()
-            })?;
+            // Rebuilt from the log with each read at its own time, so it ages out on time.
             let mut w = Window::default();
-            w.push(r.time, earlier);
+            let mut after = 0;
+            loop {
+                let page = self.store.search_audit(&AuditQuery {
+                    since: Some(r.time - HOUR),
+                    before_id: Some(r.id),
+                    after_id: Some(after),
+                    limit: Some(5_000),
+                    ..base.clone()
+                })?;
+                let Some(last) = page.last().map(|p| p.id) else {
+                    break;
+                };
+                for p in &page {
+                    let n = p
+                        .details
+                        .get("items")
+                        .and_then(Value::as_array)
+                        .map_or(0, |a| a.len() as u64);
+                    w.push(p.time, n);
+                }
+                after = last;
+            }
             volumes.insert(key.clone(), w);
         }
         let Some(w) = volumes.get_mut(&key) else {

@@ -289,32 +289,21 @@ async fn discovery(State(id): St, Path(realm): Path<String>) -> Response {
     .await
 }
 
-/// Every key the realm ever had, with its life and public key (issue 5: relying parties and
-/// auditors can see every key that was ever valid). Public information, like the JWKS.
-async fn key_history(State(id): St, Path(realm): Path<String>) -> Response {
+/// Public key material of one realm, computed by `f`, as JSON that relying parties may cache
+/// briefly (so a revoked key leaves their caches quickly).
+async fn public_keys<T: serde::Serialize + Send + 'static>(
+    id: Arc<Identity>,
+    realm: String,
+    f: impl FnOnce(&Identity, &RealmId) -> Result<T, keys::Error> + Send + 'static,
+) -> Response {
     blocking(move || {
         let realm = match realm_of(&id, &realm) {
             Ok(r) => r,
             Err(e) => return e.into_response(),
         };
-        match id.custody().history(&realm, now()) {
-            Ok(keys) => Json(serde_json::json!({"realm": realm, "keys": keys})).into_response(),
-            Err(e) => OAuthError::from(Error::from(e)).into_response(),
-        }
-    })
-    .await
-}
-
-async fn jwks(State(id): St, Path(realm): Path<String>) -> Response {
-    blocking(move || {
-        let realm = match realm_of(&id, &realm) {
-            Ok(r) => r,
-            Err(e) => return e.into_response(),
-        };
-        match id.custody().jwks(&realm, now()) {
-            Ok(set) => {
-                let mut r = Json(set).into_response();
-                // Short, so a revoked key leaves relying parties' caches quickly.
+        match f(&id, &realm) {
+            Ok(v) => {
+                let mut r = Json(v).into_response();
                 r.headers_mut().insert(
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("public, max-age=60"),
@@ -325,6 +314,20 @@ async fn jwks(State(id): St, Path(realm): Path<String>) -> Response {
         }
     })
     .await
+}
+
+/// Every key the realm ever had, with its life and public key (issue 5: relying parties and
+/// auditors can see every key that was ever valid).
+async fn key_history(State(id): St, Path(realm): Path<String>) -> Response {
+    public_keys(id, realm, |id, realm| {
+        let keys = id.custody().history(realm, now())?;
+        Ok(serde_json::json!({"realm": realm, "keys": keys}))
+    })
+    .await
+}
+
+async fn jwks(State(id): St, Path(realm): Path<String>) -> Response {
+    public_keys(id, realm, |id, realm| id.custody().jwks(realm, now())).await
 }
 
 // ---- authorization code flow ----------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Every rejection of the validation policy (THREAT-MODEL.md) over the real JMAP endpoint:
-401 with RFC 6750's `invalid_token` and nothing else, no mail in the response, and a
-`TokenRejected` audit record naming the reason. Tokens are built with PyJWT, outside Keypost."""
+"""The JWT attack catalogue (issues 3 and 6): every rejection of the validation policy
+(THREAT-MODEL.md) over the real JMAP endpoint — 401 with RFC 6750's `invalid_token` and nothing
+else, no mail in the response, a `TokenRejected` audit record naming the reason, and the alert
+the detection rules raise for it. Tokens are built with PyJWT, outside Keypost's code."""
 
 import base64
 import hashlib
@@ -61,7 +62,29 @@ def refused(keypost, victim, token, reasons):
     assert SECRET_SUBJECT not in r.text and victim["sub"] not in r.text
     after = keypost.cli("audit", "search", "--operation", "TokenRejected", "--limit", "100000", json=True)
     assert len(after) == before + 1, "exactly one TokenRejected for the request"
-    assert after[-1]["details"]["reason"] in reasons, after[-1]
+    record = after[-1]
+    assert record["details"]["reason"] in reasons, record
+    # And the alert a security team would get (a new one, or a repeat counted on an open one),
+    # or none at all for plain garbage, expiry and the like.
+    rule = ALERTS.get(record["details"]["reason"])
+    keypost.cli("alerts", "scan")
+    raised = {a["rule"] for a in keypost.cli("alerts", "list", "--limit", "1000", json=True)
+              if record["id"] in a["evidence"]}
+    if rule:
+        assert rule in raised, f"no {rule} alert for {record['details']['reason']}"
+    else:
+        assert not raised, f"an alert for {record['details']['reason']}: {raised}"
+
+
+# The alert each refusal raises (detect crate rules); refusals not listed raise none.
+ALERTS = {
+    "KeyNotInRealm": "forged-token", "NotIssued": "forged-token", "LedgerMismatch": "forged-token",
+    "KeyRevoked": "forged-token", "UnknownKid": "forged-token",
+    "AlgorithmNotAllowed": "token-out-of-policy", "AlgorithmMismatch": "token-out-of-policy",
+    "HeaderKeyForbidden": "token-out-of-policy", "CritUnsupported": "token-out-of-policy",
+    "LifetimeExceedsPolicy": "token-out-of-policy", "IssuedInFuture": "token-out-of-policy",
+    "TypeMismatch": "token-out-of-policy",
+}
 
 
 def test_a_key_of_the_consumer_realm(keypost, victim, tmp_path):

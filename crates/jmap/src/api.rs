@@ -27,37 +27,42 @@ fn capability_of(method: &str) -> &'static str {
     }
 }
 
-pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
+/// A request's capabilities and method calls (name, arguments, call id), or the problem
+/// response that refuses it (RFC 8620 §3.6.1).
+#[allow(clippy::result_large_err)] // The refusal is the finished response, built once.
+pub(crate) fn parse_request(
+    body: &[u8],
+) -> Result<(Vec<&'static str>, Vec<(String, Map<String, Value>, String)>), Response> {
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
-        return problem(
+        return Err(problem(
             StatusCode::BAD_REQUEST,
             "notJSON",
             "the request body is not JSON",
-        );
+        ));
     };
     let not_request = |why: &str| problem(StatusCode::BAD_REQUEST, "notRequest", why);
     let Some(obj) = request.as_object() else {
-        return not_request("the request is not a JSON object");
+        return Err(not_request("the request is not a JSON object"));
     };
     let Some(using) = obj.get("using").and_then(Value::as_array) else {
-        return not_request("\"using\" must be an array of capability URIs");
+        return Err(not_request("\"using\" must be an array of capability URIs"));
     };
     let mut using_caps = Vec::new();
     for u in using {
         let Some(u) = u.as_str() else {
-            return not_request("\"using\" must contain strings");
+            return Err(not_request("\"using\" must contain strings"));
         };
         if !KNOWN.contains(&u) {
-            return problem(
+            return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "unknownCapability",
                 &format!("unknown capability {u}"),
-            );
+            ));
         }
-        using_caps.push(u);
+        using_caps.push(KNOWN.iter().copied().find(|k| *k == u).unwrap_or(CORE));
     }
     let Some(calls) = obj.get("methodCalls").and_then(Value::as_array) else {
-        return not_request("\"methodCalls\" must be an array");
+        return Err(not_request("\"methodCalls\" must be an array"));
     };
     if calls.len() > MAX_CALLS_IN_REQUEST {
         let body = json!({
@@ -69,7 +74,7 @@ pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/problem+json"),
         );
-        return r;
+        return Err(r);
     }
     let mut parsed = Vec::with_capacity(calls.len());
     for c in calls {
@@ -77,10 +82,32 @@ pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
             Some([Value::String(name), Value::Object(args), Value::String(id)]) => {
                 parsed.push((name.clone(), args.clone(), id.clone()))
             }
-            _ => return not_request("each method call is [name, arguments object, call id]"),
+            _ => {
+                return Err(not_request(
+                    "each method call is [name, arguments object, call id]",
+                ));
+            }
         }
     }
 
+    Ok((using_caps, parsed))
+}
+
+/// Runs the argument readers a call would run, on nothing (for fuzzing).
+pub(crate) fn check_arguments(name: &str, mut args: Map<String, Value>) {
+    for v in args.values_mut() {
+        substitute_creation_ids(v, &Map::new(), false);
+    }
+    if let Ok(args) = resolve_references(args, &[]) {
+        methods::check_arguments(name, &args);
+    }
+}
+
+pub(crate) fn handle(j: &Jmap, a: &Authed, body: &[u8]) -> Response {
+    let (using_caps, parsed) = match parse_request(body) {
+        Ok(r) => r,
+        Err(refusal) => return refusal,
+    };
     let mut responses: Vec<Value> = Vec::new();
     // RFC 8620 §5.3: an object created earlier in the request can be named "#creationId".
     let mut created: Map<String, Value> = Map::new();

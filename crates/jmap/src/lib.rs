@@ -34,6 +34,21 @@ use serde_json::json;
 use store::{Account, Store};
 use tokens::{Audience, Gate, GateError, Principal};
 
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Entry points for fuzzing (`fuzz/`, and the bounded run in the test suite); not a stable
+    //! API. They run everything that reads a request before any account is touched.
+
+    /// Parses an API request body and every call's arguments as the methods would.
+    pub fn request(body: &[u8]) {
+        if let Ok((_, calls)) = crate::api::parse_request(body) {
+            for (name, args, _) in calls {
+                crate::api::check_arguments(&name, args);
+            }
+        }
+    }
+}
+
 /// Largest API request accepted (advertised as `maxSizeRequest`).
 pub const MAX_SIZE_REQUEST: usize = 10 * 1024 * 1024;
 /// Most method calls in one request (`maxCallsInRequest`).

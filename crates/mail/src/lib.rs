@@ -34,6 +34,41 @@ pub use import::{ImportReport, ImportSource};
 pub use message::{AddressGroup, Body, HeaderForm, HeaderValue, Message, Part};
 pub use sending::Quota;
 
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Entry points for fuzzing (`fuzz/`, and the bounded run in the test suite); not a stable
+    //! API.
+
+    /// Everything Keypost reads from an incoming message: metadata at delivery, and every view
+    /// JMAP offers of it.
+    pub fn ingest(raw: &[u8]) {
+        let _ = crate::parse::metadata(raw);
+        if let Ok(m) = crate::Message::parse(raw) {
+            let _ = (
+                m.body(),
+                m.structure(),
+                m.headers(),
+                m.preview(),
+                m.subject(),
+            );
+            for form in [
+                crate::HeaderForm::Raw,
+                crate::HeaderForm::Text,
+                crate::HeaderForm::Addresses,
+                crate::HeaderForm::GroupedAddresses,
+                crate::HeaderForm::MessageIds,
+                crate::HeaderForm::Date,
+                crate::HeaderForm::Urls,
+            ] {
+                let _ = m.header("From", form);
+            }
+            for part in ["0", "1", "2", "3"] {
+                let _ = m.part_bytes(part);
+            }
+        }
+    }
+}
+
 /// Result alias.
 pub type Result<T> = std::result::Result<T, Error>;
 

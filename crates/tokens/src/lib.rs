@@ -43,4 +43,10 @@ pub use validate::{Expectation, Presented, Principal, Rejected, Rejection, valid
 pub mod fuzzing {
     //! Entry points for `cargo fuzz`; not a stable API.
     pub use crate::jose::parse_compact;
+
+    /// Everything read from a presented token before any key or store is consulted.
+    pub fn token(raw: &str) {
+        let _ = crate::jose::parse_compact(raw);
+        let _ = crate::realm_hint(raw, "https://keypost.test");
+    }
 }

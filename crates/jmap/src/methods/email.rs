@@ -135,6 +135,11 @@ struct Wanted {
     max_bytes: usize,
 }
 
+/// Reads Email/get's arguments without fetching anything (fuzzing).
+pub(super) fn check(args: &Map<String, Value>) -> bool {
+    Wanted::from(args).is_ok()
+}
+
 impl Wanted {
     fn from(args: &Map<String, Value>) -> Result<Self, MethodError> {
         let part_props = match strings_arg(args, "bodyProperties")? {

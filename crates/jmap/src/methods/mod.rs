@@ -175,6 +175,24 @@ pub(crate) fn call(j: &Jmap, a: &Authed, name: &str, args: &Map<String, Value>) 
     }
 }
 
+/// The pure argument readers of a method, for fuzzing: whatever the input, they answer with a
+/// value or a method error, never a panic.
+pub(crate) fn check_arguments(name: &str, args: &Map<String, Value>) {
+    let _ = ids_arg(args);
+    let _ = strings_arg(args, "properties");
+    let _ = max_changes_arg(args, 10);
+    let _ = since_arg(args, "sinceState");
+    match name {
+        "Email/query" | "Email/queryChanges" | "SearchSnippet/get" => {
+            let _ = query::check(args);
+        }
+        "Email/get" | "Email/parse" => {
+            let _ = email::check(args);
+        }
+        _ => {}
+    }
+}
+
 pub(crate) fn state(j: &Jmap, a: &Authed) -> Result<String, MethodError> {
     Ok(j.mail
         .modseq(&a.account.id)

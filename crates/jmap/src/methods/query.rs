@@ -194,6 +194,11 @@ pub(crate) const SORT_OPTIONS: [&str; 9] = [
     "someInThreadHaveKeyword",
 ];
 
+/// Reads a query's arguments without running it (fuzzing).
+pub(super) fn check(args: &Map<String, Value>) -> Result<EmailQuery, MethodError> {
+    email_query_arg(args)
+}
+
 fn email_query_arg(args: &Map<String, Value>) -> Result<EmailQuery, MethodError> {
     let mut budget = MAX_FILTER_CONDITIONS;
     Ok(EmailQuery {

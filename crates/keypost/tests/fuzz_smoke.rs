@@ -1,0 +1,91 @@
+//! The bounded fuzz run of the test suite: the entry points of `fuzz/` (token parsing, message
+//! ingestion, the JMAP request) over their seed corpus and a few thousand deterministic
+//! mutations of it. Any panic fails the test; long runs use cargo-fuzz (fuzz/README.md).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+/// Mutations per seed.
+const ROUNDS: usize = 5_000;
+
+/// xorshift64: deterministic, so a failure reproduces.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// One mutation: flip, insert, delete, duplicate a span, or splice an interesting byte.
+fn mutate(rng: &mut Rng, input: &mut Vec<u8>) {
+    const INTERESTING: &[u8] = b"\x00\xff\"\\{}[]:,.=-\r\n<>@;%~/*";
+    let at = rng.below(input.len() + 1);
+    match rng.below(5) {
+        0 if !input.is_empty() => {
+            let i = rng.below(input.len());
+            input[i] ^= 1 << rng.below(8);
+        }
+        1 => input.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
+        2 if at < input.len() => {
+            let end = (at + 1 + rng.below(16)).min(input.len());
+            input.drain(at..end);
+        }
+        3 if at < input.len() => {
+            let end = (at + 1 + rng.below(64)).min(input.len());
+            let span: Vec<u8> = input[at..end].to_vec();
+            let to = rng.below(input.len() + 1);
+            input.splice(to..to, span);
+        }
+        _ => input.insert(at, rng.next() as u8),
+    }
+}
+
+fn run(target: &str, f: impl Fn(&[u8])) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    seeds.sort();
+    assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
+    let mut rng = Rng(0x6b65_7970_6f73_7421);
+    for seed in &seeds {
+        f(seed);
+        let mut input = seed.clone();
+        for round in 0..ROUNDS {
+            mutate(&mut rng, &mut input);
+            f(&input);
+            if round % 64 == 63 {
+                input = seed.clone();
+            }
+        }
+    }
+}
+
+#[test]
+fn token_parsing_survives_mutation() {
+    run("token", |data| {
+        tokens::fuzzing::token(&String::from_utf8_lossy(data));
+    });
+}
+
+#[test]
+fn message_ingestion_survives_mutation() {
+    run("mime", mail::fuzzing::ingest);
+}
+
+#[test]
+fn jmap_requests_survive_mutation() {
+    run("jmap_request", jmap::fuzzing::request);
+}

@@ -779,7 +779,14 @@ fn load_kek(config: &Config) -> Result<Kek> {
 pub(crate) fn services(config: Config) -> Result<Services> {
     let store = open_store(&config)?;
     let kek = Arc::new(load_kek(&config)?);
-    let custody = Arc::new(Custody::new(store.clone(), kek, config.key_policy));
+    let mut custody = Custody::new(store.clone(), kek, config.key_policy);
+    if let Some(hsm) = &config.hsm {
+        custody = custody.with_hsm(Arc::new(
+            keys::Hsm::open(&hsm.to_config())
+                .context("opening the HSM ([hsm] in the configuration)")?,
+        ));
+    }
+    let custody = Arc::new(custody);
     let signer: Arc<dyn keys::SignService> = Arc::new(custody.signer());
     wire(store, custody, signer, config)
 }

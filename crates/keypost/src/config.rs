@@ -26,6 +26,32 @@ pub(crate) struct FileConfig {
     mail: MailSection,
     audit: AuditSection,
     alerts: AlertsSection,
+    hsm: HsmSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HsmSection {
+    /// The PKCS#11 module; empty means no HSM (every key is sealed under the KEK).
+    module: String,
+    /// The label of the token holding Keypost's keys.
+    token: String,
+    /// The token's user PIN. Prefer `KEYPOST_HSM_PIN` to writing it in the file.
+    pin: Secret,
+    /// Realms whose token-signing keys are made in the HSM; `["*"]` for every realm.
+    /// `KEYPOST_HSM_REALMS` takes a comma-separated list.
+    realms: Vec<String>,
+}
+
+impl Default for HsmSection {
+    fn default() -> Self {
+        Self {
+            module: String::new(),
+            token: "keypost".into(),
+            pin: Secret::default(),
+            realms: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +96,10 @@ impl<'de> Deserialize<'de> for Secret {
 impl Secret {
     pub(crate) fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -156,6 +186,7 @@ impl Default for FileConfig {
             mail: MailSection::default(),
             audit: AuditSection::default(),
             alerts: AlertsSection::default(),
+            hsm: HsmSection::default(),
         }
     }
 }
@@ -224,6 +255,28 @@ pub(crate) struct Config {
     pub(crate) syslog: Option<crate::forward::SyslogTarget>,
     /// Where new alerts are posted, and the signing key.
     pub(crate) webhook: Option<(hyper::Uri, Secret)>,
+    /// The PKCS#11 token that holds some realms' keys.
+    pub(crate) hsm: Option<HsmSettings>,
+}
+
+/// A validated `[hsm]` section.
+#[derive(Debug, Clone)]
+pub(crate) struct HsmSettings {
+    pub(crate) module: PathBuf,
+    pub(crate) token: String,
+    pub(crate) pin: Secret,
+    pub(crate) realms: keys::HsmRealms,
+}
+
+impl HsmSettings {
+    pub(crate) fn to_config(&self) -> keys::HsmConfig {
+        keys::HsmConfig {
+            module: self.module.clone(),
+            token: self.token.clone(),
+            pin: zeroize::Zeroizing::new(self.pin.as_str().to_owned()),
+            realms: self.realms.clone(),
+        }
+    }
 }
 
 /// A size such as `10GiB`, `500MB`, `1048576` (bytes) or `unlimited` (`None`).
@@ -308,6 +361,15 @@ fn overlay_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<()> 
                 value
                     .parse()
                     .with_context(|| format!("{name} must be an integer"))?,
+            ),
+            // Lists are comma-separated in the environment.
+            toml::Value::Array(_) => toml::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| toml::Value::String(v.to_owned()))
+                    .collect(),
             ),
             _ => toml::Value::String(value.clone()),
         };
@@ -449,8 +511,46 @@ impl FileConfig {
                     ))
                 }
             },
+            hsm: self.hsm.validate()?,
             file: self,
         })
+    }
+}
+
+impl HsmSection {
+    fn validate(&self) -> Result<Option<HsmSettings>> {
+        let module = self.module.trim();
+        if module.is_empty() {
+            if !self.realms.is_empty() {
+                bail!("hsm.realms is set but hsm.module is empty");
+            }
+            return Ok(None);
+        }
+        if self.realms.is_empty() {
+            bail!("hsm.module is set but hsm.realms names no realm (use [\"*\"] for every realm)");
+        }
+        if self.pin.as_str().is_empty() {
+            bail!("hsm.pin (or KEYPOST_HSM_PIN) must be set with hsm.module");
+        }
+        let realms = if self.realms.iter().any(|r| r == "*") {
+            keys::HsmRealms::All
+        } else {
+            keys::HsmRealms::Only(
+                self.realms
+                    .iter()
+                    .map(|r| {
+                        store::RealmId::new(r.trim())
+                            .map_err(|e| anyhow::anyhow!("hsm.realms: {r:?}: {e}"))
+                    })
+                    .collect::<Result<_>>()?,
+            )
+        };
+        Ok(Some(HsmSettings {
+            module: PathBuf::from(module),
+            token: self.token.clone(),
+            pin: self.pin.clone(),
+            realms,
+        }))
     }
 }
 
@@ -481,6 +581,70 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.mail_quota, Some(1 << 20));
+    }
+
+    #[test]
+    fn hsm_section() {
+        assert!(
+            Config::from_parts(None, "k", &[]).unwrap().hsm.is_none(),
+            "no HSM unless configured"
+        );
+        let text = "[hsm]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\nrealms = [\"contoso\"]\n";
+        let c = Config::from_parts(
+            Some(text),
+            "k.toml",
+            &env(&[
+                ("KEYPOST_HSM_PIN", "1234"),
+                ("KEYPOST_HSM_REALMS", "contoso, fabrikam,"),
+            ]),
+        )
+        .unwrap();
+        let hsm = c.hsm.unwrap();
+        assert_eq!(hsm.token, "keypost");
+        assert_eq!(hsm.pin.as_str(), "1234");
+        assert_eq!(
+            hsm.realms,
+            keys::HsmRealms::Only(vec![
+                store::RealmId::new("contoso").unwrap(),
+                store::RealmId::new("fabrikam").unwrap()
+            ]),
+            "the environment's comma-separated list wins"
+        );
+        assert!(
+            !format!("{hsm:?}").contains("1234"),
+            "the PIN is never printed"
+        );
+        let all = Config::from_parts(
+            Some(text),
+            "k.toml",
+            &env(&[("KEYPOST_HSM_PIN", "1"), ("KEYPOST_HSM_REALMS", "*")]),
+        )
+        .unwrap();
+        assert_eq!(all.hsm.unwrap().realms, keys::HsmRealms::All);
+        for (bad, why) in [
+            (
+                vec![("KEYPOST_HSM_REALMS", "contoso")],
+                "realms without module",
+            ),
+            (
+                vec![("KEYPOST_HSM_MODULE", "/x.so"), ("KEYPOST_HSM_PIN", "1")],
+                "module without realms",
+            ),
+            (
+                vec![("KEYPOST_HSM_MODULE", "/x.so"), ("KEYPOST_HSM_REALMS", "c")],
+                "no PIN",
+            ),
+            (
+                vec![
+                    ("KEYPOST_HSM_MODULE", "/x.so"),
+                    ("KEYPOST_HSM_PIN", "1"),
+                    ("KEYPOST_HSM_REALMS", "Bad Realm"),
+                ],
+                "invalid realm id",
+            ),
+        ] {
+            assert!(Config::from_parts(None, "k", &env(&bad)).is_err(), "{why}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use store::{KeyOrigin, KeyPurpose, KeyRecord, Kid, RealmId, Store, UnixTime};
 use zeroize::Zeroizing;
 
 use crate::material::{Jwk, Jwks, PrivateKey, PublicMaterial};
-use crate::{Algorithm, Error, Kek, Result, Signer};
+use crate::{Algorithm, Error, Hsm, Kek, Result, Signer};
 
 /// The rotation schedule, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,11 +211,10 @@ impl VerifyingKey {
     }
 }
 
-fn parse_verifying(record: KeyRecord) -> Option<VerifyingKey> {
-    let alg = Algorithm::from_jose(&record.alg)?;
-    let jwk: Jwk = serde_json::from_str(&record.public_jwk).ok()?;
-    let parsed = match jwk.verification_material()? {
-        PublicMaterial::Raw(bytes) => ParsedPublicKey::new(alg.verification(), bytes).ok()?,
+/// The parsed public key of `jwk` for `alg`.
+pub(crate) fn verifying_from(alg: Algorithm, jwk: &Jwk) -> Option<ParsedPublicKey> {
+    match jwk.verification_material()? {
+        PublicMaterial::Raw(bytes) => ParsedPublicKey::new(alg.verification(), bytes).ok(),
         PublicMaterial::Rsa { n, e } => {
             let params = match alg {
                 Algorithm::PS256 => &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
@@ -223,9 +222,15 @@ fn parse_verifying(record: KeyRecord) -> Option<VerifyingKey> {
             };
             aws_lc_rs::rsa::PublicKeyComponents { n, e }
                 .to_parsed_public_key(params)
-                .ok()?
+                .ok()
         }
-    };
+    }
+}
+
+fn parse_verifying(record: KeyRecord) -> Option<VerifyingKey> {
+    let alg = Algorithm::from_jose(&record.alg)?;
+    let jwk: Jwk = serde_json::from_str(&record.public_jwk).ok()?;
+    let parsed = verifying_from(alg, &jwk)?;
     Some(VerifyingKey {
         record,
         alg,
@@ -267,6 +272,8 @@ pub struct Custody {
     /// `None` in a process that must never touch a private key (the web-facing `serve`):
     /// it can publish and verify, and creating, importing or signing is refused.
     kek: Option<Arc<Kek>>,
+    /// Where the token-signing keys of some realms are made and kept instead of being sealed.
+    hsm: Option<Arc<Hsm>>,
     policy: KeyPolicy,
     verifying: Mutex<Option<(i64, Arc<VerifyingKeys>)>>,
 }
@@ -279,6 +286,15 @@ impl std::fmt::Debug for Custody {
     }
 }
 
+/// What a new key row says about the key, besides its key material.
+struct NewKey<'a> {
+    realm: &'a RealmId,
+    purpose: KeyPurpose,
+    alg: Algorithm,
+    origin: KeyOrigin,
+    activates_at: UnixTime,
+}
+
 pub(crate) fn aad(kid: &Kid, realm: &RealmId, purpose: KeyPurpose, alg: &str) -> Vec<u8> {
     format!("keypost-key-v1|{kid}|{realm}|{purpose}|{alg}").into_bytes()
 }
@@ -289,6 +305,7 @@ impl Custody {
         Self {
             store,
             kek: Some(kek),
+            hsm: None,
             policy,
             verifying: Mutex::new(None),
         }
@@ -301,9 +318,17 @@ impl Custody {
         Self {
             store,
             kek: None,
+            hsm: None,
             policy,
             verifying: Mutex::new(None),
         }
+    }
+
+    /// Makes and uses the token-signing keys of the realms `hsm` holds inside it. Keys made
+    /// before (sealed) keep working until they rotate out.
+    pub fn with_hsm(mut self, hsm: Arc<Hsm>) -> Self {
+        self.hsm = Some(hsm);
+        self
     }
 
     /// Whether this custody can create and unseal private keys.
@@ -324,46 +349,51 @@ impl Custody {
 
     /// A signer over the same keys. The signer is the only holder of unsealed private keys.
     pub fn signer(&self) -> Signer {
-        Signer::new(self.store.clone(), self.kek.clone())
+        Signer::new(self.store.clone(), self.kek.clone(), self.hsm.clone())
     }
 
-    #[allow(clippy::too_many_arguments)] // The full description of one key row; called from two places.
+    /// Seals a software key under the key-encryption key and stores it.
     fn seal_and_store(
         &self,
-        realm: &RealmId,
-        purpose: KeyPurpose,
+        row: NewKey<'_>,
         key: &PrivateKey,
         pkcs8: &Zeroizing<Vec<u8>>,
-        origin: KeyOrigin,
-        activates_at: UnixTime,
         now: UnixTime,
     ) -> Result<Kid> {
         let jwk = key.public_jwk();
         let kid = Kid::new(jwk.kid.clone()).map_err(|_| Error::Crypto)?;
-        let alg = key.alg().as_str();
-        let sealed = self.kek()?.seal(pkcs8, &aad(&kid, realm, purpose, alg))?;
+        let sealed = self
+            .kek()?
+            .seal(pkcs8, &aad(&kid, row.realm, row.purpose, row.alg.as_str()))?;
+        self.store_key(row, &jwk, sealed, now)
+    }
+
+    fn store_key(&self, key: NewKey<'_>, jwk: &Jwk, sealed: Vec<u8>, now: UnixTime) -> Result<Kid> {
+        let kid = Kid::new(jwk.kid.clone()).map_err(|_| Error::Crypto)?;
+        let (realm, purpose, alg) = (key.realm, key.purpose, key.alg.as_str());
         let record = KeyRecord {
             kid: kid.clone(),
             realm: realm.clone(),
             purpose,
             alg: alg.to_owned(),
-            public_jwk: serde_json::to_string(&jwk).map_err(|_| Error::Crypto)?,
+            public_jwk: serde_json::to_string(jwk).map_err(|_| Error::Crypto)?,
             sealed,
-            origin,
+            origin: key.origin,
             created_at: now,
-            activates_at,
-            expires_at: self.policy.expiry(activates_at),
+            activates_at: key.activates_at,
+            expires_at: self.policy.expiry(key.activates_at),
             revoked_at: None,
         };
         match self.store.insert_key(&record) {
             Err(store::Error::Conflict(_)) => return Err(Error::DuplicateKey(kid.to_string())),
             other => other?,
         }
-        tracing::info!(target: "keypost::security", %kid, %realm, %purpose, alg, activates_at, "key created");
+        tracing::info!(target: "keypost::security", %kid, %realm, %purpose, alg, origin = %key.origin, activates_at = key.activates_at, "key created");
         Ok(kid)
     }
 
-    /// Generates a key for `realm` that starts signing at `activates_at`.
+    /// Generates a key for `realm` that starts signing at `activates_at`: inside the HSM if
+    /// the realm's token-signing keys live there, else in software, sealed at once.
     pub fn generate(
         &self,
         realm: &RealmId,
@@ -373,16 +403,31 @@ impl Custody {
         now: UnixTime,
     ) -> Result<Kid> {
         self.require_realm(realm)?;
+        // Only a custody that may hold private keys makes them, wherever they are kept.
+        self.kek()?;
+        if let Some(hsm) = self.hsm.as_deref()
+            && purpose != KeyPurpose::Audit
+            && hsm.holds(realm)
+        {
+            let jwk = hsm.generate(alg)?;
+            let row = NewKey {
+                realm,
+                purpose,
+                alg,
+                origin: KeyOrigin::Hsm,
+                activates_at,
+            };
+            return self.store_key(row, &jwk, Vec::new(), now);
+        }
         let (key, pkcs8) = PrivateKey::generate(alg)?;
-        self.seal_and_store(
+        let row = NewKey {
             realm,
             purpose,
-            &key,
-            &pkcs8,
-            KeyOrigin::Generated,
+            alg,
+            origin: KeyOrigin::Generated,
             activates_at,
-            now,
-        )
+        };
+        self.seal_and_store(row, &key, &pkcs8, now)
     }
 
     /// Binds an externally generated key (PKCS#8 PEM or private JWK) to exactly one realm and
@@ -404,8 +449,14 @@ impl Custody {
         }
         let (key, pkcs8) = PrivateKey::import(bytes, rsa_alg)?;
         let alg = key.alg();
-        let kid =
-            self.seal_and_store(realm, purpose, &key, &pkcs8, KeyOrigin::Imported, now, now)?;
+        let row = NewKey {
+            realm,
+            purpose,
+            alg,
+            origin: KeyOrigin::Imported,
+            activates_at: now,
+        };
+        let kid = self.seal_and_store(row, &key, &pkcs8, now)?;
         if purpose == KeyPurpose::AccessToken {
             self.store.set_access_token_alg(realm, alg.as_str())?;
         }
@@ -495,6 +546,22 @@ impl Custody {
         };
         self.store.revoke_key(kid, now)?;
         tracing::warn!(target: "keypost::security", %kid, realm = %record.realm, "key revoked");
+        if record.origin == KeyOrigin::Hsm {
+            // Revoked keys are refused by policy already; destroying the object means no
+            // one with the PIN can sign with it either.
+            match self.hsm.as_deref().map(|h| h.destroy(kid)) {
+                Some(Ok(true)) => {
+                    tracing::warn!(target: "keypost::security", %kid, "revoked key destroyed in the HSM")
+                }
+                Some(Ok(false)) => {}
+                Some(Err(e)) => {
+                    tracing::error!(target: "keypost::security", %kid, error = %e, "revoked key could not be destroyed in the HSM")
+                }
+                None => {
+                    tracing::error!(target: "keypost::security", %kid, "revoked key is still in the HSM: this process has no HSM configured")
+                }
+            }
+        }
         let replacements = self.ensure(&record.realm, now)?;
         Ok(self.store.get_key(kid)?.map(|r| (r, replacements)))
     }
@@ -637,6 +704,10 @@ impl Custody {
     pub fn rewrap(&self, new_kek: &Kek) -> Result<usize> {
         let mut n = 0;
         for k in self.store.list_keys(None)? {
+            if k.origin == KeyOrigin::Hsm {
+                // Nothing sealed: the private half never left the HSM.
+                continue;
+            }
             let aad = aad(&k.kid, &k.realm, k.purpose, &k.alg);
             if new_kek.open(&k.sealed, &aad).is_some() {
                 continue;

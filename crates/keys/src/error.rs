@@ -39,6 +39,9 @@ pub enum Error {
     /// The signer process cannot be reached (it is restarting, or down).
     #[error("signer unavailable: {0}")]
     Unavailable(String),
+    /// The PKCS#11 module or token failed or is misconfigured.
+    #[error("HSM: {0}")]
+    Hsm(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] store::Error),

@@ -28,6 +28,7 @@
 mod alg;
 mod custody;
 mod error;
+mod hsm;
 mod kek;
 mod material;
 mod remote;
@@ -36,6 +37,7 @@ mod signer;
 pub use alg::Algorithm;
 pub use custody::{Custody, KeyHistory, KeyInfo, KeyPolicy, KeyState, VerifyingKey, VerifyingKeys};
 pub use error::Error;
+pub use hsm::{Hsm, HsmConfig, HsmRealms};
 pub use kek::Kek;
 pub use material::{Jwk, Jwks};
 pub use remote::{RemoteSigner, SignService, serve as serve_signer};

@@ -53,6 +53,43 @@ pub struct Jwks {
 }
 
 impl Jwk {
+    /// The JWK of a public key of `alg`, with its RFC 7638 thumbprint as kid. `material` is
+    /// the raw Ed25519 key, the uncompressed SEC1 P-256 point, or the RSA modulus and exponent
+    /// (big-endian, leading zeros stripped).
+    pub(crate) fn from_public(alg: Algorithm, material: &PublicMaterial) -> Jwk {
+        let mut jwk = Jwk {
+            kty: String::new(),
+            kid: String::new(),
+            use_: "sig".into(),
+            alg: alg.as_str().into(),
+            crv: None,
+            x: None,
+            y: None,
+            n: None,
+            e: None,
+        };
+        match (alg, material) {
+            (Algorithm::EdDSA, PublicMaterial::Raw(key)) => {
+                jwk.kty = "OKP".into();
+                jwk.crv = Some("Ed25519".into());
+                jwk.x = Some(B64.encode(key));
+            }
+            (_, PublicMaterial::Raw(point)) => {
+                jwk.kty = "EC".into();
+                jwk.crv = Some("P-256".into());
+                jwk.x = point.get(1..33).map(|x| B64.encode(x));
+                jwk.y = point.get(33..65).map(|y| B64.encode(y));
+            }
+            (_, PublicMaterial::Rsa { n, e }) => {
+                jwk.kty = "RSA".into();
+                jwk.n = Some(B64.encode(n));
+                jwk.e = Some(B64.encode(e));
+            }
+        }
+        jwk.kid = thumbprint(&jwk);
+        jwk
+    }
+
     /// The raw public key bytes the verifier takes: the 32-byte Ed25519 key, the uncompressed
     /// SEC1 P-256 point, or (for RSA) the big-endian modulus and exponent.
     pub(crate) fn verification_material(&self) -> Option<PublicMaterial> {
@@ -185,39 +222,18 @@ impl PrivateKey {
 
     /// The public half as a JWK, with its thumbprint as kid.
     pub(crate) fn public_jwk(&self) -> Jwk {
-        let mut jwk = Jwk {
-            kty: String::new(),
-            kid: String::new(),
-            use_: "sig".into(),
-            alg: self.alg().as_str().into(),
-            crv: None,
-            x: None,
-            y: None,
-            n: None,
-            e: None,
-        };
-        match self {
-            PrivateKey::Ed25519(kp) => {
-                jwk.kty = "OKP".into();
-                jwk.crv = Some("Ed25519".into());
-                jwk.x = Some(B64.encode(kp.public_key().as_ref()));
-            }
-            PrivateKey::P256(kp) => {
-                let point = kp.public_key().as_ref();
-                jwk.kty = "EC".into();
-                jwk.crv = Some("P-256".into());
-                jwk.x = point.get(1..33).map(|x| B64.encode(x));
-                jwk.y = point.get(33..65).map(|y| B64.encode(y));
-            }
+        let material = match self {
+            PrivateKey::Ed25519(kp) => PublicMaterial::Raw(kp.public_key().as_ref().to_vec()),
+            PrivateKey::P256(kp) => PublicMaterial::Raw(kp.public_key().as_ref().to_vec()),
             PrivateKey::Rsa(kp, _) => {
                 let pk = kp.public_key();
-                jwk.kty = "RSA".into();
-                jwk.n = Some(B64.encode(pk.modulus().big_endian_without_leading_zero()));
-                jwk.e = Some(B64.encode(pk.exponent().big_endian_without_leading_zero()));
+                PublicMaterial::Rsa {
+                    n: pk.modulus().big_endian_without_leading_zero().to_vec(),
+                    e: pk.exponent().big_endian_without_leading_zero().to_vec(),
+                }
             }
-        }
-        jwk.kid = thumbprint(&jwk);
-        jwk
+        };
+        Jwk::from_public(self.alg(), &material)
     }
 
     /// Signs `input`, returning the JOSE signature encoding.

@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use store::{KeyPurpose, KeyRecord, Kid, RealmId, Store, UnixTime};
+use cryptoki::object::ObjectHandle;
+use store::{KeyOrigin, KeyPurpose, KeyRecord, Kid, RealmId, Store, UnixTime};
 
 use crate::custody::{KeyState, aad, states};
 use crate::material::PrivateKey;
-use crate::{Algorithm, Error, Kek, Result};
+use crate::{Algorithm, Error, Hsm, Kek, Result};
 
 /// The key that currently signs for a realm and purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +38,13 @@ struct Loaded {
     groups: HashMap<GroupKey, Group>,
     /// Where each kid sits: its group and its index there.
     by_kid: HashMap<Kid, (GroupKey, usize)>,
-    keys: HashMap<Kid, PrivateKey>,
+    keys: HashMap<Kid, Usable>,
+}
+
+/// A private key the signer can use: unsealed in this process, or an object in the HSM.
+enum Usable {
+    Software(PrivateKey),
+    Hsm(Arc<Hsm>, ObjectHandle, Algorithm),
 }
 
 /// Signs for realms with their own keys only.
@@ -45,6 +52,7 @@ pub struct Signer {
     store: Arc<dyn Store>,
     /// `None`: a signer of a public-only custody, which has no key to sign with.
     kek: Option<Arc<Kek>>,
+    hsm: Option<Arc<Hsm>>,
     loaded: Mutex<Option<Arc<Loaded>>>,
 }
 
@@ -55,10 +63,11 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    pub(crate) fn new(store: Arc<dyn Store>, kek: Option<Arc<Kek>>) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, kek: Option<Arc<Kek>>, hsm: Option<Arc<Hsm>>) -> Self {
         Self {
             store,
             kek,
+            hsm,
             loaded: Mutex::new(None),
         }
     }
@@ -85,11 +94,29 @@ impl Signer {
             let Some(kek) = self.kek.as_deref() else {
                 break;
             };
+            if k.origin == KeyOrigin::Hsm {
+                let found = match &self.hsm {
+                    Some(hsm) => hsm.find(&k.kid)?.map(|h| (hsm.clone(), h)),
+                    None => None,
+                };
+                match found {
+                    Some((hsm, handle)) => {
+                        keys.insert(k.kid.clone(), Usable::Hsm(hsm, handle, alg));
+                    }
+                    None => {
+                        tracing::error!(target: "keypost::security", kid = %k.kid, "key is held in an HSM this signer does not reach (or the token lost it)")
+                    }
+                }
+                continue;
+            }
             let Some(pkcs8) = kek.open(&k.sealed, &aad(&k.kid, &k.realm, k.purpose, &k.alg)) else {
                 tracing::error!(target: "keypost::security", kid = %k.kid, "sealed key does not open: wrong key-encryption key or tampered row");
                 continue;
             };
-            keys.insert(k.kid.clone(), PrivateKey::from_pkcs8(&pkcs8, alg)?);
+            keys.insert(
+                k.kid.clone(),
+                Usable::Software(PrivateKey::from_pkcs8(&pkcs8, alg)?),
+            );
         }
         let mut groups: HashMap<GroupKey, Group> = HashMap::new();
         let mut by_kid = HashMap::new();
@@ -214,6 +241,9 @@ impl Signer {
         let Some(key) = l.keys.get(kid) else {
             return refuse("key is not loaded");
         };
-        Ok(Signature(key.sign(input)?))
+        Ok(Signature(match key {
+            Usable::Software(key) => key.sign(input)?,
+            Usable::Hsm(hsm, handle, alg) => hsm.sign(*handle, *alg, input)?,
+        }))
     }
 }

@@ -61,7 +61,7 @@ text_enum!(
 );
 text_enum!(
     /// Where a key came from.
-    KeyOrigin { Generated = "generated", Imported = "imported" }
+    KeyOrigin { Generated = "generated", Imported = "imported", Hsm = "hsm" }
 );
 text_enum!(
     /// The kinds of token in the issuance ledger.
@@ -162,7 +162,8 @@ pub struct KeyRecord {
     pub alg: String,
     /// The public JWK, as JSON.
     pub public_jwk: String,
-    /// The private key, sealed by `keys` (envelope-encrypted); opaque here.
+    /// The private key, sealed by `keys` (envelope-encrypted); opaque here. Empty for a key
+    /// held in an HSM.
     pub sealed: Vec<u8>,
     /// Generated here or imported.
     pub origin: KeyOrigin,

@@ -1,0 +1,360 @@
+//! PKCS#11 custody: signing keys generated inside a hardware security module (or SoftHSM2)
+//! and used there, never in this process.
+//!
+//! A key made here is a token object marked `CKA_SENSITIVE` and not `CKA_EXTRACTABLE`, so the
+//! module itself refuses to reveal the private half (`C_GetAttributeValue` on `CKA_VALUE`
+//! fails, and it cannot be wrapped out). Keypost keeps only the public JWK in its key table;
+//! the object's `CKA_ID` and `CKA_LABEL` are the kid, which is how the signer finds it again.
+//!
+//! Which realms keep their token-signing keys here is configuration ([`HsmRealms`]). Audit
+//! keys stay sealed under the key-encryption key: `keypost audit verify` proves an audit key
+//! by unsealing it, which an HSM-held key cannot be.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use aws_lc_rs::digest;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use store::{Kid, RealmId};
+use zeroize::Zeroizing;
+
+use crate::material::{Jwk, PublicMaterial};
+use crate::{Algorithm, Error, Result};
+
+/// DER of the curve OIDs PKCS#11 takes as `CKA_EC_PARAMS`: id-Ed25519 (1.3.101.112) and
+/// prime256v1 (1.2.840.10045.3.1.7).
+const ED25519_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Which realms keep their token-signing keys in the HSM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HsmRealms {
+    /// Every realm.
+    All,
+    /// Only these.
+    Only(Vec<RealmId>),
+}
+
+/// How to reach the token. The PIN is zeroized on drop and never printed.
+pub struct HsmConfig {
+    /// The PKCS#11 module (e.g. `/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// The label of the token to use.
+    pub token: String,
+    /// The user PIN.
+    pub pin: Zeroizing<String>,
+    /// Which realms' keys live in the token.
+    pub realms: HsmRealms,
+}
+
+impl std::fmt::Debug for HsmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmConfig")
+            .field("module", &self.module)
+            .field("token", &self.token)
+            .field("realms", &self.realms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A logged-in session with one PKCS#11 token.
+pub struct Hsm {
+    // Kept so the library stays loaded and initialised while the session lives.
+    _ctx: Pkcs11,
+    /// PKCS#11 sessions are not safe for concurrent use; signing takes turns.
+    session: Mutex<Session>,
+    realms: HsmRealms,
+}
+
+impl std::fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hsm")
+            .field("realms", &self.realms)
+            .finish_non_exhaustive()
+    }
+}
+
+fn hsm_err(what: &str) -> impl FnOnce(CkError) -> Error + '_ {
+    move |e| Error::Hsm(format!("{what}: {e}"))
+}
+
+impl Hsm {
+    /// Loads the module, finds the token by label and logs in as its user.
+    pub fn open(config: &HsmConfig) -> Result<Self> {
+        let ctx = Pkcs11::new(&config.module)
+            .map_err(|e| Error::Hsm(format!("loading {}: {e}", config.module.display())))?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(Error::Hsm(format!("C_Initialize: {e}"))),
+        }
+        let mut slot = None;
+        for s in ctx
+            .get_slots_with_token()
+            .map_err(hsm_err("listing slots"))?
+        {
+            let info = ctx.get_token_info(s).map_err(hsm_err("token info"))?;
+            if info.label().trim_end() == config.token {
+                slot = Some(s);
+                break;
+            }
+        }
+        let slot = slot.ok_or_else(|| {
+            Error::Hsm(format!(
+                "no token labelled {:?} in {}",
+                config.token,
+                config.module.display()
+            ))
+        })?;
+        let session = ctx
+            .open_rw_session(slot)
+            .map_err(hsm_err("opening a session"))?;
+        let pin = AuthPin::from(config.pin.as_str());
+        match session.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => {
+                return Err(Error::Hsm(format!(
+                    "login to token {:?}: {e}",
+                    config.token
+                )));
+            }
+        }
+        tracing::info!(token = %config.token, realms = ?config.realms, "HSM session open");
+        Ok(Self {
+            _ctx: ctx,
+            session: Mutex::new(session),
+            realms: config.realms.clone(),
+        })
+    }
+
+    /// Whether `realm`'s token-signing keys are made in this HSM.
+    pub fn holds(&self, realm: &RealmId) -> bool {
+        match &self.realms {
+            HsmRealms::All => true,
+            HsmRealms::Only(list) => list.contains(realm),
+        }
+    }
+
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Generates a key pair for `alg` inside the token: private half sensitive and
+    /// non-extractable, both halves labelled with the kid. Returns the public JWK after a
+    /// test signature has verified under it.
+    pub(crate) fn generate(&self, alg: Algorithm) -> Result<Jwk> {
+        let session = self.session();
+        // A placeholder id until the public key, and so the kid, is known.
+        let mut temp_id = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut temp_id)?;
+        let mut public = vec![
+            Attribute::Token(true),
+            Attribute::Verify(true),
+            Attribute::Id(temp_id.to_vec()),
+        ];
+        let private = vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Id(temp_id.to_vec()),
+        ];
+        let mechanism = match alg {
+            Algorithm::EdDSA => {
+                public.push(Attribute::EcParams(ED25519_PARAMS.to_vec()));
+                Mechanism::EccEdwardsKeyPairGen
+            }
+            Algorithm::ES256 => {
+                public.push(Attribute::EcParams(P256_PARAMS.to_vec()));
+                Mechanism::EccKeyPairGen
+            }
+            Algorithm::RS256 | Algorithm::PS256 => {
+                public.push(Attribute::ModulusBits(2048u64.into()));
+                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+                Mechanism::RsaPkcsKeyPairGen
+            }
+        };
+        let (pub_handle, priv_handle) = session
+            .generate_key_pair(&mechanism, &public, &private)
+            .map_err(hsm_err("generating a key pair"))?;
+        let made = (|| {
+            let material = public_material(&session, pub_handle, alg)?;
+            let jwk = Jwk::from_public(alg, &material);
+            // Refuse a key the module signs wrongly with, before anything depends on it.
+            let probe = b"keypost hsm self-test";
+            let sig = sign_with(&session, priv_handle, alg, probe)?;
+            let vk = crate::custody::verifying_from(alg, &jwk).ok_or(Error::Crypto)?;
+            if vk.verify_sig(probe, &sig).is_err() {
+                return Err(Error::Hsm(format!(
+                    "the module's {alg} signature does not verify under its own public key"
+                )));
+            }
+            let name = jwk.kid.as_bytes().to_vec();
+            for h in [pub_handle, priv_handle] {
+                session
+                    .update_attributes(
+                        h,
+                        &[Attribute::Id(name.clone()), Attribute::Label(name.clone())],
+                    )
+                    .map_err(hsm_err("labelling the key"))?;
+            }
+            Ok(jwk)
+        })();
+        if made.is_err() {
+            // Leave no orphan objects behind in the token.
+            let _ = session.destroy_object(priv_handle);
+            let _ = session.destroy_object(pub_handle);
+        }
+        made
+    }
+
+    /// The private key object labelled `kid`, if the token has it.
+    pub(crate) fn find(&self, kid: &Kid) -> Result<Option<ObjectHandle>> {
+        let found = self
+            .session()
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(kid.as_str().as_bytes().to_vec()),
+            ])
+            .map_err(hsm_err("finding a key"))?;
+        Ok(found.into_iter().next())
+    }
+
+    /// Whether the token holds the private key `kid`.
+    pub fn contains(&self, kid: &Kid) -> Result<bool> {
+        Ok(self.find(kid)?.is_some())
+    }
+
+    /// Destroys both halves of `kid` in the token, so no one can sign with it again whatever
+    /// the key table says. Returns whether the private half was there.
+    pub(crate) fn destroy(&self, kid: &Kid) -> Result<bool> {
+        let session = self.session();
+        let objects = session
+            .find_objects(&[Attribute::Id(kid.as_str().as_bytes().to_vec())])
+            .map_err(hsm_err("finding a key"))?;
+        let mut had_private = false;
+        for h in objects {
+            let class = session
+                .get_attributes(h, &[AttributeType::Class])
+                .map_err(hsm_err("reading a key's class"))?;
+            had_private |= class.contains(&Attribute::Class(ObjectClass::PRIVATE_KEY));
+            session
+                .destroy_object(h)
+                .map_err(hsm_err("destroying a key"))?;
+        }
+        Ok(had_private)
+    }
+
+    /// Signs `input` with the private key object `key`, in JOSE encoding.
+    pub(crate) fn sign(&self, key: ObjectHandle, alg: Algorithm, input: &[u8]) -> Result<Vec<u8>> {
+        sign_with(&self.session(), key, alg, input)
+    }
+}
+
+fn sign_with(
+    session: &Session,
+    key: ObjectHandle,
+    alg: Algorithm,
+    input: &[u8],
+) -> Result<Vec<u8>> {
+    let sign = |m: &Mechanism, data: &[u8]| {
+        session
+            .sign(m, key, data)
+            .map_err(hsm_err("signing in the HSM"))
+    };
+    match alg {
+        Algorithm::EdDSA => sign(
+            &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+            input,
+        ),
+        // CKM_ECDSA signs a digest and returns r || s, which is already the JOSE encoding.
+        Algorithm::ES256 => sign(
+            &Mechanism::Ecdsa,
+            digest::digest(&digest::SHA256, input).as_ref(),
+        ),
+        Algorithm::RS256 => sign(&Mechanism::Sha256RsaPkcs, input),
+        Algorithm::PS256 => sign(
+            &Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
+                hash_alg: MechanismType::SHA256,
+                mgf: PkcsMgfType::MGF1_SHA256,
+                s_len: 32u64.into(),
+            }),
+            input,
+        ),
+    }
+}
+
+fn public_material(session: &Session, key: ObjectHandle, alg: Algorithm) -> Result<PublicMaterial> {
+    let wanted: &[AttributeType] = if alg.is_rsa() {
+        &[AttributeType::Modulus, AttributeType::PublicExponent]
+    } else {
+        &[AttributeType::EcPoint]
+    };
+    let attrs = session
+        .get_attributes(key, wanted)
+        .map_err(hsm_err("reading the public key"))?;
+    let (mut n, mut e, mut point) = (None, None, None);
+    for a in attrs {
+        match a {
+            Attribute::Modulus(v) => n = Some(v),
+            Attribute::PublicExponent(v) => e = Some(v),
+            Attribute::EcPoint(v) => point = Some(v),
+            _ => {}
+        }
+    }
+    let missing = || Error::Hsm("the token did not return the public key".into());
+    if alg.is_rsa() {
+        let strip = |v: Vec<u8>| v.into_iter().skip_while(|b| *b == 0).collect::<Vec<u8>>();
+        return Ok(PublicMaterial::Rsa {
+            n: strip(n.ok_or_else(missing)?),
+            e: strip(e.ok_or_else(missing)?),
+        });
+    }
+    let len = if alg == Algorithm::EdDSA { 32 } else { 65 };
+    ec_point(&point.ok_or_else(missing)?, len)
+        .map(PublicMaterial::Raw)
+        .ok_or_else(|| Error::Hsm("the token returned a malformed public key".into()))
+}
+
+/// `CKA_EC_POINT` is a DER OCTET STRING around the point (PKCS#11 2.40); some modules return
+/// the bare point. Accepts either, for a point of exactly `len` bytes.
+fn ec_point(v: &[u8], len: usize) -> Option<Vec<u8>> {
+    match v {
+        [0x04, l, rest @ ..] if usize::from(*l) == len && rest.len() == len => Some(rest.to_vec()),
+        _ if v.len() == len => Some(v.to_vec()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ec_point;
+
+    #[test]
+    fn ec_points_are_unwrapped_from_der_or_taken_bare() {
+        let ed = [7u8; 32];
+        let mut der = vec![0x04, 32];
+        der.extend_from_slice(&ed);
+        assert_eq!(ec_point(&der, 32).as_deref(), Some(&ed[..]));
+        assert_eq!(ec_point(&ed, 32).as_deref(), Some(&ed[..]));
+
+        // A bare P-256 point starts with 0x04 too; its second byte must not be taken for a
+        // length.
+        let mut p = vec![0x04, 63];
+        p.extend_from_slice(&[9u8; 63]);
+        assert_eq!(ec_point(&p, 65).as_deref(), Some(&p[..]));
+        let mut wrapped = vec![0x04, 65];
+        wrapped.extend_from_slice(&p);
+        assert_eq!(ec_point(&wrapped, 65).as_deref(), Some(&p[..]));
+
+        assert_eq!(ec_point(&[0x04, 5, 1, 2], 32), None);
+        assert_eq!(ec_point(&[], 65), None);
+    }
+}

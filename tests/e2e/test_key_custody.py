@@ -6,10 +6,13 @@ key that left the signing system is believed to have left in a crash dump).
 A control run first shows that this machine does write core dumps, so the absence of one is
 proof, not luck."""
 
+import base64
+import json
 import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -165,3 +168,45 @@ def test_minting_fails_cleanly_while_the_signer_is_down_then_recovers(keypost, w
         time.sleep(0.2)
     assert r.status_code == 200, "the signer was restarted"
     assert keypost.userinfo(world.alice.realm, r.json()["access_token"]).status_code == 200
+
+
+def signer_request(keypost, request: dict) -> dict:
+    """One request on the signer's socket, as any process that can reach it would send it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(keypost.data_dir / "signer" / "signer.sock"))
+        s.sendall(json.dumps(request).encode() + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = s.recv(4096)
+            assert chunk, "the signer closed the connection without answering"
+            answer += chunk
+    return json.loads(answer)
+
+
+def test_the_signer_refuses_what_the_web_process_must_not_ask_and_audits_it(keypost, world):
+    payload = base64.urlsafe_b64encode(b'{"sub":"x"}').rstrip(b"=").decode()
+    asks = {
+        # Checkpoints are signed with the audit key inside the signer only.
+        "key is for another purpose": {"op": "jws", "realm": "contoso", "purpose": "audit",
+                                       "alg": "EdDSA", "typ": "at+jwt", "payload": payload},
+        "raw signing is not offered over the socket": {
+            "op": "raw", "realm": "contoso", "purpose": "access-token", "alg": "EdDSA",
+            "message": payload},
+        "unknown realm": {"op": "jws", "realm": "../contoso", "purpose": "access-token",
+                          "alg": "EdDSA", "typ": "at+jwt", "payload": payload},
+    }
+    for reason, request in asks.items():
+        answer = signer_request(keypost, request)
+        assert answer == {"error": "refused", "detail": reason}, answer
+    # A legitimate request on the same socket is signed.
+    ok = signer_request(keypost, {"op": "jws", "realm": "contoso", "purpose": "access-token",
+                                  "alg": "EdDSA", "typ": "at+jwt", "payload": payload})
+    assert ok.get("signature") and ok.get("kid"), ok
+
+    records = keypost.audit("SigningRefused")
+    reasons = {r["details"]["reason"] for r in records}
+    assert set(asks) <= reasons, records
+    audit_ask = next(r for r in records if r["details"]["reason"] == "key is for another purpose")
+    assert audit_ask["realm"] == "contoso" and audit_ask["result"] == "failure"
+    assert audit_ask["details"]["purpose"] == "audit"

@@ -22,6 +22,7 @@ fn class(operation: &str) -> (u32, u32, u32, &'static str) {
         }
         "KeyCreated" | "KeyImported" => (6, 6003, 1, "Create"),
         "KeyRevoked" => (6, 6003, 4, "Delete"),
+        "SigningRefused" => (6, 6003, 99, "Other"),
         _ => (6, 6003, 99, "Other"),
     }
 }

@@ -68,6 +68,9 @@ pub enum Operation {
     /// A mailbox setting changed (identities, vacation response, quota): attackers who get in
     /// often add a sender identity or an auto-reply, so these are evidence too.
     SettingsChanged,
+    /// The signer process refused a signing request (`details.reason`): only a compromised
+    /// or broken web process asks for what the signer will not sign.
+    SigningRefused,
     /// A sign-in failed.
     SignInFailed,
     /// A sign-in was refused because of too many failures.
@@ -109,6 +112,7 @@ impl Operation {
             SessionEnded => "SessionEnded",
             SessionsRevoked => "SessionsRevoked",
             SettingsChanged => "SettingsChanged",
+            SigningRefused => "SigningRefused",
             SignInFailed => "SignInFailed",
             SignInThrottled => "SignInThrottled",
             SignInSucceeded => "SignInSucceeded",

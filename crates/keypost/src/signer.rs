@@ -69,7 +69,28 @@ pub(crate) fn run(svc: Services, socket: &Path, child: bool) -> Result<()> {
             }
         });
         tracing::info!(socket = %socket.display(), "signer ready");
-        keys::serve_signer(listener, Arc::new(svc.custody.signer())).context("signer socket")
+        let audit = svc.identity.clone();
+        let on_refused: keys::RefusalHook = Arc::new(move |r: &keys::Refusal| {
+            tracing::warn!(target: "keypost::security", op = r.op, realm = %r.realm, purpose = %r.purpose, reason = r.reason, "signing request refused");
+            let mut ev = audit::Event::failure(audit::Operation::SigningRefused)
+                .detail("reason", r.reason)
+                .detail("op", r.op)
+                .detail("purpose", r.purpose.as_str())
+                .detail("alg", r.alg.as_str());
+            // The tenant's own chain when the realm exists; the provider's otherwise.
+            if let Ok(realm) = store::RealmId::new(r.realm.as_str())
+                && audit.store().get_realm(&realm).ok().flatten().is_some()
+            {
+                ev = ev.realm(&realm);
+            } else if !r.realm.is_empty() {
+                ev = ev.detail("realm_asked", r.realm.as_str());
+            }
+            if let Err(e) = audit.audit().record(ev, identity::now()) {
+                tracing::error!(target: "keypost::security", error = %e, "auditing a signer refusal failed");
+            }
+        });
+        keys::serve_signer(listener, Arc::new(svc.custody.signer()), on_refused)
+            .context("signer socket")
     }
 }
 

@@ -40,7 +40,7 @@ pub use error::Error;
 pub use hsm::{Hsm, HsmConfig, HsmRealms};
 pub use kek::Kek;
 pub use material::{Jwk, Jwks};
-pub use remote::{RemoteSigner, SignService, serve as serve_signer};
+pub use remote::{Refusal, RefusalHook, RemoteSigner, SignService, serve as serve_signer};
 pub use signer::{Signature, Signer, SigningKey};
 pub use store::{KeyPurpose, Kid, RealmId};
 

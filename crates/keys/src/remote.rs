@@ -135,15 +135,44 @@ fn now() -> UnixTime {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Answers one request with `signer`, by the signer's own clock.
-fn answer(signer: &Signer, line: &str) -> Response {
+/// A request the signer refused, for the audit log. The fields are what the request said,
+/// unchecked (an unknown realm is reported as asked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The operation asked for: `jws`, `raw`, or `malformed` for a request that did not parse.
+    pub op: &'static str,
+    /// The realm named.
+    pub realm: String,
+    /// The purpose named.
+    pub purpose: String,
+    /// The algorithm named.
+    pub alg: String,
+    /// Why it was refused.
+    pub reason: &'static str,
+}
+
+/// Called with every refusal, in the signer process (it audits them).
+pub type RefusalHook = Arc<dyn Fn(&Refusal) + Send + Sync>;
+
+/// Answers one request with `signer`, by the signer's own clock, reporting refusals to
+/// `on_refused`.
+fn answer(signer: &Signer, line: &str, on_refused: &RefusalHook) -> Response {
     let failed = |error: &str, detail: String| Response::Failed {
         error: error.into(),
         detail,
     };
     let request: Request = match serde_json::from_str(line) {
         Ok(r) => r,
-        Err(e) => return failed("failed", format!("bad request: {e}")),
+        Err(e) => {
+            on_refused(&Refusal {
+                op: "malformed",
+                realm: String::new(),
+                purpose: String::new(),
+                alg: String::new(),
+                reason: "bad message",
+            });
+            return failed("failed", format!("bad request: {e}"));
+        }
     };
     let parse =
         |realm: &str, purpose: &str, alg: &str| -> Result<(RealmId, KeyPurpose, Algorithm)> {
@@ -155,9 +184,31 @@ fn answer(signer: &Signer, line: &str) -> Response {
                 alg.parse()?,
             ))
         };
+    let (op, realm, purpose, alg) = match &request {
+        Request::Ping => return Response::Pong { pong: true },
+        Request::Jws {
+            realm,
+            purpose,
+            alg,
+            ..
+        } => ("jws", realm, purpose, alg),
+        Request::Raw {
+            realm,
+            purpose,
+            alg,
+            ..
+        } => ("raw", realm, purpose, alg),
+    };
+    let refusal = |reason| Refusal {
+        op,
+        realm: realm.clone(),
+        purpose: purpose.clone(),
+        alg: alg.clone(),
+        reason,
+    };
     // Over the socket, only tokens are signed: the audit key signs checkpoints and tombstones
     // inside the signer process alone, so a compromised web process cannot forge them.
-    let result = match request {
+    let result = match &request {
         Request::Ping => return Response::Pong { pong: true },
         Request::Raw { .. } => Err(Error::Refused("raw signing is not offered over the socket")),
         Request::Jws { purpose, .. } if purpose == KeyPurpose::Audit.as_str() => {
@@ -169,12 +220,15 @@ fn answer(signer: &Signer, line: &str) -> Response {
             alg,
             typ,
             payload,
-        } => parse(&realm, &purpose, &alg).and_then(|(r, p, a)| {
+        } => parse(realm, purpose, alg).and_then(|(r, p, a)| {
             signer
-                .sign_jws(&r, p, a, &typ, &payload, now())
+                .sign_jws(&r, p, a, typ, payload, now())
                 .map(|(k, input, s)| (k, Some(input), s))
         }),
     };
+    if let Err(Error::Refused(why)) = &result {
+        on_refused(&refusal(why));
+    }
     match result {
         Ok((key, input, sig)) => Response::Signed {
             kid: key.kid.to_string(),
@@ -193,7 +247,11 @@ fn answer(signer: &Signer, line: &str) -> Response {
 
 /// Serves signing requests on `listener`: one thread per connection. A failed accept (out of
 /// file descriptors, say) is logged and the loop goes on.
-pub fn serve(listener: UnixListener, signer: Arc<Signer>) -> std::io::Result<()> {
+pub fn serve(
+    listener: UnixListener,
+    signer: Arc<Signer>,
+    on_refused: RefusalHook,
+) -> std::io::Result<()> {
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
@@ -203,14 +261,15 @@ pub fn serve(listener: UnixListener, signer: Arc<Signer>) -> std::io::Result<()>
                 continue;
             }
         };
-        let signer = signer.clone();
+        let (signer, on_refused) = (signer.clone(), on_refused.clone());
         std::thread::spawn(move || {
             let Ok(mut writer) = stream.try_clone() else {
                 return;
             };
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { return };
-                let mut out = serde_json::to_vec(&answer(&signer, &line)).unwrap_or_default();
+                let mut out =
+                    serde_json::to_vec(&answer(&signer, &line, &on_refused)).unwrap_or_default();
                 out.push(b'\n');
                 if writer.write_all(&out).is_err() {
                     return;

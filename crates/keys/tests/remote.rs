@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -49,7 +49,12 @@ fn signs_over_the_socket_with_the_realms_own_key_only() {
     let path = dir.join("signer.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let signer = Arc::new(custody.signer());
-    std::thread::spawn(move || keys::serve_signer(listener, signer));
+    let refused: Arc<Mutex<Vec<keys::Refusal>>> = Arc::default();
+    let hook: keys::RefusalHook = {
+        let refused = refused.clone();
+        Arc::new(move |r: &keys::Refusal| refused.lock().unwrap().push(r.clone()))
+    };
+    std::thread::spawn(move || keys::serve_signer(listener, signer, hook));
 
     let client = RemoteSigner::new(&path);
     assert!(client.ping());
@@ -110,6 +115,22 @@ fn signs_over_the_socket_with_the_realms_own_key_only() {
         ),
         Err(Error::NoActiveKey { .. })
     ));
+
+    // Both audit-key asks reached the refusal hook (which the signer process audits); the
+    // realm without a key is not a refusal, and neither was the signed request.
+    let refused = refused.lock().unwrap();
+    let seen: Vec<(&str, &str, &str)> = refused
+        .iter()
+        .map(|r| (r.op, r.purpose.as_str(), r.reason))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("raw", "audit", "raw signing is not offered over the socket"),
+            ("jws", "audit", "key is for another purpose"),
+        ]
+    );
+    assert!(refused.iter().all(|r| r.realm == "contoso"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -47,7 +47,9 @@ fn bench(c: &mut Criterion) {
     let socket = dir.join("signer.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let served = Arc::new(custody.signer());
-    std::thread::spawn(move || keys::serve_signer(listener, served));
+    std::thread::spawn(move || {
+        keys::serve_signer(listener, served, Arc::new(|_: &keys::Refusal| {}))
+    });
     let signers: [(&str, Arc<dyn SignService>); 2] = [
         ("in_process", Arc::new(custody.signer())),
         ("signer_process", Arc::new(RemoteSigner::new(&socket))),

@@ -210,3 +210,11 @@ def test_the_signer_refuses_what_the_web_process_must_not_ask_and_audits_it(keyp
     audit_ask = next(r for r in records if r["details"]["reason"] == "key is for another purpose")
     assert audit_ask["realm"] == "contoso" and audit_ask["result"] == "failure"
     assert audit_ask["details"]["purpose"] == "audit"
+
+    # And they raise critical alerts: the tenant's for its realm, the provider's for none.
+    keypost.cli("alerts", "scan")
+    found = keypost.cli("alerts", "list", json=True)
+    signer_alerts = {(a["realm"], a["dedup_key"]) for a in found if a["rule"] == "signer-refused"}
+    assert ("contoso", "key is for another purpose") in signer_alerts, found
+    assert (None, "unknown realm") in signer_alerts, found
+    assert all(a["severity"] == "critical" for a in found if a["rule"] == "signer-refused")

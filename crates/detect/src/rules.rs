@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use store::{AuditColumn, AuditQuery, AuditRecord, RealmId, Severity, Store};
 
 /// Every rule, with its id (used in settings and alerts) and what it catches.
-pub const RULES: [(&str, &str); 7] = [
+pub const RULES: [(&str, &str); 8] = [
     (
         "forged-token",
         "A token whose signature belongs to another realm's key, an unknown key or a revoked \
@@ -46,6 +46,13 @@ pub const RULES: [(&str, &str); 7] = [
         "credential-stuffing",
         "Failed sign-ins on one account from many source addresses within 15 minutes \
          (default 10 addresses). High; one alert per account.",
+    ),
+    (
+        "signer-refused",
+        "The signer process refused a signing request: the audit key or raw signing asked for \
+         over its socket, a realm that does not exist, a malformed request. Keypost's own web \
+         process never asks these; whoever did controls something that can reach the socket. \
+         Critical; one alert per reason. Requests naming no existing realm alert the provider.",
     ),
 ];
 
@@ -201,6 +208,7 @@ impl Context<'_> {
             // Once an account is throttled, further guesses are refused as throttled: they
             // still count as attempts on it.
             "SignInThrottled" => out.extend(self.credential_stuffing(r)?),
+            "SigningRefused" => out.extend(self.signer_refused(r)),
             _ => {}
         }
         Ok(out)
@@ -225,6 +233,23 @@ impl Context<'_> {
             dedup_key: kid.clone(),
             details: json!({"reason": reason(r), "kid": kid, "iss": r.details.get("iss"),
                 "sub": r.details.get("sub"), "source_ip": r.source_ip, "user_agent": r.user_agent}),
+        })
+    }
+
+    fn signer_refused(&self, r: &AuditRecord) -> Option<Finding> {
+        // A tenant may turn it off for its realm; asks naming no realm go to the provider.
+        if r.realm.is_some() {
+            self.setting(r, "signer-refused")?;
+        }
+        let why = reason(r);
+        Some(Finding {
+            rule: "signer-refused",
+            severity: Severity::Critical,
+            title: format!("The signer refused a signing request: {why}"),
+            dedup_key: why.to_owned(),
+            details: json!({"reason": why, "op": r.details.get("op"),
+                "purpose": r.details.get("purpose"), "alg": r.details.get("alg"),
+                "realm_asked": r.details.get("realm_asked")}),
         })
     }
 

@@ -23,10 +23,17 @@ pub(crate) enum Command {
     /// Run the signer alone: the only process that unseals private keys. It signs over a Unix
     /// socket (mode 0600, in a 0700 directory), keeps every realm's keys on schedule and signs
     /// the audit checkpoints. `serve` starts one itself; run this only to place it elsewhere.
+    ///
+    /// With `[signer] address` (or `--listen`) it listens on TCP with mutually authenticated
+    /// TLS instead, and `serve` processes configured with the same address sign through it.
     Signer {
         /// The socket to listen on (default: {data_dir}/signer/signer.sock).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "listen")]
         socket: Option<PathBuf>,
+        /// Listen on HOST:PORT with mutual TLS (`[signer]` ca_file, cert_file, key_file)
+        /// instead of a Unix socket; default `[signer] address` when that is set.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
         /// Started by `serve`: end when it ends.
         #[arg(long, hide = true)]
         child: bool,
@@ -792,11 +799,10 @@ pub(crate) fn services(config: Config) -> Result<Services> {
 }
 
 /// What the web-facing `serve` gets: public keys only, and signing through the signer process
-/// at `socket`. No private key and no key-encryption key is ever in this process.
-pub(crate) fn web_services(config: Config, socket: &std::path::Path) -> Result<Services> {
+/// (`signer`). No private key and no key-encryption key is ever in this process.
+pub(crate) fn web_services(config: Config, signer: Arc<keys::RemoteSigner>) -> Result<Services> {
     let store = open_store(&config)?;
     let custody = Arc::new(Custody::public(store.clone(), config.key_policy));
-    let signer: Arc<dyn keys::SignService> = Arc::new(keys::RemoteSigner::new(socket));
     wire(store, custody, signer, config)
 }
 
@@ -889,9 +895,21 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
     let now = identity::now();
     match cmd {
         Command::Serve => crate::serve::run(config),
-        Command::Signer { socket, child } => {
-            let socket = socket.unwrap_or_else(|| crate::signer::default_socket(&config));
-            crate::signer::run(services(config)?, &socket, child)
+        Command::Signer {
+            socket,
+            listen,
+            child,
+        } => {
+            use crate::signer::Listen;
+            let listen = match (socket, listen.or(config.signer_address.clone())) {
+                (Some(socket), _) => Listen::Unix { socket, child },
+                (None, Some(address)) if !child => Listen::Tls(address),
+                (None, _) => Listen::Unix {
+                    socket: crate::signer::default_socket(&config),
+                    child,
+                },
+            };
+            crate::signer::run(services(config)?, listen)
         }
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config.file)?);

@@ -27,6 +27,23 @@ pub(crate) struct FileConfig {
     audit: AuditSection,
     alerts: AlertsSection,
     hsm: HsmSection,
+    signer: SignerSection,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SignerSection {
+    /// `host:port` of a signer run elsewhere (`keypost signer` listens there; `serve` signs
+    /// through it over mutual TLS instead of starting its own). Empty: `serve` runs the signer
+    /// as a child on a Unix socket.
+    address: String,
+    /// The operator CA that issued both sides' certificates (PEM).
+    ca_file: String,
+    /// This side's certificate: the signer's server certificate on the signer host, the
+    /// client certificate on the hosts that run `serve`.
+    cert_file: String,
+    /// This side's private key (PEM).
+    key_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -187,6 +204,7 @@ impl Default for FileConfig {
             audit: AuditSection::default(),
             alerts: AlertsSection::default(),
             hsm: HsmSection::default(),
+            signer: SignerSection::default(),
         }
     }
 }
@@ -257,6 +275,10 @@ pub(crate) struct Config {
     pub(crate) webhook: Option<(hyper::Uri, Secret)>,
     /// The PKCS#11 token that holds some realms' keys.
     pub(crate) hsm: Option<HsmSettings>,
+    /// A signer elsewhere, reached over mutual TLS (`None`: a child on a Unix socket).
+    pub(crate) signer_address: Option<String>,
+    /// This side's certificates for the signer link.
+    pub(crate) signer_tls: Option<keys::TlsFiles>,
 }
 
 /// A validated `[hsm]` section.
@@ -512,8 +534,37 @@ impl FileConfig {
                 }
             },
             hsm: self.hsm.validate()?,
+            signer_tls: self.signer.tls_files()?,
+            signer_address: match self.signer.address.trim() {
+                "" => None,
+                a => {
+                    if self.signer.ca_file.is_empty() {
+                        bail!(
+                            "signer.address needs signer.ca_file, cert_file and key_file (mutual TLS)"
+                        );
+                    }
+                    Some(a.to_owned())
+                }
+            },
             file: self,
         })
+    }
+}
+
+impl SignerSection {
+    fn tls_files(&self) -> Result<Option<keys::TlsFiles>> {
+        let files = [&self.ca_file, &self.cert_file, &self.key_file];
+        if files.iter().all(|f| f.is_empty()) {
+            return Ok(None);
+        }
+        if files.iter().any(|f| f.is_empty()) {
+            bail!("signer.ca_file, signer.cert_file and signer.key_file go together");
+        }
+        Ok(Some(keys::TlsFiles {
+            ca: PathBuf::from(&self.ca_file),
+            cert: PathBuf::from(&self.cert_file),
+            key: PathBuf::from(&self.key_file),
+        }))
     }
 }
 

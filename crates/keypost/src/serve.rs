@@ -19,7 +19,17 @@ pub(crate) fn run(config: Config) -> Result<()> {
     // No key lives here, but tokens, sessions and mail pass through: no core dumps either.
     hardening::no_core_dumps().context("making the process non-dumpable")?;
     let socket = crate::signer::default_socket(&config);
-    let svc = crate::cli::web_services(config.clone(), &socket)?;
+    let remote = match &config.signer_address {
+        Some(address) => {
+            let files = config
+                .signer_tls
+                .as_ref()
+                .context("signer.address needs [signer] certificates")?;
+            Arc::new(keys::RemoteSigner::tls(address, files)?)
+        }
+        None => Arc::new(keys::RemoteSigner::new(&socket)),
+    };
+    let svc = crate::cli::web_services(config.clone(), remote.clone())?;
     let mail = crate::cli::open_mail(&svc)?;
     let detector = Arc::new(detect::Detector::new(
         svc.store.clone(),
@@ -55,7 +65,16 @@ pub(crate) fn run(config: Config) -> Result<()> {
         );
     }
     // After the bootstrap, so the signer's first pass creates the new realm's keys.
-    let signer = crate::signer::Supervisor::start(&config, &socket)?;
+    let signer = match &config.signer_address {
+        None => Some(crate::signer::Supervisor::start(&config, &socket)?),
+        Some(address) => {
+            // Someone else runs it; minting answers 503 until it is reachable.
+            if !remote.ping() {
+                tracing::error!(target: "keypost::security", %address, "the signer does not answer (yet); minting fails until it does");
+            }
+            None
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -89,7 +108,9 @@ pub(crate) fn run(config: Config) -> Result<()> {
             .await
             .context("HTTP server failed")
     });
-    signer.stop();
+    if let Some(signer) = signer {
+        signer.stop();
+    }
     served
 }
 

@@ -21,77 +21,141 @@ use crate::config::Config;
 /// plenty; it also bounds how long a stalled rotation could go unnoticed.
 const KEY_SCHEDULE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often the signer looks for new realms to make keys for.
+const REALM_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Where the signer listens unless told otherwise.
 pub(crate) fn default_socket(config: &Config) -> PathBuf {
     config.data_dir.join("signer").join("signer.sock")
 }
 
-/// Runs the signer until its socket fails.
-pub(crate) fn run(svc: Services, socket: &Path, child: bool) -> Result<()> {
+/// Where the signer listens.
+pub(crate) enum Listen {
+    /// A Unix socket; `child`: started by `serve`, so it ends when `serve` ends.
+    Unix { socket: PathBuf, child: bool },
+    /// TCP with mutually authenticated TLS (`[signer]` certificates), for a signer on
+    /// another host or under another user.
+    Tls(String),
+}
+
+/// Runs the signer until its listener fails.
+pub(crate) fn run(svc: Services, listen: Listen) -> Result<()> {
     hardening::no_core_dumps().context("making the signer non-dumpable")?;
-    if child {
+    if let Listen::Unix { child: true, .. } = listen {
         hardening::die_with_parent().context("tying the signer to serve")?;
     }
     if let Err(e) = hardening::lock_all_memory() {
         tracing::warn!(target: "keypost::security", error = %e,
             "signer memory not locked (needs CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK): keys could reach swap");
     }
+    // Bind first, so a bad address or certificate fails before any work starts.
+    enum Bound {
+        Unix(std::os::unix::net::UnixListener),
+        Tls(std::net::TcpListener, Arc<rustls::ServerConfig>),
+    }
+    let bound = match &listen {
+        Listen::Unix { socket, .. } => Bound::Unix(bind_private_socket(socket)?),
+        Listen::Tls(address) => {
+            let files = svc
+                .config
+                .signer_tls
+                .as_ref()
+                .context("listening over TLS needs [signer] ca_file, cert_file and key_file")?;
+            let config = files.server_config()?;
+            let listener = std::net::TcpListener::bind(address)
+                .with_context(|| format!("binding {address}"))?;
+            Bound::Tls(listener, config)
+        }
+    };
+    let retention = svc.config.audit_retention;
+    let identity = svc.identity.clone();
+    let realm_ids =
+        move |identity: &Identity, before: &[String]| match identity.store().list_realms() {
+            Ok(list) => list.into_iter().map(|r| r.id.to_string()).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "listing realms failed");
+                before.to_vec()
+            }
+        };
+    // The first pass before answering anyone, so every existing realm can sign at once.
+    let mut realms: Vec<String> = realm_ids(&identity, &[]);
+    key_schedule_step(&identity, retention);
+    std::thread::spawn(move || {
+        // A full pass every interval, and at once when a realm appears (`serve`'s first start,
+        // a tenant created elsewhere), so a new realm can sign within a second.
+        let mut last_pass = Instant::now();
+        loop {
+            std::thread::sleep(REALM_WATCH_INTERVAL);
+            let now_realms = realm_ids(&identity, &realms);
+            if now_realms != realms || last_pass.elapsed() >= KEY_SCHEDULE_INTERVAL {
+                key_schedule_step(&identity, retention);
+                realms = now_realms;
+                last_pass = Instant::now();
+            }
+        }
+    });
+    let on_refused = audit_refusals(svc.identity.clone());
+    let signer = Arc::new(svc.custody.signer());
+    match bound {
+        Bound::Unix(listener) => {
+            tracing::info!(socket = ?listener.local_addr().ok(), "signer ready");
+            keys::serve_signer(listener, signer, on_refused).context("signer socket")
+        }
+        Bound::Tls(listener, config) => {
+            tracing::info!(address = ?listener.local_addr().ok(), "signer ready (mutual TLS)");
+            keys::serve_signer_tls(listener, config, signer, on_refused).context("signer listener")
+        }
+    }
+}
+
+/// A Unix socket, mode 0600, in a directory of the signer's own (0700).
+fn bind_private_socket(socket: &Path) -> Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = socket
         .parent()
         .context("the socket path has no directory")?;
-    {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        // The directory is the signer's own: created 0700, or refused if anyone else could
-        // reach into it (never chmod a directory someone else owns, like /tmp).
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        let meta = std::fs::metadata(dir)?;
-        let me = std::fs::metadata("/proc/self").map_or(meta.uid(), |m| m.uid());
-        if meta.uid() != me || meta.mode() & 0o077 != 0 {
-            bail!(
-                "{} must be a directory of this user that nobody else can enter (mode 0700)",
-                dir.display()
-            );
-        }
-        let _ = std::fs::remove_file(socket);
-        let listener = std::os::unix::net::UnixListener::bind(socket)
-            .with_context(|| format!("binding {}", socket.display()))?;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-        let retention = svc.config.audit_retention;
-        key_schedule_step(&svc.identity, retention);
-        let identity = svc.identity.clone();
-        std::thread::spawn(move || {
-            loop {
-                std::thread::sleep(KEY_SCHEDULE_INTERVAL);
-                key_schedule_step(&identity, retention);
-            }
-        });
-        tracing::info!(socket = %socket.display(), "signer ready");
-        let audit = svc.identity.clone();
-        let on_refused: keys::RefusalHook = Arc::new(move |r: &keys::Refusal| {
-            tracing::warn!(target: "keypost::security", op = r.op, realm = %r.realm, purpose = %r.purpose, reason = r.reason, "signing request refused");
-            let mut ev = audit::Event::failure(audit::Operation::SigningRefused)
-                .detail("reason", r.reason)
-                .detail("op", r.op)
-                .detail("purpose", r.purpose.as_str())
-                .detail("alg", r.alg.as_str());
-            // The tenant's own chain when the realm exists; the provider's otherwise.
-            if let Ok(realm) = store::RealmId::new(r.realm.as_str())
-                && audit.store().get_realm(&realm).ok().flatten().is_some()
-            {
-                ev = ev.realm(&realm);
-            } else if !r.realm.is_empty() {
-                ev = ev.detail("realm_asked", r.realm.as_str());
-            }
-            if let Err(e) = audit.audit().record(ev, identity::now()) {
-                tracing::error!(target: "keypost::security", error = %e, "auditing a signer refusal failed");
-            }
-        });
-        keys::serve_signer(listener, Arc::new(svc.custody.signer()), on_refused)
-            .context("signer socket")
+    // Created 0700, or refused if anyone else could reach into it (never chmod a directory
+    // someone else owns, like /tmp).
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
+    let meta = std::fs::metadata(dir)?;
+    let me = std::fs::metadata("/proc/self").map_or(meta.uid(), |m| m.uid());
+    if meta.uid() != me || meta.mode() & 0o077 != 0 {
+        bail!(
+            "{} must be a directory of this user that nobody else can enter (mode 0700)",
+            dir.display()
+        );
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Every refused signing request (and refused TLS peer) becomes a `SigningRefused` record.
+fn audit_refusals(identity: Arc<Identity>) -> keys::RefusalHook {
+    Arc::new(move |r: &keys::Refusal| {
+        tracing::warn!(target: "keypost::security", op = r.op, realm = %r.realm, purpose = %r.purpose, reason = r.reason, "signing request refused");
+        let mut ev = audit::Event::failure(audit::Operation::SigningRefused)
+            .detail("reason", r.reason)
+            .detail("op", r.op)
+            .detail("purpose", r.purpose.as_str())
+            .detail("alg", r.alg.as_str());
+        // The tenant's own chain when the realm exists; the provider's otherwise.
+        if let Ok(realm) = store::RealmId::new(r.realm.as_str())
+            && identity.store().get_realm(&realm).ok().flatten().is_some()
+        {
+            ev = ev.realm(&realm);
+        } else if !r.realm.is_empty() {
+            ev = ev.detail("realm_asked", r.realm.as_str());
+        }
+        if let Err(e) = identity.audit().record(ev, identity::now()) {
+            tracing::error!(target: "keypost::security", error = %e, "auditing a signer refusal failed");
+        }
+    })
 }
 
 /// One pass of automatic rotation over every realm, then a signed checkpoint of every audit

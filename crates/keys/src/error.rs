@@ -42,6 +42,9 @@ pub enum Error {
     /// The PKCS#11 module or token failed or is misconfigured.
     #[error("HSM: {0}")]
     Hsm(String),
+    /// The signer's TLS configuration (certificates, key, address) is unusable.
+    #[error("signer TLS: {0}")]
+    Tls(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] store::Error),

@@ -33,6 +33,7 @@ mod kek;
 mod material;
 mod remote;
 mod signer;
+mod transport;
 
 pub use alg::Algorithm;
 pub use custody::{Custody, KeyHistory, KeyInfo, KeyPolicy, KeyState, VerifyingKey, VerifyingKeys};
@@ -40,9 +41,13 @@ pub use error::Error;
 pub use hsm::{Hsm, HsmConfig, HsmRealms};
 pub use kek::Kek;
 pub use material::{Jwk, Jwks};
-pub use remote::{Refusal, RefusalHook, RemoteSigner, SignService, serve as serve_signer};
+pub use remote::{
+    Refusal, RefusalHook, RemoteSigner, SignService, serve as serve_signer,
+    serve_tls as serve_signer_tls,
+};
 pub use signer::{Signature, Signer, SigningKey};
 pub use store::{KeyPurpose, Kid, RealmId};
+pub use transport::TlsFiles;
 
 /// Result alias for key operations.
 pub type Result<T> = std::result::Result<T, Error>;

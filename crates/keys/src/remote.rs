@@ -15,9 +15,10 @@
 //!   any failure → {"error":"refused"|"no_active_key"|"failed","detail":"…"}
 //! ```
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use store::{KeyPurpose, Kid, RealmId, UnixTime};
 
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+use crate::transport::{Endpoint, Stream, TlsFiles};
 use crate::{Algorithm, Error, Result, Signature, Signer, SigningKey};
 
 /// Signing, wherever the keys are: in this process ([`Signer`]) or in the signer process
@@ -245,6 +249,25 @@ fn answer(signer: &Signer, line: &str, on_refused: &RefusalHook) -> Response {
     }
 }
 
+/// Answers requests on one connection until it closes.
+fn converse(stream: impl Read + Write, signer: &Signer, on_refused: &RefusalHook) {
+    let mut conn = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match conn.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut out =
+            serde_json::to_vec(&answer(signer, line.trim_end(), on_refused)).unwrap_or_default();
+        out.push(b'\n');
+        if conn.get_mut().write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
 /// Serves signing requests on `listener`: one thread per connection. A failed accept (out of
 /// file descriptors, say) is logged and the loop goes on.
 pub fn serve(
@@ -262,26 +285,60 @@ pub fn serve(
             }
         };
         let (signer, on_refused) = (signer.clone(), on_refused.clone());
+        std::thread::spawn(move || converse(stream, &signer, &on_refused));
+    }
+    Ok(())
+}
+
+/// Serves signing requests over mutually authenticated TLS on `listener` (see
+/// [`TlsFiles::server_config`]). A peer without a client certificate from the CA is refused
+/// in the handshake, logged and reported to `on_refused`.
+pub fn serve_tls(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    signer: Arc<Signer>,
+    on_refused: RefusalHook,
+) -> std::io::Result<()> {
+    for stream in listener.incoming() {
+        let tcp = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "signer: accepting a connection failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let (signer, on_refused, config) = (signer.clone(), on_refused.clone(), config.clone());
         std::thread::spawn(move || {
-            let Ok(mut writer) = stream.try_clone() else {
+            let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let Ok(conn) = ServerConnection::new(config) else {
                 return;
             };
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { return };
-                let mut out =
-                    serde_json::to_vec(&answer(&signer, &line, &on_refused)).unwrap_or_default();
-                out.push(b'\n');
-                if writer.write_all(&out).is_err() {
+            let mut tls = StreamOwned::new(conn, tcp);
+            // A bounded handshake; afterwards pooled connections may idle.
+            let _ = tls.sock.set_read_timeout(Some(Duration::from_secs(10)));
+            while tls.conn.is_handshaking() {
+                if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                    tracing::warn!(target: "keypost::security", %peer, error = %e, "signer: TLS peer refused");
+                    on_refused(&Refusal {
+                        op: "connect",
+                        realm: String::new(),
+                        purpose: String::new(),
+                        alg: String::new(),
+                        reason: "TLS handshake failed (no valid client certificate)",
+                    });
                     return;
                 }
             }
+            let _ = tls.sock.set_read_timeout(None);
+            converse(tls, &signer, &on_refused);
         });
     }
     Ok(())
 }
 
 /// The reasons a signer refuses, as the static strings [`Error::Refused`] carries.
-const REASONS: [&str; 11] = [
+const REASONS: [&str; 12] = [
     "raw signing is not offered over the socket",
     "unknown key",
     "key is bound to another realm",
@@ -293,40 +350,48 @@ const REASONS: [&str; 11] = [
     "unknown realm",
     "unknown purpose",
     "bad message",
+    "TLS handshake failed (no valid client certificate)",
 ];
 
-/// Signs through the signer process at a Unix socket.
+/// Signs through the signer process: at a Unix socket, or over mutually authenticated TLS.
 pub struct RemoteSigner {
-    path: PathBuf,
-    idle: Mutex<Vec<BufReader<UnixStream>>>,
+    endpoint: Endpoint,
+    idle: Mutex<Vec<BufReader<Box<dyn Stream>>>>,
 }
 
 impl std::fmt::Debug for RemoteSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteSigner")
-            .field("path", &self.path)
+            .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
 }
 
 impl RemoteSigner {
-    /// A client of the signer listening at `path`.
+    /// A client of the signer listening at the Unix socket `path`.
     pub fn new(path: &Path) -> Self {
         Self {
-            path: path.to_owned(),
+            endpoint: Endpoint::Unix(path.to_owned()),
             idle: Mutex::new(Vec::new()),
         }
     }
 
-    fn connect(&self) -> std::io::Result<BufReader<UnixStream>> {
-        let s = UnixStream::connect(&self.path)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
-        Ok(BufReader::new(s))
+    /// A client of the signer at `host:port`, over TLS 1.3 with this side's certificate from
+    /// `files` and only `files.ca` trusted.
+    pub fn tls(address: &str, files: &TlsFiles) -> Result<Self> {
+        Ok(Self {
+            endpoint: Endpoint::tls(address, files)?,
+            idle: Mutex::new(Vec::new()),
+        })
     }
 
-    fn exchange(conn: &mut BufReader<UnixStream>, line: &[u8]) -> std::io::Result<String> {
+    fn connect(&self) -> std::io::Result<BufReader<Box<dyn Stream>>> {
+        Ok(BufReader::new(self.endpoint.connect()?))
+    }
+
+    fn exchange(conn: &mut BufReader<Box<dyn Stream>>, line: &[u8]) -> std::io::Result<String> {
         conn.get_mut().write_all(line)?;
+        conn.get_mut().flush()?;
         let mut answer = String::new();
         if conn.read_line(&mut answer)? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -339,7 +404,7 @@ impl RemoteSigner {
         line.push(b'\n');
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         // A pooled connection may have died with a restarted signer: one fresh try after it.
-        let attempt = |conn: Option<BufReader<UnixStream>>| -> std::io::Result<(BufReader<UnixStream>, String)> {
+        let attempt = |conn: Option<BufReader<Box<dyn Stream>>>| -> std::io::Result<(BufReader<Box<dyn Stream>>, String)> {
             let mut conn = match conn {
                 Some(c) => c,
                 None => self.connect()?,

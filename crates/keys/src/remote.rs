@@ -268,25 +268,35 @@ fn converse(stream: impl Read + Write, signer: &Signer, on_refused: &RefusalHook
     }
 }
 
-/// Serves signing requests on `listener`: one thread per connection. A failed accept (out of
+/// Runs `handle` on a thread of its own for each accepted connection. A failed accept (out of
 /// file descriptors, say) is logged and the loop goes on.
+fn each_connection<S: Send + 'static>(
+    incoming: impl Iterator<Item = std::io::Result<S>>,
+    handle: impl Fn(S) + Clone + Send + 'static,
+) {
+    for stream in incoming {
+        match stream {
+            Ok(s) => {
+                let handle = handle.clone();
+                std::thread::spawn(move || handle(s));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "signer: accepting a connection failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Serves signing requests on `listener`: one thread per connection.
 pub fn serve(
     listener: UnixListener,
     signer: Arc<Signer>,
     on_refused: RefusalHook,
 ) -> std::io::Result<()> {
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "signer: accepting a connection failed");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        let (signer, on_refused) = (signer.clone(), on_refused.clone());
-        std::thread::spawn(move || converse(stream, &signer, &on_refused));
-    }
+    each_connection(listener.incoming(), move |stream| {
+        converse(stream, &signer, &on_refused)
+    });
     Ok(())
 }
 
@@ -299,41 +309,30 @@ pub fn serve_tls(
     signer: Arc<Signer>,
     on_refused: RefusalHook,
 ) -> std::io::Result<()> {
-    for stream in listener.incoming() {
-        let tcp = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "signer: accepting a connection failed");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
+    each_connection(listener.incoming(), move |tcp: std::net::TcpStream| {
+        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let Ok(conn) = ServerConnection::new(config.clone()) else {
+            return;
         };
-        let (signer, on_refused, config) = (signer.clone(), on_refused.clone(), config.clone());
-        std::thread::spawn(move || {
-            let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            let Ok(conn) = ServerConnection::new(config) else {
+        let mut tls = StreamOwned::new(conn, tcp);
+        // A bounded handshake; afterwards pooled connections may idle.
+        let _ = tls.sock.set_read_timeout(Some(Duration::from_secs(10)));
+        while tls.conn.is_handshaking() {
+            if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                tracing::warn!(target: "keypost::security", %peer, error = %e, "signer: TLS peer refused");
+                on_refused(&Refusal {
+                    op: "connect",
+                    realm: String::new(),
+                    purpose: String::new(),
+                    alg: String::new(),
+                    reason: "TLS handshake failed (no valid client certificate)",
+                });
                 return;
-            };
-            let mut tls = StreamOwned::new(conn, tcp);
-            // A bounded handshake; afterwards pooled connections may idle.
-            let _ = tls.sock.set_read_timeout(Some(Duration::from_secs(10)));
-            while tls.conn.is_handshaking() {
-                if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
-                    tracing::warn!(target: "keypost::security", %peer, error = %e, "signer: TLS peer refused");
-                    on_refused(&Refusal {
-                        op: "connect",
-                        realm: String::new(),
-                        purpose: String::new(),
-                        alg: String::new(),
-                        reason: "TLS handshake failed (no valid client certificate)",
-                    });
-                    return;
-                }
             }
-            let _ = tls.sock.set_read_timeout(None);
-            converse(tls, &signer, &on_refused);
-        });
-    }
+        }
+        let _ = tls.sock.set_read_timeout(None);
+        converse(tls, &signer, &on_refused);
+    });
     Ok(())
 }
 

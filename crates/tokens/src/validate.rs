@@ -394,12 +394,6 @@ pub fn validate(
     if !view.client_known {
         reject!(Rejection::ClientUnknown);
     }
-    let scopes: Vec<String> = scope.split_ascii_whitespace().map(str::to_owned).collect();
-    if let Some(needed) = expect.required_scope
-        && !scopes.iter().any(|s| s == needed)
-    {
-        reject!(Rejection::InsufficientScope);
-    }
 
     // 6. Ledger: this exact token was issued, for this subject, client, key and realm.
     let Some(entry) = view.entry else {
@@ -435,6 +429,15 @@ pub fn validate(
         reject!(Rejection::AccountDisabled);
     }
     let ledger_hit = LedgerHit(());
+
+    // 7. Authorization, last: a token that is not genuine is refused as a forgery (and
+    // alerted on) whatever scope it claims, never as merely lacking one.
+    let scopes: Vec<String> = scope.split_ascii_whitespace().map(str::to_owned).collect();
+    if let Some(needed) = expect.required_scope
+        && !scopes.iter().any(|s| s == needed)
+    {
+        reject!(Rejection::InsufficientScope);
+    }
 
     Ok(Principal {
         realm: expect.realm.clone(),

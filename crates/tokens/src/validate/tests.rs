@@ -335,7 +335,8 @@ fn claim_checks() {
             Rejection::AudienceMismatch,
         ),
         ("client_id", json!("nobody"), Rejection::ClientUnknown),
-        ("scope", json!("openid"), Rejection::InsufficientScope),
+        // Never issued: a forgery first, whatever scope it claims.
+        ("scope", json!("openid"), Rejection::NotIssued),
     ];
     for (claim, value, want) in cases {
         let mut c = f.claims_for("contoso");
@@ -347,6 +348,12 @@ fn claim_checks() {
             "{claim}"
         );
     }
+    // A genuine token without the scope is refused for the scope alone.
+    let genuine = f.mint_for("contoso", f.user.as_str(), "openid");
+    assert_eq!(
+        f.check("contoso", &genuine.access_token, NOW).unwrap_err(),
+        Rejection::InsufficientScope
+    );
     let mut c = f.claims_for("contoso");
     c.as_object_mut().unwrap().remove("jti");
     assert_eq!(

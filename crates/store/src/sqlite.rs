@@ -2,7 +2,7 @@
 //! so a committed ledger row survives power loss, and versioned migrations applied on open.
 
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};
 
@@ -383,6 +383,12 @@ CREATE TRIGGER audit_tombstones_no_update BEFORE UPDATE ON audit_tombstones
 CREATE TRIGGER audit_tombstones_no_delete BEFORE DELETE ON audit_tombstones
     BEGIN SELECT RAISE(ABORT, 'audit tombstones are append-only'); END;
 "#,
+    r#"
+-- Fewer indexes per audit row (each costs every append): a record's chain is its realm, so
+-- (chain, time) serves realm queries, and (actor, operation, id) serves actor queries.
+DROP INDEX audit_realm_time;
+DROP INDEX audit_actor_time;
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).
@@ -401,16 +407,26 @@ pub struct SqliteStore {
     readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
     group: Mutex<GroupState>,
-    group_done: Condvar,
 }
 
-/// Writes waiting for the next group commit, and results waiting for their writers.
+/// Writes waiting for the next group commit.
 #[derive(Default)]
 struct GroupState {
-    queue: Vec<(u64, Write)>,
-    results: std::collections::HashMap<u64, Result<Vec<i64>>>,
-    next_ticket: u64,
+    queue: Vec<Pending>,
+    /// A leader is committing (or has been told to): new writes wait for it.
     committing: bool,
+}
+
+/// One queued write and the way back to the thread waiting for it.
+struct Pending {
+    write: Write,
+    reply: std::sync::mpsc::SyncSender<Reply>,
+}
+
+/// What a waiting writer is told: its result, or that it leads the next commit.
+enum Reply {
+    Done(Result<Vec<i64>>),
+    Lead,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -455,7 +471,6 @@ impl SqliteStore {
             readers: Vec::new(),
             next_reader: Default::default(),
             group: Mutex::default(),
-            group_done: Condvar::new(),
         };
         store.migrate()?;
         Ok(store)
@@ -1490,7 +1505,8 @@ fn audit_where(q: &AuditQuery) -> (String, Vec<Box<dyn ToSql>>) {
             args.push(Box::new(v.clone()));
         }
     };
-    eq("realm", &q.realm.as_ref().map(|r| r.to_string()));
+    // A record's chain is its realm (`chain::chain_of`), and chain is what is indexed.
+    eq("chain", &q.realm.as_ref().map(|r| r.to_string()));
     eq("operation", &q.operation);
     eq("actor", &q.actor);
     eq("result", &q.result);
@@ -1653,35 +1669,51 @@ impl SqliteStore {
     /// commit that contains their write, so "acknowledged" still means "on disk"; under load
     /// one fsync serves many requests.
     fn group_write(&self, write: Write) -> Result<Vec<i64>> {
-        let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
-        let ticket = g.next_ticket;
-        g.next_ticket += 1;
-        g.queue.push((ticket, write));
-        loop {
-            if let Some(r) = g.results.remove(&ticket) {
-                return r;
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let lead = {
+            let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
+            g.queue.push(Pending { write, reply });
+            !std::mem::replace(&mut g.committing, true)
+        };
+        if !lead {
+            // Woken exactly once: with the result, or to lead the next commit. (A thundering
+            // herd of waiters on one condvar cost more than the commits themselves.)
+            match answer.recv() {
+                Ok(Reply::Done(r)) => return r,
+                Ok(Reply::Lead) => {}
+                Err(_) => return Err(Error::Backend("group commit leader vanished".into())),
             }
-            if !g.committing {
-                g.committing = true;
-                let batch = std::mem::take(&mut g.queue);
-                drop(g);
-                let results = self.commit_batch(batch);
-                g = self.group.lock().unwrap_or_else(|p| p.into_inner());
-                g.committing = false;
-                g.results.extend(results);
-                self.group_done.notify_all();
-                continue;
+        }
+        let batch = std::mem::take(&mut self.group.lock().unwrap_or_else(|p| p.into_inner()).queue);
+        for (reply, r) in self.commit_batch(batch) {
+            // Our own result lands in our own channel (capacity 1, nothing else is in it).
+            let _ = reply.send(Reply::Done(r));
+        }
+        {
+            // Hand the lead to the first writer that queued meanwhile, or stand down.
+            let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
+            match g.queue.first() {
+                Some(next) => {
+                    let _ = next.reply.send(Reply::Lead);
+                }
+                None => g.committing = false,
             }
-            g = self.group_done.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        match answer.recv() {
+            Ok(Reply::Done(r)) => r,
+            _ => Err(Error::Backend("group commit lost a result".into())),
         }
     }
 
-    fn commit_batch(&self, batch: Vec<(u64, Write)>) -> Vec<(u64, Result<Vec<i64>>)> {
-        let tickets: Vec<u64> = batch.iter().map(|(t, _)| *t).collect();
+    fn commit_batch(
+        &self,
+        batch: Vec<Pending>,
+    ) -> Vec<(std::sync::mpsc::SyncSender<Reply>, Result<Vec<i64>>)> {
+        let replies: Vec<_> = batch.iter().map(|p| p.reply.clone()).collect();
         let fail_all = |e: Error| {
-            tickets
+            replies
                 .iter()
-                .map(|t| (*t, Err(Error::Backend(e.to_string()))))
+                .map(|r| (r.clone(), Err(Error::Backend(e.to_string()))))
                 .collect()
         };
         let mut conn = match self.conn() {
@@ -1695,7 +1727,7 @@ impl SqliteStore {
         };
         let mut results = Vec::with_capacity(batch.len());
         let mut heads = audit_chain::Heads::default();
-        for (ticket, write) in batch {
+        for Pending { write, reply } in batch {
             let before = heads.clone();
             let r = (|| {
                 let sp = tx.savepoint()?;
@@ -1720,7 +1752,7 @@ impl SqliteStore {
                 // That write rolled back: so do the chain positions it took.
                 heads = before;
             }
-            results.push((ticket, r));
+            results.push((reply, r));
         }
         if let Err(e) = heads.flush(&tx) {
             return fail_all(e);

@@ -66,6 +66,38 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The same appends from async tasks, as request handlers make them: each task awaits its
+    // record's durability on a two-thread runtime, so waiting costs a task, not a thread.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let log = Arc::new(log);
+    for tasks in [64usize, 256] {
+        g.bench_function(format!("{tasks}_async_tasks"), |b| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(tasks as u64);
+                let start = Instant::now();
+                rt.block_on(async {
+                    let mut all = Vec::with_capacity(tasks);
+                    for t in 0..tasks {
+                        let (log, realm) = (log.clone(), realms[t % realms.len()].clone());
+                        all.push(tokio::spawn(async move {
+                            for n in 0..per {
+                                log.record_all(vec![event(&realm, n)], 1).await.unwrap();
+                            }
+                        }));
+                    }
+                    for h in all {
+                        h.await.unwrap();
+                    }
+                });
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per * tasks as u64) as f64)
+            })
+        });
+    }
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }

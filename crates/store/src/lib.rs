@@ -19,6 +19,7 @@
 
 mod blob;
 pub mod chain;
+mod completion;
 mod email_query;
 mod error;
 mod ids;
@@ -27,6 +28,7 @@ mod sqlite;
 mod traits;
 
 pub use blob::{BlobStore, FsBlobStore, blob_id};
+pub use completion::Completion;
 pub use email_query::{
     EmailCondition, EmailFilter, EmailQuery, EmailSort, QueryPage, SortKey, base_subject,
 };

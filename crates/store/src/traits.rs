@@ -118,8 +118,13 @@ pub trait SessionStore: Send + Sync {
 
 /// The audit log. There is deliberately no update or delete.
 pub trait AuditStore: Send + Sync {
-    /// Appends records; returns their ids in order.
-    fn append_audit(&self, records: &[AuditRecord]) -> Result<Vec<i64>>;
+    /// Appends records; returns their ids in order once they are durable.
+    fn append_audit(&self, records: &[AuditRecord]) -> Result<Vec<i64>> {
+        self.submit_audit(records).wait()
+    }
+    /// Queues records for appending; the completion answers (ids in order) once they are
+    /// durable. Async callers `.await` it instead of blocking a thread.
+    fn submit_audit(&self, records: &[AuditRecord]) -> crate::Completion;
     /// Records matching a query, oldest first.
     fn search_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
     /// How many records match a query (ignores `limit` and `after_id`).

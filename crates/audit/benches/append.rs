@@ -84,7 +84,7 @@ fn bench(c: &mut Criterion) {
                         let (log, realm) = (log.clone(), realms[t % realms.len()].clone());
                         all.push(tokio::spawn(async move {
                             for n in 0..per {
-                                log.record_all(vec![event(&realm, n)], 1).await.unwrap();
+                                log.record_all(vec![(event(&realm, n), 1)]).await.unwrap();
                             }
                         }));
                     }

@@ -251,11 +251,14 @@ impl AuditLog {
         Ok(ids.first().copied().unwrap_or_default())
     }
 
-    /// Appends events at `now` in one write and resolves to their record ids once they are
+    /// Appends events (each with its time) in one write and resolves to their record ids once they are
     /// durable. For async request handlers: the wait costs a task, not a parked thread, and
     /// the committer batches every handler's records into a shared commit.
-    pub async fn record_all(&self, events: Vec<Event>, now: UnixTime) -> Result<Vec<i64>, Error> {
-        let records: Vec<AuditRecord> = events.into_iter().map(|e| Self::prepare(e, now)).collect();
+    pub async fn record_all(&self, events: Vec<(Event, UnixTime)>) -> Result<Vec<i64>, Error> {
+        let records: Vec<AuditRecord> = events
+            .into_iter()
+            .map(|(e, at)| Self::prepare(e, at))
+            .collect();
         Ok(self.store.submit_audit(&records).await?)
     }
 

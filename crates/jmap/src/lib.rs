@@ -118,9 +118,24 @@ pub(crate) struct Authed {
     pub(crate) principal: Principal,
     pub(crate) account: Account,
     pub(crate) source: Source,
+    /// This request's audit events. They are appended in one write when the request's work is
+    /// done, and the response — with any mail in it — leaves only once they are durable.
+    events: std::sync::Mutex<Vec<(Event, i64)>>,
 }
 
 impl Authed {
+    /// Records `ev` as part of this request (see `events`).
+    pub(crate) fn record(&self, ev: Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((ev, now()));
+    }
+
+    fn take_events(&self) -> Vec<(Event, i64)> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// An audit event about this request, with everything that identifies who made it.
     pub(crate) fn event(&self, op: Operation) -> Event {
         let p = &self.principal;
@@ -263,11 +278,13 @@ fn authenticate(j: &Jmap, headers: &HeaderMap, source: Source) -> Result<Authed,
         principal,
         account,
         source,
+        events: Default::default(),
     })
 }
 
 /// Runs `f` for an authenticated request on a blocking thread (the store is synchronous), or
-/// answers with the gate's refusal.
+/// answers with the gate's refusal; then appends the audit events `f` recorded and releases
+/// the response only once they are durable.
 async fn with_auth(
     j: Arc<Jmap>,
     connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
@@ -275,21 +292,35 @@ async fn with_auth(
     f: impl FnOnce(&Jmap, &Authed) -> Response + Send + 'static,
 ) -> Response {
     let source = source_of(&headers, peer(connect));
-    blocking(move || match authenticate(&j, &headers, source) {
-        Ok(a) => f(&j, &a),
-        Err(r) => r,
+    let jj = j.clone();
+    let done = tokio::task::spawn_blocking(move || match authenticate(&jj, &headers, source) {
+        Ok(a) => (f(&jj, &a), a.take_events()),
+        Err(r) => (r, Vec::new()),
     })
-    .await
-}
-
-async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
-        problem(
+    .await;
+    let Ok((response, events)) = done else {
+        return problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "serverFail",
             "internal error",
-        )
-    })
+        );
+    };
+    if events.is_empty() {
+        return response;
+    }
+    // Awaited, not blocked on: the committer batches every request's records into shared
+    // commits while this task waits.
+    match j.audit.record_all(events).await {
+        Ok(_) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "audit write failed; withholding the response");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serverUnavailable",
+                "try again later",
+            )
+        }
+    }
 }
 
 fn peer(connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> Option<SocketAddr> {
@@ -360,14 +391,7 @@ async fn download(
                     .collect::<Vec<_>>(),
             )
             .detail("blob", blob);
-        if let Err(e) = j.audit.record(ev, now()) {
-            tracing::error!(error = %e, "audit write failed; refusing to serve mail unaudited");
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "serverUnavailable",
-                "try again later",
-            );
-        }
+        a.record(ev);
         let accept = q
             .as_deref()
             .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("accept=")))

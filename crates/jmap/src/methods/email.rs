@@ -417,7 +417,7 @@ pub(super) fn read_emails(
                 .collect::<Vec<_>>(),
         )
         .detail("properties", properties);
-    j.audit.record(ev, now()).map_err(MethodError::server)?;
+    a.record(ev);
     Ok(found)
 }
 
@@ -507,7 +507,7 @@ pub(super) fn email_parse(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MR
                 .map(|(id, _)| id.as_str())
                 .collect::<Vec<_>>(),
         );
-    j.audit.record(ev, now()).map_err(MethodError::server)?;
+    a.record(ev);
     let mut parsed = Map::new();
     let mut not_parsable = Vec::new();
     for (id, f) in &fetched {
@@ -583,7 +583,7 @@ pub(super) fn thread_get(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRe
         .event(Operation::MailboxQueried)
         .detail("operation", "Thread/get")
         .detail("items", ids.clone());
-    j.audit.record(ev, now()).map_err(MethodError::server)?;
+    a.record(ev);
     Ok(
         json!({"accountId": a.account.id, "state": state(j, a)?, "list": list, "notFound": not_found}),
     )
@@ -812,7 +812,7 @@ pub(crate) fn email_set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRes
             .detail("operation", "Email/set")
             .detail("items", touched.clone())
             .detail("destroyed", destroyed.clone());
-        j.audit.record(ev, now()).map_err(MethodError::server)?;
+        a.record(ev);
     }
     Ok(json!({
         "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,
@@ -916,7 +916,7 @@ pub(super) fn email_import(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> M
             .event(Operation::MailItemsUpdated)
             .detail("operation", "Email/import")
             .detail("items", items);
-        j.audit.record(ev, now()).map_err(MethodError::server)?;
+        a.record(ev);
     }
     Ok(json!({
         "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use store::{EmailAddress, Identity, IdentityId};
 
 use super::{MResult, MethodError, null_if_empty, set_error, state};
-use crate::{Authed, Jmap, now};
+use crate::{Authed, Jmap};
 
 pub(super) fn identity_json(i: &Identity) -> Value {
     let addresses = |l: &Option<Vec<EmailAddress>>| {
@@ -197,7 +197,7 @@ pub(super) fn set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
             )
             .detail("updated", updated.keys().cloned().collect::<Vec<_>>())
             .detail("destroyed", destroyed.clone());
-        j.audit.record(ev, now()).map_err(MethodError::server)?;
+        a.record(ev);
     }
     Ok(json!({
         "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,

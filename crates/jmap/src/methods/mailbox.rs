@@ -7,7 +7,7 @@ use store::MailboxId;
 use super::{
     MResult, MethodError, ids_arg, null_if_empty, properties_arg, select, set_error, state,
 };
-use crate::{Authed, Jmap, now};
+use crate::{Authed, Jmap};
 
 const MAILBOX_PROPERTIES: [&str; 11] = [
     "id",
@@ -253,7 +253,7 @@ pub(super) fn set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
             .event(Operation::MailItemsUpdated)
             .detail("operation", "Mailbox/set")
             .detail("mailboxes", touched);
-        j.audit.record(ev, now()).map_err(MethodError::server)?;
+        a.record(ev);
     }
     Ok(json!({
         "accountId": a.account.id, "oldState": old_state, "newState": state(j, a)?,

@@ -10,7 +10,7 @@ use store::{
 
 use super::email::keyword;
 use super::{MResult, MethodError, state};
-use crate::{Authed, Jmap, MAX_OBJECTS_IN_GET, MAX_QUERY_LIMIT, now};
+use crate::{Authed, Jmap, MAX_OBJECTS_IN_GET, MAX_QUERY_LIMIT};
 
 /// How deep filter operators may nest, and how many conditions a filter may hold: enough for
 /// any mail client's search, small enough that no request builds a runaway SQL statement.
@@ -322,7 +322,7 @@ pub(super) fn email_query(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MR
             "items",
             ids.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
         );
-    j.audit.record(ev, now()).map_err(MethodError::server)?;
+    a.record(ev);
     let mut out = json!({
         "accountId": a.account.id, "queryState": query_state, "canCalculateChanges": true,
         "position": position, "ids": ids, "limit": limit,
@@ -397,7 +397,7 @@ pub(super) fn email_query_changes(j: &Jmap, a: &Authed, args: &Map<String, Value
                 })
                 .unwrap_or_default(),
         );
-    j.audit.record(ev, now()).map_err(MethodError::server)?;
+    a.record(ev);
     Ok(answer)
 }
 

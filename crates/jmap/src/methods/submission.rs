@@ -377,7 +377,6 @@ fn submit_one(j: &Jmap, a: &Authed, spec: &Value) -> Result<Submission, Value> {
         return Err(e);
     }
     let t = now();
-    let audit_err = |e: audit::Error| set_error("serverFail", &e.to_string(), &[]);
     let mut delivery = Vec::new();
     for acc in &local {
         let inbox = j.mail.mailbox_by_role(&acc.id, "inbox").map_err(server)?;
@@ -404,7 +403,7 @@ fn submit_one(j: &Jmap, a: &Authed, spec: &Value) -> Result<Submission, Value> {
             .target(acc.email.clone())
             .detail("items", vec![d.id.to_string()])
             .detail("via", "EmailSubmission");
-        j.audit.record(ev, t).map_err(audit_err)?;
+        a.record(ev);
         // The recipient's vacation response, if one is due, comes back to the sender.
         let reply = j
             .mail
@@ -432,7 +431,7 @@ fn submit_one(j: &Jmap, a: &Authed, spec: &Value) -> Result<Submission, Value> {
                     .target(a.account.email.clone())
                     .detail("items", vec![r.id.to_string()])
                     .detail("via", "VacationResponse");
-                j.audit.record(ev, t).map_err(audit_err)?;
+                a.record(ev);
             }
         }
     }
@@ -456,6 +455,6 @@ fn submit_one(j: &Jmap, a: &Authed, spec: &Value) -> Result<Submission, Value> {
         .detail("items", vec![email_id.to_string()])
         .detail("submission", submission.id.to_string())
         .detail("recipients", recipients);
-    j.audit.record(ev, t).map_err(audit_err)?;
+    a.record(ev);
     Ok(submission)
 }

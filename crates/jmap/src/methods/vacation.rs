@@ -4,7 +4,7 @@ use audit::Operation;
 use serde_json::{Map, Value, json};
 
 use super::{MResult, MethodError, null_if_empty, set_error, state, utc_date};
-use crate::{Authed, Jmap, now};
+use crate::{Authed, Jmap};
 
 fn vacation_json(v: &store::Vacation) -> Value {
     let date = |t: Option<i64>| {
@@ -136,7 +136,7 @@ pub(super) fn set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MResult {
                     .event(Operation::SettingsChanged)
                     .detail("operation", "VacationResponse/set")
                     .detail("patch", patch.clone());
-                j.audit.record(ev, now()).map_err(MethodError::server)?;
+                a.record(ev);
                 updated.insert(id.clone(), Value::Null);
             }
             Err(e) => {

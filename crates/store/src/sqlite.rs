@@ -413,6 +413,10 @@ pub struct SqliteStore {
 struct Writer {
     // Behind a mutex: statements take microseconds and SQLite serialises writers anyway.
     conn: Mutex<Connection>,
+    /// Writers outside the group commit (alerts, mail, admin changes) waiting for `conn`. The
+    /// committer lets them go first: under a steady stream of audit batches it would otherwise
+    /// win the (unfair) mutex back every time and starve them.
+    direct_waiting: std::sync::atomic::AtomicUsize,
     queue: Mutex<Queue>,
     /// Signalled when the queue stops being empty (or the store closes).
     work: Condvar,
@@ -469,6 +473,7 @@ impl SqliteStore {
         add_functions(&conn)?;
         let writer = Arc::new(Writer {
             conn: Mutex::new(conn),
+            direct_waiting: Default::default(),
             queue: Mutex::default(),
             work: Condvar::new(),
         });
@@ -1720,10 +1725,34 @@ impl SqliteStore {
 }
 
 impl Writer {
+    /// The connection, for a write outside the group commit.
     fn conn(&self) -> Result<MutexGuard<'_, Connection>> {
+        use std::sync::atomic::Ordering;
+        self.direct_waiting.fetch_add(1, Ordering::SeqCst);
+        let guard = self.lock_conn();
+        self.direct_waiting.fetch_sub(1, Ordering::SeqCst);
+        Ok(guard)
+    }
+
+    fn lock_conn(&self) -> MutexGuard<'_, Connection> {
         // A poisoned lock means a panic mid-statement; SQLite rolled the statement back, so the
         // connection itself is still consistent.
-        Ok(self.conn.lock().unwrap_or_else(|p| p.into_inner()))
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection, for the committer: after any direct writer already waiting for it
+    /// (bounded, so a stream of direct writes cannot stall the group commit either).
+    fn conn_for_batch(&self) -> MutexGuard<'_, Connection> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        while self
+            .direct_waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::yield_now();
+        }
+        self.lock_conn()
     }
 
     fn lock_queue(&self) -> MutexGuard<'_, Queue> {
@@ -1750,10 +1779,7 @@ impl Writer {
     }
 
     fn commit_batch(&self, batch: Vec<Pending>) -> Vec<(Completer, Result<Vec<i64>>)> {
-        let mut conn = match self.conn() {
-            Ok(c) => c,
-            Err(e) => return fail_all(batch, &e),
-        };
+        let mut conn = self.conn_for_batch();
         let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         {
             Ok(tx) => tx,

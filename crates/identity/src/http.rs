@@ -613,8 +613,10 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    blocking(move || {
-        let result = (|| {
+    // The grant runs on a blocking thread up to queuing its ledger write; the durable write
+    // is then awaited here, so no blocking thread is parked on the commit.
+    let grant = tokio::task::spawn_blocking(move || {
+        (|| {
             let realm = realm_of(&id, &realm)?;
             let p = Params::form(&headers, &body)?;
             let grant = p
@@ -675,13 +677,24 @@ async fn token(
                     t,
                 ),
             }
-        })();
-        no_store(match result {
-            Ok(tr) => Json(tr).into_response(),
-            Err(e) => e.into_response(),
-        })
+        })()
     })
-    .await
+    .await;
+    let response = match grant {
+        Ok(Ok(pending)) => match pending.settle().await {
+            Ok(tr) => Json(tr).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "ledger write failed; nothing was issued");
+                OAuthError::unavailable().into_response()
+            }
+        },
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "request handler panicked");
+            OAuthError::unavailable().into_response()
+        }
+    };
+    no_store(response)
 }
 
 // ---- resource-side endpoints ----------------------------------------------------------------

@@ -15,7 +15,9 @@ use store::{
     Role, Session, SessionId, Store, TokenKind, UnixTime,
 };
 use subtle::ConstantTimeEq;
-use tokens::{Audience, IdTokenRequest, MintRequest, Minter, Principal, RefreshToken, issuer_for};
+use tokens::{
+    Audience, IdTokenRequest, MintRequest, Minter, Pending, Principal, RefreshToken, issuer_for,
+};
 use zeroize::Zeroizing;
 
 use crate::{Error, OAuthError, password};
@@ -798,7 +800,7 @@ impl Identity {
         family: Option<String>,
         source: &Source,
         now: UnixTime,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<Pending<TokenResponse>, OAuthError> {
         let has = |s: &str| scope.split(' ').any(|x| x == s);
         // Reading the audit log is for admins only: a tenant admin (their tenant) or a
         // provider admin (all).
@@ -857,19 +859,20 @@ impl Identity {
                 .detail("id_token", issued.id_token.is_some());
             vec![AuditLog::prepare(event, now)]
         };
-        // The ledger rows and the TokenIssued record commit together, before the response.
-        let issued = self.minter.mint_audited(&req, now, audit).map_err(|e| {
+        // The ledger rows and the TokenIssued record commit together, before the response:
+        // the response comes out of `Pending` only once they are durable.
+        let pending = self.minter.mint_pending(&req, now, audit).map_err(|e| {
             tracing::error!(error = %e, %realm, "minting failed; nothing was issued");
             OAuthError::unavailable()
         })?;
-        Ok(TokenResponse {
+        Ok(pending.map(|issued| TokenResponse {
             access_token: issued.access_token,
             token_type: "Bearer",
             expires_in: issued.expires_in,
             scope,
             refresh_token: issued.refresh_token,
             id_token: issued.id_token,
-        })
+        }))
     }
 
     fn require_grant(client: &Client, grant: &str) -> Result<(), OAuthError> {
@@ -894,7 +897,7 @@ impl Identity {
         resources: &[String],
         source: &Source,
         now: UnixTime,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<Pending<TokenResponse>, OAuthError> {
         if !client.first_party {
             return Err(OAuthError::unauthorized_client(
                 "the password grant is only for first-party clients",
@@ -933,7 +936,7 @@ impl Identity {
         resources: &[String],
         source: &Source,
         now: UnixTime,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<Pending<TokenResponse>, OAuthError> {
         if client.secret_hash.is_none() {
             return Err(OAuthError::unauthorized_client(
                 "client_credentials needs a confidential client",
@@ -1073,7 +1076,7 @@ impl Identity {
         verifier: Option<&str>,
         source: &Source,
         now: UnixTime,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<Pending<TokenResponse>, OAuthError> {
         Self::require_grant(client, "authorization_code")?;
         let bad =
             || OAuthError::invalid_grant("invalid, expired or already used authorization code");
@@ -1246,7 +1249,7 @@ impl Identity {
         scope: Option<&str>,
         source: &Source,
         now: UnixTime,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<Pending<TokenResponse>, OAuthError> {
         Self::require_grant(client, "refresh_token")?;
         let bad = || OAuthError::invalid_grant("invalid, expired or revoked refresh token");
         let (e, session, account) = match self.check_refresh(realm, client, token, source, now)? {

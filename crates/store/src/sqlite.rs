@@ -1175,10 +1175,11 @@ fn finish_ledger(
 }
 
 impl LedgerStore for SqliteStore {
-    fn record_issuance(&self, entries: &[LedgerEntry], audit: &[AuditRecord]) -> Result<()> {
-        let audit = audit_chain::prepare(audit.to_vec())?;
-        self.group_write(Write::Issuance(entries.to_vec(), audit))
-            .map(|_| ())
+    fn submit_issuance(&self, entries: &[LedgerEntry], audit: &[AuditRecord]) -> Completion {
+        match audit_chain::prepare(audit.to_vec()) {
+            Ok(audit) => self.submit(Write::Issuance(entries.to_vec(), audit)),
+            Err(e) => Completion::ready(Err(e)),
+        }
     }
 
     fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>> {

@@ -77,7 +77,13 @@ pub trait LedgerStore: Send + Sync {
     }
     /// Durably records minted tokens together with their audit records, atomically (one
     /// transaction). Must be on disk when this returns.
-    fn record_issuance(&self, entries: &[LedgerEntry], audit: &[AuditRecord]) -> Result<()>;
+    fn record_issuance(&self, entries: &[LedgerEntry], audit: &[AuditRecord]) -> Result<()> {
+        self.submit_issuance(entries, audit).wait().map(|_| ())
+    }
+    /// Queues minted tokens and their audit records for one atomic durable write; the
+    /// completion answers once they are on disk (or failed). The tokens must not be handed
+    /// out before it answers.
+    fn submit_issuance(&self, entries: &[LedgerEntry], audit: &[AuditRecord]) -> crate::Completion;
     /// A ledger entry by jti.
     fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>>;
     /// Revokes one token; `false` if unknown or already revoked.

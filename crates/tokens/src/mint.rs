@@ -184,6 +184,17 @@ impl Minter {
         now: UnixTime,
         audit: impl FnOnce(&Issued) -> Vec<AuditRecord>,
     ) -> Result<Issued, Error> {
+        self.mint_pending(req, now, audit)?.wait()
+    }
+
+    /// Like [`Minter::mint_audited`], but returns as soon as the ledger write is queued: the
+    /// tokens are reachable only through [`Pending`], by waiting for (or awaiting) that write.
+    pub fn mint_pending(
+        &self,
+        req: &MintRequest,
+        now: UnixTime,
+        audit: impl FnOnce(&Issued) -> Vec<AuditRecord>,
+    ) -> Result<Pending<Issued>, Error> {
         let iss = issuer_for(&self.public_url, &req.realm);
         let mut entries = Vec::with_capacity(3);
         let entry =
@@ -305,7 +316,47 @@ impl Minter {
             family,
             kid,
         };
-        self.store.record_issuance(&entries, &audit(&issued))?;
-        Ok(issued)
+        let durable = self.store.submit_issuance(&entries, &audit(&issued));
+        Ok(Pending {
+            value: issued,
+            durable,
+        })
+    }
+}
+
+/// Tokens whose ledger rows are queued but maybe not yet on disk. The tokens come out only
+/// through [`Pending::wait`] or [`Pending::settle`], once the write is durable, so no code
+/// path can hand out a token the ledger might lose.
+#[must_use = "the tokens exist only once their ledger write is durable"]
+pub struct Pending<T> {
+    value: T,
+    durable: store::Completion,
+}
+
+impl<T> std::fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl<T> Pending<T> {
+    /// Blocks until the ledger write is durable; then the value.
+    pub fn wait(self) -> Result<T, Error> {
+        self.durable.wait()?;
+        Ok(self.value)
+    }
+
+    /// Awaits the ledger write; then the value. The wait costs a task, not a thread.
+    pub async fn settle(self) -> Result<T, Error> {
+        self.durable.await?;
+        Ok(self.value)
+    }
+
+    /// The same pending write, carrying `f(value)`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Pending<U> {
+        Pending {
+            value: f(self.value),
+            durable: self.durable,
+        }
     }
 }

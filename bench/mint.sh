@@ -2,7 +2,11 @@
 # Minting throughput over HTTP, with the durable ledger (and audit) writes: starts a release
 # `keypost serve` on loopback in a temporary directory and drives the token endpoint with wrk.
 #
-#   bench/mint.sh [DURATION]        (default 15s; needs wrk: apt-get install wrk)
+#   bench/mint.sh [DURATION]            (default 15s; needs wrk: apt-get install wrk)
+#   COMPARE=1 bench/mint.sh [DURATION]  also builds a benchmark-only binary that signs inside
+#                                       `serve` (feature bench-in-process-signer) and runs the
+#                                       client_credentials load against both, alternating,
+#                                       to measure what the separate signer process costs
 #
 # Prints wrk's requests/s and latency percentiles for client_credentials and refresh_token.
 # Every request and the server stay on 127.0.0.1; the script stops the server when done.
@@ -11,39 +15,81 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DURATION="${1:-15s}"
 THREADS="${THREADS:-8}"
+ROUNDS="${ROUNDS:-3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keypost/target}"
 command -v wrk >/dev/null || { echo "bench/mint.sh needs wrk (apt-get install wrk)" >&2; exit 1; }
+
+BINS="$(mktemp -d)"
+trap 'rm -rf "$BINS"' EXIT
+if [ -n "${COMPARE:-}" ]; then
+  cargo build --release -q -p keypost --features bench-in-process-signer
+  cp "$CARGO_TARGET_DIR/release/keypost" "$BINS/keypost-in-process"
+fi
+# Built last, so the target directory is left with the deployable binary.
 cargo build --release -q -p keypost
-BIN="$CARGO_TARGET_DIR/release/keypost"
+cp "$CARGO_TARGET_DIR/release/keypost" "$BINS/keypost"
 
-WORK="$(mktemp -d)"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-export KEYPOST_DATA_DIR="$WORK/data" KEYPOST_LISTEN_HTTP="127.0.0.1:$PORT" KEYPOST_PUBLIC_URL="http://127.0.0.1:$PORT"
-# Throttling counts failures only; raise it anyway so a mistake in the script cannot lock us out.
-export KEYPOST_LOGIN_MAX_FAILURES_PER_SOURCE=1000000 KEYPOST_LOG=warn
-"$BIN" serve >"$WORK/serve.out" 2>"$WORK/serve.err" &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+# run BIN WHAT: starts a server from BIN in a fresh data directory, runs the load (WHAT is
+# "all" or "client_credentials"), stops the server.
+run() {
+  local BIN="$1" WHAT="$2" WORK PORT SERVER
+  WORK="$(mktemp -d)"
+  PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  export KEYPOST_DATA_DIR="$WORK/data" KEYPOST_LISTEN_HTTP="127.0.0.1:$PORT" KEYPOST_PUBLIC_URL="http://127.0.0.1:$PORT"
+  # Throttling counts failures only; raise it anyway so a mistake in the script cannot lock us out.
+  export KEYPOST_LOGIN_MAX_FAILURES_PER_SOURCE=1000000 KEYPOST_LOG=warn
+  "$BIN" serve >"$WORK/serve.out" 2>"$WORK/serve.err" &
+  SERVER=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
 
-"$BIN" tenant create bench --domain bench.test >/dev/null
-echo 'bench-password-1' | "$BIN" user create user@bench.test >/dev/null
-SECRET="$("$BIN" client create bench loadgen --confidential --grant client_credentials --json \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')"
-export CLIENT_AUTH="Basic $(printf 'loadgen:%s' "$SECRET" | base64 -w0)"
+  "$BIN" tenant create bench --domain bench.test >/dev/null
+  echo 'bench-password-1' | "$BIN" user create user@bench.test >/dev/null
+  local SECRET
+  SECRET="$("$BIN" client create bench loadgen --confidential --grant client_credentials --json \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')"
+  export CLIENT_AUTH="Basic $(printf 'loadgen:%s' "$SECRET" | base64 -w0)"
+  local URL="http://127.0.0.1:$PORT/realms/bench/token"
 
-TOKENS=""
-for _ in $(seq "$THREADS"); do
-  TOKENS="$TOKENS $(curl -sf "http://127.0.0.1:$PORT/realms/bench/token" \
-    -d grant_type=password -d client_id=keypost-cli -d username=user@bench.test \
-    -d password=bench-password-1 -d 'scope=openid offline_access mail' \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["refresh_token"])')"
+  echo "== client_credentials ($THREADS threads x 4 connections, $DURATION)"
+  wrk -t"$THREADS" -c"$((THREADS * 4))" -d"$DURATION" --latency -s bench/client_credentials.lua "$URL"
+
+  if [ "$WHAT" = all ]; then
+    local TOKENS=""
+    for _ in $(seq "$THREADS"); do
+      TOKENS="$TOKENS $(curl -sf "$URL" \
+        -d grant_type=password -d client_id=keypost-cli -d username=user@bench.test \
+        -d password=bench-password-1 -d 'scope=openid offline_access mail' \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["refresh_token"])')"
+    done
+    export REFRESH_TOKENS="$TOKENS"
+    echo "== refresh_token with rotation ($THREADS chains, one connection each, $DURATION)"
+    wrk -t"$THREADS" -c"$THREADS" -d"$DURATION" --latency -s bench/refresh_token.lua "$URL"
+    echo "== ledger rows written: $(sqlite3 "$WORK/data/keypost.db" 'select count(*) from ledger' 2>/dev/null || echo '(sqlite3 not installed)')"
+  fi
+  kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
+if [ -z "${COMPARE:-}" ]; then
+  run "$BINS/keypost" all
+  exit 0
+fi
+
+# Alternate the two builds so drift in the machine's speed hits both alike.
+for round in $(seq "$ROUNDS"); do
+  for build in keypost-in-process keypost; do
+    rps="$(run "$BINS/$build" client_credentials | awk '/^Requests\/sec/ {print $2}')"
+    echo "round $round  $build  $rps tokens/s"
+    echo "$build $rps" >>"$BINS/results"
+  done
 done
-export REFRESH_TOKENS="$TOKENS"
-
-URL="http://127.0.0.1:$PORT/realms/bench/token"
-echo "== client_credentials ($THREADS threads x 4 connections, $DURATION)"
-wrk -t"$THREADS" -c"$((THREADS * 4))" -d"$DURATION" --latency -s bench/client_credentials.lua "$URL"
-echo "== refresh_token with rotation ($THREADS chains, one connection each, $DURATION)"
-wrk -t"$THREADS" -c"$THREADS" -d"$DURATION" --latency -s bench/refresh_token.lua "$URL"
-echo "== ledger rows written: $(sqlite3 "$WORK/data/keypost.db" 'select count(*) from ledger' 2>/dev/null || echo '(sqlite3 not installed)')"
+python3 - "$BINS/results" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    build, rps = line.split()
+    runs.setdefault(build, []).append(float(rps))
+inproc, signer = statistics.median(runs["keypost-in-process"]), statistics.median(runs["keypost"])
+print(f"median: in-process signing {inproc:,.0f} tokens/s, signer process {signer:,.0f} tokens/s")
+print(f"the separate signer process costs {100 * (1 - signer / inproc):.1f} % of minting throughput")
+PY

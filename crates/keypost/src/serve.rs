@@ -29,7 +29,13 @@ pub(crate) fn run(config: Config) -> Result<()> {
         }
         None => Arc::new(keys::RemoteSigner::new(&socket)),
     };
-    let svc = crate::cli::web_services(config.clone(), remote.clone())?;
+    let svc = if cfg!(feature = "bench-in-process-signer") {
+        // Only in a binary built for `bench/mint.sh`'s comparison: keys in this process.
+        tracing::warn!(target: "keypost::security", "BENCHMARK BUILD: private keys are held in the web-facing process");
+        crate::cli::services(config.clone())?
+    } else {
+        crate::cli::web_services(config.clone(), remote.clone())?
+    };
     let mail = crate::cli::open_mail(&svc)?;
     let detector = Arc::new(detect::Detector::new(
         svc.store.clone(),
@@ -66,6 +72,7 @@ pub(crate) fn run(config: Config) -> Result<()> {
     }
     // After the bootstrap, so the signer's first pass creates the new realm's keys.
     let signer = match &config.signer_address {
+        None if cfg!(feature = "bench-in-process-signer") => None,
         None => Some(crate::signer::Supervisor::start(&config, &socket)?),
         Some(address) => {
             // Someone else runs it; minting answers 503 until it is reachable.

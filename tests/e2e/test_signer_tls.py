@@ -209,11 +209,14 @@ def test_only_clients_with_a_certificate_from_the_operator_ca_are_served(split, 
     while time.monotonic() < deadline:
         refusals = [r for r in split["kp"].audit("SigningRefused")
                     if r["details"]["op"] == "connect"]
-        if len(refusals) >= 2:
+        if refusals:
             break
         time.sleep(0.2)
-    assert len(refusals) >= 2, refusals
+    # Audited at most once a second (anyone who can reach the port can cause them).
+    assert refusals, "no SigningRefused record for the refused handshakes"
     assert all("client certificate" in r["details"]["reason"] for r in refusals)
+    # And the listener still serves the rightful client.
+    assert b'"pong":true' in ask(pki, port, pki["client"])
 
 
 def test_serve_refuses_a_signer_whose_certificate_is_not_from_its_ca(split, pki, tmp_path):

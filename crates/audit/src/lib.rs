@@ -251,15 +251,22 @@ impl AuditLog {
         Ok(ids.first().copied().unwrap_or_default())
     }
 
-    /// Appends events (each with its time) in one write and resolves to their record ids once they are
-    /// durable. For async request handlers: the wait costs a task, not a parked thread, and
-    /// the committer batches every handler's records into a shared commit.
-    pub async fn record_all(&self, events: Vec<(Event, UnixTime)>) -> Result<Vec<i64>, Error> {
+    /// Queues events (each with its time) as one write and returns its completion, which
+    /// answers with their record ids once they are durable. The write happens whether or not
+    /// anyone waits for the answer.
+    pub fn submit_all(&self, events: Vec<(Event, UnixTime)>) -> store::Completion {
         let records: Vec<AuditRecord> = events
             .into_iter()
             .map(|(e, at)| Self::prepare(e, at))
             .collect();
-        Ok(self.store.submit_audit(&records).await?)
+        self.store.submit_audit(&records)
+    }
+
+    /// [`AuditLog::submit_all`], awaited: for async request handlers, the wait costs a task,
+    /// not a parked thread, and the committer batches every handler's records into a shared
+    /// commit.
+    pub async fn record_all(&self, events: Vec<(Event, UnixTime)>) -> Result<Vec<i64>, Error> {
+        Ok(self.submit_all(events).await?)
     }
 
     /// The record an event becomes at `now`, for callers that write it together with other

@@ -33,6 +33,8 @@ pub const CURSOR: &str = "detector";
 
 /// How many audit records one pass evaluates.
 const BATCH: u32 = 500;
+/// At most this many batches per [`Detector::run_once`] (100,000 records).
+const MAX_BATCHES_PER_RUN: usize = 200;
 
 /// Detection failed to run (not: found something).
 #[derive(Debug, thiserror::Error)]
@@ -110,13 +112,16 @@ impl Detector {
     /// `BATCH / tick` records per second, and alerts fell ever further behind above that).
     pub fn run_once(&self, now: UnixTime) -> Result<Vec<Raised>, Error> {
         let mut raised = Vec::new();
-        loop {
+        // Bounded, so a sustained flood still yields a result (and the tick comes round
+        // again) rather than one call that never returns.
+        for _ in 0..MAX_BATCHES_PER_RUN {
             let (r, full) = self.pass(now)?;
             raised.extend(r);
             if !full {
-                return Ok(raised);
+                break;
             }
         }
+        Ok(raised)
     }
 
     /// One batch; whether it was full (so more may be waiting).

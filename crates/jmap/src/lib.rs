@@ -118,24 +118,15 @@ pub(crate) struct Authed {
     pub(crate) principal: Principal,
     pub(crate) account: Account,
     pub(crate) source: Source,
-    /// This request's audit events. They are appended in one write when the request's work is
-    /// done, and the response — with any mail in it — leaves only once they are durable.
+    /// This request's audit events. They are queued as one write when the request's work is
+    /// done ([`Authed::flush`]), and the response — with any mail in it — leaves only once
+    /// they are durable. Should the work unwind half way, dropping `Authed` queues what was
+    /// recorded, so a change that happened is never left unaudited.
     events: std::sync::Mutex<Vec<(Event, i64)>>,
+    audit: audit::AuditLog,
 }
 
 impl Authed {
-    /// Records `ev` as part of this request (see `events`).
-    pub(crate) fn record(&self, ev: Event) {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((ev, now()));
-    }
-
-    fn take_events(&self) -> Vec<(Event, i64)> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
     /// An audit event about this request, with everything that identifies who made it.
     pub(crate) fn event(&self, op: Operation) -> Event {
         let p = &self.principal;
@@ -151,6 +142,28 @@ impl Authed {
             ev = ev.detail("session", s.to_string());
         }
         ev
+    }
+
+    /// Records `ev` as part of this request (see `events`).
+    pub(crate) fn record(&self, ev: Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((ev, now()));
+    }
+
+    /// Queues this request's events; `None` if there were none.
+    fn flush(&self) -> Option<store::Completion> {
+        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
+        (!events.is_empty()).then(|| self.audit.submit_all(events))
+    }
+}
+
+impl Drop for Authed {
+    fn drop(&mut self) {
+        // Only non-empty if the request's work unwound before `flush`: queue it anyway (the
+        // write proceeds without a waiter).
+        let _ = self.flush();
     }
 }
 
@@ -279,6 +292,7 @@ fn authenticate(j: &Jmap, headers: &HeaderMap, source: Source) -> Result<Authed,
         account,
         source,
         events: Default::default(),
+        audit: j.audit.clone(),
     })
 }
 
@@ -292,25 +306,26 @@ async fn with_auth(
     f: impl FnOnce(&Jmap, &Authed) -> Response + Send + 'static,
 ) -> Response {
     let source = source_of(&headers, peer(connect));
-    let jj = j.clone();
-    let done = tokio::task::spawn_blocking(move || match authenticate(&jj, &headers, source) {
-        Ok(a) => (f(&jj, &a), a.take_events()),
-        Err(r) => (r, Vec::new()),
+    // The events are queued inside the blocking task, so they are written even if this
+    // request is dropped (the client went away) while the work runs.
+    let done = tokio::task::spawn_blocking(move || match authenticate(&j, &headers, source) {
+        Ok(a) => (f(&j, &a), a.flush()),
+        Err(r) => (r, None),
     })
     .await;
-    let Ok((response, events)) = done else {
+    let Ok((response, pending)) = done else {
         return problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "serverFail",
             "internal error",
         );
     };
-    if events.is_empty() {
+    let Some(pending) = pending else {
         return response;
-    }
+    };
     // Awaited, not blocked on: the committer batches every request's records into shared
     // commits while this task waits.
-    match j.audit.record_all(events).await {
+    match pending.await {
         Ok(_) => response,
         Err(e) => {
             tracing::error!(error = %e, "audit write failed; withholding the response");
@@ -514,7 +529,7 @@ async fn eventsource(
                 let (account, now_state) = tokio::task::spawn_blocking(move || {
                     let a = authenticate(&jj, &h, src).ok()?;
                     let state = jj.mail.modseq(&a.account.id).ok()?;
-                    Some((a.account.id, state))
+                    Some((a.account.id.clone(), state))
                 })
                 .await
                 .ok()??;

@@ -230,6 +230,12 @@ pub(crate) fn verifying_from(alg: Algorithm, jwk: &Jwk) -> Option<ParsedPublicKe
 fn parse_verifying(record: KeyRecord) -> Option<VerifyingKey> {
     let alg = Algorithm::from_jose(&record.alg)?;
     let jwk: Jwk = serde_json::from_str(&record.public_jwk).ok()?;
+    // The kid is the key's thumbprint: a row whose public key was swapped for another (by
+    // someone who can write the database) names a kid that key does not have.
+    if crate::material::thumbprint(&jwk) != record.kid.as_str() {
+        tracing::error!(target: "keypost::security", kid = %record.kid, "stored public key does not match its kid; ignoring it");
+        return None;
+    }
     let parsed = verifying_from(alg, &jwk)?;
     Some(VerifyingKey {
         record,
@@ -409,7 +415,7 @@ impl Custody {
             && purpose != KeyPurpose::Audit
             && hsm.holds(realm)
         {
-            let jwk = hsm.generate(alg)?;
+            let jwk = hsm.generate(alg, &crate::hsm::binding(realm, purpose, alg.as_str()))?;
             let row = NewKey {
                 realm,
                 purpose,

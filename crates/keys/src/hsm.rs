@@ -146,9 +146,9 @@ impl Hsm {
     }
 
     /// Generates a key pair for `alg` inside the token: private half sensitive and
-    /// non-extractable, both halves labelled with the kid. Returns the public JWK after a
-    /// test signature has verified under it.
-    pub(crate) fn generate(&self, alg: Algorithm) -> Result<Jwk> {
+    /// non-extractable, both halves with the kid as `CKA_ID` and `binding` (see [`binding`])
+    /// as `CKA_LABEL`. Returns the public JWK after a test signature has verified under it.
+    pub(crate) fn generate(&self, alg: Algorithm, binding: &str) -> Result<Jwk> {
         let session = self.session();
         // A placeholder id until the public key, and so the kid, is known.
         let mut temp_id = [0u8; 16];
@@ -196,12 +196,13 @@ impl Hsm {
                     "the module's {alg} signature does not verify under its own public key"
                 )));
             }
-            let name = jwk.kid.as_bytes().to_vec();
+            let id = jwk.kid.as_bytes().to_vec();
+            let label = binding.as_bytes().to_vec();
             for h in [pub_handle, priv_handle] {
                 session
                     .update_attributes(
                         h,
-                        &[Attribute::Id(name.clone()), Attribute::Label(name.clone())],
+                        &[Attribute::Id(id.clone()), Attribute::Label(label.clone())],
                     )
                     .map_err(hsm_err("labelling the key"))?;
             }
@@ -215,21 +216,28 @@ impl Hsm {
         made
     }
 
-    /// The private key object labelled `kid`, if the token has it.
-    pub(crate) fn find(&self, kid: &Kid) -> Result<Option<ObjectHandle>> {
-        let found = self
-            .session()
-            .find_objects(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::Id(kid.as_str().as_bytes().to_vec()),
-            ])
-            .map_err(hsm_err("finding a key"))?;
-        Ok(found.into_iter().next())
+    /// The private key object `kid`, if the token has it and it was made for `binding`.
+    /// The binding lives in the token, out of reach of anyone who can only write Keypost's
+    /// database: moving an HSM key's row to another realm does not move the key.
+    pub(crate) fn find(&self, kid: &Kid, binding: &str) -> Result<Option<ObjectHandle>> {
+        let session = self.session();
+        let Some(handle) = private_key(&session, kid)? else {
+            return Ok(None);
+        };
+        let label = session
+            .get_attributes(handle, &[AttributeType::Label])
+            .map_err(hsm_err("reading a key's label"))?;
+        if !label.contains(&Attribute::Label(binding.as_bytes().to_vec())) {
+            tracing::error!(target: "keypost::security", %kid, expected = binding,
+                "HSM key is bound to something else than its key row says; not using it");
+            return Ok(None);
+        }
+        Ok(Some(handle))
     }
 
-    /// Whether the token holds the private key `kid`.
+    /// Whether the token holds the private key `kid` (whatever it is bound to).
     pub fn contains(&self, kid: &Kid) -> Result<bool> {
-        Ok(self.find(kid)?.is_some())
+        Ok(private_key(&self.session(), kid)?.is_some())
     }
 
     /// Destroys both halves of `kid` in the token, so no one can sign with it again whatever
@@ -256,6 +264,23 @@ impl Hsm {
     pub(crate) fn sign(&self, key: ObjectHandle, alg: Algorithm, input: &[u8]) -> Result<Vec<u8>> {
         sign_with(&self.session(), key, alg, input)
     }
+}
+
+/// The private key object whose `CKA_ID` is `kid`.
+fn private_key(session: &Session, kid: &Kid) -> Result<Option<ObjectHandle>> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(kid.as_str().as_bytes().to_vec()),
+        ])
+        .map_err(hsm_err("finding a key"))?;
+    Ok(found.into_iter().next())
+}
+
+/// What an HSM key is for, as its `CKA_LABEL` records it: realm, purpose and algorithm — the
+/// same facts the AAD binds a sealed key to.
+pub(crate) fn binding(realm: &RealmId, purpose: store::KeyPurpose, alg: &str) -> String {
+    format!("keypost|{realm}|{purpose}|{alg}")
 }
 
 fn sign_with(

@@ -53,6 +53,11 @@ pub struct Jwks {
 }
 
 impl Jwk {
+    /// The RFC 7638 thumbprint of this key: what its kid must be.
+    pub fn thumbprint(&self) -> String {
+        thumbprint(self)
+    }
+
     /// The JWK of a public key of `alg`, with its RFC 7638 thumbprint as kid. `material` is
     /// the raw Ed25519 key, the uncompressed SEC1 P-256 point, or the RSA modulus and exponent
     /// (big-endian, leading zeros stripped).

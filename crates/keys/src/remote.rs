@@ -268,22 +268,43 @@ fn converse(stream: impl Read + Write, signer: &Signer, on_refused: &RefusalHook
     }
 }
 
-/// Runs `handle` on a thread of its own for each accepted connection. A failed accept (out of
-/// file descriptors, say) is logged and the loop goes on.
+/// At most this many connections are served at once; more are closed at once. `serve` keeps
+/// a small pool, so only a flood reaches this.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Runs `handle` on a thread of its own for each accepted connection, at most
+/// [`MAX_CONNECTIONS`] at once. A failed accept (out of file descriptors, say) or a thread
+/// that cannot be started is logged and the loop goes on: nothing a peer does ends it.
 fn each_connection<S: Send + 'static>(
     incoming: impl Iterator<Item = std::io::Result<S>>,
     handle: impl Fn(S) + Clone + Send + 'static,
 ) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let live = Arc::new(AtomicUsize::new(0));
     for stream in incoming {
-        match stream {
-            Ok(s) => {
-                let handle = handle.clone();
-                std::thread::spawn(move || handle(s));
-            }
+        let s = match stream {
+            Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "signer: accepting a connection failed");
                 std::thread::sleep(Duration::from_millis(100));
+                continue;
             }
+        };
+        if live.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            live.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(target: "keypost::security", "signer: too many connections; closing one");
+            continue;
+        }
+        let (handle, count) = (handle.clone(), live.clone());
+        let spawned = std::thread::Builder::new()
+            .name("keypost-signer-conn".into())
+            .spawn(move || {
+                handle(s);
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            live.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!(error = %e, "signer: cannot start a connection thread");
         }
     }
 }
@@ -309,24 +330,37 @@ pub fn serve_tls(
     signer: Arc<Signer>,
     on_refused: RefusalHook,
 ) -> std::io::Result<()> {
+    // Refused handshakes are audited at most once a second: every port scan and health
+    // check is one, and they come from anyone who can reach the port.
+    let last_audited = Arc::new(std::sync::atomic::AtomicU64::new(0));
     each_connection(listener.incoming(), move |tcp: std::net::TcpStream| {
         let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let Ok(conn) = ServerConnection::new(config.clone()) else {
             return;
         };
         let mut tls = StreamOwned::new(conn, tcp);
-        // A bounded handshake; afterwards pooled connections may idle.
-        let _ = tls.sock.set_read_timeout(Some(Duration::from_secs(10)));
+        // A bounded handshake, in total and per read; afterwards pooled connections may idle.
+        let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        let _ = tls.sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
         while tls.conn.is_handshaking() {
-            if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+            let step = if std::time::Instant::now() > deadline {
+                Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+            } else {
+                tls.conn.complete_io(&mut tls.sock).map(|_| ())
+            };
+            if let Err(e) = step {
                 tracing::warn!(target: "keypost::security", %peer, error = %e, "signer: TLS peer refused");
-                on_refused(&Refusal {
-                    op: "connect",
-                    realm: String::new(),
-                    purpose: String::new(),
-                    alg: String::new(),
-                    reason: "TLS handshake failed (no valid client certificate)",
-                });
+                let second = now().max(0) as u64;
+                let last = last_audited.swap(second, std::sync::atomic::Ordering::SeqCst);
+                if last != second {
+                    on_refused(&Refusal {
+                        op: "connect",
+                        realm: String::new(),
+                        purpose: String::new(),
+                        alg: String::new(),
+                        reason: "TLS handshake failed (no valid client certificate)",
+                    });
+                }
                 return;
             }
         }
@@ -335,6 +369,9 @@ pub fn serve_tls(
     });
     Ok(())
 }
+
+/// How long a TLS peer may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The reasons a signer refuses, as the static strings [`Error::Refused`] carries.
 const REASONS: [&str; 12] = [

@@ -95,8 +95,16 @@ impl Signer {
                 break;
             };
             if k.origin == KeyOrigin::Hsm {
+                let binding = crate::hsm::binding(&k.realm, k.purpose, &k.alg);
+                // One unreachable key must not stop every other realm from signing.
                 let found = match &self.hsm {
-                    Some(hsm) => hsm.find(&k.kid)?.map(|h| (hsm.clone(), h)),
+                    Some(hsm) => match hsm.find(&k.kid, &binding) {
+                        Ok(h) => h.map(|h| (hsm.clone(), h)),
+                        Err(e) => {
+                            tracing::error!(target: "keypost::security", kid = %k.kid, error = %e, "HSM lookup failed");
+                            None
+                        }
+                    },
                     None => None,
                 };
                 match found {

@@ -150,14 +150,21 @@ impl Endpoint {
                 name,
                 config,
             } => {
-                let tcp = TcpStream::connect(address)?;
+                // Bounded: a signer host that drops packets must not hold a minting thread
+                // for the system's minutes-long default.
+                let addr = std::net::ToSocketAddrs::to_socket_addrs(address)?
+                    .next()
+                    .ok_or_else(|| std::io::Error::other(format!("{address}: no address")))?;
+                let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
                 tcp.set_read_timeout(Some(IO_TIMEOUT))?;
                 tcp.set_write_timeout(Some(IO_TIMEOUT))?;
                 tcp.set_nodelay(true)?;
                 let conn = ClientConnection::new(config.clone(), name.clone())
                     .map_err(std::io::Error::other)?;
                 let mut tls = StreamOwned::new(conn, tcp);
-                // Handshake now, so a refused certificate shows as a failed connect.
+                // Handshake now, so a signer with a refused certificate fails the connect.
+                // (Under TLS 1.3 the signer's refusal of *our* certificate arrives with the
+                // first answer instead.)
                 while tls.conn.is_handshaking() {
                     tls.conn.complete_io(&mut tls.sock)?;
                 }

@@ -101,7 +101,15 @@ fn realm(s: &str) -> RealmId {
 
 /// A store with `consumers` (software keys) and `contoso` (HSM keys), and custody over both.
 fn setup(module: &Path) -> (Arc<dyn Store>, Custody, Arc<Hsm>) {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    setup_at(module, None)
+}
+
+/// [`setup`], with the store in the file `db` if given (in memory otherwise).
+fn setup_at(module: &Path, db: Option<&Path>) -> (Arc<dyn Store>, Custody, Arc<Hsm>) {
+    let store: Arc<dyn Store> = Arc::new(match db {
+        Some(path) => SqliteStore::open(path).unwrap(),
+        None => SqliteStore::in_memory().unwrap(),
+    });
     for (id, kind) in [
         ("consumers", RealmKind::Consumer),
         ("contoso", RealmKind::Tenant),
@@ -241,4 +249,41 @@ fn hsm_keys_keep_the_realm_policy_and_other_realms_stay_in_software() {
         store.get_key(&replacement).unwrap().unwrap().origin,
         KeyOrigin::Hsm
     );
+}
+
+#[test]
+fn an_hsm_key_row_moved_to_another_realm_does_not_move_the_key() {
+    let Some(module) = in_own_token("an_hsm_key_row_moved_to_another_realm_does_not_move_the_key")
+    else {
+        return;
+    };
+    // A file-backed store, so the test can edit the key table as an intruder with write
+    // access to the database would.
+    let dir = tempdir("moved-row");
+    let db = dir.join("keypost.db");
+    let (_, custody, _hsm) = setup_at(&module, Some(&db));
+    let contoso = realm("contoso");
+    let kid = custody
+        .generate(&contoso, KeyPurpose::AccessToken, Algorithm::EdDSA, T0, T0)
+        .unwrap();
+    assert!(
+        custody
+            .signer()
+            .sign(&contoso, KeyPurpose::AccessToken, &kid, b"x", T0)
+            .is_ok()
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE keys SET realm = 'consumers' WHERE kid = ?",
+        [kid.as_str()],
+    )
+    .unwrap();
+    // The token object still says contoso: the signer will not use it for consumers.
+    assert!(matches!(
+        custody
+            .signer()
+            .sign(&realm("consumers"), KeyPurpose::AccessToken, &kid, b"x", T0),
+        Err(keys::Error::Refused("key is not loaded"))
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1695,6 +1695,24 @@ fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<Vec<i64>>
         ];
         stmt.execute(&p[..])?;
     }
+    // A family revoked while these rows waited for their commit (a refresh token replayed
+    // during the legitimate rotation, an operator's revocation) takes them with it: they are
+    // born revoked rather than outliving the revocation. A family is revoked when one of its
+    // refresh tokens is (rotation only marks them used).
+    let mut families: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e.family_id.as_deref())
+        .collect();
+    families.dedup();
+    for family in families {
+        conn.prepare_cached(
+            "UPDATE ledger SET revoked_at = (SELECT MIN(revoked_at) FROM ledger \
+               WHERE family_id = ?1 AND kind = 'refresh' AND revoked_at IS NOT NULL) \
+             WHERE family_id = ?1 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM ledger \
+               WHERE family_id = ?1 AND kind = 'refresh' AND revoked_at IS NOT NULL)",
+        )?
+        .execute([family])?;
+    }
     Ok(Vec::new())
 }
 
@@ -1773,8 +1791,17 @@ impl Writer {
                 }
                 std::mem::take(&mut q.pending)
             };
-            for (done, result) in self.commit_batch(batch) {
-                done.complete(result);
+            // A panic in one batch answers its writes with an error (their completers drop)
+            // and must not end the committer: every later write would wait forever.
+            let committed =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_batch(batch)));
+            match committed {
+                Ok(results) => {
+                    for (done, result) in results {
+                        done.complete(result);
+                    }
+                }
+                Err(_) => tracing::error!("group commit panicked; its writes were refused"),
             }
         }
     }

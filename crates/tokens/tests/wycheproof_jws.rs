@@ -65,26 +65,40 @@ fn every_invalid_jws_is_refused() {
             .cloned()
             .unwrap_or(Value::Null);
         let alg = jwk["alg"].as_str().unwrap_or("").to_owned();
-        let kid = Kid::new(format!("group-{g}")).unwrap();
+        // Keypost's kid is the key's RFC 7638 thumbprint (a row whose kid is not is ignored).
+        let kid =
+            serde_json::from_str::<keys::Jwk>(&public_jwk(&jwk, &Kid::new("x").unwrap(), &alg))
+                .map(|j| Kid::new(j.thumbprint()).unwrap())
+                .unwrap_or_else(|_| Kid::new(format!("group-{g}")).unwrap());
+        // A key is pinned to one algorithm: a group that uses a key another group stored
+        // under a different algorithm has no key of its own here.
+        let mut pinned_elsewhere = false;
         if SUPPORTED.contains(&alg.as_str()) {
-            store
-                .insert_key(&KeyRecord {
-                    kid: kid.clone(),
-                    realm: realm.clone(),
-                    purpose: KeyPurpose::AccessToken,
-                    alg: alg.clone(),
-                    public_jwk: public_jwk(&jwk, &kid, &alg),
-                    sealed: vec![0],
-                    origin: KeyOrigin::Imported,
-                    created_at: 0,
-                    activates_at: 0,
-                    expires_at: i64::MAX,
-                    revoked_at: None,
-                })
-                .unwrap();
+            // Groups that share a key share its kid: the row may be there already.
+            let inserted = store.insert_key(&KeyRecord {
+                kid: kid.clone(),
+                realm: realm.clone(),
+                purpose: KeyPurpose::AccessToken,
+                alg: alg.clone(),
+                public_jwk: public_jwk(&jwk, &kid, &alg),
+                sealed: vec![0],
+                origin: KeyOrigin::Imported,
+                created_at: 0,
+                activates_at: 0,
+                expires_at: i64::MAX,
+                revoked_at: None,
+            });
+            match inserted {
+                Err(store::Error::Conflict(_)) => {
+                    pinned_elsewhere = store.get_key(&kid).unwrap().unwrap().alg != alg;
+                }
+                other => other.unwrap(),
+            }
         }
         let keys = custody.verifying_keys().unwrap();
-        let key = keys.in_realm(&realm, kid.as_str());
+        let key = keys
+            .in_realm(&realm, kid.as_str())
+            .filter(|_| !pinned_elsewhere);
         for t in group["tests"].as_array().unwrap() {
             let Some(jws) = t["jws"].as_str() else {
                 // A JSON-serialised JWS: Keypost takes compact tokens only, so it is refused.

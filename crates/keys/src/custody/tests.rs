@@ -294,3 +294,20 @@ fn the_latest_import_in_one_second_is_the_active_key() {
         assert_eq!(active_access_kid(&c, &r, T0), kid);
     }
 }
+
+#[test]
+fn a_key_row_whose_public_key_was_swapped_is_not_trusted() {
+    let (s, c) = setup();
+    c.ensure(&realm("contoso"), T0).unwrap();
+    let kid = active_access_kid(&c, &realm("contoso"), T0);
+    let mut row = s.get_key(&kid).unwrap().unwrap();
+    // Someone with write access to the database plants their own public key under a new row
+    // that claims a kid it does not have.
+    let (attacker, _) = PrivateKey::generate(Algorithm::EdDSA).unwrap();
+    row.kid = Kid::new("planted-kid").unwrap();
+    row.public_jwk = serde_json::to_string(&attacker.public_jwk()).unwrap();
+    s.insert_key(&row).unwrap();
+    let keys = c.verifying_keys().unwrap();
+    assert!(keys.in_realm(&realm("contoso"), "planted-kid").is_none());
+    assert!(keys.in_realm(&realm("contoso"), kid.as_str()).is_some());
+}

@@ -200,6 +200,33 @@ fn refresh_token_use_is_atomic() {
 }
 
 #[test]
+fn tokens_committed_after_their_family_was_revoked_are_born_revoked() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.record_tokens(&[entry("r1", TokenKind::Refresh, Some("f1"))])
+        .unwrap();
+    // The reuse of r1 revokes the family while the rotation's new tokens wait for their
+    // commit; they must not come out alive.
+    s.revoke_family("f1", 13).unwrap();
+    s.record_tokens(&[
+        entry("r2", TokenKind::Refresh, Some("f1")),
+        entry("a2", TokenKind::Access, Some("f1")),
+    ])
+    .unwrap();
+    for jti in ["r2", "a2"] {
+        let t = s.get_token(&Jti::new(jti).unwrap()).unwrap().unwrap();
+        assert_eq!(t.revoked_at, Some(13), "{jti}");
+    }
+    // Revoking one access token does not poison its family's later tokens.
+    s.record_tokens(&[entry("a3", TokenKind::Access, Some("f2"))])
+        .unwrap();
+    assert!(s.revoke_token(&Jti::new("a3").unwrap(), 14).unwrap());
+    s.record_tokens(&[entry("a4", TokenKind::Access, Some("f2"))])
+        .unwrap();
+    let a4 = s.get_token(&Jti::new("a4").unwrap()).unwrap().unwrap();
+    assert_eq!(a4.revoked_at, None);
+}
+
+#[test]
 fn duplicate_jti_is_refused() {
     let s = SqliteStore::in_memory().unwrap();
     s.record_tokens(&[entry("x", TokenKind::Access, None)])

@@ -613,8 +613,10 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // The grant runs on a blocking thread up to queuing its ledger write; the durable write
-    // is then awaited here, so no blocking thread is parked on the commit.
+    // The grant's checks run on a blocking thread (the store is synchronous); minting —
+    // signatures from the signer process and the durable ledger write — is awaited here, so
+    // no thread is parked on either.
+    let minter = id.clone();
     let grant = tokio::task::spawn_blocking(move || {
         (|| {
             let realm = realm_of(&id, &realm)?;
@@ -681,12 +683,9 @@ async fn token(
     })
     .await;
     let response = match grant {
-        Ok(Ok(pending)) => match pending.settle().await {
+        Ok(Ok(issue)) => match minter.finish(issue).await {
             Ok(tr) => Json(tr).into_response(),
-            Err(e) => {
-                tracing::error!(error = %e, "ledger write failed; nothing was issued");
-                OAuthError::unavailable().into_response()
-            }
+            Err(e) => e.into_response(),
         },
         Ok(Err(e)) => e.into_response(),
         Err(e) => {

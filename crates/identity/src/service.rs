@@ -15,9 +15,7 @@ use store::{
     Role, Session, SessionId, Store, TokenKind, UnixTime,
 };
 use subtle::ConstantTimeEq;
-use tokens::{
-    Audience, IdTokenRequest, MintRequest, Minter, Pending, Principal, RefreshToken, issuer_for,
-};
+use tokens::{Audience, IdTokenRequest, MintRequest, Minter, Principal, RefreshToken, issuer_for};
 use zeroize::Zeroizing;
 
 use crate::{Error, OAuthError, password};
@@ -136,6 +134,17 @@ pub(crate) fn sha256(s: &[u8]) -> Vec<u8> {
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
+}
+
+/// What a grant decided to issue, not yet minted: [`Identity::finish`] signs, records and
+/// answers. Nothing in it is a token yet.
+#[derive(Debug)]
+pub(crate) struct Issue {
+    req: MintRequest,
+    /// The `TokenIssued` record, completed with the jti and kid once minted.
+    event: Event,
+    scope: String,
+    now: UnixTime,
 }
 
 /// A successful token response (RFC 6749 §5.1).
@@ -800,7 +809,7 @@ impl Identity {
         family: Option<String>,
         source: &Source,
         now: UnixTime,
-    ) -> Result<Pending<TokenResponse>, OAuthError> {
+    ) -> Result<Issue, OAuthError> {
         let has = |s: &str| scope.split(' ').any(|x| x == s);
         // Reading the audit log is for admins only: a tenant admin (their tenant) or a
         // provider admin (all).
@@ -846,33 +855,54 @@ impl Identity {
         let actor = account
             .map(|a| a.email.clone())
             .unwrap_or_else(|| client.client_id.to_string());
+        let event = Event::success(Operation::TokenIssued)
+            .realm(realm)
+            .actor(actor)
+            .source(source)
+            .client(client.client_id.as_str())
+            .detail("scope", scope.clone());
+        Ok(Issue {
+            req,
+            event,
+            scope,
+            now,
+        })
+    }
+
+    /// Mints what a grant decided ([`Issue`]): the signatures and the durable ledger write
+    /// are awaited, so no thread is parked on the signer process or the commit. The ledger
+    /// rows and the `TokenIssued` record commit together, before the response exists.
+    pub(crate) async fn finish(&self, issue: Issue) -> Result<TokenResponse, OAuthError> {
+        let Issue {
+            req,
+            event,
+            scope,
+            now,
+        } = issue;
         let audit = |issued: &tokens::Issued| {
-            let event = Event::success(Operation::TokenIssued)
-                .realm(realm)
-                .actor(actor)
-                .source(source)
-                .client(client.client_id.as_str())
+            let event = event
                 .jti(issued.access_jti.as_str())
                 .kid(issued.kid.as_str())
-                .detail("scope", scope.clone())
                 .detail("refresh", issued.refresh_token.is_some())
                 .detail("id_token", issued.id_token.is_some());
             vec![AuditLog::prepare(event, now)]
         };
-        // The ledger rows and the TokenIssued record commit together, before the response:
-        // the response comes out of `Pending` only once they are durable.
-        let pending = self.minter.mint_pending(&req, now, audit).map_err(|e| {
-            tracing::error!(error = %e, %realm, "minting failed; nothing was issued");
-            OAuthError::unavailable()
-        })?;
-        Ok(pending.map(|issued| TokenResponse {
+        let issued = self
+            .minter
+            .mint_async(&req, now, audit)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, realm = %req.realm, "minting failed; nothing was issued");
+                OAuthError::unavailable()
+            })?;
+        Ok(TokenResponse {
             access_token: issued.access_token,
             token_type: "Bearer",
             expires_in: issued.expires_in,
             scope,
             refresh_token: issued.refresh_token,
             id_token: issued.id_token,
-        }))
+        })
     }
 
     fn require_grant(client: &Client, grant: &str) -> Result<(), OAuthError> {
@@ -897,7 +927,7 @@ impl Identity {
         resources: &[String],
         source: &Source,
         now: UnixTime,
-    ) -> Result<Pending<TokenResponse>, OAuthError> {
+    ) -> Result<Issue, OAuthError> {
         if !client.first_party {
             return Err(OAuthError::unauthorized_client(
                 "the password grant is only for first-party clients",
@@ -936,7 +966,7 @@ impl Identity {
         resources: &[String],
         source: &Source,
         now: UnixTime,
-    ) -> Result<Pending<TokenResponse>, OAuthError> {
+    ) -> Result<Issue, OAuthError> {
         if client.secret_hash.is_none() {
             return Err(OAuthError::unauthorized_client(
                 "client_credentials needs a confidential client",
@@ -1076,7 +1106,7 @@ impl Identity {
         verifier: Option<&str>,
         source: &Source,
         now: UnixTime,
-    ) -> Result<Pending<TokenResponse>, OAuthError> {
+    ) -> Result<Issue, OAuthError> {
         Self::require_grant(client, "authorization_code")?;
         let bad =
             || OAuthError::invalid_grant("invalid, expired or already used authorization code");
@@ -1249,7 +1279,7 @@ impl Identity {
         scope: Option<&str>,
         source: &Source,
         now: UnixTime,
-    ) -> Result<Pending<TokenResponse>, OAuthError> {
+    ) -> Result<Issue, OAuthError> {
         Self::require_grant(client, "refresh_token")?;
         let bad = || OAuthError::invalid_grant("invalid, expired or revoked refresh token");
         let (e, session, account) = match self.check_refresh(realm, client, token, source, now)? {

@@ -42,7 +42,7 @@ pub use hsm::{Hsm, HsmConfig, HsmRealms};
 pub use kek::Kek;
 pub use material::{Jwk, Jwks};
 pub use remote::{
-    Refusal, RefusalHook, RemoteSigner, SignService, serve as serve_signer,
+    Refusal, RefusalHook, RemoteSigner, SignFuture, SignService, serve as serve_signer,
     serve_tls as serve_signer_tls,
 };
 pub use signer::{Signature, Signer, SigningKey};

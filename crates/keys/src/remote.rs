@@ -33,6 +33,11 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use crate::transport::{Endpoint, Stream, TlsFiles};
 use crate::{Algorithm, Error, Result, Signature, Signer, SigningKey};
 
+/// What [`SignService::sign_jws_async`] resolves to.
+pub type SignFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(SigningKey, String, Signature)>> + Send + 'a>,
+>;
+
 /// Signing, wherever the keys are: in this process ([`Signer`]) or in the signer process
 /// ([`RemoteSigner`]).
 pub trait SignService: Send + Sync + std::fmt::Debug {
@@ -47,6 +52,28 @@ pub trait SignService: Send + Sync + std::fmt::Debug {
         payload_b64: &str,
         now: UnixTime,
     ) -> Result<(SigningKey, String, Signature)>;
+
+    /// [`SignService::sign_jws`] for async callers: the wait for a signer process costs a
+    /// task, not a parked thread. By default, signs right here (an in-process signer's work
+    /// is a signature's worth of CPU).
+    fn sign_jws_async<'a>(
+        &'a self,
+        realm: &'a RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        typ: &'a str,
+        payload_b64: &'a str,
+        now: UnixTime,
+    ) -> SignFuture<'a> {
+        Box::pin(std::future::ready(self.sign_jws(
+            realm,
+            purpose,
+            alg,
+            typ,
+            payload_b64,
+            now,
+        )))
+    }
 
     /// A signature of `message` with the realm's active key for `purpose` and `alg`.
     fn sign_raw(
@@ -393,6 +420,8 @@ const REASONS: [&str; 12] = [
 pub struct RemoteSigner {
     endpoint: Endpoint,
     idle: Mutex<Vec<BufReader<Box<dyn Stream>>>>,
+    /// Connections for async callers (Unix socket only), kept apart from the blocking ones.
+    idle_async: Mutex<Vec<tokio::io::BufStream<tokio::net::UnixStream>>>,
 }
 
 impl std::fmt::Debug for RemoteSigner {
@@ -409,6 +438,7 @@ impl RemoteSigner {
         Self {
             endpoint: Endpoint::Unix(path.to_owned()),
             idle: Mutex::new(Vec::new()),
+            idle_async: Mutex::new(Vec::new()),
         }
     }
 
@@ -418,6 +448,7 @@ impl RemoteSigner {
         Ok(Self {
             endpoint: Endpoint::tls(address, files)?,
             idle: Mutex::new(Vec::new()),
+            idle_async: Mutex::new(Vec::new()),
         })
     }
 
@@ -457,6 +488,69 @@ impl RemoteSigner {
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
         serde_json::from_str(&answer).map_err(|e| Error::Unavailable(format!("bad answer: {e}")))
+    }
+
+    /// [`RemoteSigner::call`] from an async task over the Unix socket: the same protocol on
+    /// a tokio stream, so waiting for the signer parks no thread.
+    async fn call_async(&self, path: &Path, request: &Request) -> Result<Response> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut line = serde_json::to_vec(request).map_err(|_| Error::Crypto)?;
+        line.push(b'\n');
+        let pooled = self
+            .idle_async
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let mut answer = String::new();
+        let mut conn = None;
+        // A pooled connection may have died with a restarted signer: one fresh try after it.
+        for attempt in [pooled, None] {
+            let mut c = match attempt {
+                Some(c) => c,
+                None => match tokio::net::UnixStream::connect(path).await {
+                    Ok(s) => tokio::io::BufStream::new(s),
+                    Err(e) => return Err(Error::Unavailable(e.to_string())),
+                },
+            };
+            answer.clear();
+            let exchange = async {
+                c.write_all(&line).await?;
+                c.flush().await?;
+                if c.read_line(&mut answer).await? == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+                }
+                Ok(())
+            };
+            match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+                Ok(Ok(())) => {
+                    conn = Some(c);
+                    break;
+                }
+                Ok(Err(_)) | Err(_) => continue,
+            }
+        }
+        let conn = conn.ok_or_else(|| Error::Unavailable("the signer did not answer".into()))?;
+        self.idle_async
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        serde_json::from_str(&answer).map_err(|e| Error::Unavailable(format!("bad answer: {e}")))
+    }
+
+    /// Checks a JWS answer against what was asked.
+    fn jws_answer(
+        response: Response,
+        payload_b64: &str,
+    ) -> Result<(SigningKey, String, Signature)> {
+        let (key, input, sig) = Self::signed(response)?;
+        let input = input.ok_or_else(|| Error::Unavailable("no signing input".into()))?;
+        // The signer built the header; make sure it signed what was asked.
+        if !input.ends_with(&format!(".{payload_b64}")) {
+            return Err(Error::Unavailable(
+                "the signer signed something else".into(),
+            ));
+        }
+        Ok((key, input, sig))
     }
 
     /// Whether the signer answers.
@@ -508,21 +602,42 @@ impl SignService for RemoteSigner {
         payload_b64: &str,
         _now: UnixTime,
     ) -> Result<(SigningKey, String, Signature)> {
-        let (key, input, sig) = Self::signed(self.call(&Request::Jws {
+        let request = Request::Jws {
             realm: realm.to_string(),
             purpose: purpose.to_string(),
             alg: alg.as_str().to_owned(),
             typ: typ.to_owned(),
             payload: payload_b64.to_owned(),
-        })?)?;
-        let input = input.ok_or_else(|| Error::Unavailable("no signing input".into()))?;
-        // The signer built the header; make sure it signed what was asked.
-        if !input.ends_with(&format!(".{payload_b64}")) {
-            return Err(Error::Unavailable(
-                "the signer signed something else".into(),
-            ));
-        }
-        Ok((key, input, sig))
+        };
+        Self::jws_answer(self.call(&request)?, payload_b64)
+    }
+
+    fn sign_jws_async<'a>(
+        &'a self,
+        realm: &'a RealmId,
+        purpose: KeyPurpose,
+        alg: Algorithm,
+        typ: &'a str,
+        payload_b64: &'a str,
+        now: UnixTime,
+    ) -> SignFuture<'a> {
+        Box::pin(async move {
+            let Endpoint::Unix(path) = &self.endpoint else {
+                // The TLS link is blocking I/O: let the runtime move other tasks off this
+                // worker while it waits.
+                return tokio::task::block_in_place(|| {
+                    self.sign_jws(realm, purpose, alg, typ, payload_b64, now)
+                });
+            };
+            let request = Request::Jws {
+                realm: realm.to_string(),
+                purpose: purpose.to_string(),
+                alg: alg.as_str().to_owned(),
+                typ: typ.to_owned(),
+                payload: payload_b64.to_owned(),
+            };
+            Self::jws_answer(self.call_async(path, &request).await?, payload_b64)
+        })
     }
 
     fn sign_raw(

@@ -17,6 +17,22 @@ use tokens::{MintRequest, Minter};
 
 const URL: &str = "https://keypost.test";
 const MINTERS: u64 = 16;
+const TASKS: u64 = 64;
+
+fn request(realm: &RealmId) -> MintRequest {
+    MintRequest {
+        realm: realm.clone(),
+        access_alg: Algorithm::EdDSA,
+        subject: "u1".into(),
+        client_id: ClientId::new("app").unwrap(),
+        scope: "mail".into(),
+        audience: vec![format!("{URL}/mail")],
+        session: None,
+        access_ttl: 600,
+        id_token: None,
+        refresh: None,
+    }
+}
 
 fn bench(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("keypost-mint-bench-{}", std::process::id()));
@@ -67,23 +83,7 @@ fn bench(c: &mut Criterion) {
                         let (minter, realm) = (&minter, &realm);
                         s.spawn(move || {
                             for _ in 0..per {
-                                minter
-                                    .mint(
-                                        &MintRequest {
-                                            realm: realm.clone(),
-                                            access_alg: Algorithm::EdDSA,
-                                            subject: "u1".into(),
-                                            client_id: ClientId::new("app").unwrap(),
-                                            scope: "mail".into(),
-                                            audience: vec![format!("{URL}/mail")],
-                                            session: None,
-                                            access_ttl: 600,
-                                            id_token: None,
-                                            refresh: None,
-                                        },
-                                        now,
-                                    )
-                                    .unwrap();
+                                minter.mint(&request(realm), now).unwrap();
                             }
                         });
                     }
@@ -91,6 +91,42 @@ fn bench(c: &mut Criterion) {
                 start
                     .elapsed()
                     .mul_f64(iters as f64 / (per * MINTERS) as f64)
+            })
+        });
+    }
+    // The same, from async tasks on a two-thread runtime (as the token endpoint mints): the
+    // signature and the ledger write are awaited, so waiting parks no thread.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let async_signers: [(&str, Arc<dyn SignService>); 2] = [
+        ("in_process", Arc::new(custody.signer())),
+        ("signer_process", Arc::new(RemoteSigner::new(&socket))),
+    ];
+    for (name, signer) in async_signers {
+        let minter = Arc::new(Minter::new(signer, store.clone(), URL));
+        g.bench_function(format!("{name}_{TASKS}_async_tasks"), |b| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(TASKS);
+                let start = Instant::now();
+                rt.block_on(async {
+                    let mut all = Vec::new();
+                    for _ in 0..TASKS {
+                        let (minter, realm) = (minter.clone(), realm.clone());
+                        all.push(tokio::spawn(async move {
+                            for _ in 0..per {
+                                let req = request(&realm);
+                                minter.mint_async(&req, now, |_| Vec::new()).await.unwrap();
+                            }
+                        }));
+                    }
+                    for h in all {
+                        h.await.unwrap();
+                    }
+                });
+                start.elapsed().mul_f64(iters as f64 / (per * TASKS) as f64)
             })
         });
     }

@@ -149,27 +149,6 @@ impl Minter {
         }
     }
 
-    fn sign_jws(
-        &self,
-        realm: &RealmId,
-        purpose: KeyPurpose,
-        alg: Algorithm,
-        typ: &str,
-        claims: &serde_json::Value,
-        now: UnixTime,
-    ) -> Result<(String, store::Kid), Error> {
-        let enc = |v: &serde_json::Value| {
-            serde_json::to_vec(v)
-                .map(|b| b64(&b))
-                .map_err(|e| Error::Encoding(e.to_string()))
-        };
-        let claims = enc(claims)?;
-        let (key, input, sig) = self
-            .signer
-            .sign_jws(realm, purpose, alg, typ, &claims, now)?;
-        Ok((format!("{input}.{}", b64(&sig.0)), key.kid))
-    }
-
     /// Mints what `req` asks for, records every token in the ledger in one durable write, and
     /// only then returns them.
     pub fn mint(&self, req: &MintRequest, now: UnixTime) -> Result<Issued, Error> {
@@ -195,35 +174,166 @@ impl Minter {
         now: UnixTime,
         audit: impl FnOnce(&Issued) -> Vec<AuditRecord>,
     ) -> Result<Pending<Issued>, Error> {
-        let iss = issuer_for(&self.public_url, &req.realm);
+        let plan = Plan::new(&self.public_url, req, now)?;
+        let access = self.signer.sign_jws(
+            &req.realm,
+            KeyPurpose::AccessToken,
+            req.access_alg,
+            "at+jwt",
+            &plan.access_payload,
+            now,
+        )?;
+        let id = match &plan.id {
+            Some((_, alg, payload)) => Some(self.signer.sign_jws(
+                &req.realm,
+                KeyPurpose::IdToken,
+                *alg,
+                "JWT",
+                payload,
+                now,
+            )?),
+            None => None,
+        };
+        self.queue(plan, req, now, access, id, audit)
+    }
+
+    /// [`Minter::mint_audited`] for async callers: the signatures and the durable ledger
+    /// write are awaited, so no thread is parked on the signer process or the commit.
+    pub async fn mint_async(
+        &self,
+        req: &MintRequest,
+        now: UnixTime,
+        audit: impl FnOnce(&Issued) -> Vec<AuditRecord>,
+    ) -> Result<Issued, Error> {
+        let plan = Plan::new(&self.public_url, req, now)?;
+        let access = self
+            .signer
+            .sign_jws_async(
+                &req.realm,
+                KeyPurpose::AccessToken,
+                req.access_alg,
+                "at+jwt",
+                &plan.access_payload,
+                now,
+            )
+            .await?;
+        let id = match &plan.id {
+            Some((_, alg, payload)) => Some(
+                self.signer
+                    .sign_jws_async(&req.realm, KeyPurpose::IdToken, *alg, "JWT", payload, now)
+                    .await?,
+            ),
+            None => None,
+        };
+        self.queue(plan, req, now, access, id, audit)?
+            .settle()
+            .await
+    }
+
+    /// Assembles the signed tokens and queues their ledger rows (with `audit`'s records).
+    fn queue(
+        &self,
+        plan: Plan,
+        req: &MintRequest,
+        now: UnixTime,
+        access: Signed,
+        id: Option<Signed>,
+        audit: impl FnOnce(&Issued) -> Vec<AuditRecord>,
+    ) -> Result<Pending<Issued>, Error> {
+        let entry = |jti: &Jti, kind, kid: Option<store::Kid>, exp, token: &str| LedgerEntry {
+            jti: jti.clone(),
+            realm: req.realm.clone(),
+            kind,
+            subject: req.subject.clone(),
+            client_id: req.client_id.clone(),
+            kid,
+            session_id: req.session.clone(),
+            family_id: plan.family.clone(),
+            scope: req.scope.clone(),
+            audience: req.audience.join(" "),
+            issued_at: now,
+            expires_at: exp,
+            token_hash: token_hash(token),
+            revoked_at: None,
+            used_at: None,
+        };
         let mut entries = Vec::with_capacity(3);
-        let entry =
-            |jti: &Jti, kind, kid: Option<store::Kid>, family: Option<String>, exp, token: &str| {
-                LedgerEntry {
-                    jti: jti.clone(),
-                    realm: req.realm.clone(),
-                    kind,
-                    subject: req.subject.clone(),
-                    client_id: req.client_id.clone(),
-                    kid,
-                    session_id: req.session.clone(),
-                    family_id: family,
-                    scope: req.scope.clone(),
-                    audience: req.audience.join(" "),
-                    issued_at: now,
-                    expires_at: exp,
-                    token_hash: token_hash(token),
-                    revoked_at: None,
-                    used_at: None,
-                }
-            };
+        let (access_token, kid) = compact(access);
+        entries.push(entry(
+            &plan.access_jti,
+            TokenKind::Access,
+            Some(kid.clone()),
+            now + req.access_ttl,
+            &access_token,
+        ));
+        let id_token = match (id, &plan.id, &req.id_token) {
+            (Some(signed), Some((jti, _, _)), Some(idr)) => {
+                let (tok, id_kid) = compact(signed);
+                entries.push(entry(jti, TokenKind::Id, Some(id_kid), now + idr.ttl, &tok));
+                Some(tok)
+            }
+            _ => None,
+        };
+        let refresh_token = match (&plan.refresh, &req.refresh) {
+            (Some((jti, tok)), Some((ttl, _))) => {
+                entries.push(entry(jti, TokenKind::Refresh, None, now + ttl, tok));
+                Some(tok.to_string())
+            }
+            _ => None,
+        };
+        // The durable write that makes these tokens real. Nothing is returned if it fails.
+        let issued = Issued {
+            access_token,
+            access_jti: plan.access_jti,
+            expires_in: req.access_ttl,
+            id_token,
+            refresh_token,
+            family: plan.family,
+            kid,
+        };
+        let durable = self.store.submit_issuance(&entries, &audit(&issued));
+        Ok(Pending {
+            value: issued,
+            durable,
+        })
+    }
+}
+
+/// A signer's answer: the key, the signing input, the signature.
+type Signed = (keys::SigningKey, String, keys::Signature);
+
+fn compact((key, input, sig): Signed) -> (String, store::Kid) {
+    (format!("{input}.{}", b64(&sig.0)), key.kid)
+}
+
+/// Everything about a mint decided before anything is signed: ids, claims, the refresh
+/// token and its family.
+struct Plan {
+    access_jti: Jti,
+    /// The access token's claims, base64url-encoded JSON.
+    access_payload: String,
+    /// The ID token's jti, algorithm and encoded claims.
+    id: Option<(Jti, Algorithm, String)>,
+    /// The refresh token's jti and the token itself.
+    refresh: Option<(Jti, Zeroizing<String>)>,
+    family: Option<String>,
+}
+
+impl Plan {
+    fn new(public_url: &str, req: &MintRequest, now: UnixTime) -> Result<Plan, Error> {
+        let enc = |v: &serde_json::Value| {
+            serde_json::to_vec(v)
+                .map(|b| b64(&b))
+                .map_err(|e| Error::Encoding(e.to_string()))
+        };
+        let new_jti = || Jti::new(random_id(16)?).map_err(|e| Error::Encoding(e.to_string()));
+        let iss = issuer_for(public_url, &req.realm);
         let family = match &req.refresh {
             Some((_, Some(f))) => Some(f.clone()),
             Some((_, None)) => Some(random_id(16)?),
             None => None,
         };
-
-        let access_jti = Jti::new(random_id(16)?).map_err(|e| Error::Encoding(e.to_string()))?;
+        let access_jti = new_jti()?;
         let claims = AccessClaims {
             iss: iss.clone(),
             sub: req.subject.clone(),
@@ -238,27 +348,11 @@ impl Minter {
             sid: req.session.as_ref().map(|s| s.to_string()),
         };
         let claims = serde_json::to_value(&claims).map_err(|e| Error::Encoding(e.to_string()))?;
-        let (access_token, kid) = self.sign_jws(
-            &req.realm,
-            KeyPurpose::AccessToken,
-            req.access_alg,
-            "at+jwt",
-            &claims,
-            now,
-        )?;
-        entries.push(entry(
-            &access_jti,
-            TokenKind::Access,
-            Some(kid.clone()),
-            family.clone(),
-            now + req.access_ttl,
-            &access_token,
-        ));
-
-        let id_token = match &req.id_token {
+        let access_payload = enc(&claims)?;
+        let id = match &req.id_token {
             None => None,
             Some(idr) => {
-                let jti = Jti::new(random_id(16)?).map_err(|e| Error::Encoding(e.to_string()))?;
+                let jti = new_jti()?;
                 let mut c = json!({
                     "iss": iss, "sub": req.subject, "aud": req.client_id.as_str(), "azp": req.client_id.as_str(),
                     "exp": now + idr.ttl, "iat": now, "auth_time": idr.auth_time, "jti": jti.as_str(),
@@ -274,52 +368,24 @@ impl Minter {
                     put("name", &idr.name);
                     put("sid", &req.session.as_ref().map(|s| s.to_string()));
                 }
-                let (tok, id_kid) =
-                    self.sign_jws(&req.realm, KeyPurpose::IdToken, idr.alg, "JWT", &c, now)?;
-                entries.push(entry(
-                    &jti,
-                    TokenKind::Id,
-                    Some(id_kid),
-                    family.clone(),
-                    now + idr.ttl,
-                    &tok,
-                ));
-                Some(tok)
+                Some((jti, idr.alg, enc(&c)?))
             }
         };
-
-        let refresh_token = match &req.refresh {
+        let refresh = match &req.refresh {
             None => None,
-            Some((ttl, _)) => {
-                let jti = Jti::new(random_id(16)?).map_err(|e| Error::Encoding(e.to_string()))?;
+            Some(_) => {
+                let jti = new_jti()?;
                 let secret = Zeroizing::new(random_id(32)?);
-                let tok = format!("kpr1.{jti}.{}", secret.as_str());
-                entries.push(entry(
-                    &jti,
-                    TokenKind::Refresh,
-                    None,
-                    family.clone(),
-                    now + ttl,
-                    &tok,
-                ));
-                Some(tok)
+                let tok = Zeroizing::new(format!("kpr1.{jti}.{}", secret.as_str()));
+                Some((jti, tok))
             }
         };
-
-        // The durable write that makes these tokens real. Nothing is returned if it fails.
-        let issued = Issued {
-            access_token,
+        Ok(Plan {
             access_jti,
-            expires_in: req.access_ttl,
-            id_token,
-            refresh_token,
+            access_payload,
+            id,
+            refresh,
             family,
-            kid,
-        };
-        let durable = self.store.submit_issuance(&entries, &audit(&issued));
-        Ok(Pending {
-            value: issued,
-            durable,
         })
     }
 }

@@ -36,7 +36,7 @@ pub use claims::{AccessClaims, Audience, issuer_for, realm_hint};
 pub use error::Error;
 pub use gate::{Gate, GateError};
 pub use ledger::{Ledger, StoreLedger};
-pub use mint::{IdTokenRequest, Issued, MintRequest, Minter, Pending, RefreshToken, token_hash};
+pub use mint::{IdTokenRequest, Issued, MintRequest, Minter, RefreshToken, token_hash};
 pub use validate::{Expectation, Presented, Principal, Rejected, Rejection, validate};
 
 #[doc(hidden)]

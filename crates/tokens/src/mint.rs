@@ -163,17 +163,6 @@ impl Minter {
         now: UnixTime,
         audit: impl FnOnce(&Issued) -> Vec<AuditRecord>,
     ) -> Result<Issued, Error> {
-        self.mint_pending(req, now, audit)?.wait()
-    }
-
-    /// Like [`Minter::mint_audited`], but returns as soon as the ledger write is queued: the
-    /// tokens are reachable only through [`Pending`], by waiting for (or awaiting) that write.
-    pub fn mint_pending(
-        &self,
-        req: &MintRequest,
-        now: UnixTime,
-        audit: impl FnOnce(&Issued) -> Vec<AuditRecord>,
-    ) -> Result<Pending<Issued>, Error> {
         let plan = Plan::new(&self.public_url, req, now)?;
         let access = self.signer.sign_jws(
             &req.realm,
@@ -194,7 +183,9 @@ impl Minter {
             )?),
             None => None,
         };
-        self.queue(plan, req, now, access, id, audit)
+        let (issued, durable) = self.queue(plan, req, now, access, id, audit);
+        durable.wait()?;
+        Ok(issued)
     }
 
     /// [`Minter::mint_audited`] for async callers: the signatures and the durable ledger
@@ -225,12 +216,13 @@ impl Minter {
             ),
             None => None,
         };
-        self.queue(plan, req, now, access, id, audit)?
-            .settle()
-            .await
+        let (issued, durable) = self.queue(plan, req, now, access, id, audit);
+        durable.await?;
+        Ok(issued)
     }
 
     /// Assembles the signed tokens and queues their ledger rows (with `audit`'s records).
+    /// The tokens must not leave before the returned completion says the rows are durable.
     fn queue(
         &self,
         plan: Plan,
@@ -239,7 +231,7 @@ impl Minter {
         access: Signed,
         id: Option<Signed>,
         audit: impl FnOnce(&Issued) -> Vec<AuditRecord>,
-    ) -> Result<Pending<Issued>, Error> {
+    ) -> (Issued, store::Completion) {
         let entry = |jti: &Jti, kind, kid: Option<store::Kid>, exp, token: &str| LedgerEntry {
             jti: jti.clone(),
             realm: req.realm.clone(),
@@ -292,10 +284,7 @@ impl Minter {
             kid,
         };
         let durable = self.store.submit_issuance(&entries, &audit(&issued));
-        Ok(Pending {
-            value: issued,
-            durable,
-        })
+        (issued, durable)
     }
 }
 
@@ -387,42 +376,5 @@ impl Plan {
             refresh,
             family,
         })
-    }
-}
-
-/// Tokens whose ledger rows are queued but maybe not yet on disk. The tokens come out only
-/// through [`Pending::wait`] or [`Pending::settle`], once the write is durable, so no code
-/// path can hand out a token the ledger might lose.
-#[must_use = "the tokens exist only once their ledger write is durable"]
-pub struct Pending<T> {
-    value: T,
-    durable: store::Completion,
-}
-
-impl<T> std::fmt::Debug for Pending<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").finish_non_exhaustive()
-    }
-}
-
-impl<T> Pending<T> {
-    /// Blocks until the ledger write is durable; then the value.
-    pub fn wait(self) -> Result<T, Error> {
-        self.durable.wait()?;
-        Ok(self.value)
-    }
-
-    /// Awaits the ledger write; then the value. The wait costs a task, not a thread.
-    pub async fn settle(self) -> Result<T, Error> {
-        self.durable.await?;
-        Ok(self.value)
-    }
-
-    /// The same pending write, carrying `f(value)`.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Pending<U> {
-        Pending {
-            value: f(self.value),
-            durable: self.durable,
-        }
     }
 }

@@ -188,6 +188,9 @@ fn key_schedule_step(identity: &Arc<Identity>, retention: i64) {
         }
         Err(e) => tracing::error!(error = %e, "listing realms for key rotation failed"),
     }
+    if let Err(e) = identity.custody().purge_revoked_hsm_keys() {
+        tracing::error!(target: "keypost::security", error = %e, "destroying revoked HSM keys failed");
+    }
     let custody = identity.custody();
     if let Err(e) = audit::chain::checkpoint(identity.store(), custody, now) {
         tracing::error!(target: "keypost::security", error = %e, "audit checkpoint failed");

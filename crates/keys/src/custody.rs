@@ -423,7 +423,14 @@ impl Custody {
                 origin: KeyOrigin::Hsm,
                 activates_at,
             };
-            return self.store_key(row, &jwk, Vec::new(), now);
+            let stored = self.store_key(row, &jwk, Vec::new(), now);
+            if stored.is_err()
+                && let Ok(kid) = Kid::new(jwk.kid.clone())
+            {
+                // A key no row names would sit in the token for ever.
+                let _ = hsm.destroy(&kid);
+            }
+            return stored;
         }
         let (key, pkcs8) = PrivateKey::generate(alg)?;
         let row = NewKey {
@@ -570,6 +577,24 @@ impl Custody {
         }
         let replacements = self.ensure(&record.realm, now)?;
         Ok(self.store.get_key(kid)?.map(|r| (r, replacements)))
+    }
+
+    /// Destroys in the HSM every revoked key that is still there — revoked by a process
+    /// that had no HSM configured (the admin API, an operator verb elsewhere). Run by the
+    /// signer with the key schedule; returns how many it destroyed.
+    pub fn purge_revoked_hsm_keys(&self) -> Result<usize> {
+        let Some(hsm) = self.hsm.as_deref() else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for k in self.store.list_keys(None)? {
+            if k.origin == KeyOrigin::Hsm && k.revoked_at.is_some() && hsm.contains(&k.kid)? {
+                hsm.destroy(&k.kid)?;
+                tracing::warn!(target: "keypost::security", kid = %k.kid, "revoked key destroyed in the HSM");
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Every key the realm ever had, oldest first, with its life (created, activated, retired

@@ -287,3 +287,22 @@ fn an_hsm_key_row_moved_to_another_realm_does_not_move_the_key() {
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_key_revoked_without_the_hsm_is_destroyed_by_the_next_purge() {
+    let Some(module) = in_own_token("a_key_revoked_without_the_hsm_is_destroyed_by_the_next_purge")
+    else {
+        return;
+    };
+    let (store, custody, hsm) = setup(&module);
+    let contoso = realm("contoso");
+    let kid = custody
+        .generate(&contoso, KeyPurpose::AccessToken, Algorithm::EdDSA, T0, T0)
+        .unwrap();
+    // Revoked by a process without [hsm] (the web process's admin API, say): only the row.
+    store.revoke_key(&kid, T0 + 1).unwrap();
+    assert!(hsm.contains(&kid).unwrap());
+    assert_eq!(custody.purge_revoked_hsm_keys().unwrap(), 1);
+    assert!(!hsm.contains(&kid).unwrap());
+    assert_eq!(custody.purge_revoked_hsm_keys().unwrap(), 0, "idempotent");
+}

@@ -2,7 +2,12 @@
 # Minting throughput over HTTP, with the durable ledger (and audit) writes: starts a release
 # `keypost serve` on loopback in a temporary directory and drives the token endpoint with wrk.
 #
-#   bench/mint.sh [DURATION]            (default 15s; needs wrk: apt-get install wrk)
+#   bench/mint.sh [DURATION]            (default 15s; needs wrk: apt-get install wrk;
+#                                       THREADS=N wrk threads, CONNECTIONS=N for
+#                                       client_credentials, default 4 per thread;
+#                                       CHAINS=N refresh chains, default THREADS;
+#                                       REFRESH_SCOPE, default "openid offline_access mail":
+#                                       with openid each refresh also signs an RS256 ID token)
 #   COMPARE=1 bench/mint.sh [DURATION]  also builds a benchmark-only binary that signs inside
 #                                       `serve` (feature bench-in-process-signer) and runs the
 #                                       client_credentials load against both, alternating,
@@ -15,6 +20,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DURATION="${1:-15s}"
 THREADS="${THREADS:-8}"
+CONNECTIONS="${CONNECTIONS:-$((THREADS * 4))}"
+CHAINS="${CHAINS:-$THREADS}"
+REFRESH_SCOPE="${REFRESH_SCOPE:-openid offline_access mail}"
 ROUNDS="${ROUNDS:-3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keypost/target}"
 command -v wrk >/dev/null || { echo "bench/mint.sh needs wrk (apt-get install wrk)" >&2; exit 1; }
@@ -50,20 +58,20 @@ run() {
   export CLIENT_AUTH="Basic $(printf 'loadgen:%s' "$SECRET" | base64 -w0)"
   local URL="http://127.0.0.1:$PORT/realms/bench/token"
 
-  echo "== client_credentials ($THREADS threads x 4 connections, $DURATION)"
-  wrk -t"$THREADS" -c"$((THREADS * 4))" -d"$DURATION" --latency -s bench/client_credentials.lua "$URL"
+  echo "== client_credentials ($THREADS threads, $CONNECTIONS connections, $DURATION)"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/client_credentials.lua "$URL"
 
   if [ "$WHAT" = all ]; then
     local TOKENS=""
-    for _ in $(seq "$THREADS"); do
+    for _ in $(seq "$CHAINS"); do
       TOKENS="$TOKENS $(curl -sf "$URL" \
         -d grant_type=password -d client_id=keypost-cli -d username=user@bench.test \
-        -d password=bench-password-1 -d 'scope=openid offline_access mail' \
+        -d password=bench-password-1 --data-urlencode "scope=$REFRESH_SCOPE" \
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["refresh_token"])')"
     done
     export REFRESH_TOKENS="$TOKENS"
-    echo "== refresh_token with rotation ($THREADS chains, one connection each, $DURATION)"
-    wrk -t"$THREADS" -c"$THREADS" -d"$DURATION" --latency -s bench/refresh_token.lua "$URL"
+    echo "== refresh_token with rotation ($CHAINS chains, one connection each, scope \"$REFRESH_SCOPE\", $DURATION)"
+    wrk -t"$CHAINS" -c"$CHAINS" -d"$DURATION" --latency -s bench/refresh_token.lua "$URL"
     echo "== ledger rows written: $(sqlite3 "$WORK/data/keypost.db" 'select count(*) from ledger' 2>/dev/null || echo '(sqlite3 not installed)')"
   fi
   kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true

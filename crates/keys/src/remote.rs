@@ -276,22 +276,31 @@ fn answer(signer: &Signer, line: &str, on_refused: &RefusalHook) -> Response {
     }
 }
 
-/// Answers requests on one connection until it closes.
+/// Answers requests on one connection until it closes, in order. Clients may pipeline: the
+/// answers to every complete request already received go out in one write, so a burst of
+/// requests costs one wake-up and one write each way rather than one per request.
 fn converse(stream: impl Read + Write, signer: &Signer, on_refused: &RefusalHook) {
     let mut conn = BufReader::new(stream);
     let mut line = String::new();
+    let mut out = Vec::new();
     loop {
         line.clear();
         match conn.read_line(&mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let mut out =
-            serde_json::to_vec(&answer(signer, line.trim_end(), on_refused)).unwrap_or_default();
-        out.push(b'\n');
-        if conn.get_mut().write_all(&out).is_err() {
+        if serde_json::to_writer(&mut out, &answer(signer, line.trim_end(), on_refused)).is_err() {
             return;
         }
+        out.push(b'\n');
+        // Another whole request already here: answer it before writing.
+        if conn.buffer().contains(&b'\n') {
+            continue;
+        }
+        if conn.get_mut().write_all(&out).is_err() || conn.get_mut().flush().is_err() {
+            return;
+        }
+        out.clear();
     }
 }
 
@@ -420,8 +429,131 @@ const REASONS: [&str; 12] = [
 pub struct RemoteSigner {
     endpoint: Endpoint,
     idle: Mutex<Vec<BufReader<Box<dyn Stream>>>>,
-    /// Connections for async callers (Unix socket only), kept apart from the blocking ones.
-    idle_async: Mutex<Vec<tokio::io::BufStream<tokio::net::UnixStream>>>,
+    /// The pipelined connection async callers share (Unix socket only), apart from the
+    /// blocking pool. One: a single signer thread signs Ed25519 tokens far faster than two
+    /// cores can mint them otherwise, and every request that shares a batch with others saves
+    /// the signer a wake-up, which on a small machine costs about what a signature does
+    /// (measured: two connections were slower than one; BENCHMARKS.md).
+    pipe: Mutex<Option<Arc<Pipe>>>,
+}
+
+/// How long a signing request may wait for its answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One pipelined connection to the signer for async callers. Requests queue for a writer
+/// task that sends every queued request in one write; a reader task hands each answer line to
+/// the oldest waiting request (the signer answers in order). Either side failing closes the
+/// pipe: waiting requests see their answer dropped and retry on a fresh one.
+struct Pipe {
+    requests: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Answer)>,
+    waiting: Arc<Mutex<Waiting>>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+type Answer = tokio::sync::oneshot::Sender<String>;
+
+/// The requests written and not yet answered, oldest first; `closed` once the connection
+/// failed (nothing may wait on it after that).
+#[derive(Default)]
+struct Waiting {
+    queue: std::collections::VecDeque<Answer>,
+    closed: bool,
+}
+
+impl Waiting {
+    fn close(waiting: &Mutex<Waiting>) {
+        let mut w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+        w.closed = true;
+        w.queue.clear();
+    }
+}
+
+impl Pipe {
+    async fn open(path: &Path) -> std::io::Result<Self> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let (read, mut write) = tokio::net::UnixStream::connect(path).await?.into_split();
+        let (requests, mut queued) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Answer)>();
+        let waiting = Arc::new(Mutex::new(Waiting::default()));
+        let w = waiting.clone();
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some((line, answer)) = queued.recv().await {
+                batch.clear();
+                batch.extend_from_slice(&line);
+                let mut answers = vec![answer];
+                while let Ok((line, answer)) = queued.try_recv() {
+                    batch.extend_from_slice(&line);
+                    answers.push(answer);
+                }
+                {
+                    // Queued before they are written, so the reader finds them in order.
+                    let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+                    if w.closed {
+                        return;
+                    }
+                    w.queue.extend(answers);
+                }
+                if write.write_all(&batch).await.is_err() {
+                    Waiting::close(&w);
+                    return;
+                }
+            }
+        });
+        let w = waiting.clone();
+        let reader = tokio::spawn(async move {
+            let mut read = tokio::io::BufReader::new(read);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match read.read_line(&mut line).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+                let next = w
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .queue
+                    .pop_front();
+                match next {
+                    // A request whose caller gave up: its answer goes nowhere.
+                    Some(answer) => drop(answer.send(std::mem::take(&mut line))),
+                    // An answer nobody asked for: the stream is out of step.
+                    None => break,
+                }
+            }
+            Waiting::close(&w);
+        });
+        Ok(Self {
+            requests,
+            waiting,
+            tasks: [writer, reader],
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.requests.is_closed()
+            || self
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .closed
+    }
+
+    /// Sends `line` and waits for its answer; `None` if the pipe closed first.
+    async fn exchange(&self, line: Vec<u8>) -> Option<String> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.requests.send((line, answer)).ok()?;
+        answered.await.ok()
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // Closing the connection: both halves are owned by these tasks.
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for RemoteSigner {
@@ -438,7 +570,7 @@ impl RemoteSigner {
         Self {
             endpoint: Endpoint::Unix(path.to_owned()),
             idle: Mutex::new(Vec::new()),
-            idle_async: Mutex::new(Vec::new()),
+            pipe: Mutex::new(None),
         }
     }
 
@@ -448,7 +580,7 @@ impl RemoteSigner {
         Ok(Self {
             endpoint: Endpoint::tls(address, files)?,
             idle: Mutex::new(Vec::new()),
-            idle_async: Mutex::new(Vec::new()),
+            pipe: Mutex::new(None),
         })
     }
 
@@ -491,50 +623,47 @@ impl RemoteSigner {
     }
 
     /// [`RemoteSigner::call`] from an async task over the Unix socket: the same protocol on
-    /// a tokio stream, so waiting for the signer parks no thread.
+    /// a pipelined tokio stream, so waiting for the signer parks no thread and concurrent
+    /// requests share reads and writes.
     async fn call_async(&self, path: &Path, request: &Request) -> Result<Response> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let mut line = serde_json::to_vec(request).map_err(|_| Error::Crypto)?;
         line.push(b'\n');
-        let pooled = self
-            .idle_async
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
-        let mut answer = String::new();
-        let mut conn = None;
-        // A pooled connection may have died with a restarted signer: one fresh try after it.
-        for attempt in [pooled, None] {
-            let mut c = match attempt {
-                Some(c) => c,
-                None => match tokio::net::UnixStream::connect(path).await {
-                    Ok(s) => tokio::io::BufStream::new(s),
-                    Err(e) => return Err(Error::Unavailable(e.to_string())),
-                },
-            };
-            answer.clear();
-            let exchange = async {
-                c.write_all(&line).await?;
-                c.flush().await?;
-                if c.read_line(&mut answer).await? == 0 {
-                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        let exchange = async {
+            // A pipe may have died with a restarted signer: one fresh try after it.
+            for _ in 0..2 {
+                let pipe = self.pipe(path).await?;
+                if let Some(answer) = pipe.exchange(line.clone()).await {
+                    return Ok(answer);
                 }
-                Ok(())
-            };
-            match tokio::time::timeout(Duration::from_secs(10), exchange).await {
-                Ok(Ok(())) => {
-                    conn = Some(c);
-                    break;
-                }
-                Ok(Err(_)) | Err(_) => continue,
             }
-        }
-        let conn = conn.ok_or_else(|| Error::Unavailable("the signer did not answer".into()))?;
-        self.idle_async
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
+            Err(Error::Unavailable("the signer did not answer".into()))
+        };
+        let answer = match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                // A signer that stopped answering: later requests must not queue behind it.
+                *self.pipe.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Err(Error::Unavailable(
+                    "the signer did not answer in time".into(),
+                ));
+            }
+        };
         serde_json::from_str(&answer).map_err(|e| Error::Unavailable(format!("bad answer: {e}")))
+    }
+
+    /// The open pipe, connecting a new one if there is none or it closed.
+    async fn pipe(&self, path: &Path) -> Result<Arc<Pipe>> {
+        let current = self.pipe.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(pipe) = current.filter(|p| !p.is_closed()) {
+            return Ok(pipe);
+        }
+        let pipe = Arc::new(
+            Pipe::open(path)
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?,
+        );
+        *self.pipe.lock().unwrap_or_else(|p| p.into_inner()) = Some(pipe.clone());
+        Ok(pipe)
     }
 
     /// Checks a JWS answer against what was asked.

@@ -32,20 +32,32 @@ fn realm(store: &Arc<dyn Store>, id: &str) -> RealmId {
     r
 }
 
-#[test]
-fn signs_over_the_socket_with_the_realms_own_key_only() {
+/// An in-memory store with the realm `id` holding an active key, and its custody.
+fn custody_with_a_key(id: &str) -> (Arc<dyn Store>, RealmId, Custody) {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-    let contoso = realm(&store, "contoso");
-    let keyless = realm(&store, "keyless");
+    let r = realm(&store, id);
     let custody = Custody::new(
         store.clone(),
         Arc::new(Kek::generate().unwrap()),
         KeyPolicy::default(),
     );
-    custody.ensure(&contoso, now()).unwrap();
-    let dir = std::env::temp_dir().join(format!("keypost-signer-test-{}", std::process::id()));
+    custody.ensure(&r, now()).unwrap();
+    (store, r, custody)
+}
+
+/// A fresh directory for a test's socket.
+fn socket_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keypost-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn signs_over_the_socket_with_the_realms_own_key_only() {
+    let (store, contoso, custody) = custody_with_a_key("contoso");
+    let keyless = realm(&store, "keyless");
+    let dir = socket_dir("signer-test");
     let path = dir.join("signer.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let signer = Arc::new(custody.signer());
@@ -143,4 +155,124 @@ fn an_absent_signer_is_unavailable_not_a_panic() {
         client.sign_raw(&r, KeyPurpose::Audit, Algorithm::EdDSA, b"x", 0),
         Err(Error::Unavailable(_))
     ));
+}
+
+/// Async callers share one pipelined connection: many requests in flight at once each get
+/// their own answer (an answer matched to the wrong request is refused by the client, so a
+/// mix-up fails here), and a signer that dies with requests in flight costs them one retry on
+/// a fresh connection, not an error.
+#[test]
+fn concurrent_async_requests_get_their_own_answers_and_survive_a_restart() {
+    let (_, contoso, custody) = custody_with_a_key("contoso");
+    let dir = socket_dir("signer-pipe");
+    let path = dir.join("signer.sock");
+    let signer = Arc::new(custody.signer());
+    let no_hook: keys::RefusalHook = Arc::new(|_: &keys::Refusal| {});
+
+    // The first "signer" takes one request and dies without answering, but only once its
+    // successor listens at the same path (so the client's retry has somewhere to go).
+    let first = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let successor = {
+        let (path, signer, hook) = (path.clone(), signer.clone(), no_hook.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let (conn, _) = first.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&conn).read_line(&mut line).unwrap();
+            drop(first);
+            std::fs::remove_file(&path).unwrap();
+            let next = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            std::thread::spawn(move || keys::serve_signer(next, signer, hook));
+            drop(conn);
+        })
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = Arc::new(RemoteSigner::new(&path));
+    let sign = |client: Arc<RemoteSigner>, realm: RealmId, i: usize| async move {
+        let payload = B64.encode(format!(r#"{{"n":{i}}}"#));
+        let (key, input, sig) = client
+            .sign_jws_async(
+                &realm,
+                KeyPurpose::AccessToken,
+                Algorithm::EdDSA,
+                "at+jwt",
+                &payload,
+                0,
+            )
+            .await
+            .unwrap();
+        assert!(input.ends_with(&format!(".{payload}")));
+        (key, input, sig)
+    };
+    let before_restart = rt.block_on(sign(client.clone(), contoso.clone(), 0));
+    successor.join().unwrap();
+
+    let signed = rt.block_on(async {
+        let tasks: Vec<_> = (1..=300)
+            .map(|i| tokio::spawn(sign(client.clone(), contoso.clone(), i)))
+            .collect();
+        let mut all = vec![before_restart];
+        for t in tasks {
+            all.push(t.await.unwrap());
+        }
+        all
+    });
+    let verifying = custody.verifying_keys().unwrap();
+    for (i, (key, input, sig)) in signed.iter().enumerate() {
+        let vk = verifying.in_realm(&contoso, key.kid.as_str()).unwrap();
+        assert!(vk.verify(input.as_bytes(), &sig.0), "signature {i}");
+        let payload = input.split('.').nth(1).unwrap();
+        assert_eq!(
+            B64.decode(payload).unwrap(),
+            format!(r#"{{"n":{i}}}"#).as_bytes()
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The signer answers pipelined requests in the order they came, all of them, even when
+/// they arrive in one write.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    use std::io::{BufRead, Write};
+    let (_, _, custody) = custody_with_a_key("contoso");
+    let dir = socket_dir("signer-order");
+    let path = dir.join("signer.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let signer = Arc::new(custody.signer());
+    std::thread::spawn(move || {
+        keys::serve_signer(listener, signer, Arc::new(|_: &keys::Refusal| {}))
+    });
+    let ours = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let jws = |n: u32| {
+        format!(
+            r#"{{"op":"jws","realm":"contoso","purpose":"access-token","alg":"EdDSA","typ":"at+jwt","payload":"{}"}}"#,
+            B64.encode(format!("{{\"n\":{n}}}"))
+        )
+    };
+    let batch = format!(
+        "{}\n{}\n{}\n{}\n",
+        jws(1),
+        r#"{"op":"ping"}"#,
+        "not json",
+        jws(2)
+    );
+    (&ours).write_all(batch.as_bytes()).unwrap();
+    let mut answers = std::io::BufReader::new(&ours).lines();
+    let mut next =
+        || serde_json::from_str::<serde_json::Value>(&answers.next().unwrap().unwrap()).unwrap();
+    let signed_payload = |answer: serde_json::Value| {
+        let input = answer["input"].as_str().unwrap().to_owned();
+        B64.decode(input.split('.').nth(1).unwrap()).unwrap()
+    };
+    assert_eq!(signed_payload(next()), br#"{"n":1}"#);
+    assert_eq!(next()["pong"], true);
+    assert_eq!(next()["error"], "failed");
+    assert_eq!(signed_payload(next()), br#"{"n":2}"#);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

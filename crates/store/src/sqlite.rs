@@ -390,6 +390,12 @@ CREATE TRIGGER audit_tombstones_no_delete BEFORE DELETE ON audit_tombstones
 DROP INDEX audit_realm_time;
 DROP INDEX audit_actor_time;
 "#,
+    r#"
+-- The revoked refresh tokens of each family, for the check every issuance into a family makes
+-- (a rotating family grows by two rows per refresh; scanning it made each refresh cost more).
+CREATE INDEX ledger_revoked_families ON ledger(family_id)
+    WHERE family_id IS NOT NULL AND kind = 'refresh' AND revoked_at IS NOT NULL;
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).
@@ -403,6 +409,7 @@ pub struct SqliteStore {
     // One writing connection, shared with the group committer's thread.
     writer: Arc<Writer>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Option<Checkpointer>,
     // Readers for everything that does not write: in WAL mode they read the last commit while
     // the writer holds its transaction (and its fsync), so validations never wait on a commit.
     readers: Vec<Mutex<Connection>>,
@@ -417,6 +424,8 @@ struct Writer {
     /// committer lets them go first: under a steady stream of audit batches it would otherwise
     /// win the (unfair) mutex back every time and starve them.
     direct_waiting: std::sync::atomic::AtomicUsize,
+    /// Transactions committed, for the checkpointer to tell whether there is work.
+    commits: std::sync::atomic::AtomicU64,
     queue: Mutex<Queue>,
     /// Signalled when the queue stops being empty (or the store closes).
     work: Condvar,
@@ -444,7 +453,11 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and migrates it to the current schema.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
+        // The checkpointer below does this work; SQLite's own stays as a backstop against an
+        // ever-growing WAL should that thread fall far behind.
+        conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)?;
         let mut store = Self::init(conn)?;
+        store.checkpointer = Some(Checkpointer::start(path, store.writer.clone())?);
         for _ in 0..READERS {
             let r = Connection::open(path)?;
             r.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -466,6 +479,10 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Each write in a group commit runs under its own savepoint, whose statement journal
+        // would otherwise be a temporary file written for every page a write touches; in
+        // memory it costs a copy.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         // Every write transaction here begins IMMEDIATE (see `transaction_with_behavior`): many
         // read before they write (chain heads, alert de-duplication), and a deferred transaction
         // that must upgrade to a write lock fails at once with "database is locked" when another
@@ -474,6 +491,7 @@ impl SqliteStore {
         let writer = Arc::new(Writer {
             conn: Mutex::new(conn),
             direct_waiting: Default::default(),
+            commits: Default::default(),
             queue: Mutex::default(),
             work: Condvar::new(),
         });
@@ -487,6 +505,7 @@ impl SqliteStore {
         let store = Self {
             writer,
             committer: Mutex::new(Some(committer)),
+            checkpointer: None,
             readers: Vec::new(),
             next_reader: Default::default(),
         };
@@ -553,8 +572,75 @@ impl SqliteStore {
     }
 }
 
+/// WAL pages after which a commit checkpoints by itself (SQLite's default is 1,000).
+const BACKSTOP_CHECKPOINT_PAGES: i64 = 20_000;
+
+/// How often the checkpointer looks for committed work.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Copies committed WAL frames into the database file on a thread of its own, on its own
+/// connection. SQLite's automatic checkpoint runs inside whichever commit crosses its
+/// threshold — on the committer thread, the serial part of every write — and costs it an
+/// fsync of the database file and a copy of every page; a passive checkpoint here runs beside
+/// the commits instead of between them.
+struct Checkpointer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path, writer: Arc<Writer>) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // The WAL is reused only after the database file is synced: FULL, like the writer.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let signal = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("keypost-checkpoint".into())
+            .spawn(move || {
+                use std::sync::atomic::Ordering;
+                let mut seen = 0;
+                let (stopped, wake) = &*signal;
+                let mut s = stopped.lock().unwrap_or_else(|p| p.into_inner());
+                while !*s {
+                    s = wake
+                        .wait_timeout(s, CHECKPOINT_INTERVAL)
+                        .map_or_else(|p| p.into_inner().0, |r| r.0);
+                    let commits = writer.commits.load(Ordering::Relaxed);
+                    if commits == seen {
+                        continue;
+                    }
+                    seen = commits;
+                    // Busy (another checkpoint running) or failed: the next round retries,
+                    // and the backstop still bounds the WAL.
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| Error::Backend(format!("starting the checkpointer: {e}")))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stop.1.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        drop(self.checkpointer.take());
         // The committer drains what is queued, then ends.
         self.writer.lock_queue().closing = true;
         self.writer.work.notify_one();
@@ -1705,13 +1791,18 @@ fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<Vec<i64>>
         .collect();
     families.dedup();
     for family in families {
-        conn.prepare_cached(
-            "UPDATE ledger SET revoked_at = (SELECT MIN(revoked_at) FROM ledger \
-               WHERE family_id = ?1 AND kind = 'refresh' AND revoked_at IS NOT NULL) \
-             WHERE family_id = ?1 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM ledger \
-               WHERE family_id = ?1 AND kind = 'refresh' AND revoked_at IS NOT NULL)",
-        )?
-        .execute([family])?;
+        let revoked: Option<i64> = conn
+            .prepare_cached(
+                "SELECT MIN(revoked_at) FROM ledger INDEXED BY ledger_revoked_families \
+                 WHERE family_id = ?1 AND kind = 'refresh' AND revoked_at IS NOT NULL",
+            )?
+            .query_row([family], |r| r.get(0))?;
+        if let Some(at) = revoked {
+            conn.prepare_cached(
+                "UPDATE ledger SET revoked_at = ?2 WHERE family_id = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![family, at])?;
+        }
     }
     Ok(Vec::new())
 }
@@ -1750,6 +1841,8 @@ impl Writer {
         self.direct_waiting.fetch_add(1, Ordering::SeqCst);
         let guard = self.lock_conn();
         self.direct_waiting.fetch_sub(1, Ordering::SeqCst);
+        // Most direct uses write: count one for the checkpointer (a spare pass is harmless).
+        self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(guard)
     }
 
@@ -1862,6 +1955,8 @@ impl Writer {
         let committed = heads
             .flush(&tx)
             .and_then(|()| tx.commit().map_err(Error::from));
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match committed {
             Ok(()) => results,
             Err(e) => {

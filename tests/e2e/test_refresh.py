@@ -1,6 +1,9 @@
 """Refresh-token rotation and reuse detection (THREAT-MODEL step 5): replaying a rotated refresh
 token revokes the whole family — every refresh and access token descended from the same grant."""
 
+import threading
+
+import requests
 from conftest import unverified
 
 
@@ -51,3 +54,36 @@ def test_refused_refresh_tokens_are_audited_with_their_reason(keypost, world):
     records = keypost.cli("audit", "search", "--realm", "contoso", "--operation", "TokenRejected", json=True)
     reasons = {r["details"]["reason"] for r in records if r["details"].get("token_type") == "refresh_token"}
     assert {"TenantMismatch", "NotIssued", "RefreshTokenReused"} <= reasons, reasons
+
+
+def test_concurrent_uses_of_one_refresh_token_issue_at_most_once_and_kill_the_family(keypost, world):
+    """A stolen refresh token raced against its owner: whichever way the race goes (the second
+    use seen when the grant reads the ledger, or only when its write finds the token consumed),
+    at most one use gets tokens, the others get invalid_grant, and the family dies."""
+    import concurrent.futures
+
+    first = keypost.tokens_for(world.alice)
+    token_url = keypost.endpoint("contoso", "token_endpoint")
+    form = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"], "client_id": "keypost-cli"}
+    # Connections opened beforehand, so the eight uses leave together.
+    sessions = [requests.Session() for _ in range(8)]
+    for s in sessions:
+        s.get(f"{keypost.url}/healthz", timeout=10)
+    start = threading.Barrier(8)
+
+    def use(session):
+        start.wait()
+        return session.post(token_url, data=form, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(use, sessions))
+    ok = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 400]
+    assert len(ok) <= 1 and len(ok) + len(refused) == 8, [a.text for a in answers]
+    assert all(a.json()["error"] == "invalid_grant" for a in refused)
+    # The winner's tokens belong to the revoked family too.
+    for a in ok:
+        assert keypost.userinfo("contoso", a.json()["access_token"]).status_code == 401
+        assert keypost.refresh("contoso", a.json()["refresh_token"]).status_code == 400
+    reused = keypost.cli("audit", "search", "--realm", "contoso", "--operation", "RefreshTokenReused", json=True)
+    assert reused, "the reuse is audited"

@@ -145,6 +145,23 @@ pub(crate) struct Issue {
     event: Event,
     scope: String,
     now: UnixTime,
+    /// For a refresh: the token it rotates (consumed in the same durable write as the new
+    /// tokens), should that write find it used already.
+    rotates: Option<Rotation>,
+}
+
+/// The refresh token a refresh grant presented, as the ledger had it.
+#[derive(Debug)]
+struct Rotation {
+    jti: Jti,
+    family: Option<String>,
+    subject: String,
+    source: Source,
+}
+
+/// What a client is told of any refused refresh token (the reason goes to the audit log only).
+fn refresh_refused_error() -> OAuthError {
+    OAuthError::invalid_grant("invalid, expired or revoked refresh token")
 }
 
 /// A successful token response (RFC 6749 §5.1).
@@ -851,6 +868,7 @@ impl Identity {
             access_ttl: self.cfg.access_ttl,
             id_token,
             refresh: wants_refresh.then_some((self.cfg.refresh_ttl, family)),
+            rotates: None,
         };
         let actor = account
             .map(|a| a.email.clone())
@@ -866,18 +884,23 @@ impl Identity {
             event,
             scope,
             now,
+            rotates: None,
         })
     }
 
     /// Mints what a grant decided ([`Issue`]): the signatures and the durable ledger write
     /// are awaited, so no thread is parked on the signer process or the commit. The ledger
     /// rows and the `TokenIssued` record commit together, before the response exists.
-    pub(crate) async fn finish(&self, issue: Issue) -> Result<TokenResponse, OAuthError> {
+    pub(crate) async fn finish(
+        self: &Arc<Self>,
+        issue: Issue,
+    ) -> Result<TokenResponse, OAuthError> {
         let Issue {
             req,
             event,
             scope,
             now,
+            rotates,
         } = issue;
         let audit = |issued: &tokens::Issued| {
             let event = event
@@ -887,14 +910,32 @@ impl Identity {
                 .detail("id_token", issued.id_token.is_some());
             vec![AuditLog::prepare(event, now)]
         };
-        let issued = self
-            .minter
-            .mint_async(&req, now, audit)
-            .await
-            .map_err(|e| {
+        let issued = match (self.minter.mint_async(&req, now, audit).await, rotates) {
+            (Ok(issued), _) => issued,
+            (Err(tokens::Error::Ledger(store::Error::Consumed(_))), Some(rotation)) => {
+                // The refresh token was used between the grant's read and this write: a
+                // concurrent second use, handled like any other reuse.
+                let (this, realm, client) = (self.clone(), req.realm, req.client_id);
+                tokio::task::spawn_blocking(move || {
+                    this.refresh_reused(&realm, &client, &rotation, now)?;
+                    this.refresh_refused(
+                        &realm,
+                        &client,
+                        &rotation.source,
+                        Some(&rotation.jti),
+                        "RefreshTokenReused",
+                        now,
+                    )
+                })
+                .await
+                .map_err(|_| OAuthError::unavailable())??;
+                return Err(refresh_refused_error());
+            }
+            (Err(e), _) => {
                 tracing::error!(error = %e, realm = %req.realm, "minting failed; nothing was issued");
-                OAuthError::unavailable()
-            })?;
+                return Err(OAuthError::unavailable());
+            }
+        };
         Ok(TokenResponse {
             access_token: issued.access_token,
             token_type: "Bearer",
@@ -1229,28 +1270,16 @@ impl Identity {
         if e.expires_at <= now {
             return Ok(Err("Expired"));
         }
-        if !self
-            .store
-            .mark_refresh_used(&rt.jti, now)
-            .map_err(Error::from)?
-        {
-            // Used before: either the client or a thief holds a copy. Kill the family.
-            let n = match &e.family_id {
-                Some(f) => self.store.revoke_family(f, now).map_err(Error::from)?,
-                None => 0,
+        // Rotation marks it used in the same write as its successors (a second use that
+        // races this one is caught there, in `finish`).
+        if e.used_at.is_some() {
+            let rotation = Rotation {
+                jti: rt.jti.clone(),
+                family: e.family_id.clone(),
+                subject: e.subject.clone(),
+                source: source.clone(),
             };
-            self.audit
-                .record(
-                    Event::failure(Operation::RefreshTokenReused)
-                        .realm(realm)
-                        .client(client.client_id.as_str())
-                        .source(source)
-                        .jti(rt.jti.as_str())
-                        .target(e.subject.clone())
-                        .detail("family_revoked", n),
-                    now,
-                )
-                .map_err(Error::from)?;
+            self.refresh_reused(realm, &client.client_id, &rotation, now)?;
             return Ok(Err("RefreshTokenReused"));
         }
         let session = match &e.session_id {
@@ -1281,22 +1310,12 @@ impl Identity {
         now: UnixTime,
     ) -> Result<Issue, OAuthError> {
         Self::require_grant(client, "refresh_token")?;
-        let bad = || OAuthError::invalid_grant("invalid, expired or revoked refresh token");
         let (e, session, account) = match self.check_refresh(realm, client, token, source, now)? {
             Ok(ok) => ok,
             Err(reason) => {
-                // Every refused token is audited with its reason, refresh tokens included.
-                let mut ev = Event::failure(Operation::TokenRejected)
-                    .realm(realm)
-                    .client(client.client_id.as_str())
-                    .source(source)
-                    .detail("reason", reason)
-                    .detail("token_type", "refresh_token");
-                if let Some(rt) = RefreshToken::parse(token) {
-                    ev = ev.jti(rt.jti.as_str());
-                }
-                self.audit.record(ev, now).map_err(Error::from)?;
-                return Err(bad());
+                let jti = RefreshToken::parse(token).map(|rt| rt.jti);
+                self.refresh_refused(realm, &client.client_id, source, jti.as_ref(), reason, now)?;
+                return Err(refresh_refused_error());
             }
         };
         // A refresh may narrow the scope, never widen it.
@@ -1312,7 +1331,7 @@ impl Identity {
             _ => e.scope.clone(),
         };
         let audience = e.audience.split(' ').map(str::to_owned).collect();
-        self.issue(
+        let mut issue = self.issue(
             realm,
             client,
             Some(&account),
@@ -1323,7 +1342,66 @@ impl Identity {
             e.family_id.clone(),
             source,
             now,
-        )
+        )?;
+        issue.req.rotates = Some(e.jti.clone());
+        issue.rotates = Some(Rotation {
+            jti: e.jti,
+            family: e.family_id,
+            subject: e.subject,
+            source: source.clone(),
+        });
+        Ok(issue)
+    }
+
+    /// A refresh token presented a second time: the client or a thief holds a copy, so its
+    /// whole family is revoked (audited as `RefreshTokenReused`).
+    fn refresh_reused(
+        &self,
+        realm: &RealmId,
+        client: &ClientId,
+        used: &Rotation,
+        now: UnixTime,
+    ) -> Result<(), OAuthError> {
+        let n = match &used.family {
+            Some(f) => self.store.revoke_family(f, now).map_err(Error::from)?,
+            None => 0,
+        };
+        self.audit
+            .record(
+                Event::failure(Operation::RefreshTokenReused)
+                    .realm(realm)
+                    .client(client.as_str())
+                    .source(&used.source)
+                    .jti(used.jti.as_str())
+                    .target(used.subject.clone())
+                    .detail("family_revoked", n),
+                now,
+            )
+            .map_err(Error::from)?;
+        Ok(())
+    }
+
+    /// Audits a refused refresh token with its reason, as every refused token is.
+    fn refresh_refused(
+        &self,
+        realm: &RealmId,
+        client: &ClientId,
+        source: &Source,
+        jti: Option<&Jti>,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<(), OAuthError> {
+        let mut ev = Event::failure(Operation::TokenRejected)
+            .realm(realm)
+            .client(client.as_str())
+            .source(source)
+            .detail("reason", reason)
+            .detail("token_type", "refresh_token");
+        if let Some(jti) = jti {
+            ev = ev.jti(jti.as_str());
+        }
+        self.audit.record(ev, now).map_err(Error::from)?;
+        Ok(())
     }
 
     // ---- resource side --------------------------------------------------------------------

@@ -14,6 +14,10 @@ pub enum Error {
     /// Stored data does not decode into the model (a bug or a hand-edited database).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A write that consumes a single-use row (a refresh token being rotated) found it
+    /// consumed already: nothing of that write was stored.
+    #[error("used already: {0}")]
+    Consumed(String),
     /// The backend failed.
     #[error("database error: {0}")]
     Backend(String),

@@ -1261,9 +1261,18 @@ fn finish_ledger(
 }
 
 impl LedgerStore for SqliteStore {
-    fn submit_issuance(&self, entries: &[LedgerEntry], audit: &[AuditRecord]) -> Completion {
+    fn submit_issuance(
+        &self,
+        entries: &[LedgerEntry],
+        audit: &[AuditRecord],
+        rotates: Option<(&Jti, UnixTime)>,
+    ) -> Completion {
         match audit_chain::prepare(audit.to_vec()) {
-            Ok(audit) => self.submit(Write::Issuance(entries.to_vec(), audit)),
+            Ok(audit) => self.submit(Write::Issuance(
+                entries.to_vec(),
+                audit,
+                rotates.map(|(jti, at)| (jti.clone(), at)),
+            )),
             Err(e) => Completion::ready(Err(e)),
         }
     }
@@ -1402,13 +1411,6 @@ impl LedgerStore for SqliteStore {
                 _ => None,
             },
         })
-    }
-
-    fn mark_refresh_used(&self, jti: &Jti, at: UnixTime) -> Result<bool> {
-        // A durable write on every refresh: through the group commit like issuance.
-        Ok(!self
-            .group_write(Write::MarkRefreshUsed(jti.clone(), at))?
-            .is_empty())
     }
 }
 
@@ -1750,11 +1752,14 @@ impl AuditStore for SqliteStore {
 
 /// A durable write that may share a transaction (and its fsync) with concurrent ones.
 pub(crate) enum Write {
-    /// Ledger rows and the audit records of their issuance.
-    Issuance(Vec<LedgerEntry>, Vec<audit_chain::Prepared>),
+    /// Ledger rows and the audit records of their issuance, and the refresh token they
+    /// rotate (marked used in the same savepoint; the write fails if it was used before).
+    Issuance(
+        Vec<LedgerEntry>,
+        Vec<audit_chain::Prepared>,
+        Option<(Jti, UnixTime)>,
+    ),
     Audit(Vec<audit_chain::Prepared>),
-    /// Marks a refresh token used; the result is non-empty if this call was the first use.
-    MarkRefreshUsed(Jti, UnixTime),
 }
 
 fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<Vec<i64>> {
@@ -1827,10 +1832,6 @@ impl SqliteStore {
             self.writer.work.notify_one();
         }
         completion
-    }
-
-    fn group_write(&self, write: Write) -> Result<Vec<i64>> {
-        self.submit(write).wait()
     }
 }
 
@@ -1930,18 +1931,23 @@ impl Writer {
             let r = (|| {
                 let sp = tx.savepoint()?;
                 let ids = match &write {
-                    Write::Issuance(entries, audit) => {
+                    Write::Issuance(entries, audit, rotates) => {
+                        if let Some((jti, at)) = rotates {
+                            let n = sp
+                                .prepare_cached(
+                                    "UPDATE ledger SET used_at = ?1 WHERE jti = ?2 \
+                                     AND kind = 'refresh' AND used_at IS NULL",
+                                )?
+                                .execute(params![at, jti.as_str()])?;
+                            if n == 0 {
+                                // Dropping the savepoint undoes this write alone.
+                                return Err(Error::Consumed(jti.to_string()));
+                            }
+                        }
                         insert_ledger(&sp, entries)?;
                         insert_audit(&sp, audit, &mut heads)?
                     }
                     Write::Audit(_) => Vec::new(), // appended above, without a savepoint
-                    Write::MarkRefreshUsed(jti, at) => {
-                        let n = sp.execute(
-                            "UPDATE ledger SET used_at = ? WHERE jti = ? AND kind = 'refresh' AND used_at IS NULL",
-                            params![at, jti.as_str()],
-                        )?;
-                        if n > 0 { vec![1] } else { Vec::new() }
-                    }
                 };
                 sp.commit()?;
                 Ok(ids)

@@ -78,12 +78,24 @@ pub trait LedgerStore: Send + Sync {
     /// Durably records minted tokens together with their audit records, atomically (one
     /// transaction). Must be on disk when this returns.
     fn record_issuance(&self, entries: &[LedgerEntry], audit: &[AuditRecord]) -> Result<()> {
-        self.submit_issuance(entries, audit).wait().map(|_| ())
+        self.submit_issuance(entries, audit, None)
+            .wait()
+            .map(|_| ())
     }
     /// Queues minted tokens and their audit records for one atomic durable write; the
     /// completion answers once they are on disk (or failed). The tokens must not be handed
     /// out before it answers.
-    fn submit_issuance(&self, entries: &[LedgerEntry], audit: &[AuditRecord]) -> crate::Completion;
+    ///
+    /// `rotates` names the refresh token these tokens replace (and when): the same
+    /// transaction marks it used, so a refresh costs one durable write. If it was used before
+    /// (or is not a refresh token) nothing is written and the completion answers
+    /// [`Error::Consumed`](crate::Error::Consumed): the caller is looking at a reuse.
+    fn submit_issuance(
+        &self,
+        entries: &[LedgerEntry],
+        audit: &[AuditRecord],
+        rotates: Option<(&Jti, UnixTime)>,
+    ) -> crate::Completion;
     /// A ledger entry by jti.
     fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>>;
     /// Revokes one token; `false` if unknown or already revoked.
@@ -101,8 +113,6 @@ pub trait LedgerStore: Send + Sync {
     /// Everything the validator needs about a jti, in one read: its ledger row, its session,
     /// its subject's account, and whether `client` is registered in `realm`.
     fn ledger_view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> Result<LedgerView>;
-    /// Marks a refresh token used. Atomic: `false` if it was used before (reuse).
-    fn mark_refresh_used(&self, jti: &Jti, at: UnixTime) -> Result<bool>;
 }
 
 /// Sign-in sessions and authorization codes.

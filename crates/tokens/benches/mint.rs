@@ -31,6 +31,7 @@ fn request(realm: &RealmId) -> MintRequest {
         access_ttl: 600,
         id_token: None,
         refresh: None,
+        rotates: None,
     }
 }
 

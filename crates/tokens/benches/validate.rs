@@ -97,6 +97,7 @@ fn bench(c: &mut Criterion) {
                     access_ttl: 600,
                     id_token: None,
                     refresh: None,
+                    rotates: None,
                 },
                 t,
             )

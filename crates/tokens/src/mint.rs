@@ -65,6 +65,10 @@ pub struct MintRequest {
     pub id_token: Option<IdTokenRequest>,
     /// A refresh token too: its lifetime, and the family it joins (a new one if `None`).
     pub refresh: Option<(i64, Option<String>)>,
+    /// The refresh token this grant rotates: marked used in the same durable write as the
+    /// new tokens. If it was used already nothing is issued and minting fails with
+    /// [`store::Error::Consumed`] (inside [`Error::Ledger`]): a reuse.
+    pub rotates: Option<Jti>,
 }
 
 /// ID-token contents beyond the access token's.
@@ -296,7 +300,11 @@ impl Minter {
             family: plan.family,
             kid,
         };
-        let durable = self.store.submit_issuance(&entries, &audit(&issued));
+        let durable = self.store.submit_issuance(
+            &entries,
+            &audit(&issued),
+            req.rotates.as_ref().map(|jti| (jti, now)),
+        );
         (issued, durable)
     }
 }

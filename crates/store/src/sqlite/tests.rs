@@ -186,16 +186,29 @@ fn refresh_token_use_is_atomic() {
     ])
     .unwrap();
     let jti = Jti::new("r1").unwrap();
-    assert!(s.mark_refresh_used(&jti, 11).unwrap());
+    let rotate = |new: &str, used: &str, at| {
+        s.submit_issuance(
+            &[entry(new, TokenKind::Refresh, Some("f1"))],
+            &[],
+            Some((&Jti::new(used).unwrap(), at)),
+        )
+        .wait()
+    };
+    rotate("r2", "r1", 11).unwrap();
+    assert_eq!(s.get_token(&jti).unwrap().unwrap().used_at, Some(11));
     assert!(
-        !s.mark_refresh_used(&jti, 12).unwrap(),
+        matches!(rotate("r3", "r1", 12), Err(Error::Consumed(_))),
         "second use must be reported as reuse"
     );
     assert!(
-        !s.mark_refresh_used(&Jti::new("a1").unwrap(), 12).unwrap(),
+        s.get_token(&Jti::new("r3").unwrap()).unwrap().is_none(),
+        "a refused rotation issues nothing"
+    );
+    assert!(
+        matches!(rotate("r4", "a1", 12), Err(Error::Consumed(_))),
         "access tokens are not refreshable"
     );
-    assert_eq!(s.revoke_family("f1", 13).unwrap(), 2);
+    assert_eq!(s.revoke_family("f1", 13).unwrap(), 3);
     assert_eq!(s.get_token(&jti).unwrap().unwrap().revoked_at, Some(13));
 }
 

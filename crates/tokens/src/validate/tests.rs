@@ -109,6 +109,7 @@ impl Fx {
                     access_ttl: 600,
                     id_token: None,
                     refresh: None,
+                    rotates: None,
                 },
                 NOW,
             )
@@ -643,4 +644,43 @@ fn a_client_credentials_token_needs_the_subject_to_be_the_client() {
         f.check("contoso", &mint("someone-else"), NOW).unwrap_err(),
         Rejection::AccountDisabled
     );
+}
+
+/// THREAT-MODEL step 5: a refresh token rotates once. A second rotation of the same token —
+/// as when a thief's refresh raced the owner's and read the ledger before it changed — fails
+/// in the write that would have issued its tokens, so none of them exists.
+#[test]
+fn a_refresh_token_rotates_once() {
+    let fx = fx();
+    let request = |rotates: Option<store::Jti>| MintRequest {
+        realm: rid("contoso"),
+        access_alg: Algorithm::EdDSA,
+        subject: fx.user.as_str().into(),
+        client_id: ClientId::new("app").unwrap(),
+        scope: "mail offline_access".into(),
+        audience: vec![format!("{URL}/mail")],
+        session: None,
+        access_ttl: 600,
+        id_token: None,
+        refresh: Some((3600, Some("family-1".into()))),
+        rotates,
+    };
+    let first = fx.minter.mint(&request(None), NOW).unwrap();
+    let used = crate::RefreshToken::parse(first.refresh_token.as_deref().unwrap())
+        .unwrap()
+        .jti;
+    let second = fx.minter.mint(&request(Some(used.clone())), NOW).unwrap();
+    assert!(fx.check("contoso", &second.access_token, NOW).is_ok());
+    assert_eq!(
+        fx.store.get_token(&used).unwrap().unwrap().used_at,
+        Some(NOW)
+    );
+
+    let raced = fx.minter.mint(&request(Some(used)), NOW);
+    assert!(
+        matches!(raced, Err(crate::Error::Ledger(store::Error::Consumed(_)))),
+        "{raced:?}"
+    );
+    // Nothing of the refused rotation was written: the family holds the two grants' rows.
+    assert_eq!(fx.store.revoke_family("family-1", NOW).unwrap(), 4);
 }

@@ -441,30 +441,72 @@ pub struct RemoteSigner {
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One pipelined connection to the signer for async callers. Requests queue for a writer
-/// task that sends every queued request in one write; a reader task hands each answer line to
-/// the oldest waiting request (the signer answers in order). Either side failing closes the
-/// pipe: waiting requests see their answer dropped and retry on a fresh one.
+/// task; a reader task hands each answer line to the oldest waiting request (the signer
+/// answers in order). At most [`IN_FLIGHT`] batches are written and unanswered at a time, so
+/// under load requests gather while the signer works and go out together — one write, one
+/// wake-up of the signer, one read back for many signatures — while an idle pipe sends a
+/// lone request at once. Either side failing closes the pipe: waiting requests see their
+/// answer dropped and retry on a fresh one.
 struct Pipe {
     requests: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Answer)>,
-    waiting: Arc<Mutex<Waiting>>,
+    shared: Arc<Shared>,
     tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
+/// Batches written to the signer and not yet fully answered, at most. Two: the signer
+/// always has the next batch waiting while the answers to the last travel back.
+const IN_FLIGHT: usize = 2;
+
 type Answer = tokio::sync::oneshot::Sender<String>;
 
-/// The requests written and not yet answered, oldest first; `closed` once the connection
-/// failed (nothing may wait on it after that).
+/// What the writer and the reader of a pipe share.
+#[derive(Default)]
+struct Shared {
+    waiting: Mutex<Waiting>,
+    /// Signalled when a batch is fully answered, or the pipe closed.
+    answered: tokio::sync::Notify,
+}
+
+/// The requests written and not yet answered, oldest first, and how many of each written
+/// batch are still unanswered; `closed` once the connection failed (nothing may wait on it
+/// after that).
 #[derive(Default)]
 struct Waiting {
     queue: std::collections::VecDeque<Answer>,
+    batches: std::collections::VecDeque<usize>,
     closed: bool,
 }
 
-impl Waiting {
-    fn close(waiting: &Mutex<Waiting>) {
-        let mut w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn close(&self) {
+        let mut w = self.lock();
         w.closed = true;
         w.queue.clear();
+        w.batches.clear();
+        drop(w);
+        self.answered.notify_one();
+    }
+
+    /// Waits until another batch may be written; `false` if the pipe closed.
+    async fn room(&self) -> bool {
+        loop {
+            let answered = self.answered.notified();
+            {
+                let w = self.lock();
+                if w.closed {
+                    return false;
+                }
+                if w.batches.len() < IN_FLIGHT {
+                    return true;
+                }
+            }
+            // A batch answered since the check above left a permit: no wake-up is lost.
+            answered.await;
+        }
     }
 }
 
@@ -473,11 +515,14 @@ impl Pipe {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let (read, mut write) = tokio::net::UnixStream::connect(path).await?.into_split();
         let (requests, mut queued) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Answer)>();
-        let waiting = Arc::new(Mutex::new(Waiting::default()));
-        let w = waiting.clone();
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
         let writer = tokio::spawn(async move {
             let mut batch = Vec::new();
             while let Some((line, answer)) = queued.recv().await {
+                if !s.room().await {
+                    return;
+                }
                 batch.clear();
                 batch.extend_from_slice(&line);
                 let mut answers = vec![answer];
@@ -487,19 +532,20 @@ impl Pipe {
                 }
                 {
                     // Queued before they are written, so the reader finds them in order.
-                    let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut w = s.lock();
                     if w.closed {
                         return;
                     }
+                    w.batches.push_back(answers.len());
                     w.queue.extend(answers);
                 }
                 if write.write_all(&batch).await.is_err() {
-                    Waiting::close(&w);
+                    s.close();
                     return;
                 }
             }
         });
-        let w = waiting.clone();
+        let s = shared.clone();
         let reader = tokio::spawn(async move {
             let mut read = tokio::io::BufReader::new(read);
             let mut line = String::new();
@@ -509,11 +555,22 @@ impl Pipe {
                     Ok(n) if n > 0 => {}
                     _ => break,
                 }
-                let next = w
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .queue
-                    .pop_front();
+                let (next, batch_done) = {
+                    let mut w = s.lock();
+                    let next = w.queue.pop_front();
+                    let done = match w.batches.front_mut() {
+                        Some(left) if *left > 1 => {
+                            *left -= 1;
+                            false
+                        }
+                        Some(_) => w.batches.pop_front().is_some(),
+                        None => false,
+                    };
+                    (next, done)
+                };
+                if batch_done {
+                    s.answered.notify_one();
+                }
                 match next {
                     // A request whose caller gave up: its answer goes nowhere.
                     Some(answer) => drop(answer.send(std::mem::take(&mut line))),
@@ -521,22 +578,17 @@ impl Pipe {
                     None => break,
                 }
             }
-            Waiting::close(&w);
+            s.close();
         });
         Ok(Self {
             requests,
-            waiting,
+            shared,
             tasks: [writer, reader],
         })
     }
 
     fn is_closed(&self) -> bool {
-        self.requests.is_closed()
-            || self
-                .waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .closed
+        self.requests.is_closed() || self.shared.lock().closed
     }
 
     /// Sends `line` and waits for its answer; `None` if the pipe closed first.

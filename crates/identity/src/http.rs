@@ -682,8 +682,9 @@ async fn token(
         Ok(p) => p,
         Err(e) => return no_store(e.into_response()),
     };
-    // client_credentials only reads (the realm, the client, a hash comparison): that takes
-    // microseconds on a WAL reader, less than handing it to the blocking pool would. The other
+    // client_credentials only reads (the realm, the client, a hash comparison): microseconds,
+    // on readers kept for such lookups (never held by a search), so less than handing it to
+    // the blocking pool would cost. The other
     // grants may hash a password or wait for a durable write, so they run on a blocking
     // thread. Minting — the signer process and the ledger write — is awaited either way.
     let decided = if p.get("grant_type") == Some("client_credentials") {

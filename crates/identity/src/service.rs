@@ -891,10 +891,27 @@ impl Identity {
     /// Mints what a grant decided ([`Issue`]): the signatures and the durable ledger write
     /// are awaited, so no thread is parked on the signer process or the commit. The ledger
     /// rows and the `TokenIssued` record commit together, before the response exists.
+    ///
+    /// A refresh runs to its end on a task of its own, even if the client goes away: its
+    /// write may find the presented token consumed by a racing use, and that reuse must be
+    /// answered (family revoked, audited) whether or not anyone still waits for the response.
     pub(crate) async fn finish(
         self: &Arc<Self>,
         issue: Issue,
     ) -> Result<TokenResponse, OAuthError> {
+        if issue.rotates.is_none() {
+            return self.mint_issue(issue).await;
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.mint_issue(issue).await })
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a refresh's minting task failed");
+                Err(OAuthError::unavailable())
+            })
+    }
+
+    async fn mint_issue(self: &Arc<Self>, issue: Issue) -> Result<TokenResponse, OAuthError> {
         let Issue {
             req,
             event,

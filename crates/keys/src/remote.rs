@@ -435,6 +435,8 @@ pub struct RemoteSigner {
     /// the signer a wake-up, which on a small machine costs about what a signature does
     /// (measured: two connections were slower than one; BENCHMARKS.md).
     pipe: Mutex<Option<Arc<Pipe>>>,
+    /// Held by the one caller reconnecting the pipe.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 /// How long a signing request may wait for its answer.
@@ -623,6 +625,7 @@ impl RemoteSigner {
             endpoint: Endpoint::Unix(path.to_owned()),
             idle: Mutex::new(Vec::new()),
             pipe: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -633,6 +636,7 @@ impl RemoteSigner {
             endpoint: Endpoint::tls(address, files)?,
             idle: Mutex::new(Vec::new()),
             pipe: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -680,33 +684,48 @@ impl RemoteSigner {
     async fn call_async(&self, path: &Path, request: &Request) -> Result<Response> {
         let mut line = serde_json::to_vec(request).map_err(|_| Error::Crypto)?;
         line.push(b'\n');
-        let exchange = async {
-            // A pipe may have died with a restarted signer: one fresh try after it.
-            for _ in 0..2 {
-                let pipe = self.pipe(path).await?;
-                if let Some(answer) = pipe.exchange(line.clone()).await {
-                    return Ok(answer);
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        let late = || Error::Unavailable("the signer did not answer in time".into());
+        // A pipe may have died with a restarted signer: one fresh try after it.
+        for _ in 0..2 {
+            let pipe = tokio::time::timeout_at(deadline, self.pipe(path))
+                .await
+                .map_err(|_| late())??;
+            match tokio::time::timeout_at(deadline, pipe.exchange(line.clone())).await {
+                Ok(Some(answer)) => {
+                    return serde_json::from_str(&answer)
+                        .map_err(|e| Error::Unavailable(format!("bad answer: {e}")));
+                }
+                Ok(None) => continue,
+                Err(_) => {
+                    // A signer that stopped answering: later requests must not queue behind
+                    // it. Only this pipe is dropped, not one another caller opened since.
+                    let mut slot = self.pipe.lock().unwrap_or_else(|p| p.into_inner());
+                    if slot.as_ref().is_some_and(|p| Arc::ptr_eq(p, &pipe)) {
+                        *slot = None;
+                    }
+                    return Err(late());
                 }
             }
-            Err(Error::Unavailable("the signer did not answer".into()))
-        };
-        let answer = match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
-            Ok(answer) => answer?,
-            Err(_) => {
-                // A signer that stopped answering: later requests must not queue behind it.
-                *self.pipe.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                return Err(Error::Unavailable(
-                    "the signer did not answer in time".into(),
-                ));
-            }
-        };
-        serde_json::from_str(&answer).map_err(|e| Error::Unavailable(format!("bad answer: {e}")))
+        }
+        Err(Error::Unavailable("the signer did not answer".into()))
     }
 
-    /// The open pipe, connecting a new one if there is none or it closed.
+    /// The open pipe, if there is one.
+    fn open_pipe(&self) -> Option<Arc<Pipe>> {
+        let slot = self.pipe.lock().unwrap_or_else(|p| p.into_inner());
+        slot.clone().filter(|p| !p.is_closed())
+    }
+
+    /// The open pipe, connecting a new one if there is none or it closed. One caller
+    /// connects at a time and the others use what it opened: after a signer restart, every
+    /// waiting request reconnecting on its own would be a burst of connections.
     async fn pipe(&self, path: &Path) -> Result<Arc<Pipe>> {
-        let current = self.pipe.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(pipe) = current.filter(|p| !p.is_closed()) {
+        if let Some(pipe) = self.open_pipe() {
+            return Ok(pipe);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(pipe) = self.open_pipe() {
             return Ok(pipe);
         }
         let pipe = Arc::new(

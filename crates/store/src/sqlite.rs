@@ -404,6 +404,9 @@ const AUDIT_CHAIN_MIGRATION: usize = 9;
 /// Read-only connections per file-backed store.
 const READERS: usize = 4;
 
+/// Read-only connections for key lookups only (see `SqliteStore::lookup_reader`).
+const LOOKUP_READERS: usize = 2;
+
 /// SQLite-backed [`Store`](crate::Store).
 pub struct SqliteStore {
     // One writing connection, shared with the group committer's thread.
@@ -413,6 +416,9 @@ pub struct SqliteStore {
     // Readers for everything that does not write: in WAL mode they read the last commit while
     // the writer holds its transaction (and its fsync), so validations never wait on a commit.
     readers: Vec<Mutex<Connection>>,
+    /// Readers for single-row lookups by key only (a realm, a client): they never wait behind
+    /// a search, so the token endpoint can do them on its own task.
+    lookup_readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
 }
 
@@ -458,12 +464,16 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)?;
         let mut store = Self::init(conn)?;
         store.checkpointer = Some(Checkpointer::start(path, store.writer.clone())?);
-        for _ in 0..READERS {
+        for i in 0..READERS + LOOKUP_READERS {
             let r = Connection::open(path)?;
             r.busy_timeout(std::time::Duration::from_secs(10))?;
             r.pragma_update(None, "query_only", "ON")?;
             add_functions(&r)?;
-            store.readers.push(Mutex::new(r));
+            if i < READERS {
+                store.readers.push(Mutex::new(r));
+            } else {
+                store.lookup_readers.push(Mutex::new(r));
+            }
         }
         Ok(store)
     }
@@ -507,6 +517,7 @@ impl SqliteStore {
             committer: Mutex::new(Some(committer)),
             checkpointer: None,
             readers: Vec::new(),
+            lookup_readers: Vec::new(),
             next_reader: Default::default(),
         };
         store.migrate()?;
@@ -548,7 +559,19 @@ impl SqliteStore {
     /// A read-only connection: a free one if there is one, else the next in turn. An
     /// in-memory database has no separate readers (each connection would be its own database).
     fn reader(&self) -> Result<MutexGuard<'_, Connection>> {
-        let n = self.readers.len();
+        self.pick(&self.readers)
+    }
+
+    /// A reader for one lookup by key, never held by a long query: callers on an async task
+    /// wait at most for another such lookup.
+    fn lookup_reader(&self) -> Result<MutexGuard<'_, Connection>> {
+        self.pick(&self.lookup_readers)
+    }
+
+    /// A free connection of `pool` if there is one, else waits for one (the writer's, for an
+    /// in-memory store, which has no readers).
+    fn pick<'a>(&'a self, pool: &'a [Mutex<Connection>]) -> Result<MutexGuard<'a, Connection>> {
+        let n = pool.len();
         if n == 0 {
             return self.conn();
         }
@@ -556,12 +579,11 @@ impl SqliteStore {
             .next_reader
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for i in 0..n {
-            if let Some(Ok(g)) = self.readers.get((start + i) % n).map(Mutex::try_lock) {
+            if let Some(Ok(g)) = pool.get((start + i) % n).map(Mutex::try_lock) {
                 return Ok(g);
             }
         }
-        let slot = self
-            .readers
+        let slot = pool
             .get(start % n)
             .ok_or_else(|| Error::Backend("no reader".into()))?;
         Ok(slot.lock().unwrap_or_else(|p| p.into_inner()))
@@ -710,7 +732,7 @@ impl RealmStore for SqliteStore {
     }
 
     fn get_realm(&self, id: &RealmId) -> Result<Option<Realm>> {
-        let conn = self.reader()?;
+        let conn = self.lookup_reader()?;
         let row = conn
             .prepare_cached(
                 "SELECT id, kind, display_name, access_token_alg, created_at FROM realms WHERE id = ?",
@@ -998,7 +1020,7 @@ impl ClientStore for SqliteStore {
     }
 
     fn get_client(&self, realm: &RealmId, id: &ClientId) -> Result<Option<Client>> {
-        self.reader()?
+        self.lookup_reader()?
             .prepare_cached(&format!(
                 "SELECT {CLIENT_COLS} FROM clients WHERE realm = ? AND client_id = ?"
             ))?

@@ -56,10 +56,10 @@ def test_refused_refresh_tokens_are_audited_with_their_reason(keypost, world):
     assert {"TenantMismatch", "NotIssued", "RefreshTokenReused"} <= reasons, reasons
 
 
-def test_concurrent_uses_of_one_refresh_token_issue_at_most_once_and_kill_the_family(keypost, world):
+def test_concurrent_uses_of_one_refresh_token_issue_once_and_kill_the_family(keypost, world):
     """A stolen refresh token raced against its owner: whichever way the race goes (the second
     use seen when the grant reads the ledger, or only when its write finds the token consumed),
-    at most one use gets tokens, the others get invalid_grant, and the family dies."""
+    exactly one use gets tokens, the others get invalid_grant, and the family dies."""
     import concurrent.futures
 
     first = keypost.tokens_for(world.alice)
@@ -87,8 +87,11 @@ def test_concurrent_uses_of_one_refresh_token_issue_at_most_once_and_kill_the_fa
     for a in ok:
         assert keypost.userinfo("contoso", a.json()["access_token"]).status_code == 401
         assert keypost.refresh("contoso", a.json()["refresh_token"]).status_code == 400
+    # Every refused use is audited: as a reuse, or — once a reuse has revoked the family — as
+    # a revoked token.
     jti = first["refresh_token"].split(".")[1]
-    reused = keypost.cli("audit", "search", "--realm", "contoso", "--operation", "RefreshTokenReused", "--jti", jti, json=True)
-    assert len(reused) == 7, reused
     rejected = keypost.cli("audit", "search", "--realm", "contoso", "--operation", "TokenRejected", "--jti", jti, json=True)
-    assert [r["details"]["reason"] for r in rejected] == ["RefreshTokenReused"] * 7, rejected
+    reasons = [r["details"]["reason"] for r in rejected]
+    assert len(reasons) == 7 and set(reasons) <= {"RefreshTokenReused", "TokenRevoked"}, reasons
+    reused = keypost.cli("audit", "search", "--realm", "contoso", "--operation", "RefreshTokenReused", "--jti", jti, json=True)
+    assert len(reused) == reasons.count("RefreshTokenReused") >= 1, (reused, reasons)

@@ -4,7 +4,8 @@
 //! A key made here is a token object marked `CKA_SENSITIVE` and not `CKA_EXTRACTABLE`, so the
 //! module itself refuses to reveal the private half (`C_GetAttributeValue` on `CKA_VALUE`
 //! fails, and it cannot be wrapped out). Keypost keeps only the public JWK in its key table;
-//! the object's `CKA_ID` and `CKA_LABEL` are the kid, which is how the signer finds it again.
+//! the object's `CKA_ID` is the kid, which is how the signer finds it again, and its
+//! `CKA_LABEL` binds it to one realm, purpose and algorithm (see [`binding`]).
 //!
 //! Which realms keep their token-signing keys here is configuration ([`HsmRealms`]). Audit
 //! keys stay sealed under the key-encryption key: `keypost audit verify` proves an audit key
@@ -21,6 +22,7 @@ use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use store::{Kid, RealmId};
 use zeroize::Zeroizing;
@@ -67,10 +69,43 @@ impl std::fmt::Debug for HsmConfig {
 /// A logged-in session with one PKCS#11 token.
 pub struct Hsm {
     // Kept so the library stays loaded and initialised while the session lives.
-    _ctx: Pkcs11,
+    ctx: Pkcs11,
+    slot: Slot,
+    /// To log in again after the token forgot this process (zeroised on drop).
+    pin: AuthPin,
     /// PKCS#11 sessions are not safe for concurrent use; signing takes turns.
     session: Mutex<Session>,
     realms: HsmRealms,
+}
+
+/// A private key in the token, as the signer holds it: found by kid, checked against its
+/// binding, with the object handle it was last found at.
+pub(crate) struct HsmKey {
+    kid: Kid,
+    binding: String,
+    alg: Algorithm,
+    handle: Mutex<ObjectHandle>,
+}
+
+/// Errors after which the session or its login may be gone (a token reset or reconnected
+/// device, the login lost), or the key's handle stale: worth one new session, login and
+/// lookup before giving up. A private object's handle reads as invalid once the login is
+/// gone, so handle errors are among them.
+fn worth_reconnecting(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::UserNotLoggedIn
+                | RvError::DeviceRemoved
+                | RvError::DeviceError
+                | RvError::TokenNotPresent
+                | RvError::ObjectHandleInvalid
+                | RvError::KeyHandleInvalid,
+            _
+        )
+    )
 }
 
 impl std::fmt::Debug for Hsm {
@@ -112,22 +147,14 @@ impl Hsm {
                 config.module.display()
             ))
         })?;
-        let session = ctx
-            .open_rw_session(slot)
-            .map_err(hsm_err("opening a session"))?;
         let pin = AuthPin::from(config.pin.as_str());
-        match session.login(UserType::User, Some(&pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e) => {
-                return Err(Error::Hsm(format!(
-                    "login to token {:?}: {e}",
-                    config.token
-                )));
-            }
-        }
+        let session = log_in(&ctx, slot, &pin)
+            .map_err(|e| Error::Hsm(format!("token {:?}: {e}", config.token)))?;
         tracing::info!(token = %config.token, realms = ?config.realms, "HSM session open");
         Ok(Self {
-            _ctx: ctx,
+            ctx,
+            slot,
+            pin,
             session: Mutex::new(session),
             realms: config.realms.clone(),
         })
@@ -189,7 +216,8 @@ impl Hsm {
             let jwk = Jwk::from_public(alg, &material);
             // Refuse a key the module signs wrongly with, before anything depends on it.
             let probe = b"keypost hsm self-test";
-            let sig = sign_with(&session, priv_handle, alg, probe)?;
+            let sig = sign_with(&session, priv_handle, alg, probe)
+                .map_err(hsm_err("signing in the HSM"))?;
             let vk = crate::custody::verifying_from(alg, &jwk).ok_or(Error::Crypto)?;
             if vk.verify_sig(probe, &sig).is_err() {
                 return Err(Error::Hsm(format!(
@@ -219,20 +247,15 @@ impl Hsm {
     /// The private key object `kid`, if the token has it and it was made for `binding`.
     /// The binding lives in the token, out of reach of anyone who can only write Keypost's
     /// database: moving an HSM key's row to another realm does not move the key.
-    pub(crate) fn find(&self, kid: &Kid, binding: &str) -> Result<Option<ObjectHandle>> {
-        let session = self.session();
-        let Some(handle) = private_key(&session, kid)? else {
-            return Ok(None);
-        };
-        let label = session
-            .get_attributes(handle, &[AttributeType::Label])
-            .map_err(hsm_err("reading a key's label"))?;
-        if !label.contains(&Attribute::Label(binding.as_bytes().to_vec())) {
-            tracing::error!(target: "keypost::security", %kid, expected = binding,
-                "HSM key is bound to something else than its key row says; not using it");
-            return Ok(None);
-        }
-        Ok(Some(handle))
+    pub(crate) fn find(&self, kid: &Kid, binding: &str, alg: Algorithm) -> Result<Option<HsmKey>> {
+        Ok(
+            find_in(&self.session(), kid, binding)?.map(|handle| HsmKey {
+                kid: kid.clone(),
+                binding: binding.to_owned(),
+                alg,
+                handle: Mutex::new(handle),
+            }),
+        )
     }
 
     /// Whether the token holds the private key `kid` (whatever it is bound to).
@@ -260,10 +283,51 @@ impl Hsm {
         Ok(had_private)
     }
 
-    /// Signs `input` with the private key object `key`, in JOSE encoding.
-    pub(crate) fn sign(&self, key: ObjectHandle, alg: Algorithm, input: &[u8]) -> Result<Vec<u8>> {
-        sign_with(&self.session(), key, alg, input)
+    /// Signs `input` with `key`, in JOSE encoding. If the token lost this process's session
+    /// or login (or moved the key's handle), logs in on a new session, finds the key again
+    /// and tries once more.
+    pub(crate) fn sign(&self, key: &HsmKey, input: &[u8]) -> Result<Vec<u8>> {
+        let mut session = self.session();
+        let mut handle = key.handle.lock().unwrap_or_else(|p| p.into_inner());
+        match sign_with(&session, *handle, key.alg, input) {
+            Err(e) if worth_reconnecting(&e) => {
+                tracing::warn!(target: "keypost::security", kid = %key.kid, error = %e,
+                    "HSM refused a signature: logging in on a new session");
+                *session = log_in(&self.ctx, self.slot, &self.pin)?;
+                *handle = find_in(&session, &key.kid, &key.binding)?
+                    .ok_or_else(|| Error::Hsm(format!("key {} is gone from the token", key.kid)))?;
+                sign_with(&session, *handle, key.alg, input).map_err(hsm_err("signing in the HSM"))
+            }
+            r => r.map_err(hsm_err("signing in the HSM")),
+        }
     }
+}
+
+/// A new read-write session with the token in `slot`, logged in as its user.
+fn log_in(ctx: &Pkcs11, slot: Slot, pin: &AuthPin) -> Result<Session> {
+    let session = ctx
+        .open_rw_session(slot)
+        .map_err(hsm_err("opening a session"))?;
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+        Err(e) => Err(Error::Hsm(format!("login: {e}"))),
+    }
+}
+
+/// The private key object `kid`, if the token has it and it was made for `binding`.
+fn find_in(session: &Session, kid: &Kid, binding: &str) -> Result<Option<ObjectHandle>> {
+    let Some(handle) = private_key(session, kid)? else {
+        return Ok(None);
+    };
+    let label = session
+        .get_attributes(handle, &[AttributeType::Label])
+        .map_err(hsm_err("reading a key's label"))?;
+    if !label.contains(&Attribute::Label(binding.as_bytes().to_vec())) {
+        tracing::error!(target: "keypost::security", %kid, expected = binding,
+            "HSM key is bound to something else than its key row says; not using it");
+        return Ok(None);
+    }
+    Ok(Some(handle))
 }
 
 /// The private key object whose `CKA_ID` is `kid`.
@@ -288,12 +352,8 @@ fn sign_with(
     key: ObjectHandle,
     alg: Algorithm,
     input: &[u8],
-) -> Result<Vec<u8>> {
-    let sign = |m: &Mechanism, data: &[u8]| {
-        session
-            .sign(m, key, data)
-            .map_err(hsm_err("signing in the HSM"))
-    };
+) -> std::result::Result<Vec<u8>, CkError> {
+    let sign = |m: &Mechanism, data: &[u8]| session.sign(m, key, data);
     match alg {
         Algorithm::EdDSA => sign(
             &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cryptoki::object::ObjectHandle;
+use crate::hsm::HsmKey;
 use store::{KeyOrigin, KeyPurpose, KeyRecord, Kid, RealmId, Store, UnixTime};
 
 use crate::custody::{KeyState, aad, states};
@@ -44,7 +44,7 @@ struct Loaded {
 /// A private key the signer can use: unsealed in this process, or an object in the HSM.
 enum Usable {
     Software(PrivateKey),
-    Hsm(Arc<Hsm>, ObjectHandle, Algorithm),
+    Hsm(Arc<Hsm>, HsmKey),
 }
 
 /// Signs for realms with their own keys only.
@@ -98,7 +98,7 @@ impl Signer {
                 let binding = crate::hsm::binding(&k.realm, k.purpose, &k.alg);
                 // One unreachable key must not stop every other realm from signing.
                 let found = match &self.hsm {
-                    Some(hsm) => match hsm.find(&k.kid, &binding) {
+                    Some(hsm) => match hsm.find(&k.kid, &binding, alg) {
                         Ok(h) => h.map(|h| (hsm.clone(), h)),
                         Err(e) => {
                             tracing::error!(target: "keypost::security", kid = %k.kid, error = %e, "HSM lookup failed");
@@ -108,8 +108,8 @@ impl Signer {
                     None => None,
                 };
                 match found {
-                    Some((hsm, handle)) => {
-                        keys.insert(k.kid.clone(), Usable::Hsm(hsm, handle, alg));
+                    Some((hsm, key)) => {
+                        keys.insert(k.kid.clone(), Usable::Hsm(hsm, key));
                     }
                     None => {
                         tracing::error!(target: "keypost::security", kid = %k.kid, "key is held in an HSM this signer does not reach (or the token lost it)")
@@ -251,7 +251,7 @@ impl Signer {
         };
         Ok(Signature(match key {
             Usable::Software(key) => key.sign(input)?,
-            Usable::Hsm(hsm, handle, alg) => hsm.sign(*handle, *alg, input)?,
+            Usable::Hsm(hsm, key) => hsm.sign(key, input)?,
         }))
     }
 }

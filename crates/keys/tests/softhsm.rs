@@ -306,3 +306,34 @@ fn a_key_revoked_without_the_hsm_is_destroyed_by_the_next_purge() {
     assert!(!hsm.contains(&kid).unwrap());
     assert_eq!(custody.purge_revoked_hsm_keys().unwrap(), 0, "idempotent");
 }
+
+/// A token that forgets this process's login (a token reset, a reconnected device, another
+/// part of the process logging out — PKCS#11 login state belongs to the whole application)
+/// costs the next signature a new session and login, not every signature until a restart.
+#[test]
+fn a_lost_hsm_login_is_restored_on_the_next_signature() {
+    let Some(module) = in_own_token("a_lost_hsm_login_is_restored_on_the_next_signature") else {
+        return;
+    };
+    let (_store, custody, _hsm) = setup(&module);
+    let contoso = realm("contoso");
+    let kid = custody
+        .generate(&contoso, KeyPurpose::AccessToken, Algorithm::EdDSA, T0, T0)
+        .unwrap();
+    let signer = custody.signer();
+    let sign = |message: &[u8]| signer.sign(&contoso, KeyPurpose::AccessToken, &kid, message, T0);
+    sign(b"before").unwrap();
+
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    let ctx = Pkcs11::new(&module).unwrap();
+    // Already initialised by the custody's own handle: the same library, the same process.
+    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = ctx.get_slots_with_token().unwrap()[0];
+    let other = ctx.open_ro_session(slot).unwrap();
+    other.logout().unwrap();
+
+    let sig = sign(b"after").expect("signing after the login was lost");
+    let keys = custody.verifying_keys().unwrap();
+    let vk = keys.in_realm(&contoso, kid.as_str()).unwrap();
+    assert!(vk.verify(b"after", &sig.0));
+}

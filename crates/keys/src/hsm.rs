@@ -21,7 +21,7 @@ use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use store::{Kid, RealmId};
@@ -75,7 +75,20 @@ pub struct Hsm {
     pin: AuthPin,
     /// PKCS#11 sessions are not safe for concurrent use; signing takes turns.
     session: Mutex<Session>,
+    relogin: Mutex<Relogin>,
     realms: HsmRealms,
+}
+
+/// How often the signer may log in again after the token forgot it. Signatures are asked for
+/// by outside clients; a token that keeps failing must not see a login per request.
+const RELOGIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last new login, and whether the token refused the PIN (then never again: real tokens
+/// lock — some wipe — after a few wrong PINs; an operator fixes `[hsm] pin` and restarts).
+#[derive(Default)]
+struct Relogin {
+    last: Option<std::time::Instant>,
+    pin_refused: bool,
 }
 
 /// A private key in the token, as the signer holds it: found by kid, checked against its
@@ -149,13 +162,14 @@ impl Hsm {
         })?;
         let pin = AuthPin::from(config.pin.as_str());
         let session = log_in(&ctx, slot, &pin)
-            .map_err(|e| Error::Hsm(format!("token {:?}: {e}", config.token)))?;
+            .map_err(|e| Error::Hsm(format!("logging in to token {:?}: {e}", config.token)))?;
         tracing::info!(token = %config.token, realms = ?config.realms, "HSM session open");
         Ok(Self {
             ctx,
             slot,
             pin,
             session: Mutex::new(session),
+            relogin: Mutex::default(),
             realms: config.realms.clone(),
         })
     }
@@ -247,15 +261,27 @@ impl Hsm {
     /// The private key object `kid`, if the token has it and it was made for `binding`.
     /// The binding lives in the token, out of reach of anyone who can only write Keypost's
     /// database: moving an HSM key's row to another realm does not move the key.
+    ///
+    /// A session the token has forgotten, or whose login it lost, is renewed first: private
+    /// objects are invisible without a login, and a key not found here is left out of the
+    /// signer's table.
     pub(crate) fn find(&self, kid: &Kid, binding: &str, alg: Algorithm) -> Result<Option<HsmKey>> {
-        Ok(
-            find_in(&self.session(), kid, binding)?.map(|handle| HsmKey {
-                kid: kid.clone(),
-                binding: binding.to_owned(),
-                alg,
-                handle: Mutex::new(handle),
-            }),
-        )
+        let mut session = self.session();
+        let logged_in = session.get_session_info().is_ok_and(|info| {
+            matches!(
+                info.session_state(),
+                SessionState::RoUser | SessionState::RwUser
+            )
+        });
+        if !logged_in {
+            self.log_in_again(&mut session)?;
+        }
+        Ok(find_in(&session, kid, binding)?.map(|handle| HsmKey {
+            kid: kid.clone(),
+            binding: binding.to_owned(),
+            alg,
+            handle: Mutex::new(handle),
+        }))
     }
 
     /// Whether the token holds the private key `kid` (whatever it is bound to).
@@ -293,7 +319,7 @@ impl Hsm {
             Err(e) if worth_reconnecting(&e) => {
                 tracing::warn!(target: "keypost::security", kid = %key.kid, error = %e,
                     "HSM refused a signature: logging in on a new session");
-                *session = log_in(&self.ctx, self.slot, &self.pin)?;
+                self.log_in_again(&mut session)?;
                 *handle = find_in(&session, &key.kid, &key.binding)?
                     .ok_or_else(|| Error::Hsm(format!("key {} is gone from the token", key.kid)))?;
                 sign_with(&session, *handle, key.alg, input).map_err(hsm_err("signing in the HSM"))
@@ -303,14 +329,58 @@ impl Hsm {
     }
 }
 
+impl Hsm {
+    /// Replaces `session` with a new, logged-in one — at most once per [`RELOGIN_INTERVAL`],
+    /// and never after the token refused the PIN.
+    fn log_in_again(&self, session: &mut Session) -> Result<()> {
+        let mut relogin = self.relogin.lock().unwrap_or_else(|p| p.into_inner());
+        if relogin.pin_refused {
+            return Err(Error::Hsm(
+                "the token refused the PIN; fix [hsm] pin and restart the signer".into(),
+            ));
+        }
+        if relogin
+            .last
+            .is_some_and(|last| last.elapsed() < RELOGIN_INTERVAL)
+        {
+            return Err(Error::Hsm(
+                "the token lost the session; logging in again shortly".into(),
+            ));
+        }
+        relogin.last = Some(std::time::Instant::now());
+        match log_in(&self.ctx, self.slot, &self.pin) {
+            Ok(new) => {
+                *session = new;
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(
+                    e,
+                    CkError::Pkcs11(
+                        RvError::PinIncorrect
+                            | RvError::PinLocked
+                            | RvError::PinExpired
+                            | RvError::PinInvalid
+                            | RvError::PinLenRange,
+                        _
+                    )
+                ) {
+                    relogin.pin_refused = true;
+                    tracing::error!(target: "keypost::security", error = %e,
+                        "the HSM refused the PIN; no more logins until the signer restarts");
+                }
+                Err(Error::Hsm(format!("logging in again: {e}")))
+            }
+        }
+    }
+}
+
 /// A new read-write session with the token in `slot`, logged in as its user.
-fn log_in(ctx: &Pkcs11, slot: Slot, pin: &AuthPin) -> Result<Session> {
-    let session = ctx
-        .open_rw_session(slot)
-        .map_err(hsm_err("opening a session"))?;
+fn log_in(ctx: &Pkcs11, slot: Slot, pin: &AuthPin) -> std::result::Result<Session, CkError> {
+    let session = ctx.open_rw_session(slot)?;
     match session.login(UserType::User, Some(pin)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-        Err(e) => Err(Error::Hsm(format!("login: {e}"))),
+        Err(e) => Err(e),
     }
 }
 

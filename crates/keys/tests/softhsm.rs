@@ -324,16 +324,57 @@ fn a_lost_hsm_login_is_restored_on_the_next_signature() {
     let sign = |message: &[u8]| signer.sign(&contoso, KeyPurpose::AccessToken, &kid, message, T0);
     sign(b"before").unwrap();
 
-    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-    let ctx = Pkcs11::new(&module).unwrap();
-    // Already initialised by the custody's own handle: the same library, the same process.
-    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-    let slot = ctx.get_slots_with_token().unwrap()[0];
-    let other = ctx.open_ro_session(slot).unwrap();
-    other.logout().unwrap();
+    log_the_process_out(&module);
 
     let sig = sign(b"after").expect("signing after the login was lost");
     let keys = custody.verifying_keys().unwrap();
     let vk = keys.in_realm(&contoso, kid.as_str()).unwrap();
     assert!(vk.verify(b"after", &sig.0));
+}
+
+/// The same loss, met first by a reload of the signer's key table (any key made anywhere
+/// bumps the key generation): the reload logs in again rather than leaving every HSM key out.
+#[test]
+fn a_lost_hsm_login_does_not_unload_hsm_keys_when_the_key_table_reloads() {
+    let Some(module) =
+        in_own_token("a_lost_hsm_login_does_not_unload_hsm_keys_when_the_key_table_reloads")
+    else {
+        return;
+    };
+    let (_store, custody, _hsm) = setup(&module);
+    let contoso = realm("contoso");
+    let kid = custody
+        .generate(&contoso, KeyPurpose::AccessToken, Algorithm::EdDSA, T0, T0)
+        .unwrap();
+    let signer = custody.signer();
+    let sign = |message: &[u8]| signer.sign(&contoso, KeyPurpose::AccessToken, &kid, message, T0);
+    sign(b"before").unwrap();
+
+    log_the_process_out(&module);
+    // A software key for another realm: the key generation moves, the table reloads.
+    custody
+        .generate(
+            &realm("consumers"),
+            KeyPurpose::AccessToken,
+            Algorithm::EdDSA,
+            T0,
+            T0,
+        )
+        .unwrap();
+
+    let sig = sign(b"after").expect("signing after a reload without the login");
+    let keys = custody.verifying_keys().unwrap();
+    let vk = keys.in_realm(&contoso, kid.as_str()).unwrap();
+    assert!(vk.verify(b"after", &sig.0));
+}
+
+/// Logs this process out of the token from a session of its own: PKCS#11 login state belongs
+/// to the whole application, so every session of the custody loses it too.
+fn log_the_process_out(module: &Path) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    let ctx = Pkcs11::new(module).unwrap();
+    // Already initialised by the custody's own handle: the same library, the same process.
+    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = ctx.get_slots_with_token().unwrap()[0];
+    ctx.open_ro_session(slot).unwrap().logout().unwrap();
 }

@@ -315,21 +315,7 @@ fn a_lost_hsm_login_is_restored_on_the_next_signature() {
     let Some(module) = in_own_token("a_lost_hsm_login_is_restored_on_the_next_signature") else {
         return;
     };
-    let (_store, custody, _hsm) = setup(&module);
-    let contoso = realm("contoso");
-    let kid = custody
-        .generate(&contoso, KeyPurpose::AccessToken, Algorithm::EdDSA, T0, T0)
-        .unwrap();
-    let signer = custody.signer();
-    let sign = |message: &[u8]| signer.sign(&contoso, KeyPurpose::AccessToken, &kid, message, T0);
-    sign(b"before").unwrap();
-
-    log_the_process_out(&module);
-
-    let sig = sign(b"after").expect("signing after the login was lost");
-    let keys = custody.verifying_keys().unwrap();
-    let vk = keys.in_realm(&contoso, kid.as_str()).unwrap();
-    assert!(vk.verify(b"after", &sig.0));
+    signs_after_losing_the_login(&module, |_| {});
 }
 
 /// The same loss, met first by a reload of the signer's key table (any key made anywhere
@@ -341,7 +327,25 @@ fn a_lost_hsm_login_does_not_unload_hsm_keys_when_the_key_table_reloads() {
     else {
         return;
     };
-    let (_store, custody, _hsm) = setup(&module);
+    signs_after_losing_the_login(&module, |custody| {
+        // A software key for another realm: the key generation moves, the table reloads.
+        let consumers = realm("consumers");
+        custody
+            .generate(
+                &consumers,
+                KeyPurpose::AccessToken,
+                Algorithm::EdDSA,
+                T0,
+                T0,
+            )
+            .unwrap();
+    });
+}
+
+/// Signs with an HSM key of `contoso`, logs the process out, runs `meanwhile`, and signs
+/// again: the second signature must come and verify.
+fn signs_after_losing_the_login(module: &Path, meanwhile: impl FnOnce(&Custody)) {
+    let (_store, custody, _hsm) = setup(module);
     let contoso = realm("contoso");
     let kid = custody
         .generate(&contoso, KeyPurpose::AccessToken, Algorithm::EdDSA, T0, T0)
@@ -350,19 +354,10 @@ fn a_lost_hsm_login_does_not_unload_hsm_keys_when_the_key_table_reloads() {
     let sign = |message: &[u8]| signer.sign(&contoso, KeyPurpose::AccessToken, &kid, message, T0);
     sign(b"before").unwrap();
 
-    log_the_process_out(&module);
-    // A software key for another realm: the key generation moves, the table reloads.
-    custody
-        .generate(
-            &realm("consumers"),
-            KeyPurpose::AccessToken,
-            Algorithm::EdDSA,
-            T0,
-            T0,
-        )
-        .unwrap();
+    log_the_process_out(module);
+    meanwhile(&custody);
 
-    let sig = sign(b"after").expect("signing after a reload without the login");
+    let sig = sign(b"after").expect("signing after the login was lost");
     let keys = custody.verifying_keys().unwrap();
     let vk = keys.in_realm(&contoso, kid.as_str()).unwrap();
     assert!(vk.verify(b"after", &sig.0));

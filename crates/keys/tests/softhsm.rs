@@ -366,10 +366,53 @@ fn signs_after_losing_the_login(module: &Path, meanwhile: impl FnOnce(&Custody))
 /// Logs this process out of the token from a session of its own: PKCS#11 login state belongs
 /// to the whole application, so every session of the custody loses it too.
 fn log_the_process_out(module: &Path) {
+    other_session(module).logout().unwrap();
+}
+
+/// A session of this process with the token, besides the custody's own (logged in, as the
+/// process is).
+fn other_session(module: &Path) -> cryptoki::session::Session {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     let ctx = Pkcs11::new(module).unwrap();
     // Already initialised by the custody's own handle: the same library, the same process.
     let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
     let slot = ctx.get_slots_with_token().unwrap()[0];
-    ctx.open_ro_session(slot).unwrap().logout().unwrap();
+    ctx.open_rw_session(slot).unwrap()
+}
+
+/// The binding holds on the way back too: a key relabelled for another realm while the
+/// signer's login was gone is not found again after the new login, and signs nothing.
+#[test]
+fn a_key_relabelled_meanwhile_is_not_used_after_a_new_login() {
+    let Some(module) = in_own_token("a_key_relabelled_meanwhile_is_not_used_after_a_new_login")
+    else {
+        return;
+    };
+    use cryptoki::object::{Attribute, ObjectClass};
+    let (_store, custody, _hsm) = setup(&module);
+    let contoso = realm("contoso");
+    let kid = custody
+        .generate(&contoso, KeyPurpose::AccessToken, Algorithm::EdDSA, T0, T0)
+        .unwrap();
+    let signer = custody.signer();
+    let sign = |message: &[u8]| signer.sign(&contoso, KeyPurpose::AccessToken, &kid, message, T0);
+    sign(b"before").unwrap();
+
+    let other = other_session(&module);
+    let key = other
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(kid.as_str().as_bytes().to_vec()),
+        ])
+        .unwrap()[0];
+    other
+        .update_attributes(
+            key,
+            &[Attribute::Label(b"keypost|consumers|moved".to_vec())],
+        )
+        .unwrap();
+    other.logout().unwrap();
+
+    let refused = sign(b"after");
+    assert!(matches!(refused, Err(keys::Error::Hsm(_))), "{refused:?}");
 }

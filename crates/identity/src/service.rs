@@ -225,7 +225,8 @@ impl Identity {
             &cfg.public_url,
             cfg.access_ttl,
             cfg.leeway,
-        );
+        )
+        .with_ledger_cache(minter.ledger_cache());
         Self {
             store,
             custody,
@@ -264,6 +265,12 @@ impl Identity {
     /// Key custody.
     pub fn custody(&self) -> &Custody {
         &self.custody
+    }
+
+    /// The ledger cache this service's minter fills: a resource server's gate in the same
+    /// process shares it ([`tokens::Gate::with_ledger_cache`]).
+    pub fn ledger_cache(&self) -> Arc<tokens::LedgerCache> {
+        self.minter.ledger_cache()
     }
 
     /// A realm's issuer URL.
@@ -1482,12 +1489,9 @@ impl Identity {
             Some(rt) => Some(rt.jti),
             // An access or ID token: find its jti without trusting anything else in it; the
             // ledger hash comparison below decides whether it is really ours.
-            None => tokens::fuzzing::parse_compact(token).ok().and_then(|j| {
-                j.claims
-                    .get("jti")
-                    .and_then(Value::as_str)
-                    .and_then(|s| Jti::new(s).ok())
-            }),
+            None => tokens::fuzzing::parse_compact(token, &mut Vec::new())
+                .ok()
+                .and_then(|j| j.claims.jti.as_str().and_then(|s| Jti::new(s).ok())),
         };
         let Some(jti) = jti else { return Ok(()) };
         let Some(e) = self.store.get_token(&jti).map_err(Error::from)? else {
@@ -1537,13 +1541,9 @@ impl Identity {
             sids.push(s);
         }
         if let Some(hint) = id_token_hint
-            && let Ok(j) = tokens::fuzzing::parse_compact(hint)
+            && let Ok(j) = tokens::fuzzing::parse_compact(hint, &mut Vec::new())
         {
-            let jti = j
-                .claims
-                .get("jti")
-                .and_then(Value::as_str)
-                .and_then(|s| Jti::new(s).ok());
+            let jti = j.claims.jti.as_str().and_then(|s| Jti::new(s).ok());
             if let Some(e) = jti.and_then(|jti| self.store.get_token(&jti).ok().flatten())
                 && ct_eq(&e.token_hash, &tokens::token_hash(hint))
                 && e.kind == TokenKind::Id

@@ -42,14 +42,18 @@ pub(crate) fn run(config: Config) -> Result<()> {
         mail.clone(),
         &svc.config.identity.consumer_domain,
     ));
-    // JMAP gets its own gate (and verified-token cache) over the same store and keys.
-    let gate = Arc::new(tokens::Gate::new(
-        svc.store.clone(),
-        svc.custody.clone(),
-        &svc.config.public_url,
-        svc.config.identity.access_ttl,
-        svc.config.identity.leeway,
-    ));
+    // JMAP gets its own gate (and verified-token cache) over the same store and keys, and
+    // shares the ledger cache the token endpoint fills.
+    let gate = Arc::new(
+        tokens::Gate::new(
+            svc.store.clone(),
+            svc.custody.clone(),
+            &svc.config.public_url,
+            svc.config.identity.access_ttl,
+            svc.config.identity.leeway,
+        )
+        .with_ledger_cache(svc.identity.ledger_cache()),
+    );
     let jmap_service = Arc::new(jmap::Jmap::new(
         gate,
         mail,

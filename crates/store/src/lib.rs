@@ -38,7 +38,7 @@ pub use ids::{
     SessionId, SubmissionId, ThreadId,
 };
 pub use model::*;
-pub use sqlite::SqliteStore;
+pub use sqlite::{GENERATIONS_STALE_AFTER, SqliteStore};
 pub use traits::*;
 
 /// Result alias for storage operations.

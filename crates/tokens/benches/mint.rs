@@ -7,12 +7,15 @@
 // A benchmark panicking on a broken setup is the right outcome, like a test.
 #![allow(clippy::unwrap_used)]
 
+#[allow(dead_code)] // Not every bench uses every part of the bed.
+mod bed;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use keys::{Algorithm, Custody, Kek, KeyPolicy, RemoteSigner, SignService};
-use store::{ClientId, Realm, RealmId, RealmKind, SqliteStore, Store};
+use keys::{Algorithm, RemoteSigner, SignService};
+use store::{ClientId, RealmId};
 use tokens::{MintRequest, Minter};
 
 const URL: &str = "https://keypost.test";
@@ -36,32 +39,10 @@ fn request(realm: &RealmId) -> MintRequest {
 }
 
 fn bench(c: &mut Criterion) {
-    let dir = std::env::temp_dir().join(format!("keypost-mint-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("bench.db")).unwrap());
-    let realm = RealmId::new("contoso").unwrap();
-    store
-        .create_realm(&Realm {
-            id: realm.clone(),
-            kind: RealmKind::Tenant,
-            display_name: "c".into(),
-            domains: vec![],
-            access_token_alg: "EdDSA".into(),
-            created_at: 0,
-        })
-        .unwrap();
-    let custody = Custody::new(
-        store.clone(),
-        Arc::new(Kek::generate().unwrap()),
-        KeyPolicy::default(),
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    custody.ensure(&realm, now).unwrap();
-    let socket = dir.join("signer.sock");
+    let bed = bed::Bed::new();
+    let (store, realm, custody, now) = (&bed.store, &bed.realm, &bed.custody, bed.t);
+    custody.ensure(realm, now).unwrap();
+    let socket = bed.dir().join("signer.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let served = Arc::new(custody.signer());
     std::thread::spawn(move || {
@@ -132,7 +113,6 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 criterion_group! {

@@ -16,11 +16,13 @@ pub fn issuer_for(public_url: &str, realm: &RealmId) -> String {
 /// to that realm. Refused as `Malformed` if the token does not parse, `MissingClaim` without an
 /// `iss`, `IssuerMismatch` unless `iss` is exactly one of Keypost's issuers.
 pub fn realm_hint(token: &str, public_url: &str) -> Result<RealmId, crate::Rejection> {
-    let jws = crate::jose::parse_compact(token).map_err(|_| crate::Rejection::Malformed)?;
+    let mut buf = Vec::new();
+    let jws =
+        crate::jose::parse_compact(token, &mut buf).map_err(|_| crate::Rejection::Malformed)?;
     let iss = jws
         .claims
-        .get("iss")
-        .and_then(|v| v.as_str())
+        .iss
+        .as_str()
         .ok_or(crate::Rejection::MissingClaim)?;
     let prefix = format!("{}/realms/", public_url.trim_end_matches('/'));
     iss.strip_prefix(&prefix)

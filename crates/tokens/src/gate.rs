@@ -12,7 +12,7 @@ use store::{RealmId, Store, UnixTime};
 
 use crate::claims::{Audience, issuer_for};
 use crate::validate::{Expectation, Principal, Rejection};
-use crate::{StoreLedger, Validator};
+use crate::{LedgerCache, StoreLedger, Validator};
 
 /// Why the gate did not let a request through.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,8 @@ pub struct Gate {
     store: Arc<dyn Store>,
     custody: Arc<Custody>,
     validator: Validator,
+    ledger: StoreLedger,
+    ledger_cache: Arc<LedgerCache>,
     audit: AuditLog,
     public_url: String,
     access_ttl: i64,
@@ -57,6 +59,8 @@ impl Gate {
     ) -> Self {
         Self {
             audit: AuditLog::new(store.clone()),
+            ledger: StoreLedger(store.clone()),
+            ledger_cache: Arc::default(),
             store,
             custody,
             validator: Validator::default(),
@@ -64,6 +68,13 @@ impl Gate {
             access_ttl,
             leeway,
         }
+    }
+
+    /// Shares `cache` with the [`crate::Minter`] that fills it, so tokens minted in this
+    /// process are checked against the ledger without a read.
+    pub fn with_ledger_cache(mut self, cache: Arc<LedgerCache>) -> Self {
+        self.ledger_cache = cache;
+        self
     }
 
     /// Validates `token` for a resource of `realm` served as `audience`, requiring `scope` if
@@ -94,7 +105,9 @@ impl Gate {
             .custody
             .verifying_keys_at(generations.keys)
             .map_err(|e| unavailable(&e))?;
-        let ledger = StoreLedger(self.store.clone());
+        let ledger = self
+            .ledger_cache
+            .ledger(&self.ledger, generations.revocations);
         let rej = match self
             .validator
             .validate(token, &expect, now, &keys, generations, &ledger)

@@ -1,15 +1,65 @@
 //! The issuance-ledger contract the validator checks against. A token Keypost never issued
 //! is refused even if its signature is perfect: a stolen signing key mints nothing usable.
+//!
+//! [`StoreLedger`] answers from the store: one read per validation. [`LedgerCache`] keeps in
+//! memory the access tokens this process minted (recorded once their ledger rows are durable)
+//! and the session, account and client states validations last read, so the first validation
+//! of a token minted here costs no read at all. It is hand-rolled because its one rule is the
+//! policy's: everything in it was read (or written) at a known revocation generation, and it
+//! answers only while the store's generation is still that one — any revoked token, family or
+//! session, or any account or client change empties it in effect, exactly as it does the
+//! verified-token cache.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use store::{ClientId, Jti, LedgerView, RealmId, Store};
+use store::{
+    AccountState, ClientId, Jti, LedgerEntry, LedgerView, RealmId, SessionId, SessionState, Store,
+    TokenKind,
+};
 
-/// What [`crate::validate`] asks of the ledger: one read per validation.
+use crate::validate::Rejection;
+
+/// What the ledger knows about one presented jti, lent to the validator's checks.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerFacts<'a> {
+    /// The ledger row, if Keypost issued this jti.
+    pub entry: Option<&'a LedgerEntry>,
+    /// Whether the presented client is registered in the expected realm.
+    pub client_known: bool,
+    /// The row's session, if it has one and it exists.
+    pub session: Option<&'a SessionState>,
+    /// The account named by the row's subject, if it is an account.
+    pub account: Option<&'a AccountState>,
+}
+
+impl<'a> From<&'a LedgerView> for LedgerFacts<'a> {
+    fn from(v: &'a LedgerView) -> Self {
+        Self {
+            entry: v.entry.as_ref(),
+            client_known: v.client_known,
+            session: v.session.as_ref(),
+            account: v.account.as_ref(),
+        }
+    }
+}
+
+/// The ledger checks' outcome: the token's session, or why it is refused.
+pub type LedgerVerdict = Result<Option<SessionId>, Rejection>;
+
+/// What [`crate::validate`] asks of the ledger: one consultation per validation.
 pub trait Ledger {
-    /// The ledger row of `jti` with its session and account state, and whether `client` is
-    /// registered in `realm`. Implementations fail closed: on error, an empty view.
-    fn view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> LedgerView;
+    /// Hands what the ledger knows about `jti` (and whether `client` is registered in `realm`)
+    /// to `check`, and returns its verdict. Implementations fail closed: on error, `check`
+    /// sees a ledger that knows nothing.
+    fn consult(
+        &self,
+        jti: &Jti,
+        realm: &RealmId,
+        client: &ClientId,
+        check: &mut dyn FnMut(LedgerFacts<'_>) -> LedgerVerdict,
+    ) -> LedgerVerdict;
 }
 
 /// The ledger backed by a [`Store`]. A storage failure reads as "not issued", so an outage
@@ -23,7 +73,7 @@ impl std::fmt::Debug for StoreLedger {
     }
 }
 
-impl Ledger for StoreLedger {
+impl StoreLedger {
     fn view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> LedgerView {
         self.0.ledger_view(jti, realm, client).unwrap_or_else(|e| {
             tracing::error!(error = %e, "ledger lookup failed; refusing the token");
@@ -34,5 +84,181 @@ impl Ledger for StoreLedger {
                 account: None,
             }
         })
+    }
+}
+
+impl Ledger for StoreLedger {
+    fn consult(
+        &self,
+        jti: &Jti,
+        realm: &RealmId,
+        client: &ClientId,
+        check: &mut dyn FnMut(LedgerFacts<'_>) -> LedgerVerdict,
+    ) -> LedgerVerdict {
+        check((&self.view(jti, realm, client)).into())
+    }
+}
+
+/// Most entries each of the cache's maps holds; past it the map starts over (its contents
+/// are read again from the store as needed).
+const CAPACITY: usize = 100_000;
+
+/// Ledger rows this process issued and states recently read, valid at one revocation
+/// generation (see the module documentation). Shared by the minter that fills it and the
+/// gates that read it.
+#[derive(Default)]
+pub struct LedgerCache {
+    inner: Mutex<Known>,
+    hits: AtomicU64,
+}
+
+impl std::fmt::Debug for LedgerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerCache").finish_non_exhaustive()
+    }
+}
+
+/// Everything the cache knows, all of it true at revocation generation `generation`.
+#[derive(Default)]
+struct Known {
+    generation: i64,
+    tokens: HashMap<Jti, LedgerEntry>,
+    clients: HashMap<RealmId, HashSet<ClientId>>,
+    sessions: HashMap<SessionId, SessionState>,
+    /// By subject: `None` records that the subject is no account (a client's own token).
+    /// Sound because creating an account bumps the generation (migration 15).
+    accounts: HashMap<String, Option<AccountState>>,
+}
+
+impl Known {
+    /// Brings the contents to `generation` if it is newer (dropping them all); whether they
+    /// now describe exactly `generation`.
+    fn at(&mut self, generation: i64) -> bool {
+        if generation > self.generation {
+            *self = Known {
+                generation,
+                ..Known::default()
+            };
+        }
+        generation == self.generation
+    }
+
+    fn facts<'a>(
+        &'a self,
+        jti: &Jti,
+        realm: &RealmId,
+        client: &ClientId,
+    ) -> Option<LedgerFacts<'a>> {
+        let entry = self.tokens.get(jti)?;
+        let client_known = self.clients.get(realm)?.contains(client);
+        let session = match &entry.session_id {
+            Some(s) => Some(self.sessions.get(s)?),
+            None => None,
+        };
+        let account = self.accounts.get(entry.subject.as_str())?.as_ref();
+        // Only a known client is remembered, so "unknown" here is not an answer.
+        client_known.then_some(LedgerFacts {
+            entry: Some(entry),
+            client_known,
+            session,
+            account,
+        })
+    }
+
+    fn learn(&mut self, realm: &RealmId, client: &ClientId, view: &LedgerView) {
+        // Only what a validation can rely on later: a registered client (deleting one bumps
+        // the generation), and the session and account of a row that exists.
+        let Some(entry) = &view.entry else { return };
+        if view.client_known {
+            bounded_insert(&mut self.clients, realm.clone(), HashSet::new()).insert(client.clone());
+        }
+        if let (Some(id), Some(state)) = (&entry.session_id, &view.session) {
+            bounded_insert(&mut self.sessions, id.clone(), state.clone());
+        }
+        bounded_insert(
+            &mut self.accounts,
+            entry.subject.clone(),
+            view.account.clone(),
+        );
+    }
+}
+
+/// Inserts `key` (keeping an existing value) into `map`, emptying it first if it is full.
+fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: V) -> &mut V {
+    if map.len() >= CAPACITY && !map.contains_key(&key) {
+        map.clear();
+    }
+    map.entry(key).or_insert(value)
+}
+
+impl LedgerCache {
+    /// Records access tokens whose ledger rows are now durable. `generation` is the
+    /// revocation generation read *before* they were written: nothing that happened before
+    /// that read can concern rows that did not exist yet, and anything after it bumps it.
+    pub fn issued<'a>(&self, entries: impl IntoIterator<Item = &'a LedgerEntry>, generation: i64) {
+        let mut known = self.lock();
+        if !known.at(generation) {
+            return;
+        }
+        for e in entries {
+            if e.kind == TokenKind::Access {
+                bounded_insert(&mut known.tokens, e.jti.clone(), e.clone());
+            }
+        }
+    }
+
+    /// How many consultations were answered from memory so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A ledger for one validation, answering from this cache while the store's revocation
+    /// generation is `generation` (read before the validation began) and from `store`
+    /// otherwise, learning from what it reads there.
+    pub fn ledger<'a>(&'a self, store: &'a StoreLedger, generation: i64) -> CachedLedger<'a> {
+        CachedLedger {
+            cache: self,
+            store,
+            generation,
+        }
+    }
+}
+
+/// A [`Ledger`] over a [`LedgerCache`] and the store (see [`LedgerCache::ledger`]).
+#[derive(Debug)]
+pub struct CachedLedger<'a> {
+    cache: &'a LedgerCache,
+    store: &'a StoreLedger,
+    generation: i64,
+}
+
+impl Ledger for CachedLedger<'_> {
+    fn consult(
+        &self,
+        jti: &Jti,
+        realm: &RealmId,
+        client: &ClientId,
+        check: &mut dyn FnMut(LedgerFacts<'_>) -> LedgerVerdict,
+    ) -> LedgerVerdict {
+        {
+            let mut known = self.cache.lock();
+            if known.at(self.generation)
+                && let Some(facts) = known.facts(jti, realm, client)
+            {
+                self.cache.hits.fetch_add(1, Ordering::Relaxed);
+                return check(facts);
+            }
+        }
+        let view = self.store.view(jti, realm, client);
+        let verdict = check((&view).into());
+        let mut known = self.cache.lock();
+        if known.at(self.generation) {
+            known.learn(realm, client, &view);
+        }
+        verdict
     }
 }

@@ -35,7 +35,7 @@ pub use cache::Validator;
 pub use claims::{AccessClaims, Audience, issuer_for, realm_hint};
 pub use error::Error;
 pub use gate::{Gate, GateError};
-pub use ledger::{Ledger, StoreLedger};
+pub use ledger::{CachedLedger, Ledger, LedgerCache, LedgerFacts, LedgerVerdict, StoreLedger};
 pub use mint::{IdTokenRequest, Issued, MintRequest, Minter, RefreshToken, token_hash};
 pub use validate::{Expectation, Presented, Principal, Rejected, Rejection, validate};
 
@@ -46,7 +46,7 @@ pub mod fuzzing {
 
     /// Everything read from a presented token before any key or store is consulted.
     pub fn token(raw: &str) {
-        let _ = crate::jose::parse_compact(raw);
+        let _ = crate::jose::parse_compact(raw, &mut Vec::new());
         let _ = crate::realm_hint(raw, "https://keypost.test");
     }
 }

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use crate::Error;
 use crate::claims::{AccessClaims, issuer_for};
 use crate::jose::b64;
+use crate::ledger::LedgerCache;
 
 /// SHA-256 of a token string, as the ledger stores it.
 pub fn token_hash(token: &str) -> Vec<u8> {
@@ -142,6 +143,7 @@ pub struct Minter {
     signer: Arc<dyn SignService>,
     store: Arc<dyn Store>,
     public_url: String,
+    ledger_cache: Arc<LedgerCache>,
 }
 
 impl std::fmt::Debug for Minter {
@@ -163,7 +165,14 @@ impl Minter {
             signer,
             store,
             public_url: public_url.into(),
+            ledger_cache: Arc::default(),
         }
+    }
+
+    /// The cache this minter records its durable access tokens in, for the
+    /// [`crate::Gate`]s of this process ([`crate::Gate::with_ledger_cache`]).
+    pub fn ledger_cache(&self) -> Arc<LedgerCache> {
+        self.ledger_cache.clone()
     }
 
     /// Mints what `req` asks for, records every token in the ledger in one durable write, and
@@ -201,7 +210,9 @@ impl Minter {
             None => None,
         };
         let (issued, durable) = self.queue(plan, req, now, access, id, audit);
-        durable.wait()?;
+        durable.completion.wait()?;
+        self.ledger_cache
+            .issued(&durable.entries, durable.generation);
         Ok(issued)
     }
 
@@ -234,7 +245,9 @@ impl Minter {
             None => None,
         };
         let (issued, durable) = self.queue(plan, req, now, access, id, audit);
-        durable.await?;
+        durable.completion.await?;
+        self.ledger_cache
+            .issued(&durable.entries, durable.generation);
         Ok(issued)
     }
 
@@ -248,7 +261,7 @@ impl Minter {
         access: Signed,
         id: Option<Signed>,
         audit: impl FnOnce(&Issued) -> Vec<AuditRecord>,
-    ) -> (Issued, store::Completion) {
+    ) -> (Issued, Durable) {
         let entry = |jti: &Jti, kind, kid: Option<store::Kid>, exp, token: &str| LedgerEntry {
             jti: jti.clone(),
             realm: req.realm.clone(),
@@ -300,13 +313,30 @@ impl Minter {
             family: plan.family,
             kid,
         };
-        let durable = self.store.submit_issuance(
+        // Read before the write: see `LedgerCache::issued`. A read error only means the
+        // token is not cached (generation -1 matches nothing).
+        let generation = self.store.generations().map_or(-1, |g| g.revocations);
+        let completion = self.store.submit_issuance(
             &entries,
             &audit(&issued),
             req.rotates.as_ref().map(|jti| (jti, now)),
         );
-        (issued, durable)
+        (
+            issued,
+            Durable {
+                completion,
+                entries,
+                generation,
+            },
+        )
     }
+}
+
+/// A queued issuance: its completion, and what to cache once it completes.
+struct Durable {
+    completion: store::Completion,
+    entries: Vec<LedgerEntry>,
+    generation: i64,
 }
 
 /// A signer's answer: the key, the signing input, the signature.

@@ -1,14 +1,13 @@
 //! The validation policy (THREAT-MODEL.md, "The validation policy"): one function, all checks,
 //! in order, with a typed result.
 
+use aws_lc_rs::digest;
 use keys::{Algorithm, VerifyingKeys};
-use serde_json::{Map, Value};
 use store::{AccountId, ClientId, Jti, KeyPurpose, Kid, RealmId, SessionId, TokenKind, UnixTime};
 use subtle::ConstantTimeEq;
 
-use crate::jose::parse_compact;
-use crate::ledger::Ledger;
-use crate::mint::token_hash;
+use crate::jose::{CompactJws, Member, parse_compact};
+use crate::ledger::{Ledger, LedgerFacts, LedgerVerdict};
 
 /// Why a token was refused. Variants are alphabetical; each has a stable code for the audit
 /// log ([`Rejection::code`]). Clients only ever see RFC 6750's `invalid_token` or
@@ -188,7 +187,8 @@ pub struct Principal {
     realm: RealmId,
     subject: String,
     client_id: ClientId,
-    scopes: Vec<String>,
+    /// Space-separated, as in the token.
+    scope: String,
     jti: Jti,
     kid: Kid,
     session: Option<SessionId>,
@@ -216,12 +216,12 @@ impl Principal {
         &self.client_id
     }
     /// Granted scopes.
-    pub fn scopes(&self) -> &[String] {
-        &self.scopes
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split_ascii_whitespace()
     }
     /// Whether a scope was granted.
     pub fn has_scope(&self, s: &str) -> bool {
-        self.scopes.iter().any(|x| x == s)
+        self.scopes().any(|x| x == s)
     }
     /// Token id.
     pub fn jti(&self) -> &Jti {
@@ -241,17 +241,8 @@ impl Principal {
     }
 }
 
-fn bounded(v: Option<&Value>) -> Option<String> {
-    v.and_then(Value::as_str)
-        .map(|s| s.chars().take(256).collect())
-}
-
-fn int_claim(claims: &Map<String, Value>, name: &str) -> Option<i64> {
-    claims.get(name).and_then(Value::as_i64)
-}
-
-fn str_claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
-    claims.get(name).and_then(Value::as_str)
+fn bounded(v: &Member) -> Option<String> {
+    v.as_str().map(|s| s.chars().take(256).collect())
 }
 
 /// Validates an access token for a resource of `expect.realm`. Every check of the policy runs
@@ -263,55 +254,62 @@ pub fn validate(
     keys: &VerifyingKeys,
     ledger: &dyn Ledger,
 ) -> Result<Principal, Rejected> {
-    let mut presented = Presented::default();
+    // 1. Shape.
+    let mut buf = Vec::with_capacity(raw.len());
+    let Ok(jws) = parse_compact(raw, &mut buf) else {
+        return Err(Rejected {
+            reason: Rejection::Malformed,
+            presented: Box::default(),
+        });
+    };
+    // What the token presented is only gathered for a refusal's audit record.
+    checks(&jws, raw, expect, now, keys, ledger).map_err(|reason| Rejected {
+        reason,
+        presented: Box::new(Presented {
+            kid: bounded(&jws.header.kid),
+            alg: bounded(&jws.header.alg),
+            iss: bounded(&jws.claims.iss),
+            sub: bounded(&jws.claims.sub),
+            client_id: bounded(&jws.claims.client_id),
+            jti: bounded(&jws.claims.jti),
+        }),
+    })
+}
+
+/// Steps 2 to 7 of the policy on a well-formed token.
+fn checks(
+    jws: &CompactJws<'_>,
+    raw: &str,
+    expect: &Expectation<'_>,
+    now: UnixTime,
+    keys: &VerifyingKeys,
+    ledger: &dyn Ledger,
+) -> Result<Principal, Rejection> {
     macro_rules! reject {
         ($r:expr) => {
-            return Err(Rejected {
-                reason: $r,
-                presented: Box::new(presented),
-            })
+            return Err($r)
         };
     }
-
-    // 1. Shape.
-    let Ok(jws) = parse_compact(raw) else {
-        reject!(Rejection::Malformed)
-    };
     let (header, claims) = (&jws.header, &jws.claims);
-    presented = Presented {
-        kid: bounded(header.get("kid")),
-        alg: bounded(header.get("alg")),
-        iss: bounded(claims.get("iss")),
-        sub: bounded(claims.get("sub")),
-        client_id: bounded(claims.get("client_id")),
-        jti: bounded(claims.get("jti")),
-    };
 
     // 2. Header. Header-supplied keys are refused by presence, before anything else is read.
-    if ["jku", "jwk", "x5u", "x5c"]
-        .iter()
-        .any(|k| header.contains_key(*k))
-    {
+    if header.key_material {
         reject!(Rejection::HeaderKeyForbidden);
     }
-    let Some(alg) = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .and_then(Algorithm::from_jose)
-    else {
+    let Some(alg) = header.alg.as_str().and_then(Algorithm::from_jose) else {
         reject!(Rejection::AlgorithmNotAllowed)
     };
     // RFC 9068 §4: `typ` is "at+jwt" or "application/at+jwt"; media types compare case-insensitively.
-    let typ_ok = header.get("typ").and_then(Value::as_str).is_some_and(|t| {
+    let typ_ok = header.typ.as_str().is_some_and(|t| {
         t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
     });
     if !typ_ok {
         reject!(Rejection::TypeMismatch);
     }
-    if header.contains_key("crit") {
+    if header.crit {
         reject!(Rejection::CritUnsupported);
     }
-    let Some(kid) = header.get("kid").and_then(Value::as_str) else {
+    let Some(kid) = header.kid.as_str() else {
         reject!(Rejection::KidMissing)
     };
 
@@ -345,32 +343,32 @@ pub fn validate(
     let signature_valid = SignatureValid(());
 
     // 5. Claims.
-    if str_claim(claims, "iss") != Some(expect.issuer) {
+    if claims.iss.as_str() != Some(expect.issuer) {
         reject!(Rejection::IssuerMismatch);
     }
-    if str_claim(claims, "tid") != Some(expect.realm.as_str()) {
+    if claims.tid.as_str() != Some(expect.realm.as_str()) {
         reject!(Rejection::TenantMismatch);
     }
-    let aud_ok = match claims.get("aud") {
-        Some(Value::String(a)) => a == expect.audience,
-        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(expect.audience)),
+    let aud_ok = match &claims.aud {
+        Member::Str(a) => a == expect.audience,
+        Member::List(a) => a.iter().any(|v| v == expect.audience),
         _ => false,
     };
     if !aud_ok {
         reject!(Rejection::AudienceMismatch);
     }
     let (Some(exp), Some(nbf), Some(iat)) = (
-        int_claim(claims, "exp"),
-        int_claim(claims, "nbf"),
-        int_claim(claims, "iat"),
+        claims.exp.as_i64(),
+        claims.nbf.as_i64(),
+        claims.iat.as_i64(),
     ) else {
         reject!(Rejection::MissingClaim)
     };
     let (Some(jti), Some(sub), Some(client_id), Some(scope)) = (
-        str_claim(claims, "jti"),
-        str_claim(claims, "sub"),
-        str_claim(claims, "client_id"),
-        str_claim(claims, "scope"),
+        claims.jti.as_str(),
+        claims.sub.as_str(),
+        claims.client_id.as_str(),
+        claims.scope.as_str(),
     ) else {
         reject!(Rejection::MissingClaim)
     };
@@ -389,52 +387,18 @@ pub fn validate(
     let (Ok(jti), Ok(client_id)) = (Jti::new(jti), ClientId::new(client_id)) else {
         reject!(Rejection::MissingClaim)
     };
-    // One ledger read serves the client check here and every step of 6.
-    let view = ledger.view(&jti, expect.realm, &client_id);
-    if !view.client_known {
-        reject!(Rejection::ClientUnknown);
-    }
-
-    // 6. Ledger: this exact token was issued, for this subject, client, key and realm.
-    let Some(entry) = view.entry else {
-        reject!(Rejection::NotIssued)
-    };
-    let hash_ok: bool = entry.token_hash.as_slice().ct_eq(&token_hash(raw)).into();
-    if !hash_ok
-        || entry.kind != TokenKind::Access
-        || &entry.realm != expect.realm
-        || entry.subject != sub
-        || entry.client_id != client_id
-        || entry.kid.as_ref().map(Kid::as_str) != Some(kid)
-    {
-        reject!(Rejection::LedgerMismatch);
-    }
-    if entry.revoked_at.is_some() {
-        reject!(Rejection::TokenRevoked);
-    }
-    if entry.session_id.is_some() {
-        let live = view.session.as_ref().is_some_and(|s| {
-            &s.realm == expect.realm && s.revoked_at.is_none() && s.expires_at > now
-        });
-        if !live {
-            reject!(Rejection::SessionRevoked);
-        }
-    }
-    // The subject is an enabled account of this realm, or the client itself (client credentials).
-    let subject_live = match &view.account {
-        Some(a) => &a.realm == expect.realm && !a.disabled,
-        None => sub == client_id.as_str(),
-    };
-    if !subject_live {
-        reject!(Rejection::AccountDisabled);
-    }
+    // One consultation of the ledger serves the client check here and every step of 6.
+    // `crate::token_hash`, kept on the stack.
+    let hash = digest::digest(&digest::SHA256, raw.as_bytes());
+    let session = ledger.consult(&jti, expect.realm, &client_id, &mut |facts| {
+        ledger_checks(facts, hash.as_ref(), expect, now, sub, &client_id, kid)
+    })?;
     let ledger_hit = LedgerHit(());
 
     // 7. Authorization, last: a token that is not genuine is refused as a forgery (and
     // alerted on) whatever scope it claims, never as merely lacking one.
-    let scopes: Vec<String> = scope.split_ascii_whitespace().map(str::to_owned).collect();
     if let Some(needed) = expect.required_scope
-        && !scopes.iter().any(|s| s == needed)
+        && !scope.split_ascii_whitespace().any(|s| s == needed)
     {
         reject!(Rejection::InsufficientScope);
     }
@@ -443,13 +407,62 @@ pub fn validate(
         realm: expect.realm.clone(),
         subject: sub.to_owned(),
         client_id,
-        scopes,
+        scope: scope.to_owned(),
         jti,
         kid: key.kid().clone(),
-        session: entry.session_id,
+        session,
         expires_at: exp,
         _proofs: (signature_valid, ledger_hit),
     })
+}
+
+/// Steps 5 (client) and 6 of the policy, on what the ledger knows: this exact token was
+/// issued, for this subject, client, key and realm, and nothing it depends on was revoked.
+fn ledger_checks(
+    facts: LedgerFacts<'_>,
+    hash: &[u8],
+    expect: &Expectation<'_>,
+    now: UnixTime,
+    sub: &str,
+    client_id: &ClientId,
+    kid: &str,
+) -> LedgerVerdict {
+    if !facts.client_known {
+        return Err(Rejection::ClientUnknown);
+    }
+    let Some(entry) = facts.entry else {
+        return Err(Rejection::NotIssued);
+    };
+    let hash_ok: bool = entry.token_hash.as_slice().ct_eq(hash).into();
+    if !hash_ok
+        || entry.kind != TokenKind::Access
+        || &entry.realm != expect.realm
+        || entry.subject != sub
+        || &entry.client_id != client_id
+        || entry.kid.as_ref().map(Kid::as_str) != Some(kid)
+    {
+        return Err(Rejection::LedgerMismatch);
+    }
+    if entry.revoked_at.is_some() {
+        return Err(Rejection::TokenRevoked);
+    }
+    if entry.session_id.is_some() {
+        let live = facts.session.is_some_and(|s| {
+            &s.realm == expect.realm && s.revoked_at.is_none() && s.expires_at > now
+        });
+        if !live {
+            return Err(Rejection::SessionRevoked);
+        }
+    }
+    // The subject is an enabled account of this realm, or the client itself (client credentials).
+    let subject_live = match facts.account {
+        Some(a) => &a.realm == expect.realm && !a.disabled,
+        None => sub == client_id.as_str(),
+    };
+    if !subject_live {
+        return Err(Rejection::AccountDisabled);
+    }
+    Ok(entry.session_id.clone())
 }
 
 #[cfg(test)]

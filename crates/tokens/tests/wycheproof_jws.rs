@@ -107,16 +107,15 @@ fn every_invalid_jws_is_refused() {
             };
             // Keypost's decision up to the signature: strict parse, pinned algorithm, no key
             // material from the header, signature by the realm's key.
-            let accepted = tokens::fuzzing::parse_compact(jws).is_ok_and(|parsed| {
-                let forbidden = ["jwk", "jku", "x5u", "x5c", "crit"]
-                    .iter()
-                    .any(|h| parsed.header.contains_key(*h));
-                parsed.header.get("alg").and_then(Value::as_str) == Some(alg.as_str())
-                    && !forbidden
-                    && key.is_some_and(|k| {
-                        k.verify(parsed.signing_input.as_bytes(), &parsed.signature)
-                    })
-            });
+            let accepted =
+                tokens::fuzzing::parse_compact(jws, &mut Vec::new()).is_ok_and(|parsed| {
+                    let forbidden = parsed.header.key_material || parsed.header.crit;
+                    parsed.header.alg.as_str() == Some(alg.as_str())
+                        && !forbidden
+                        && key.is_some_and(|k| {
+                            k.verify(parsed.signing_input.as_bytes(), &parsed.signature)
+                        })
+                });
             match t["result"].as_str().unwrap() {
                 "invalid" => {
                     assert!(

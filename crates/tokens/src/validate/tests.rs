@@ -28,6 +28,21 @@ fn rid(s: &str) -> RealmId {
     RealmId::new(s).unwrap()
 }
 
+/// An enabled user of contoso.
+fn account(id: &AccountId, name: &str) -> Account {
+    Account {
+        id: id.clone(),
+        realm: rid("contoso"),
+        email: format!("{name}@contoso.test"),
+        display_name: name.into(),
+        password_hash: "x".into(),
+        must_change_password: false,
+        disabled: false,
+        role: Role::User,
+        created_at: NOW,
+    }
+}
+
 fn fx() -> Fx {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
     for (id, kind) in [
@@ -60,19 +75,7 @@ fn fx() -> Fx {
             .unwrap();
     }
     let user = AccountId::new("u-alice").unwrap();
-    store
-        .create_account(&Account {
-            id: user.clone(),
-            realm: rid("contoso"),
-            email: "alice@contoso.test".into(),
-            display_name: "Alice".into(),
-            password_hash: "x".into(),
-            must_change_password: false,
-            disabled: false,
-            role: Role::User,
-            created_at: NOW,
-        })
-        .unwrap();
+    store.create_account(&account(&user, "alice")).unwrap();
     let custody = Custody::new(
         store.clone(),
         Arc::new(Kek::generate().unwrap()),
@@ -123,9 +126,23 @@ impl Fx {
         now: i64,
     ) -> std::result::Result<Principal, Rejection> {
         let keys = self.custody.verifying_keys().unwrap();
+        let store = StoreLedger(self.store.clone());
         expecting(realm, |expect| {
-            validate(token, expect, now, &keys, &StoreLedger(self.store.clone()))
-                .map_err(|r| r.reason)
+            let from_store = validate(token, expect, now, &keys, &store).map_err(|r| r.reason);
+            // The minter's ledger cache must agree with the store: on its first look (which
+            // may read the store and learn) and on its second (which may answer from memory).
+            let generation = self.store.generations().unwrap().revocations;
+            let cache = self.minter.ledger_cache();
+            for look in ["first", "second"] {
+                let cached = validate(token, expect, now, &keys, &cache.ledger(&store, generation))
+                    .map_err(|r| r.reason);
+                assert_eq!(
+                    cached.as_ref().map(Principal::jti),
+                    from_store.as_ref().map(Principal::jti),
+                    "the ledger cache's {look} look disagrees with the store"
+                );
+            }
+            from_store
         })
     }
 
@@ -256,6 +273,7 @@ fn revoked_key_is_refused_at_once() {
 fn revoked_token_session_and_disabled_account_are_refused() {
     let f = fx();
     let t = f.mint("contoso");
+    assert!(f.check("contoso", &t.access_token, NOW).is_ok());
     f.store.revoke_token(&t.access_jti, NOW).unwrap();
     assert_eq!(
         f.check("contoso", &t.access_token, NOW).unwrap_err(),
@@ -263,11 +281,74 @@ fn revoked_token_session_and_disabled_account_are_refused() {
     );
 
     let t = f.mint("contoso");
+    assert!(f.check("contoso", &t.access_token, NOW).is_ok());
     f.store.set_account_disabled(&f.user, true).unwrap();
     assert_eq!(
         f.check("contoso", &t.access_token, NOW).unwrap_err(),
         Rejection::AccountDisabled
     );
+}
+
+/// The ledger cache answers a token minted here from memory — and stops the moment anything
+/// is revoked, answering from the store again (which refuses) until it has relearned.
+#[test]
+fn the_ledger_cache_answers_from_memory_only_until_a_revocation() {
+    let f = fx();
+    let cache = f.minter.ledger_cache();
+    // The first validation learns the client's and the account's state from the store.
+    let first = f.mint("contoso");
+    assert!(f.check("contoso", &first.access_token, NOW).is_ok());
+    let hits = cache.hits();
+    let t = f.mint("contoso");
+    assert!(f.check("contoso", &t.access_token, NOW).is_ok());
+    assert_eq!(
+        cache.hits(),
+        hits + 2,
+        "both looks at a fresh token answered from memory"
+    );
+
+    f.store.revoke_token(&t.access_jti, NOW).unwrap();
+    let hits = cache.hits();
+    assert_eq!(
+        f.check("contoso", &t.access_token, NOW).unwrap_err(),
+        Rejection::TokenRevoked
+    );
+    assert_eq!(
+        cache.hits(),
+        hits,
+        "a revoked token is never answered from memory"
+    );
+
+    // A validation that read an older generation than the cache has seen is answered by the
+    // store, and teaches the cache nothing.
+    let old = f.store.generations().unwrap().revocations;
+    let t = f.mint("contoso");
+    f.store.revoke_token(&first.access_jti, NOW).unwrap();
+    assert!(f.check("contoso", &t.access_token, NOW).is_ok());
+    let hits = cache.hits();
+    let store = StoreLedger(f.store.clone());
+    let keys = f.custody.verifying_keys().unwrap();
+    expecting("contoso", |expect| {
+        assert!(
+            validate(
+                &t.access_token,
+                expect,
+                NOW,
+                &keys,
+                &cache.ledger(&store, old)
+            )
+            .is_ok()
+        );
+    });
+    assert_eq!(cache.hits(), hits);
+
+    // Creating an account is a revocation-generation change: a subject once seen as "no
+    // account" (a client's own token) is not remembered as such past it.
+    let before = f.store.generations().unwrap().revocations;
+    f.store
+        .create_account(&account(&AccountId::new("u-bob").unwrap(), "bob"))
+        .unwrap();
+    assert!(f.store.generations().unwrap().revocations > before);
 }
 
 #[test]

@@ -8,6 +8,9 @@
 #                                       CHAINS=N refresh chains, default THREADS;
 #                                       REFRESH_SCOPE, default "openid offline_access mail":
 #                                       with openid each refresh also signs an RS256 ID token)
+#   BASELINE=BIN bench/mint.sh [DUR]    alternates this tree's build with another `keypost`
+#                                       binary (an older commit's) ROUNDS times under both
+#                                       loads and prints the medians: for before/after figures
 #   COMPARE=1 bench/mint.sh [DURATION]  also builds a benchmark-only binary that signs inside
 #                                       `serve` (feature bench-in-process-signer) and runs the
 #                                       client_credentials load against both, alternating,
@@ -77,6 +80,28 @@ run() {
   kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true
   rm -rf "$WORK"
 }
+
+if [ -n "${BASELINE:-}" ]; then
+  cp "$BASELINE" "$BINS/baseline"
+  for round in $(seq "$ROUNDS"); do
+    for build in baseline keypost; do
+      run "$BINS/$build" all | awk -v b="$build" -v r="$round" '
+        /^== client_credentials/ {g="client_credentials"} /^== refresh_token/ {g="refresh_token"}
+        /^Requests\/sec/ {print "round " r "  " b "  " g "  " $2; print b, g, $2 >> "'"$BINS/results"'"}'
+    done
+  done
+  python3 - "$BINS/results" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    build, grant, rps = line.split()
+    runs.setdefault((grant, build), []).append(float(rps))
+for grant in ("client_credentials", "refresh_token"):
+    base, new = (statistics.median(runs[(grant, b)]) for b in ("baseline", "keypost"))
+    print(f"median {grant}: baseline {base:,.0f}/s, this tree {new:,.0f}/s ({100 * (new / base - 1):+.1f} %)")
+PY
+  exit 0
+fi
 
 if [ -z "${COMPARE:-}" ]; then
   run "$BINS/keypost" all

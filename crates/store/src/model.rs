@@ -346,6 +346,8 @@ pub struct Generations {
     pub keys: i64,
     /// Bumped by every revocation of a token, family or session, and account state change.
     pub revocations: i64,
+    /// Bumped by every change to a realm, its domains or a client.
+    pub directory: i64,
 }
 
 /// A session's liveness, as the validator sees it.

@@ -408,6 +408,29 @@ BEGIN UPDATE meta SET value = value + 1 WHERE name = 'revocation_generation'; EN
 CREATE TRIGGER session_deleted AFTER DELETE ON sessions
 BEGIN UPDATE meta SET value = value + 1 WHERE name = 'revocation_generation'; END;
 "#,
+    r#"
+-- Realms (with their domains) and clients are read on every token request and change rarely:
+-- any change bumps a counter, so readers may keep them in memory while it is unchanged.
+INSERT INTO meta(name, value) VALUES ('directory_generation', 0);
+CREATE TRIGGER realm_inserted AFTER INSERT ON realms
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'directory_generation'; END;
+CREATE TRIGGER realm_updated AFTER UPDATE ON realms
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'directory_generation'; END;
+CREATE TRIGGER realm_deleted AFTER DELETE ON realms
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'directory_generation'; END;
+CREATE TRIGGER domain_inserted AFTER INSERT ON domains
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'directory_generation'; END;
+CREATE TRIGGER domain_updated AFTER UPDATE ON domains
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'directory_generation'; END;
+CREATE TRIGGER domain_deleted AFTER DELETE ON domains
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'directory_generation'; END;
+CREATE TRIGGER client_inserted AFTER INSERT ON clients
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'directory_generation'; END;
+CREATE TRIGGER client_updated AFTER UPDATE ON clients
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'directory_generation'; END;
+CREATE TRIGGER client_deleted AFTER DELETE ON clients
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'directory_generation'; END;
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).
@@ -432,6 +455,7 @@ pub struct SqliteStore {
     /// a search, so the token endpoint can do them on its own task.
     lookup_readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
+    directory: Directory,
 }
 
 /// The writing connection and the group committer's queue.
@@ -538,6 +562,7 @@ impl SqliteStore {
             readers: Vec::new(),
             lookup_readers: Vec::new(),
             next_reader: Default::default(),
+            directory: Directory::default(),
         };
         store.migrate()?;
         Ok(store)
@@ -552,7 +577,9 @@ impl SqliteStore {
     }
 
     fn migrate(&self) -> Result<()> {
-        let mut conn = self.conn()?;
+        // Not `conn()`: opening a store that is up to date changes nothing, so a read-only
+        // command need not wait out the generations' bound when it closes.
+        let mut conn = self.writer.lock_conn();
         let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if current > MIGRATIONS.len() {
             return Err(Error::Corrupt(format!(
@@ -570,6 +597,7 @@ impl SqliteStore {
             }
             tx.pragma_update(None, "user_version", i + 1)?;
             tx.commit()?;
+            self.writer.changed();
             tracing::info!(version = i + 1, "applied database migration");
         }
         Ok(())
@@ -645,9 +673,7 @@ impl std::ops::DerefMut for Direct<'_> {
 
 impl Drop for Direct<'_> {
     fn drop(&mut self) {
-        // In this order: see `SqliteStore::generations`.
-        *lock(&self.writer.last_direct_write) = Some(Instant::now());
-        *lock(&self.writer.generations) = None;
+        self.writer.changed();
     }
 }
 
@@ -782,6 +808,114 @@ where
 
 // ---- realms ---------------------------------------------------------------------------------
 
+/// Realms and clients as last read, valid at one directory generation (migration 16: every
+/// change to a realm, its domains or a client bumps it). Every token request reads its realm
+/// and client; from a reader whose page cache each commit has emptied that was five queries.
+/// Only rows that exist are kept (creating one bumps the generation anyway), so requests for
+/// made-up realms or clients cannot grow it.
+#[derive(Default)]
+struct Directory {
+    inner: Mutex<DirectoryRows>,
+}
+
+#[derive(Default)]
+struct DirectoryRows {
+    generation: i64,
+    realms: std::collections::HashMap<RealmId, Realm>,
+    clients: std::collections::HashMap<RealmId, std::collections::HashMap<ClientId, Client>>,
+}
+
+/// Most realms, and most clients per realm, kept; past it the map starts over.
+const DIRECTORY_CAPACITY: usize = 10_000;
+
+impl Directory {
+    /// The rows, emptied first if `generation` is newer than theirs. A caller holding an
+    /// older generation than the rows' gets an empty, throwaway set: what it reads is not
+    /// kept, and nothing newer is served to it.
+    fn lock(&self, generation: i64) -> DirectoryGuard<'_> {
+        let mut rows = lock(&self.inner);
+        if generation > rows.generation {
+            *rows = DirectoryRows {
+                generation,
+                ..DirectoryRows::default()
+            };
+        }
+        DirectoryGuard {
+            current: generation == rows.generation,
+            rows,
+        }
+    }
+}
+
+struct DirectoryGuard<'a> {
+    rows: MutexGuard<'a, DirectoryRows>,
+    current: bool,
+}
+
+impl DirectoryGuard<'_> {
+    fn realm(&self, id: &RealmId) -> Option<&Realm> {
+        self.rows.realms.get(id).filter(|_| self.current)
+    }
+
+    fn client(&self, realm: &RealmId, id: &ClientId) -> Option<&Client> {
+        self.rows
+            .clients
+            .get(realm)?
+            .get(id)
+            .filter(|_| self.current)
+    }
+
+    fn remember_realm(&mut self, r: &Realm) {
+        if !self.current {
+            return;
+        }
+        let realms = &mut self.rows.realms;
+        if realms.len() >= DIRECTORY_CAPACITY {
+            realms.clear();
+        }
+        realms.insert(r.id.clone(), r.clone());
+    }
+
+    fn remember_client(&mut self, c: &Client) {
+        if !self.current {
+            return;
+        }
+        let clients = &mut self.rows.clients;
+        if clients.len() >= DIRECTORY_CAPACITY {
+            clients.clear();
+        }
+        let of_realm = clients.entry(c.realm.clone()).or_default();
+        if of_realm.len() >= DIRECTORY_CAPACITY {
+            of_realm.clear();
+        }
+        of_realm.insert(c.client_id.clone(), c.clone());
+    }
+}
+
+impl SqliteStore {
+    fn read_realm(&self, id: &RealmId) -> Result<Option<Realm>> {
+        let conn = self.lookup_reader()?;
+        let row = conn
+            .prepare_cached(
+                "SELECT id, kind, display_name, access_token_alg, created_at FROM realms WHERE id = ?",
+            )?
+            .query_row([id.as_str()], realm_row)
+            .optional()?;
+        row.map(|r| finish_realm(&conn, r)).transpose()
+    }
+
+    fn read_client(&self, realm: &RealmId, id: &ClientId) -> Result<Option<Client>> {
+        self.lookup_reader()?
+            .prepare_cached(&format!(
+                "SELECT {CLIENT_COLS} FROM clients WHERE realm = ? AND client_id = ?"
+            ))?
+            .query_row([realm.as_str(), id.as_str()], client_row)
+            .optional()?
+            .map(finish_client)
+            .transpose()
+    }
+}
+
 impl RealmStore for SqliteStore {
     fn create_realm(&self, realm: &Realm) -> Result<()> {
         let mut conn = self.conn()?;
@@ -801,14 +935,15 @@ impl RealmStore for SqliteStore {
     }
 
     fn get_realm(&self, id: &RealmId) -> Result<Option<Realm>> {
-        let conn = self.lookup_reader()?;
-        let row = conn
-            .prepare_cached(
-                "SELECT id, kind, display_name, access_token_alg, created_at FROM realms WHERE id = ?",
-            )?
-            .query_row([id.as_str()], realm_row)
-            .optional()?;
-        row.map(|r| finish_realm(&conn, r)).transpose()
+        let generation = self.generations()?.directory;
+        if let Some(r) = self.directory.lock(generation).realm(id) {
+            return Ok(Some(r.clone()));
+        }
+        let realm = self.read_realm(id)?;
+        if let Some(r) = &realm {
+            self.directory.lock(generation).remember_realm(r);
+        }
+        Ok(realm)
     }
 
     fn list_realms(&self) -> Result<Vec<Realm>> {
@@ -1089,14 +1224,15 @@ impl ClientStore for SqliteStore {
     }
 
     fn get_client(&self, realm: &RealmId, id: &ClientId) -> Result<Option<Client>> {
-        self.lookup_reader()?
-            .prepare_cached(&format!(
-                "SELECT {CLIENT_COLS} FROM clients WHERE realm = ? AND client_id = ?"
-            ))?
-            .query_row([realm.as_str(), id.as_str()], client_row)
-            .optional()?
-            .map(finish_client)
-            .transpose()
+        let generation = self.generations()?.directory;
+        if let Some(c) = self.directory.lock(generation).client(realm, id) {
+            return Ok(Some(c.clone()));
+        }
+        let client = self.read_client(realm, id)?;
+        if let Some(c) = &client {
+            self.directory.lock(generation).remember_client(c);
+        }
+        Ok(client)
     }
 
     fn list_clients(&self, realm: &RealmId) -> Result<Vec<Client>> {
@@ -1463,14 +1599,19 @@ impl SqliteStore {
     }
 
     fn read_generations(&self) -> Result<Generations> {
-        let (keys, revocations) = self
+        let (keys, revocations, directory) = self
             .reader()?
             .prepare_cached(
                 "SELECT (SELECT value FROM meta WHERE name = 'key_generation'), \
-                        (SELECT value FROM meta WHERE name = 'revocation_generation')",
+                        (SELECT value FROM meta WHERE name = 'revocation_generation'), \
+                        (SELECT value FROM meta WHERE name = 'directory_generation')",
             )?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(Generations { keys, revocations })
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(Generations {
+            keys,
+            revocations,
+            directory,
+        })
     }
 
     fn read_ledger_view(
@@ -1890,7 +2031,9 @@ pub(crate) enum Write {
     Audit(Vec<audit_chain::Prepared>),
 }
 
-fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<Vec<i64>> {
+/// Inserts ledger rows; `true` if any of them was born revoked (which bumps the revocation
+/// generation).
+fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<bool> {
     let mut stmt = conn.prepare_cached(&format!(
         "INSERT INTO ledger({LEDGER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     ))?;
@@ -1923,6 +2066,7 @@ fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<Vec<i64>>
         .filter_map(|e| e.family_id.as_deref())
         .collect();
     families.dedup();
+    let mut born_revoked = false;
     for family in families {
         let revoked: Option<i64> = conn
             .prepare_cached(
@@ -1935,9 +2079,10 @@ fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<Vec<i64>>
                 "UPDATE ledger SET revoked_at = ?2 WHERE family_id = ?1 AND revoked_at IS NULL",
             )?
             .execute(params![family, at])?;
+            born_revoked = true;
         }
     }
-    Ok(Vec::new())
+    Ok(born_revoked)
 }
 
 impl SqliteStore {
@@ -1964,6 +2109,14 @@ impl SqliteStore {
 }
 
 impl Writer {
+    /// Records that this process has just committed something that may have bumped a
+    /// generation counter: the shared copy is emptied, so every later call reads them again.
+    fn changed(&self) {
+        // In this order: see `SqliteStore::generations`.
+        *lock(&self.last_direct_write) = Some(Instant::now());
+        *lock(&self.generations) = None;
+    }
+
     /// The connection, for a write outside the group commit.
     fn conn(&self) -> Result<Direct<'_>> {
         use std::sync::atomic::Ordering;
@@ -2037,6 +2190,9 @@ impl Writer {
         };
         let mut results = Vec::with_capacity(batch.len());
         let mut heads = audit_chain::Heads::default();
+        // Whether a write revoked something (rows born revoked): validators must see it
+        // before any write of the batch is answered.
+        let mut revoked = false;
         let mut batch = batch.into_iter();
         while let Some(Pending { write, done }) = batch.next() {
             if let Write::Audit(records) = &write {
@@ -2072,7 +2228,7 @@ impl Writer {
                                 return Err(Error::Consumed(jti.to_string()));
                             }
                         }
-                        insert_ledger(&sp, entries)?;
+                        revoked |= insert_ledger(&sp, entries)?;
                         insert_audit(&sp, audit, &mut heads)?
                     }
                     Write::Audit(_) => Vec::new(), // appended above, without a savepoint
@@ -2091,6 +2247,9 @@ impl Writer {
             .and_then(|()| tx.commit().map_err(Error::from));
         self.commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if revoked {
+            self.changed();
+        }
         match committed {
             Ok(()) => results,
             Err(e) => {

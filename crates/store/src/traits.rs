@@ -108,9 +108,10 @@ pub trait LedgerStore: Send + Sync {
     /// The key and revocation generation counters, read together. The revocation counter is
     /// bumped by anything that can invalidate a token already issued (a revoked token, family
     /// or session, a disabled account), so a validator's cache of verified tokens is fresh
-    /// exactly while both counters are unchanged. The values may be up to
+    /// exactly while the counters are unchanged. The values may be up to
     /// [`crate::GENERATIONS_STALE_AFTER`] old for changes made by another process; a change
-    /// made through this store is seen by every call that starts after it returned.
+    /// committed through this store (including rows the group commit wrote born revoked) is
+    /// seen by every call that starts after the write returned.
     fn generations(&self) -> Result<Generations>;
     /// Everything the validator needs about a jti, in one read: its ledger row, its session,
     /// its subject's account, and whether `client` is registered in `realm`.

@@ -211,8 +211,7 @@ impl Minter {
         };
         let (issued, durable) = self.queue(plan, req, now, access, id, audit);
         durable.completion.wait()?;
-        self.ledger_cache
-            .issued(&durable.entries, durable.generation);
+        self.remember(&durable.entries, durable.generation);
         Ok(issued)
     }
 
@@ -246,9 +245,18 @@ impl Minter {
         };
         let (issued, durable) = self.queue(plan, req, now, access, id, audit);
         durable.completion.await?;
-        self.ledger_cache
-            .issued(&durable.entries, durable.generation);
+        self.remember(&durable.entries, durable.generation);
         Ok(issued)
+    }
+
+    /// Records durable access tokens in the ledger cache — unless the revocation generation
+    /// moved while they were written: rows written into a family revoked meanwhile are born
+    /// revoked (and the write that did it bumped the generation), so only the store can say.
+    fn remember(&self, entries: &[LedgerEntry], before: i64) {
+        let after = self.store.generations().map_or(-1, |g| g.revocations);
+        if after == before {
+            self.ledger_cache.issued(entries, before);
+        }
     }
 
     /// Assembles the signed tokens and queues their ledger rows (with `audit`'s records).

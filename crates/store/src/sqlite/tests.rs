@@ -12,6 +12,21 @@ fn realm(id: &str, domains: &[&str]) -> Realm {
     }
 }
 
+/// A public client with no grants of its own.
+fn client(realm: &RealmId, id: &ClientId) -> Client {
+    Client {
+        realm: realm.clone(),
+        client_id: id.clone(),
+        name: id.to_string(),
+        secret_hash: None,
+        redirect_uris: vec![],
+        grant_types: vec![],
+        first_party: false,
+        id_token_alg: None,
+        created_at: 1,
+    }
+}
+
 fn entry(jti: &str, kind: TokenKind, family: Option<&str>) -> LedgerEntry {
     LedgerEntry {
         jti: Jti::new(jti).unwrap(),
@@ -407,18 +422,7 @@ fn ledger_view_joins_session_account_and_client() {
             && none.account.is_none()
     );
 
-    s.create_client(&Client {
-        realm: r.clone(),
-        client_id: app.clone(),
-        name: "app".into(),
-        secret_hash: None,
-        redirect_uris: vec![],
-        grant_types: vec![],
-        first_party: false,
-        id_token_alg: None,
-        created_at: 1,
-    })
-    .unwrap();
+    s.create_client(&client(&r, &app)).unwrap();
     s.create_account(&Account {
         id: AccountId::new("u1").unwrap(),
         realm: r.clone(),
@@ -749,4 +753,52 @@ fn email_changes_are_exact_across_concurrent_writers() {
             .is_none(),
         "a future state"
     );
+}
+
+/// The generation counters and the realms and clients kept in memory: a change made through
+/// the same store is seen by the next call, one made by another process (here another store
+/// on the same file, as the CLI beside `serve`) once that process has closed its store.
+#[test]
+fn shared_counters_and_directory_follow_every_change() {
+    let (dir, path) = temp_db("generations");
+    let a = SqliteStore::open(&path).unwrap();
+    let id = RealmId::new("contoso").unwrap();
+    a.create_realm(&realm("contoso", &["contoso.test"]))
+        .unwrap();
+    let app = ClientId::new("app").unwrap();
+    a.create_client(&client(&id, &app)).unwrap();
+    a.record_tokens(&[
+        entry("t1", TokenKind::Access, None),
+        entry("t2", TokenKind::Access, None),
+    ])
+    .unwrap();
+
+    // Through the same store: seen at once, though the shared copy is younger than the bound.
+    let g = a.generations().unwrap();
+    assert!(a.revoke_token(&Jti::new("t1").unwrap(), 12).unwrap());
+    assert!(a.generations().unwrap().revocations > g.revocations);
+    assert_eq!(a.get_realm(&id).unwrap().unwrap().access_token_alg, "EdDSA");
+    a.set_access_token_alg(&id, "ES256").unwrap();
+    assert_eq!(a.get_realm(&id).unwrap().unwrap().access_token_alg, "ES256");
+
+    // Through another store: seen once that store is closed (which waits out the bound).
+    assert_eq!(a.get_client(&id, &app).unwrap().unwrap().first_party, false);
+    let g = a.generations().unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    assert!(b.revoke_token(&Jti::new("t2").unwrap(), 13).unwrap());
+    b.set_access_token_alg(&id, "RS256").unwrap();
+    b.conn()
+        .unwrap()
+        .execute(
+            "UPDATE clients SET first_party = 1 WHERE client_id = 'app'",
+            [],
+        )
+        .unwrap();
+    drop(b);
+    let seen = a.generations().unwrap();
+    assert!(seen.revocations > g.revocations && seen.directory > g.directory);
+    assert_eq!(a.get_realm(&id).unwrap().unwrap().access_token_alg, "RS256");
+    assert!(a.get_client(&id, &app).unwrap().unwrap().first_party);
+    drop(a);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -530,9 +530,8 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Each write in a group commit runs under its own savepoint, whose statement journal
-        // would otherwise be a temporary file written for every page a write touches; in
-        // memory it costs a copy.
+        // Statement journals (for statements that may fail midway) would otherwise be
+        // temporary files; in memory they cost a copy.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         // Every write transaction here begins IMMEDIATE (see `transaction_with_behavior`): many
         // read before they write (chain heads, alert de-duplication), and a deferred transaction
@@ -2022,7 +2021,7 @@ impl AuditStore for SqliteStore {
 /// A durable write that may share a transaction (and its fsync) with concurrent ones.
 pub(crate) enum Write {
     /// Ledger rows and the audit records of their issuance, and the refresh token they
-    /// rotate (marked used in the same savepoint; the write fails if it was used before).
+    /// rotate (marked used in the same transaction; the write fails if it was used before).
     Issuance(
         Vec<LedgerEntry>,
         Vec<audit_chain::Prepared>,
@@ -2031,13 +2030,15 @@ pub(crate) enum Write {
     Audit(Vec<audit_chain::Prepared>),
 }
 
-/// Inserts ledger rows; `true` if any of them was born revoked (which bumps the revocation
-/// generation).
-fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<bool> {
+/// Inserts ledger rows. A jti already in the ledger is refused: the rows inserted before it
+/// are taken out again (the committer's transaction has no savepoint to roll back to) and
+/// that jti is returned.
+fn insert_ledger<'e>(conn: &Connection, entries: &'e [LedgerEntry]) -> Result<Option<&'e Jti>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "INSERT INTO ledger({LEDGER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        "INSERT INTO ledger({LEDGER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) \
+         ON CONFLICT(jti) DO NOTHING"
     ))?;
-    for e in entries {
+    for (n, e) in entries.iter().enumerate() {
         let p: [&dyn ToSql; 15] = [
             &e.jti.as_str(),
             &e.realm.as_str(),
@@ -2055,8 +2056,20 @@ fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<bool> {
             &e.revoked_at,
             &e.used_at,
         ];
-        stmt.execute(&p[..])?;
+        if stmt.execute(&p[..])? == 0 {
+            let mut undo = conn.prepare_cached("DELETE FROM ledger WHERE jti = ?")?;
+            for done in &entries[..n] {
+                undo.execute([done.jti.as_str()])?;
+            }
+            return Ok(Some(&e.jti));
+        }
     }
+    Ok(None)
+}
+
+/// Revokes rows just inserted whose refresh family is revoked; `true` if there were any
+/// (which bumps the revocation generation).
+fn revoke_born(conn: &Connection, entries: &[LedgerEntry]) -> Result<bool> {
     // A family revoked while these rows waited for their commit (a refresh token replayed
     // during the legitimate rotation, an operator's revocation) takes them with it: they are
     // born revoked rather than outliving the revocation. A family is revoked when one of its
@@ -2087,9 +2100,10 @@ fn insert_ledger(conn: &Connection, entries: &[LedgerEntry]) -> Result<bool> {
 
 impl SqliteStore {
     /// Hands `write` to the group committer. The committer thread takes every queued write,
-    /// applies each under its own savepoint (one write's failure, e.g. a duplicate jti, does
-    /// not fail the others) in one transaction, commits once, and then answers each write's
-    /// completion. Nothing is answered before the commit that contains it, so "acknowledged"
+    /// applies them in one transaction, commits once, and then answers each write's
+    /// completion. A write refused for its own reason (a refresh token used before) is refused
+    /// before it changes anything, and the others go on; a database failure (a duplicate jti
+    /// among them) fails the whole batch. Nothing is answered before the commit that contains it, so "acknowledged"
     /// still means "on disk"; under load one fsync serves many writes, and a writer waits
     /// either as a parked thread ([`Completion::wait`]) or as an async task (`.await`) — the
     /// latter costs no OS context switch, which is what lets audit appends reach tens of
@@ -2183,8 +2197,7 @@ impl Writer {
 
     fn commit_batch(&self, batch: Vec<Pending>) -> Vec<(Completer, Result<Vec<i64>>)> {
         let mut conn = self.conn_for_batch();
-        let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        {
+        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => return fail_all(batch, &e.into()),
         };
@@ -2195,52 +2208,36 @@ impl Writer {
         let mut revoked = false;
         let mut batch = batch.into_iter();
         while let Some(Pending { write, done }) = batch.next() {
-            if let Write::Audit(records) = &write {
-                // Audit appends fail only with the database itself (the chain positions are
-                // ours to give), so they skip the per-write savepoint; a failure fails the batch.
-                match insert_audit(&tx, records, &mut heads) {
-                    Ok(ids) => results.push((done, Ok(ids))),
-                    Err(e) => {
-                        drop(tx);
-                        let all = results.into_iter().map(|(d, _)| d);
-                        let all = all.chain([done]).chain(batch.map(|p| p.done));
-                        return all
-                            .map(|d| (d, Err(Error::Backend(e.to_string()))))
-                            .collect();
-                    }
+            // No savepoint per write: copying every page a write touches into a statement
+            // journal cost the committer (the serial stage of every token) a sixth of its time.
+            // A write's own refusal (a refresh token used before) happens before it changes
+            // anything; any other failure is the database's, and fails the whole batch.
+            let outcome = match &write {
+                Write::Audit(records) => insert_audit(&tx, records, &mut heads).map(Ok),
+                Write::Issuance(entries, audit, rotates) => issue(
+                    &tx,
+                    entries,
+                    audit,
+                    rotates.as_ref(),
+                    &mut heads,
+                    &mut revoked,
+                ),
+            };
+            match outcome {
+                Ok(answer) => results.push((done, answer)),
+                Err(e) => {
+                    // Everything rolls back: the others learn why, this one gets its error
+                    // (a duplicate jti is a `Conflict`).
+                    drop(tx);
+                    let why = e.to_string();
+                    let others = results.into_iter().map(|(d, _)| d);
+                    let others = others.chain(batch.map(|p| p.done));
+                    return others
+                        .map(|d| (d, Err(Error::Backend(why.clone()))))
+                        .chain([(done, Err(e))])
+                        .collect();
                 }
-                continue;
             }
-            let before = heads.clone();
-            let r = (|| {
-                let sp = tx.savepoint()?;
-                let ids = match &write {
-                    Write::Issuance(entries, audit, rotates) => {
-                        if let Some((jti, at)) = rotates {
-                            let n = sp
-                                .prepare_cached(
-                                    "UPDATE ledger SET used_at = ?1 WHERE jti = ?2 \
-                                     AND kind = 'refresh' AND used_at IS NULL",
-                                )?
-                                .execute(params![at, jti.as_str()])?;
-                            if n == 0 {
-                                // Dropping the savepoint undoes this write alone.
-                                return Err(Error::Consumed(jti.to_string()));
-                            }
-                        }
-                        revoked |= insert_ledger(&sp, entries)?;
-                        insert_audit(&sp, audit, &mut heads)?
-                    }
-                    Write::Audit(_) => Vec::new(), // appended above, without a savepoint
-                };
-                sp.commit()?;
-                Ok(ids)
-            })();
-            if r.is_err() {
-                // That write rolled back: so do the chain positions it took.
-                heads = before;
-            }
-            results.push((done, r));
         }
         let committed = heads
             .flush(&tx)
@@ -2260,6 +2257,40 @@ impl Writer {
             }
         }
     }
+}
+
+/// One issuance in the committer's transaction: the refresh token it rotates marked used,
+/// its ledger rows and their audit records. `Ok(Err(..))` if the write is refused for its own
+/// reason, having changed nothing — the refresh token was used before (`Consumed`), or a jti
+/// is taken (`Conflict`); `Err` for a failure of the database, which fails the batch.
+fn issue(
+    tx: &Connection,
+    entries: &[LedgerEntry],
+    audit: &[audit_chain::Prepared],
+    rotates: Option<&(Jti, UnixTime)>,
+    heads: &mut audit_chain::Heads,
+    revoked: &mut bool,
+) -> Result<Result<Vec<i64>>> {
+    if let Some((jti, at)) = rotates {
+        let n = tx
+            .prepare_cached(
+                "UPDATE ledger SET used_at = ?1 WHERE jti = ?2 \
+                 AND kind = 'refresh' AND used_at IS NULL",
+            )?
+            .execute(params![at, jti.as_str()])?;
+        if n == 0 {
+            return Ok(Err(Error::Consumed(jti.to_string())));
+        }
+    }
+    if let Some(taken) = insert_ledger(tx, entries)? {
+        if let Some((used, _)) = rotates {
+            tx.prepare_cached("UPDATE ledger SET used_at = NULL WHERE jti = ?")?
+                .execute([used.as_str()])?;
+        }
+        return Ok(Err(Error::Conflict(format!("jti {taken} is taken"))));
+    }
+    *revoked |= revoke_born(tx, entries)?;
+    insert_audit(tx, audit, heads).map(Ok)
 }
 
 fn fail_all(batch: Vec<Pending>, e: &Error) -> Vec<(Completer, Result<Vec<i64>>)> {

@@ -802,3 +802,39 @@ fn shared_counters_and_directory_follow_every_change() {
     drop(a);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A write refused because one of its jtis is taken changes nothing, though the committer's
+/// transaction has no savepoint: the rows it inserted before are gone, and the refresh token
+/// it rotated is unused again.
+#[test]
+fn a_refused_issuance_leaves_no_trace() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.record_tokens(&[
+        entry("r1", TokenKind::Refresh, Some("f1")),
+        entry("taken", TokenKind::Access, None),
+    ])
+    .unwrap();
+    let refused = s
+        .submit_issuance(
+            &[
+                entry("a2", TokenKind::Access, Some("f1")),
+                entry("taken", TokenKind::Refresh, Some("f1")),
+            ],
+            &[],
+            Some((&Jti::new("r1").unwrap(), 11)),
+        )
+        .wait();
+    assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
+    assert!(s.get_token(&Jti::new("a2").unwrap()).unwrap().is_none());
+    let r1 = Jti::new("r1").unwrap();
+    assert_eq!(s.get_token(&r1).unwrap().unwrap().used_at, None);
+    // So the refresh token still rotates, once.
+    s.submit_issuance(
+        &[entry("r2", TokenKind::Refresh, Some("f1"))],
+        &[],
+        Some((&r1, 12)),
+    )
+    .wait()
+    .unwrap();
+    assert_eq!(s.get_token(&r1).unwrap().unwrap().used_at, Some(12));
+}

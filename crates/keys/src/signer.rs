@@ -75,7 +75,10 @@ impl Signer {
     /// The current key table, unsealing keys again only if it changed. Revocation is seen on
     /// the next call, because every change bumps the generation this compares.
     fn loaded(&self) -> Result<Arc<Loaded>> {
-        let generation = self.store.key_generation()?;
+        // The shared copy of the counters (read at most every 25 ms; a revocation through this
+        // process is seen at once, one by the CLI before that command returns), not a read
+        // per signature.
+        let generation = self.store.generations()?.keys;
         let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = slot.as_ref()
             && l.generation == generation

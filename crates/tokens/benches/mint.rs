@@ -14,29 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use keys::{Algorithm, RemoteSigner, SignService};
-use store::{ClientId, RealmId};
-use tokens::{MintRequest, Minter};
+use keys::{RemoteSigner, SignService};
+use tokens::Minter;
 
-const URL: &str = "https://keypost.test";
 const MINTERS: u64 = 16;
 const TASKS: u64 = 64;
-
-fn request(realm: &RealmId) -> MintRequest {
-    MintRequest {
-        realm: realm.clone(),
-        access_alg: Algorithm::EdDSA,
-        subject: "u1".into(),
-        client_id: ClientId::new("app").unwrap(),
-        scope: "mail".into(),
-        audience: vec![format!("{URL}/mail")],
-        session: None,
-        access_ttl: 600,
-        id_token: None,
-        refresh: None,
-        rotates: None,
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let bed = bed::Bed::new();
@@ -55,17 +37,17 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("mint");
     g.throughput(Throughput::Elements(1));
     for (name, signer) in signers {
-        let minter = Minter::new(signer, store.clone(), URL);
+        let minter = Minter::new(signer, store.clone(), bed::URL);
         g.bench_function(format!("{name}_{MINTERS}_concurrent"), |b| {
             b.iter_custom(|iters| {
                 let per = iters.div_ceil(MINTERS);
                 let start = Instant::now();
                 std::thread::scope(|s| {
                     for _ in 0..MINTERS {
-                        let (minter, realm) = (&minter, &realm);
+                        let (minter, bed) = (&minter, &bed);
                         s.spawn(move || {
                             for _ in 0..per {
-                                minter.mint(&request(realm), now).unwrap();
+                                minter.mint(&bed.request(), now).unwrap();
                             }
                         });
                     }
@@ -88,7 +70,7 @@ fn bench(c: &mut Criterion) {
         ("signer_process", Arc::new(RemoteSigner::new(&socket))),
     ];
     for (name, signer) in async_signers {
-        let minter = Arc::new(Minter::new(signer, store.clone(), URL));
+        let minter = Arc::new(Minter::new(signer, store.clone(), bed::URL));
         g.bench_function(format!("{name}_{TASKS}_async_tasks"), |b| {
             b.iter_custom(|iters| {
                 let per = iters.div_ceil(TASKS);
@@ -96,10 +78,9 @@ fn bench(c: &mut Criterion) {
                 rt.block_on(async {
                     let mut all = Vec::new();
                     for _ in 0..TASKS {
-                        let (minter, realm) = (minter.clone(), realm.clone());
+                        let (minter, req) = (minter.clone(), bed.request());
                         all.push(tokio::spawn(async move {
                             for _ in 0..per {
-                                let req = request(&realm);
                                 minter.mint_async(&req, now, |_| Vec::new()).await.unwrap();
                             }
                         }));

@@ -24,10 +24,7 @@ use tokens::{StoreLedger, validate};
 const BATCH: u32 = 400;
 
 fn main() {
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(40);
+    let rounds = bed::rounds(40);
     let bed = bed::Bed::new();
     let expect = bed.expect();
     let store = StoreLedger(bed.store.clone());

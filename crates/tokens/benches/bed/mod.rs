@@ -10,13 +10,21 @@ use store::{
 };
 use tokens::{Expectation, MintRequest, Minter, issuer_for};
 
-const URL: &str = "https://keypost.test";
+pub(crate) const URL: &str = "https://keypost.test";
 
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// Rounds of a paired benchmark: `ROUNDS` from the environment, or `default`.
+pub(crate) fn rounds(default: usize) -> usize {
+    std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
 }
 
 pub(crate) struct Bed {
@@ -121,6 +129,23 @@ impl Bed {
             max_lifetime: 600,
             leeway: 30,
             required_scope: Some("mail"),
+        }
+    }
+
+    /// What a `client_credentials`-like grant mints: one EdDSA access token.
+    pub(crate) fn request(&self) -> MintRequest {
+        MintRequest {
+            realm: self.realm.clone(),
+            access_alg: Algorithm::EdDSA,
+            subject: self.user.to_string(),
+            client_id: ClientId::new("app").unwrap(),
+            scope: "mail".into(),
+            audience: vec![self.aud.clone()],
+            session: None,
+            access_ttl: 600,
+            id_token: None,
+            refresh: None,
+            rotates: None,
         }
     }
 

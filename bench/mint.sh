@@ -84,7 +84,9 @@ run() {
 if [ -n "${BASELINE:-}" ]; then
   cp "$BASELINE" "$BINS/baseline"
   for round in $(seq "$ROUNDS"); do
-    for build in baseline keypost; do
+    # Either build first, turn about, so neither always runs on a fresher machine.
+    order="baseline keypost"; [ $((round % 2)) -eq 0 ] && order="keypost baseline"
+    for build in $order; do
       run "$BINS/$build" all | awk -v b="$build" -v r="$round" '
         /^== client_credentials/ {g="client_credentials"} /^== refresh_token/ {g="refresh_token"}
         /^Requests\/sec/ {print "round " r "  " b "  " g "  " $2; print b, g, $2 >> "'"$BINS/results"'"}'
@@ -110,7 +112,8 @@ fi
 
 # Alternate the two builds so drift in the machine's speed hits both alike.
 for round in $(seq "$ROUNDS"); do
-  for build in keypost-in-process keypost; do
+  order="keypost-in-process keypost"; [ $((round % 2)) -eq 0 ] && order="keypost keypost-in-process"
+  for build in $order; do
     rps="$(run "$BINS/$build" client_credentials | awk '/^Requests\/sec/ {print $2}')"
     echo "round $round  $build  $rps tokens/s"
     echo "$build $rps" >>"$BINS/results"

@@ -72,8 +72,10 @@ impl Signer {
         }
     }
 
-    /// The current key table, unsealing keys again only if it changed. Revocation is seen on
-    /// the next call, because every change bumps the generation this compares.
+    /// The current key table, unsealing keys again only if it changed. Every key change bumps
+    /// the generation this compares: one made through this process is seen on the next call,
+    /// one made by another (the CLI) within `store::GENERATIONS_STALE_AFTER`, which that
+    /// command waits out before it returns.
     fn loaded(&self) -> Result<Arc<Loaded>> {
         // The shared copy of the counters (read at most every 25 ms; a revocation through this
         // process is seen at once, one by the CLI before that command returns), not a read

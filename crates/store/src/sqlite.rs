@@ -1598,8 +1598,10 @@ impl SqliteStore {
     }
 
     fn read_generations(&self) -> Result<Generations> {
+        // A lookup reader: token requests refresh the copy on their own task, and must not
+        // wait behind a search holding a general reader.
         let (keys, revocations, directory) = self
-            .reader()?
+            .lookup_reader()?
             .prepare_cached(
                 "SELECT (SELECT value FROM meta WHERE name = 'key_generation'), \
                         (SELECT value FROM meta WHERE name = 'revocation_generation'), \
@@ -2101,10 +2103,10 @@ fn revoke_born(conn: &Connection, entries: &[LedgerEntry]) -> Result<bool> {
 impl SqliteStore {
     /// Hands `write` to the group committer. The committer thread takes every queued write,
     /// applies them in one transaction, commits once, and then answers each write's
-    /// completion. A write refused for its own reason (a refresh token used before) is refused
-    /// before it changes anything, and the others go on; a database failure (a duplicate jti
-    /// among them) fails the whole batch. Nothing is answered before the commit that contains it, so "acknowledged"
-    /// still means "on disk"; under load one fsync serves many writes, and a writer waits
+    /// completion. A write refused for its own reason (a refresh token used before, a jti
+    /// taken) changes nothing and the others go on; any other failure (the database's, or an
+    /// audit record that cannot be inserted) fails every write of the batch. Nothing is
+    /// answered before the commit that contains it, so "acknowledged" still means "on disk"; under load one fsync serves many writes, and a writer waits
     /// either as a parked thread ([`Completion::wait`]) or as an async task (`.await`) — the
     /// latter costs no OS context switch, which is what lets audit appends reach tens of
     /// thousands per second on two cores.
@@ -2226,8 +2228,7 @@ impl Writer {
             match outcome {
                 Ok(answer) => results.push((done, answer)),
                 Err(e) => {
-                    // Everything rolls back: the others learn why, this one gets its error
-                    // (a duplicate jti is a `Conflict`).
+                    // Everything rolls back: the others learn why, this one gets its error.
                     drop(tx);
                     let why = e.to_string();
                     let others = results.into_iter().map(|(d, _)| d);

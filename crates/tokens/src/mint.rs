@@ -254,7 +254,7 @@ impl Minter {
     /// revoked (and the write that did it bumped the generation), so only the store can say.
     fn remember(&self, entries: &[LedgerEntry], before: i64) {
         let after = self.store.generations().map_or(-1, |g| g.revocations);
-        if after == before {
+        if before >= 0 && after == before {
             self.ledger_cache.issued(entries, before);
         }
     }

@@ -838,3 +838,42 @@ fn a_refused_issuance_leaves_no_trace() {
     .unwrap();
     assert_eq!(s.get_token(&r1).unwrap().unwrap().used_at, Some(12));
 }
+
+/// The caches in front of the store are only as good as the triggers that bump their
+/// generations: a migration that rebuilt one of these tables would drop them silently.
+#[test]
+fn every_generation_trigger_is_in_place() {
+    let s = SqliteStore::in_memory().unwrap();
+    let conn = s.conn().unwrap();
+    let mut present: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    present.sort();
+    for t in [
+        "ledger_revoked",
+        "session_revoked",
+        "account_disabled",
+        "client_changed",
+        "account_created",
+        "account_deleted",
+        "session_deleted",
+        "realm_inserted",
+        "realm_updated",
+        "realm_deleted",
+        "domain_inserted",
+        "domain_updated",
+        "domain_deleted",
+        "client_inserted",
+        "client_updated",
+        "client_deleted",
+    ] {
+        assert!(
+            present.iter().any(|p| p == t),
+            "trigger {t} is missing: {present:?}"
+        );
+    }
+}

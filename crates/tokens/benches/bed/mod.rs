@@ -160,9 +160,9 @@ impl Bed {
             &self.aud,
             self.t,
         );
-        store.set_access_token_alg(&realm, alg.as_str()).unwrap();
+        store.set_access_token_alg(realm, alg.as_str()).unwrap();
         custody
-            .generate(&realm, KeyPurpose::AccessToken, alg, t, t)
+            .generate(realm, KeyPurpose::AccessToken, alg, t, t)
             .unwrap();
         let issued = minter
             .mint(
@@ -184,7 +184,7 @@ impl Bed {
             .unwrap();
         let token = issued.access_token;
         let keys = custody.verifying_keys().unwrap();
-        let key = keys.in_realm(&realm, issued.kid.as_str()).unwrap().clone();
+        let key = keys.in_realm(realm, issued.kid.as_str()).unwrap().clone();
         let (input, sig) = token.rsplit_once('.').unwrap();
         let sig =
             base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();

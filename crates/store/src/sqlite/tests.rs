@@ -782,7 +782,7 @@ fn shared_counters_and_directory_follow_every_change() {
     assert_eq!(a.get_realm(&id).unwrap().unwrap().access_token_alg, "ES256");
 
     // Through another store: seen once that store is closed (which waits out the bound).
-    assert_eq!(a.get_client(&id, &app).unwrap().unwrap().first_party, false);
+    assert!(!a.get_client(&id, &app).unwrap().unwrap().first_party);
     let g = a.generations().unwrap();
     let b = SqliteStore::open(&path).unwrap();
     assert!(b.revoke_token(&Jti::new("t2").unwrap(), 13).unwrap());

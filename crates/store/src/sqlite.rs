@@ -1588,39 +1588,6 @@ impl LedgerStore for SqliteStore {
     }
 
     fn ledger_view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> Result<LedgerView> {
-        self.read_ledger_view(jti, realm, client)
-    }
-}
-
-impl SqliteStore {
-    fn direct_write_since(&self, t: Instant) -> bool {
-        lock(&self.writer.last_direct_write).is_some_and(|w| w >= t)
-    }
-
-    fn read_generations(&self) -> Result<Generations> {
-        // A lookup reader: token requests refresh the copy on their own task, and must not
-        // wait behind a search holding a general reader.
-        let (keys, revocations, directory) = self
-            .lookup_reader()?
-            .prepare_cached(
-                "SELECT (SELECT value FROM meta WHERE name = 'key_generation'), \
-                        (SELECT value FROM meta WHERE name = 'revocation_generation'), \
-                        (SELECT value FROM meta WHERE name = 'directory_generation')",
-            )?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(Generations {
-            keys,
-            revocations,
-            directory,
-        })
-    }
-
-    fn read_ledger_view(
-        &self,
-        jti: &Jti,
-        realm: &RealmId,
-        client: &ClientId,
-    ) -> Result<LedgerView> {
         // One statement for everything the validator's last steps need: the ledger row, its
         // session, its subject's account, and whether the client is registered in the realm.
         const SQL: &str = "SELECT l.jti, l.realm, l.kind, l.subject, l.client_id, l.kid, l.session_id, \
@@ -1680,6 +1647,30 @@ impl SqliteStore {
                 }),
                 _ => None,
             },
+        })
+    }
+}
+
+impl SqliteStore {
+    fn direct_write_since(&self, t: Instant) -> bool {
+        lock(&self.writer.last_direct_write).is_some_and(|w| w >= t)
+    }
+
+    fn read_generations(&self) -> Result<Generations> {
+        // A lookup reader: token requests refresh the copy on their own task, and must not
+        // wait behind a search holding a general reader.
+        let (keys, revocations, directory) = self
+            .lookup_reader()?
+            .prepare_cached(
+                "SELECT (SELECT value FROM meta WHERE name = 'key_generation'), \
+                        (SELECT value FROM meta WHERE name = 'revocation_generation'), \
+                        (SELECT value FROM meta WHERE name = 'directory_generation')",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(Generations {
+            keys,
+            revocations,
+            directory,
         })
     }
 }

@@ -119,6 +119,24 @@ impl Fx {
             .unwrap()
     }
 
+    /// An access and a refresh token of contoso's refresh family `family-1`, rotating
+    /// `rotates` if given.
+    fn refresh_request(&self, rotates: Option<store::Jti>) -> MintRequest {
+        MintRequest {
+            realm: rid("contoso"),
+            access_alg: Algorithm::EdDSA,
+            subject: self.user.as_str().into(),
+            client_id: ClientId::new("app").unwrap(),
+            scope: "mail offline_access".into(),
+            audience: vec![format!("{URL}/mail")],
+            session: None,
+            access_ttl: 600,
+            id_token: None,
+            refresh: Some((3600, Some("family-1".into()))),
+            rotates,
+        }
+    }
+
     fn check(
         &self,
         realm: &str,
@@ -365,19 +383,7 @@ fn the_ledger_cache_answers_from_memory_only_until_a_revocation() {
 #[test]
 fn a_token_born_revoked_is_never_served_from_the_ledger_cache() {
     let f = fx();
-    let request = MintRequest {
-        realm: rid("contoso"),
-        access_alg: Algorithm::EdDSA,
-        subject: f.user.as_str().into(),
-        client_id: ClientId::new("app").unwrap(),
-        scope: "mail offline_access".into(),
-        audience: vec![format!("{URL}/mail")],
-        session: None,
-        access_ttl: 600,
-        id_token: None,
-        refresh: Some((3600, Some("family-1".into()))),
-        rotates: None,
-    };
+    let request = f.refresh_request(None);
     let first = f.minter.mint(&request, NOW).unwrap();
     assert!(f.check("contoso", &first.access_token, NOW).is_ok());
     f.store.revoke_family("family-1", NOW).unwrap();
@@ -770,19 +776,7 @@ fn a_client_credentials_token_needs_the_subject_to_be_the_client() {
 #[test]
 fn a_refresh_token_rotates_once() {
     let fx = fx();
-    let request = |rotates: Option<store::Jti>| MintRequest {
-        realm: rid("contoso"),
-        access_alg: Algorithm::EdDSA,
-        subject: fx.user.as_str().into(),
-        client_id: ClientId::new("app").unwrap(),
-        scope: "mail offline_access".into(),
-        audience: vec![format!("{URL}/mail")],
-        session: None,
-        access_ttl: 600,
-        id_token: None,
-        refresh: Some((3600, Some("family-1".into()))),
-        rotates,
-    };
+    let request = |rotates: Option<store::Jti>| fx.refresh_request(rotates);
     let first = fx.minter.mint(&request(None), NOW).unwrap();
     let used = crate::RefreshToken::parse(first.refresh_token.as_deref().unwrap())
         .unwrap()

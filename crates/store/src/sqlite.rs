@@ -751,7 +751,8 @@ impl Drop for SqliteStore {
         // A process that changed something (a revoked key, a disabled account) returns only
         // once every other process's validators are bound to see it.
         // (An in-memory store, which has no checkpointer, has no other process to wait for.)
-        if let Some(w) = *lock(&self.writer.last_direct_write)
+        let last_write = *lock(&self.writer.last_direct_write);
+        if let Some(w) = last_write
             && self.checkpointer.is_some()
         {
             std::thread::sleep(GENERATIONS_STALE_AFTER.saturating_sub(w.elapsed()));

@@ -313,7 +313,9 @@ impl<'de, M: Members<'de>> Visitor<'de> for ObjectVisitor<M> {
             match M::slot(&mut out, &name) {
                 Slot::Read(member, bit) => {
                     seen.known(bit)?;
-                    *member = map.next_value_seed(MemberSeed)?;
+                    *member = map.next_value_seed(MemberSeed {
+                        levels: MAX_DEPTH - 1,
+                    })?;
                 }
                 Slot::Walk(bit) => {
                     seen.known(bit)?;
@@ -329,8 +331,13 @@ impl<'de, M: Members<'de>> Visitor<'de> for ObjectVisitor<M> {
     }
 }
 
-/// A read member's value. Its nesting is checked like any other member's.
-struct MemberSeed;
+/// A read member's value (or an element of one that is an array). `levels` counts the
+/// container levels it may still open, as [`Walk`]'s does: its nesting is checked like any
+/// other member's.
+#[derive(Clone, Copy)]
+struct MemberSeed {
+    levels: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for MemberSeed {
     type Value = Member<'de>;
@@ -369,78 +376,28 @@ impl<'de> Visitor<'de> for MemberSeed {
         Ok(Member::Other)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Member<'de>, A::Error> {
-        // Elements sit at the top object's third level.
+        let inner = Walk {
+            levels: self.levels,
+        }
+        .enter::<A::Error>()?;
+        let element = MemberSeed {
+            levels: inner.levels,
+        };
+        // Only string elements count; any other is walked for its nesting and dropped.
         let mut strings = Vec::new();
-        while let Some(e) = seq.next_element_seed(Element {
-            levels: MAX_DEPTH - 2,
-        })? {
-            strings.extend(e);
+        while let Some(e) = seq.next_element_seed(element)? {
+            if let Member::Str(s) = e {
+                strings.push(s);
+            }
         }
         Ok(Member::List(strings))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Member<'de>, A::Error> {
         Walk {
-            levels: MAX_DEPTH - 1,
+            levels: self.levels,
         }
         .visit_map(map)?;
         Ok(Member::Other)
-    }
-}
-
-/// An element of a read array member: its string, or nothing (walked for its nesting).
-struct Element {
-    levels: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for Element {
-    type Value = Option<Cow<'de, str>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Element {
-    type Value = Option<Cow<'de, str>>;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Some(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Some(Cow::Owned(v.to_owned())))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Some(Cow::Owned(v)))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Walk {
-            levels: self.levels,
-        }
-        .visit_seq(seq)
-        .map(|_| None)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Walk {
-            levels: self.levels,
-        }
-        .visit_map(map)
-        .map(|_| None)
     }
 }
 
@@ -591,6 +548,29 @@ mod tests {
             !parses(&nested),
             "a repeat inside a member the policy does not read"
         );
+    }
+
+    /// A member the policy reads is held to the same depth as any other: eight levels in all,
+    /// the top-level object included, and its array elements count only if they are strings.
+    #[test]
+    fn read_members_are_held_to_the_same_depth() {
+        let h = br#"{"alg":"EdDSA"}"#;
+        let nested = |n: usize| format!("{}\"x\"{}", "[".repeat(n), "]".repeat(n));
+        let parse = |member: &str, n: usize| {
+            let claims = format!(r#"{{"{member}":{}}}"#, nested(n));
+            let token = tok_bytes(h, claims.as_bytes());
+            // The string elements of `aud`, owned.
+            parse_compact(&token, &mut Vec::new()).map(|j| match j.claims.aud {
+                Member::List(l) => Some(l.into_iter().map(|s| s.into_owned()).collect::<Vec<_>>()),
+                _ => None,
+            })
+        };
+        for member in ["aud", "other"] {
+            assert!(parse(member, 7).is_ok(), "{member}: eight levels");
+            assert!(parse(member, 8).is_err(), "{member}: nine levels");
+        }
+        assert_eq!(parse("aud", 1).unwrap(), Some(vec!["x".to_owned()]));
+        assert_eq!(parse("aud", 2).unwrap(), Some(vec![]));
     }
 
     fn tok_bytes(h: &[u8], p: &[u8]) -> String {

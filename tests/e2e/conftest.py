@@ -533,3 +533,50 @@ def s256(verifier: str) -> str:
 
 def random_state() -> str:
     return secrets.token_urlsafe(16)
+
+
+# ---- The signer protocol, written from its specification (crates/keys/src/wire.rs) -----------
+
+_SIGNER_OPS = {"jws": (1, ("realm", "purpose", "alg", "typ"), "payload"),
+               "raw": (2, ("realm", "purpose", "alg"), "message"),
+               "ping": (3, (), None)}
+_SIGNER_ERRORS = {2: "refused", 3: "no_active_key", 4: "failed"}
+
+
+def signer_frame(request: dict) -> bytes:
+    """One request frame: length:u32be, an operation byte, u8-length-prefixed strings, the rest."""
+    op, fields, rest = _SIGNER_OPS[request["op"]]
+    body = bytes([op])
+    for name in fields:
+        value = request[name].encode()
+        body += bytes([len(value)]) + value
+    if rest:
+        body += request[rest].encode()
+    return len(body).to_bytes(4, "big") + body
+
+
+def signer_answer(sock: socket.socket) -> dict:
+    """Reads one answer frame and returns it as a dict: kid/alg/header/signature, pong, or
+    error/detail."""
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "the signer closed the connection without answering"
+            data += chunk
+        return data
+
+    body = exactly(int.from_bytes(exactly(4), "big"))
+    kind, rest = body[0], body[1:]
+    if kind == 0:
+        kid_len = rest[0]
+        kid, rest = rest[1:1 + kid_len].decode(), rest[1 + kid_len:]
+        alg_len = rest[0]
+        alg, rest = rest[1:1 + alg_len].decode(), rest[1 + alg_len:]
+        header_len = int.from_bytes(rest[:2], "big")
+        header, signature = rest[2:2 + header_len].decode(), rest[2 + header_len:]
+        return {"kid": kid, "alg": alg, "header": header, "signature": signature}
+    if kind == 1:
+        assert not rest
+        return {"pong": True}
+    return {"error": _SIGNER_ERRORS[kind], "detail": rest.decode()}

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import KEYPOST_BIN, Keypost, User, _Drain, free_loopback_port, verify_access_token
+from conftest import (KEYPOST_BIN, Keypost, User, _Drain, free_loopback_port, signer_frame,
+                      verify_access_token)
 
 ALICE = User("alice@contoso.test", "alice-correct-horse-battery-1", "contoso")
 
@@ -185,18 +186,22 @@ def tls_client(pki, cert: tuple[Path, Path] | None) -> ssl.SSLContext:
     return ctx
 
 
+# The signer's answer to a ping: a one-byte body, 0x01 (crates/keys/src/wire.rs).
+PONG = b"\x00\x00\x00\x01\x01"
+
+
 def ask(pki, port: int, cert) -> bytes:
     """Connects as a TLS client (Python's ssl, not Keypost's code) and asks for a signature."""
     ctx = tls_client(pki, cert)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-            s.sendall(b'{"op":"ping"}\n')
+            s.sendall(signer_frame({"op": "ping"}))
             return s.recv(4096)
 
 
 def test_only_clients_with_a_certificate_from_the_operator_ca_are_served(split, pki):
     port = split["port"]
-    assert b'"pong":true' in ask(pki, port, pki["client"])
+    assert ask(pki, port, pki["client"]) == PONG
 
     for cert in (None, pki["rogue_client"]):
         with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -216,7 +221,7 @@ def test_only_clients_with_a_certificate_from_the_operator_ca_are_served(split, 
     assert refusals, "no SigningRefused record for the refused handshakes"
     assert all("client certificate" in r["details"]["reason"] for r in refusals)
     # And the listener still serves the rightful client.
-    assert b'"pong":true' in ask(pki, port, pki["client"])
+    assert ask(pki, port, pki["client"]) == PONG
 
 
 def test_serve_refuses_a_signer_whose_certificate_is_not_from_its_ca(split, pki, tmp_path):

@@ -34,6 +34,7 @@ mod material;
 mod remote;
 mod signer;
 mod transport;
+mod wire;
 
 pub use alg::Algorithm;
 pub use custody::{Custody, KeyHistory, KeyInfo, KeyPolicy, KeyState, VerifyingKey, VerifyingKeys};

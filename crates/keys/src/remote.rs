@@ -1,21 +1,21 @@
 //! The signer as a separate process: the protocol it speaks over a Unix socket, the server loop
 //! that runs in `keypost signer`, and the client every other process signs through.
 //!
-//! One JSON object per line each way. A request names what to sign and for whom — never which
-//! key: the signer picks the realm's active key itself, builds the JWS header (so the `kid` in
-//! it is always the key that signed), decides "active" by its own clock, and refuses exactly as
-//! the in-process [`Signer`] does. The web-facing process holds no private key and no
-//! key-encryption key; it can only ask.
+//! One binary frame per request and per answer ([`crate::wire`] has the format). A request
+//! names what to sign and for whom — never which key: the signer picks the realm's active key
+//! itself, writes the JWS header (so the `kid` in it is always the key that signed), decides
+//! "active" by its own clock, and refuses exactly as the in-process [`Signer`] does. The
+//! web-facing process holds no private key and no key-encryption key; it can only ask.
 //!
 //! ```text
-//!   {"op":"jws","realm":"contoso","purpose":"access-token","alg":"EdDSA","typ":"at+jwt","payload":"<b64url>"}
-//!   → {"kid":"…","alg":"EdDSA","input":"<header>.<payload>","signature":"<b64url>"}
-//!   {"op":"raw",…} and any request for the audit key → refused: checkpoints and tombstones
-//!   are signed inside the signer process only
-//!   any failure → {"error":"refused"|"no_active_key"|"failed","detail":"…"}
+//!   jws(realm "contoso", purpose "access-token", alg "EdDSA", typ "at+jwt", payload <b64url>)
+//!   → signed(kid, alg "EdDSA", header <b64url>, signature)     signed input: header.payload
+//!   raw(…) and any request for the audit key → refused: checkpoints and tombstones are
+//!   signed inside the signer process only
+//!   any failure → refused(reason) | no_active_key(detail) | failed(detail)
 //! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -24,13 +24,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 use store::{KeyPurpose, Kid, RealmId, UnixTime};
 
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 use crate::transport::{Endpoint, Stream, TlsFiles};
+use crate::wire::{self, Answer, Request};
 use crate::{Algorithm, Error, Result, Signature, Signer, SigningKey};
 
 /// What [`SignService::sign_jws_async`] resolves to.
@@ -88,7 +87,17 @@ pub trait SignService: Send + Sync + std::fmt::Debug {
 
 /// The JWS protected header Keypost writes: three plain strings.
 fn header(key: &SigningKey, typ: &str) -> String {
-    let h = json!({"alg": key.alg.as_str(), "typ": typ, "kid": key.kid.as_str()});
+    #[derive(serde::Serialize)]
+    struct Header<'a> {
+        alg: &'a str,
+        typ: &'a str,
+        kid: &'a str,
+    }
+    let h = Header {
+        alg: key.alg.as_str(),
+        typ,
+        kid: key.kid.as_str(),
+    };
     B64.encode(serde_json::to_vec(&h).unwrap_or_default())
 }
 
@@ -122,44 +131,6 @@ impl SignService for Signer {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-enum Request {
-    Jws {
-        realm: String,
-        purpose: String,
-        alg: String,
-        typ: String,
-        payload: String,
-    },
-    Raw {
-        realm: String,
-        purpose: String,
-        alg: String,
-        message: String,
-    },
-    Ping,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum Response {
-    Signed {
-        kid: String,
-        alg: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        input: Option<String>,
-        signature: String,
-    },
-    Failed {
-        error: String,
-        detail: String,
-    },
-    Pong {
-        pong: bool,
-    },
-}
-
 fn now() -> UnixTime {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -185,25 +156,12 @@ pub struct Refusal {
 /// Called with every refusal, in the signer process (it audits them).
 pub type RefusalHook = Arc<dyn Fn(&Refusal) + Send + Sync>;
 
-/// Answers one request with `signer`, by the signer's own clock, reporting refusals to
-/// `on_refused`.
-fn answer(signer: &Signer, line: &str, on_refused: &RefusalHook) -> Response {
-    let failed = |error: &str, detail: String| Response::Failed {
-        error: error.into(),
-        detail,
-    };
-    let request: Request = match serde_json::from_str(line) {
-        Ok(r) => r,
-        Err(e) => {
-            on_refused(&Refusal {
-                op: "malformed",
-                realm: String::new(),
-                purpose: String::new(),
-                alg: String::new(),
-                reason: "bad message",
-            });
-            return failed("failed", format!("bad request: {e}"));
-        }
+/// Answers the request in `body` with `signer`, by the signer's own clock, appending the
+/// answer frame to `out` and reporting refusals to `on_refused`.
+fn answer(signer: &Signer, body: &[u8], on_refused: &RefusalHook, out: &mut Vec<u8>) {
+    let Some(request) = Request::decode(body) else {
+        on_refused(&malformed());
+        return reply(out, Answer::Failed("bad message"));
     };
     let parse =
         |realm: &str, purpose: &str, alg: &str| -> Result<(RealmId, KeyPurpose, Algorithm)> {
@@ -215,89 +173,125 @@ fn answer(signer: &Signer, line: &str, on_refused: &RefusalHook) -> Response {
                 alg.parse()?,
             ))
         };
-    let (op, realm, purpose, alg) = match &request {
-        Request::Ping => return Response::Pong { pong: true },
-        Request::Jws {
-            realm,
-            purpose,
-            alg,
-            ..
-        } => ("jws", realm, purpose, alg),
+    // Over a connection, only tokens are signed: the audit key signs checkpoints and
+    // tombstones inside the signer process alone, so a compromised web process cannot forge
+    // them.
+    let (op, realm, purpose, alg, result) = match request {
+        Request::Ping => return reply(out, Answer::Pong),
         Request::Raw {
             realm,
             purpose,
             alg,
             ..
-        } => ("raw", realm, purpose, alg),
-    };
-    let refusal = |reason| Refusal {
-        op,
-        realm: realm.clone(),
-        purpose: purpose.clone(),
-        alg: alg.clone(),
-        reason,
-    };
-    // Over the socket, only tokens are signed: the audit key signs checkpoints and tombstones
-    // inside the signer process alone, so a compromised web process cannot forge them.
-    let result = match &request {
-        Request::Ping => return Response::Pong { pong: true },
-        Request::Raw { .. } => Err(Error::Refused("raw signing is not offered over the socket")),
-        Request::Jws { purpose, .. } if purpose == KeyPurpose::Audit.as_str() => {
-            Err(Error::Refused("key is for another purpose"))
-        }
+        } => (
+            "raw",
+            realm,
+            purpose,
+            alg,
+            Err(Error::Refused("raw signing is not offered over the socket")),
+        ),
+        Request::Jws {
+            realm,
+            purpose,
+            alg,
+            ..
+        } if purpose == KeyPurpose::Audit.as_str() => (
+            "jws",
+            realm,
+            purpose,
+            alg,
+            Err(Error::Refused("key is for another purpose")),
+        ),
         Request::Jws {
             realm,
             purpose,
             alg,
             typ,
             payload,
-        } => parse(realm, purpose, alg).and_then(|(r, p, a)| {
-            signer
-                .sign_jws(&r, p, a, typ, payload, now())
-                .map(|(k, input, s)| (k, Some(input), s))
-        }),
+        } => (
+            "jws",
+            realm,
+            purpose,
+            alg,
+            parse(realm, purpose, alg)
+                .and_then(|(r, p, a)| signer.sign_jws(&r, p, a, typ, payload, now())),
+        ),
     };
-    if let Err(Error::Refused(why)) = &result {
-        on_refused(&refusal(why));
-    }
     match result {
-        Ok((key, input, sig)) => Response::Signed {
-            kid: key.kid.to_string(),
-            alg: key.alg.as_str().to_owned(),
-            input,
-            signature: B64.encode(sig.0),
-        },
-        Err(Error::Refused(why)) => failed("refused", why.into()),
-        Err(e @ Error::NoActiveKey { .. }) => failed("no_active_key", e.to_string()),
+        Ok((key, input, sig)) => reply(
+            out,
+            Answer::Signed {
+                kid: key.kid.as_str(),
+                alg: key.alg.as_str(),
+                // The header is base64url: it holds no dot.
+                header: input.split_once('.').map_or("", |(header, _)| header),
+                signature: &sig.0,
+            },
+        ),
+        Err(Error::Refused(why)) => {
+            on_refused(&Refusal {
+                op,
+                realm: realm.into(),
+                purpose: purpose.into(),
+                alg: alg.into(),
+                reason: why,
+            });
+            reply(out, Answer::Refused(why));
+        }
+        Err(e @ Error::NoActiveKey { .. }) => reply(out, Answer::NoActiveKey(&e.to_string())),
         Err(e) => {
             tracing::error!(target: "keypost::security", error = %e, "signing failed");
-            failed("failed", "signing failed".into())
+            reply(out, Answer::Failed("signing failed"));
         }
+    }
+}
+
+/// Appends `answer` to `out`, or a failure if it does not fit a frame: every request gets
+/// exactly one answer, or the client's answers would be out of step.
+fn reply(out: &mut Vec<u8>, answer: Answer<'_>) {
+    if answer.encode(out).is_err() {
+        // A short, fixed detail always fits.
+        let _ = Answer::Failed("answer too long").encode(out);
+    }
+}
+
+/// The refusal of something that is not a request.
+fn malformed() -> Refusal {
+    Refusal {
+        op: "malformed",
+        realm: String::new(),
+        purpose: String::new(),
+        alg: String::new(),
+        reason: "bad message",
     }
 }
 
 /// Answers requests on one connection until it closes, in order. Clients may pipeline: the
 /// answers to every complete request already received go out in one write, so a burst of
-/// requests costs one wake-up and one write each way rather than one per request.
+/// requests costs one wake-up and one write each way rather than one per request. A frame
+/// announcing more than [`wire::MAX_FRAME`] bytes is answered with a failure and ends the
+/// connection (what follows it cannot be told apart from its body).
 fn converse(stream: impl Read + Write, signer: &Signer, on_refused: &RefusalHook) {
     let mut conn = BufReader::new(stream);
-    let mut line = String::new();
-    let mut out = Vec::new();
+    let (mut body, mut out) = (Vec::new(), Vec::new());
     loop {
-        line.clear();
-        match conn.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if serde_json::to_writer(&mut out, &answer(signer, line.trim_end(), on_refused)).is_err() {
-            return;
-        }
-        out.push(b'\n');
+        let last = match wire::read(&mut conn, &mut body) {
+            Ok(()) => {
+                answer(signer, &body, on_refused, &mut out);
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                on_refused(&malformed());
+                reply(&mut out, Answer::Failed("bad message"));
+                true
+            }
+            Err(_) => return,
+        };
         // Another whole request already here: answer it before writing.
-        if conn.buffer().contains(&b'\n') {
+        if !last && wire::holds_frame(conn.buffer()) {
             continue;
         }
-        if conn.get_mut().write_all(&out).is_err() || conn.get_mut().flush().is_err() {
+        if conn.get_mut().write_all(&out).is_err() || conn.get_mut().flush().is_err() || last {
             return;
         }
         out.clear();
@@ -450,7 +444,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// lone request at once. Either side failing closes the pipe: waiting requests see their
 /// answer dropped and retry on a fresh one.
 struct Pipe {
-    requests: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Answer)>,
+    requests: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Reply)>,
     shared: Arc<Shared>,
     tasks: [tokio::task::JoinHandle<()>; 2],
 }
@@ -459,7 +453,8 @@ struct Pipe {
 /// always has the next batch waiting while the answers to the last travel back.
 const IN_FLIGHT: usize = 2;
 
-type Answer = tokio::sync::oneshot::Sender<String>;
+/// Where the body of a request's answer frame goes.
+type Reply = tokio::sync::oneshot::Sender<Vec<u8>>;
 
 /// What the writer and the reader of a pipe share.
 #[derive(Default)]
@@ -474,7 +469,7 @@ struct Shared {
 /// after that).
 #[derive(Default)]
 struct Waiting {
-    queue: std::collections::VecDeque<Answer>,
+    queue: std::collections::VecDeque<Reply>,
     batches: std::collections::VecDeque<usize>,
     closed: bool,
 }
@@ -514,22 +509,22 @@ impl Shared {
 
 impl Pipe {
     async fn open(path: &Path) -> std::io::Result<Self> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let (read, mut write) = tokio::net::UnixStream::connect(path).await?.into_split();
-        let (requests, mut queued) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Answer)>();
+        let (requests, mut queued) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Reply)>();
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
         let writer = tokio::spawn(async move {
             let mut batch = Vec::new();
-            while let Some((line, answer)) = queued.recv().await {
+            while let Some((frame, answer)) = queued.recv().await {
                 if !s.room().await {
                     return;
                 }
                 batch.clear();
-                batch.extend_from_slice(&line);
+                batch.extend_from_slice(&frame);
                 let mut answers = vec![answer];
-                while let Ok((line, answer)) = queued.try_recv() {
-                    batch.extend_from_slice(&line);
+                while let Ok((frame, answer)) = queued.try_recv() {
+                    batch.extend_from_slice(&frame);
                     answers.push(answer);
                 }
                 {
@@ -550,12 +545,10 @@ impl Pipe {
         let s = shared.clone();
         let reader = tokio::spawn(async move {
             let mut read = tokio::io::BufReader::new(read);
-            let mut line = String::new();
             loop {
-                line.clear();
-                match read.read_line(&mut line).await {
-                    Ok(n) if n > 0 => {}
-                    _ => break,
+                let mut body = Vec::new();
+                if wire::read_async(&mut read, &mut body).await.is_err() {
+                    break;
                 }
                 let (next, batch_done) = {
                     let mut w = s.lock();
@@ -575,7 +568,7 @@ impl Pipe {
                 }
                 match next {
                     // A request whose caller gave up: its answer goes nowhere.
-                    Some(answer) => drop(answer.send(std::mem::take(&mut line))),
+                    Some(answer) => drop(answer.send(body)),
                     // An answer nobody asked for: the stream is out of step.
                     None => break,
                 }
@@ -593,10 +586,10 @@ impl Pipe {
         self.requests.is_closed() || self.shared.lock().closed
     }
 
-    /// Sends `line` and waits for its answer; `None` if the pipe closed first.
-    async fn exchange(&self, line: Vec<u8>) -> Option<String> {
+    /// Sends `frame` and waits for the body of its answer; `None` if the pipe closed first.
+    async fn exchange(&self, frame: Vec<u8>) -> Option<Vec<u8>> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        self.requests.send((line, answer)).ok()?;
+        self.requests.send((frame, answer)).ok()?;
         answered.await.ok()
     }
 }
@@ -644,27 +637,25 @@ impl RemoteSigner {
         Ok(BufReader::new(self.endpoint.connect()?))
     }
 
-    fn exchange(conn: &mut BufReader<Box<dyn Stream>>, line: &[u8]) -> std::io::Result<String> {
-        conn.get_mut().write_all(line)?;
+    fn exchange(conn: &mut BufReader<Box<dyn Stream>>, frame: &[u8]) -> std::io::Result<Vec<u8>> {
+        conn.get_mut().write_all(frame)?;
         conn.get_mut().flush()?;
-        let mut answer = String::new();
-        if conn.read_line(&mut answer)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(answer)
+        let mut body = Vec::new();
+        wire::read(conn, &mut body)?;
+        Ok(body)
     }
 
-    fn call(&self, request: &Request) -> Result<Response> {
-        let mut line = serde_json::to_vec(request).map_err(|_| Error::Crypto)?;
-        line.push(b'\n');
+    /// Sends `request` and returns the body of its answer frame.
+    fn call(&self, request: &Request<'_>) -> Result<Vec<u8>> {
+        let frame = Self::frame(request)?;
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         // A pooled connection may have died with a restarted signer: one fresh try after it.
-        let attempt = |conn: Option<BufReader<Box<dyn Stream>>>| -> std::io::Result<(BufReader<Box<dyn Stream>>, String)> {
+        let attempt = |conn: Option<BufReader<Box<dyn Stream>>>| -> std::io::Result<(BufReader<Box<dyn Stream>>, Vec<u8>)> {
             let mut conn = match conn {
                 Some(c) => c,
                 None => self.connect()?,
             };
-            let answer = Self::exchange(&mut conn, &line)?;
+            let answer = Self::exchange(&mut conn, &frame)?;
             Ok((conn, answer))
         };
         let (conn, answer) = match attempt(pooled) {
@@ -675,15 +666,22 @@ impl RemoteSigner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
-        serde_json::from_str(&answer).map_err(|e| Error::Unavailable(format!("bad answer: {e}")))
+        Ok(answer)
+    }
+
+    fn frame(request: &Request<'_>) -> Result<Vec<u8>> {
+        let mut frame = Vec::new();
+        request
+            .encode(&mut frame)
+            .map_err(|_| Error::Refused("request too long"))?;
+        Ok(frame)
     }
 
     /// [`RemoteSigner::call`] from an async task over the Unix socket: the same protocol on
     /// a pipelined tokio stream, so waiting for the signer parks no thread and concurrent
     /// requests share reads and writes.
-    async fn call_async(&self, path: &Path, request: &Request) -> Result<Response> {
-        let mut line = serde_json::to_vec(request).map_err(|_| Error::Crypto)?;
-        line.push(b'\n');
+    async fn call_async(&self, path: &Path, request: &Request<'_>) -> Result<Vec<u8>> {
+        let frame = Self::frame(request)?;
         let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
         let late = || Error::Unavailable("the signer did not answer in time".into());
         // A pipe may have died with a restarted signer: one fresh try after it.
@@ -691,11 +689,8 @@ impl RemoteSigner {
             let pipe = tokio::time::timeout_at(deadline, self.pipe(path))
                 .await
                 .map_err(|_| late())??;
-            match tokio::time::timeout_at(deadline, pipe.exchange(line.clone())).await {
-                Ok(Some(answer)) => {
-                    return serde_json::from_str(&answer)
-                        .map_err(|e| Error::Unavailable(format!("bad answer: {e}")));
-                }
+            match tokio::time::timeout_at(deadline, pipe.exchange(frame.clone())).await {
+                Ok(Some(answer)) => return Ok(answer),
                 Ok(None) => continue,
                 Err(_) => {
                     // A signer that stopped answering: later requests must not queue behind
@@ -737,57 +732,59 @@ impl RemoteSigner {
         Ok(pipe)
     }
 
-    /// Checks a JWS answer against what was asked.
-    fn jws_answer(
-        response: Response,
-        payload_b64: &str,
-    ) -> Result<(SigningKey, String, Signature)> {
-        let (key, input, sig) = Self::signed(response)?;
-        let input = input.ok_or_else(|| Error::Unavailable("no signing input".into()))?;
-        // The signer built the header; make sure it signed what was asked.
-        if !input.ends_with(&format!(".{payload_b64}")) {
+    /// The signed input and signature a JWS answer carries: the header the signer wrote, a
+    /// dot, and the payload that was asked for.
+    fn jws_answer(body: &[u8], payload_b64: &str) -> Result<(SigningKey, String, Signature)> {
+        let (key, header, sig) = Self::signed(body)?;
+        // Whatever the signer sends, only a base64url header can join the token.
+        if header.is_empty()
+            || !header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(Error::Unavailable(
-                "the signer signed something else".into(),
+                "the signer wrote no usable header".into(),
             ));
         }
-        Ok((key, input, sig))
+        Ok((key, format!("{header}.{payload_b64}"), sig))
     }
 
     /// Whether the signer answers.
     pub fn ping(&self) -> bool {
-        matches!(self.call(&Request::Ping), Ok(Response::Pong { .. }))
+        self.call(&Request::Ping)
+            .is_ok_and(|body| Answer::decode(&body) == Some(Answer::Pong))
     }
 
-    fn signed(response: Response) -> Result<(SigningKey, Option<String>, Signature)> {
-        match response {
-            Response::Signed {
+    /// The key, header and signature of a signed answer; the error any other answer means.
+    fn signed(body: &[u8]) -> Result<(SigningKey, &str, Signature)> {
+        let answer = Answer::decode(body).ok_or_else(|| Error::Unavailable("bad answer".into()))?;
+        match answer {
+            Answer::Signed {
                 kid,
                 alg,
-                input,
+                header,
                 signature,
             } => Ok((
                 SigningKey {
                     kid: Kid::new(kid).map_err(|_| Error::Crypto)?,
                     alg: alg.parse()?,
                 },
-                input,
-                Signature(B64.decode(signature).map_err(|_| Error::Crypto)?),
+                header,
+                Signature(signature.to_vec()),
             )),
-            Response::Failed { error, detail } if error == "refused" => Err(Error::Refused(
+            Answer::Refused(detail) => Err(Error::Refused(
                 REASONS
                     .iter()
                     .find(|r| **r == detail)
                     .copied()
                     .unwrap_or("refused"),
             )),
-            Response::Failed { error, detail } if error == "no_active_key" => {
-                Err(Error::NoActiveKey {
-                    realm: detail,
-                    purpose: String::new(),
-                })
-            }
-            Response::Failed { detail, .. } => Err(Error::Unavailable(detail)),
-            Response::Pong { .. } => Err(Error::Unavailable("unexpected answer".into())),
+            Answer::NoActiveKey(detail) => Err(Error::NoActiveKey {
+                realm: detail.to_owned(),
+                purpose: String::new(),
+            }),
+            Answer::Failed(detail) => Err(Error::Unavailable(detail.to_owned())),
+            Answer::Pong => Err(Error::Unavailable("unexpected answer".into())),
         }
     }
 }
@@ -802,14 +799,8 @@ impl SignService for RemoteSigner {
         payload_b64: &str,
         _now: UnixTime,
     ) -> Result<(SigningKey, String, Signature)> {
-        let request = Request::Jws {
-            realm: realm.to_string(),
-            purpose: purpose.to_string(),
-            alg: alg.as_str().to_owned(),
-            typ: typ.to_owned(),
-            payload: payload_b64.to_owned(),
-        };
-        Self::jws_answer(self.call(&request)?, payload_b64)
+        let request = jws_request(realm, purpose, alg, typ, payload_b64);
+        Self::jws_answer(&self.call(&request)?, payload_b64)
     }
 
     fn sign_jws_async<'a>(
@@ -829,14 +820,8 @@ impl SignService for RemoteSigner {
                     self.sign_jws(realm, purpose, alg, typ, payload_b64, now)
                 });
             };
-            let request = Request::Jws {
-                realm: realm.to_string(),
-                purpose: purpose.to_string(),
-                alg: alg.as_str().to_owned(),
-                typ: typ.to_owned(),
-                payload: payload_b64.to_owned(),
-            };
-            Self::jws_answer(self.call_async(path, &request).await?, payload_b64)
+            let request = jws_request(realm, purpose, alg, typ, payload_b64);
+            Self::jws_answer(&self.call_async(path, &request).await?, payload_b64)
         })
     }
 
@@ -848,12 +833,29 @@ impl SignService for RemoteSigner {
         message: &[u8],
         _now: UnixTime,
     ) -> Result<(SigningKey, Signature)> {
-        let (key, _, sig) = Self::signed(self.call(&Request::Raw {
-            realm: realm.to_string(),
-            purpose: purpose.to_string(),
-            alg: alg.as_str().to_owned(),
-            message: B64.encode(message),
-        })?)?;
+        let answer = self.call(&Request::Raw {
+            realm: realm.as_str(),
+            purpose: purpose.as_str(),
+            alg: alg.as_str(),
+            message,
+        })?;
+        let (key, _, sig) = Self::signed(&answer)?;
         Ok((key, sig))
+    }
+}
+
+fn jws_request<'a>(
+    realm: &'a RealmId,
+    purpose: KeyPurpose,
+    alg: Algorithm,
+    typ: &'a str,
+    payload: &'a str,
+) -> Request<'a> {
+    Request::Jws {
+        realm: realm.as_str(),
+        purpose: purpose.as_str(),
+        alg: alg.as_str(),
+        typ,
+        payload,
     }
 }

@@ -175,10 +175,10 @@ fn concurrent_async_requests_get_their_own_answers_and_survive_a_restart() {
     let successor = {
         let (path, signer, hook) = (path.clone(), signer.clone(), no_hook.clone());
         std::thread::spawn(move || {
-            use std::io::BufRead;
+            use std::io::Read;
             let (conn, _) = first.accept().unwrap();
-            let mut line = String::new();
-            std::io::BufReader::new(&conn).read_line(&mut line).unwrap();
+            let mut request = [0; 4];
+            (&conn).read_exact(&mut request).unwrap();
             drop(first);
             std::fs::remove_file(&path).unwrap();
             let next = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -239,44 +239,94 @@ fn concurrent_async_requests_get_their_own_answers_and_survive_a_restart() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A frame of the signer protocol, built by hand from the format `keys::remote` documents (an
+/// independent encoder, so the test also pins the wire format): `length:u32be body`, where a
+/// body is an operation byte and u8-length-prefixed strings, then the rest.
+fn frame(op: u8, fields: &[&str], rest: &[u8]) -> Vec<u8> {
+    let mut body = vec![op];
+    for f in fields {
+        body.push(u8::try_from(f.len()).unwrap());
+        body.extend_from_slice(f.as_bytes());
+    }
+    body.extend_from_slice(rest);
+    let mut frame = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend(body);
+    frame
+}
+
 /// The signer answers pipelined requests in the order they came, all of them, even when
-/// they arrive in one write.
+/// they arrive in one write; a request it cannot read gets a failure in its place, and a
+/// frame too long to be a request ends the connection after a last failure.
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    use std::io::{BufRead, Write};
-    let (_, _, custody) = custody_with_a_key("contoso");
+    use std::io::{Read, Write};
+    let (_, contoso, custody) = custody_with_a_key("contoso");
     let dir = socket_dir("signer-order");
     let path = dir.join("signer.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let signer = Arc::new(custody.signer());
-    std::thread::spawn(move || {
-        keys::serve_signer(listener, signer, Arc::new(|_: &keys::Refusal| {}))
-    });
-    let ours = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let refused: Arc<Mutex<Vec<keys::Refusal>>> = Arc::default();
+    let hook: keys::RefusalHook = {
+        let refused = refused.clone();
+        Arc::new(move |r: &keys::Refusal| refused.lock().unwrap().push(r.clone()))
+    };
+    std::thread::spawn(move || keys::serve_signer(listener, signer, hook));
+    let mut ours = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let payload = |n: u32| B64.encode(format!("{{\"n\":{n}}}"));
     let jws = |n: u32| {
-        format!(
-            r#"{{"op":"jws","realm":"contoso","purpose":"access-token","alg":"EdDSA","typ":"at+jwt","payload":"{}"}}"#,
-            B64.encode(format!("{{\"n\":{n}}}"))
+        frame(
+            0x01,
+            &["contoso", "access-token", "EdDSA", "at+jwt"],
+            payload(n).as_bytes(),
         )
     };
-    let batch = format!(
-        "{}\n{}\n{}\n{}\n",
-        jws(1),
-        r#"{"op":"ping"}"#,
-        "not json",
-        jws(2)
-    );
-    (&ours).write_all(batch.as_bytes()).unwrap();
-    let mut answers = std::io::BufReader::new(&ours).lines();
-    let mut next =
-        || serde_json::from_str::<serde_json::Value>(&answers.next().unwrap().unwrap()).unwrap();
-    let signed_payload = |answer: serde_json::Value| {
-        let input = answer["input"].as_str().unwrap().to_owned();
-        B64.decode(input.split('.').nth(1).unwrap()).unwrap()
+    let mut batch = jws(1);
+    batch.extend(frame(0x03, &[], b"")); // ping
+    batch.extend(frame(0x7f, &["what"], b"")); // no such operation
+    batch.extend(jws(2));
+    batch.extend((1u32 << 20).to_be_bytes()); // a megabyte announced
+    batch.extend([0; 64]);
+    ours.write_all(&batch).unwrap();
+    ours.shutdown(std::net::Shutdown::Write).unwrap();
+
+    let mut answers = Vec::new();
+    ours.read_to_end(&mut answers).unwrap();
+    let mut answers = &answers[..];
+    let mut next = || {
+        let len = u32::from_be_bytes(answers[..4].try_into().unwrap()) as usize;
+        let body = answers[4..4 + len].to_vec();
+        answers = &answers[4 + len..];
+        body
     };
-    assert_eq!(signed_payload(next()), br#"{"n":1}"#);
-    assert_eq!(next()["pong"], true);
-    assert_eq!(next()["error"], "failed");
-    assert_eq!(signed_payload(next()), br#"{"n":2}"#);
+    let verifying = custody.verifying_keys().unwrap();
+    let signed = |body: Vec<u8>, n: u32| {
+        assert_eq!(body[0], 0x00, "signed");
+        let mut at = 1;
+        let mut short = || {
+            let len = usize::from(body[at]);
+            at += 1 + len;
+            String::from_utf8(body[at - len..at].to_vec()).unwrap()
+        };
+        let (kid, alg) = (short(), short());
+        assert_eq!(alg, "EdDSA");
+        let len = usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
+        let header = std::str::from_utf8(&body[at + 2..at + 2 + len]).unwrap();
+        let signature = &body[at + 2 + len..];
+        let fields: serde_json::Value =
+            serde_json::from_slice(&B64.decode(header).unwrap()).unwrap();
+        assert_eq!(fields["kid"], kid.as_str());
+        // What was signed: the header's own bytes, a dot, the payload asked for.
+        let input = format!("{header}.{}", payload(n));
+        let vk = verifying.in_realm(&contoso, &kid).unwrap();
+        assert!(vk.verify(input.as_bytes(), signature), "answer {n}");
+    };
+    signed(next(), 1);
+    assert_eq!(next(), [0x01], "pong");
+    assert_eq!(next(), b"\x04bad message", "failed, in its place");
+    signed(next(), 2);
+    assert_eq!(next(), b"\x04bad message", "the oversized frame");
+    assert!(answers.is_empty(), "and the connection closed");
+    let reasons: Vec<_> = refused.lock().unwrap().iter().map(|r| r.op).collect();
+    assert_eq!(reasons, ["malformed", "malformed"], "both audited");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -164,6 +164,29 @@ fn refresh_refused_error() -> OAuthError {
     OAuthError::invalid_grant("invalid, expired or revoked refresh token")
 }
 
+/// What a token request decided: tokens to mint, or a refresh token refused.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    Issue(Issue),
+    /// Decided without writing anything, so that the refresh grant can be decided on the
+    /// request's own task; the refusal's writes are [`Identity::refuse_refresh`]'s, which
+    /// blocks.
+    RefuseRefresh(RefreshRefusal),
+}
+
+/// A refused refresh token and what its refusal must still write: the audit record every
+/// refused token gets and, for a token used a second time, its family's revocation.
+#[derive(Debug)]
+pub(crate) struct RefreshRefusal {
+    realm: RealmId,
+    client: ClientId,
+    source: Source,
+    jti: Option<Jti>,
+    reason: &'static str,
+    reused: Option<Rotation>,
+    now: UnixTime,
+}
+
 /// A successful token response (RFC 6749 §5.1).
 #[derive(Clone, serde::Serialize)]
 pub(crate) struct TokenResponse {
@@ -939,21 +962,21 @@ impl Identity {
             (Err(tokens::Error::Ledger(store::Error::Consumed(_))), Some(rotation)) => {
                 // The refresh token was used between the grant's read and this write: a
                 // concurrent second use, handled like any other reuse.
-                let (this, realm, client) = (self.clone(), req.realm, req.client_id);
-                tokio::task::spawn_blocking(move || {
-                    this.refresh_reused(&realm, &client, &rotation, now)?;
-                    this.refresh_refused(
-                        &realm,
-                        &client,
-                        &rotation.source,
-                        Some(&rotation.jti),
-                        "RefreshTokenReused",
-                        now,
-                    )
-                })
-                .await
-                .map_err(|_| OAuthError::unavailable())??;
-                return Err(refresh_refused_error());
+                let refusal = RefreshRefusal {
+                    realm: req.realm,
+                    client: req.client_id,
+                    source: rotation.source.clone(),
+                    jti: Some(rotation.jti.clone()),
+                    reason: "RefreshTokenReused",
+                    reused: Some(rotation),
+                    now,
+                };
+                let this = self.clone();
+                return Err(
+                    tokio::task::spawn_blocking(move || this.refuse_refresh(refusal))
+                        .await
+                        .unwrap_or_else(|_| OAuthError::unavailable()),
+                );
             }
             (Err(e), _) => {
                 tracing::error!(error = %e, realm = %req.realm, "minting failed; nothing was issued");
@@ -1260,9 +1283,9 @@ impl Identity {
         )
     }
 
-    /// Checks a presented refresh token and consumes it. The inner error names why it was
-    /// refused (for the audit log; the client only ever sees `invalid_grant`). A second use of a
-    /// refresh token revokes its whole family here.
+    /// Checks a presented refresh token; reads only. The inner error names why it was refused
+    /// (for the audit log; the client only ever sees `invalid_grant`) and, for a token used
+    /// before, the rotation whose family [`Identity::refuse_refresh`] revokes.
     #[allow(clippy::type_complexity)] // Outer: the service failed; inner: the token was refused.
     fn check_refresh(
         &self,
@@ -1271,28 +1294,31 @@ impl Identity {
         token: &str,
         source: &Source,
         now: UnixTime,
-    ) -> Result<Result<(store::LedgerEntry, Option<Session>, Account), &'static str>, OAuthError>
-    {
+    ) -> Result<
+        Result<(store::LedgerEntry, Option<Session>, Account), (&'static str, Option<Rotation>)>,
+        OAuthError,
+    > {
+        let refused = |reason| Ok(Err((reason, None)));
         let Some(rt) = RefreshToken::parse(token) else {
-            return Ok(Err("Malformed"));
+            return refused("Malformed");
         };
         let Some(e) = self.store.get_token(&rt.jti).map_err(Error::from)? else {
-            return Ok(Err("NotIssued"));
+            return refused("NotIssued");
         };
         if !ct_eq(&e.token_hash, &tokens::token_hash(token)) || e.kind != TokenKind::Refresh {
-            return Ok(Err("LedgerMismatch"));
+            return refused("LedgerMismatch");
         }
         if &e.realm != realm {
-            return Ok(Err("TenantMismatch"));
+            return refused("TenantMismatch");
         }
         if e.client_id != client.client_id {
-            return Ok(Err("ClientMismatch"));
+            return refused("ClientMismatch");
         }
         if e.revoked_at.is_some() {
-            return Ok(Err("TokenRevoked"));
+            return refused("TokenRevoked");
         }
         if e.expires_at <= now {
-            return Ok(Err("Expired"));
+            return refused("Expired");
         }
         // Rotation marks it used in the same write as its successors (a second use that
         // races this one is caught there, in `finish`).
@@ -1303,13 +1329,12 @@ impl Identity {
                 subject: e.subject.clone(),
                 source: source.clone(),
             };
-            self.refresh_reused(realm, &client.client_id, &rotation, now)?;
-            return Ok(Err("RefreshTokenReused"));
+            return Ok(Err(("RefreshTokenReused", Some(rotation))));
         }
         let session = match &e.session_id {
             Some(sid) => match self.store.get_session(sid).map_err(Error::from)? {
                 Some(s) if s.revoked_at.is_none() && s.expires_at > now => Some(s),
-                _ => return Ok(Err("SessionRevoked")),
+                _ => return refused("SessionRevoked"),
             },
             None => None,
         };
@@ -1319,11 +1344,13 @@ impl Identity {
         };
         match account {
             Some(a) if !a.disabled && &a.realm == realm => Ok(Ok((e, session, a))),
-            _ => Ok(Err("AccountDisabled")),
+            _ => refused("AccountDisabled"),
         }
     }
 
     /// The refresh-token grant: rotation, and reuse detection that revokes the whole family.
+    /// Reads only: a refused token comes back as a [`Decision::RefuseRefresh`], whose writes
+    /// are [`Identity::refuse_refresh`]'s.
     pub(crate) fn grant_refresh(
         &self,
         realm: &RealmId,
@@ -1332,14 +1359,20 @@ impl Identity {
         scope: Option<&str>,
         source: &Source,
         now: UnixTime,
-    ) -> Result<Issue, OAuthError> {
+    ) -> Result<Decision, OAuthError> {
         Self::require_grant(client, "refresh_token")?;
         let (e, session, account) = match self.check_refresh(realm, client, token, source, now)? {
             Ok(ok) => ok,
-            Err(reason) => {
-                let jti = RefreshToken::parse(token).map(|rt| rt.jti);
-                self.refresh_refused(realm, &client.client_id, source, jti.as_ref(), reason, now)?;
-                return Err(refresh_refused_error());
+            Err((reason, reused)) => {
+                return Ok(Decision::RefuseRefresh(RefreshRefusal {
+                    realm: realm.clone(),
+                    client: client.client_id.clone(),
+                    source: source.clone(),
+                    jti: RefreshToken::parse(token).map(|rt| rt.jti),
+                    reason,
+                    reused,
+                    now,
+                }));
             }
         };
         // A refresh may narrow the scope, never widen it.
@@ -1374,7 +1407,30 @@ impl Identity {
             subject: e.subject,
             source: source.clone(),
         });
-        Ok(issue)
+        Ok(Decision::Issue(issue))
+    }
+
+    /// Writes what a refused refresh token leaves behind — for a reused token its family's
+    /// revocation (audited as `RefreshTokenReused`), then the `TokenRejected` record with its
+    /// reason — and returns what the client is told. Blocks on durable writes.
+    pub(crate) fn refuse_refresh(&self, r: RefreshRefusal) -> OAuthError {
+        let written = r
+            .reused
+            .as_ref()
+            .map_or(Ok(()), |used| {
+                self.refresh_reused(&r.realm, &r.client, used, r.now)
+            })
+            .and_then(|()| {
+                self.refresh_refused(
+                    &r.realm,
+                    &r.client,
+                    &r.source,
+                    r.jti.as_ref(),
+                    r.reason,
+                    r.now,
+                )
+            });
+        written.err().unwrap_or_else(refresh_refused_error)
     }
 
     /// A refresh token presented a second time: the client or a thief holds a copy, so its

@@ -1079,7 +1079,7 @@ impl AccountStore for SqliteStore {
     }
 
     fn get_account(&self, id: &AccountId) -> Result<Option<Account>> {
-        self.reader()?
+        self.lookup_reader()?
             .prepare_cached(&format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?"))?
             .query_row([id.as_str()], account_row)
             .optional()?
@@ -1505,7 +1505,7 @@ impl LedgerStore for SqliteStore {
     }
 
     fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>> {
-        self.reader()?
+        self.lookup_reader()?
             .prepare_cached(&format!("SELECT {LEDGER_COLS} FROM ledger WHERE jti = ?"))?
             .query_row([jti.as_str()], ledger_row)
             .optional()?
@@ -1689,7 +1689,7 @@ impl SessionStore for SqliteStore {
 
     fn get_session(&self, id: &SessionId) -> Result<Option<Session>> {
         let row: Option<(String, String, String, i64, i64, Option<i64>)> = self
-            .reader()?
+            .lookup_reader()?
             .prepare_cached("SELECT id, realm, account, auth_time, expires_at, revoked_at FROM sessions WHERE id = ?")?
             .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
             .optional()?;

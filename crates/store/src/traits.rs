@@ -28,7 +28,7 @@ pub trait RealmStore: Send + Sync {
 pub trait AccountStore: Send + Sync {
     /// Creates an account; `Conflict` if the email is taken.
     fn create_account(&self, account: &Account) -> Result<()>;
-    /// An account by subject id.
+    /// An account by subject id. Like [`LedgerStore::get_token`], called on async tasks.
     fn get_account(&self, id: &AccountId) -> Result<Option<Account>>;
     /// An account by (lowercased) email.
     fn find_account_by_email(&self, email: &str) -> Result<Option<Account>>;
@@ -96,7 +96,10 @@ pub trait LedgerStore: Send + Sync {
         audit: &[AuditRecord],
         rotates: Option<(&Jti, UnixTime)>,
     ) -> crate::Completion;
-    /// A ledger entry by jti.
+    /// A ledger entry by jti. The token endpoint's refresh grant calls this, the session and
+    /// the account lookups on its async task: a backend must answer point lookups without
+    /// waiting behind long queries (SQLite: the lookup readers), or the grant must move back
+    /// to the blocking pool.
     fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>>;
     /// Revokes one token; `false` if unknown or already revoked.
     fn revoke_token(&self, jti: &Jti, at: UnixTime) -> Result<bool>;
@@ -122,7 +125,7 @@ pub trait LedgerStore: Send + Sync {
 pub trait SessionStore: Send + Sync {
     /// Creates a session.
     fn create_session(&self, session: &Session) -> Result<()>;
-    /// A session by id.
+    /// A session by id. Like [`LedgerStore::get_token`], called on async tasks.
     fn get_session(&self, id: &SessionId) -> Result<Option<Session>>;
     /// Revokes a session; `false` if unknown or already revoked.
     fn revoke_session(&self, id: &SessionId, at: UnixTime) -> Result<bool>;

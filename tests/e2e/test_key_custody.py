@@ -170,6 +170,35 @@ def test_minting_fails_cleanly_while_the_signer_is_down_then_recovers(keypost, w
     assert keypost.userinfo(world.alice.realm, r.json()["access_token"]).status_code == 200
 
 
+def test_a_restarted_signer_is_the_build_serve_runs_even_after_an_upgrade(tmp_path):
+    """A package upgrade replaces the binary while serve runs. The signer serve restarts must
+    still be serve's own build: their protocol carries no version."""
+    binary = tmp_path / "keypost"
+    shutil.copy2(KEYPOST_BIN, binary)
+    kp = Keypost(str(binary), tmp_path)
+    kp.start()
+    try:
+        kp.cli("tenant", "create", "contoso", "--domain", "contoso.test")
+        kp.create_user("uma@contoso.test", "uma-correct-horse-battery-14")
+        assert kp.password_grant("contoso", "uma@contoso.test", "uma-correct-horse-battery-14").status_code == 200
+        # The upgrade: another program renamed over the path serve was started from.
+        other = tmp_path / "keypost.new"
+        other.write_text("#!/bin/sh\nexit 3\n")
+        other.chmod(0o755)
+        os.replace(other, binary)
+        kp.binary = KEYPOST_BIN  # for the CLI from here on
+        os.kill(signer_pid(kp.proc.pid), signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            r = kp.password_grant("contoso", "uma@contoso.test", "uma-correct-horse-battery-14")
+            if r.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200, "the signer came back as serve's own build"
+    finally:
+        kp.stop()
+
+
 def signer_request(keypost, request: dict) -> dict:
     """One request on the signer's socket, as any process that can reach it would send it."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

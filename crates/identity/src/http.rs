@@ -671,7 +671,7 @@ fn decide_grant(
             t,
         ),
     };
-    issue.map(Decision::Issue)
+    issue.map(|i| Decision::Issue(Box::new(i)))
 }
 
 async fn token(
@@ -702,16 +702,12 @@ async fn token(
         tokio::task::spawn_blocking(move || decide_grant(&id, &realm, &headers, &p, &src)).await
     };
     let response = match decided {
-        Ok(Ok(Decision::Issue(issue))) => match id.finish(issue).await {
+        Ok(Ok(Decision::Issue(issue))) => match id.finish(*issue).await {
             Ok(tr) => Json(tr).into_response(),
             Err(e) => e.into_response(),
         },
         Ok(Ok(Decision::RefuseRefresh(refusal))) => {
-            let id = id.clone();
-            tokio::task::spawn_blocking(move || id.refuse_refresh(refusal))
-                .await
-                .unwrap_or_else(|_| OAuthError::unavailable())
-                .into_response()
+            id.refuse_refresh(refusal).await.into_response()
         }
         Ok(Err(e)) => e.into_response(),
         Err(e) => {

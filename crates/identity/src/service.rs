@@ -167,11 +167,10 @@ fn refresh_refused_error() -> OAuthError {
 /// What a token request decided: tokens to mint, or a refresh token refused.
 #[derive(Debug)]
 pub(crate) enum Decision {
-    Issue(Issue),
+    Issue(Box<Issue>),
     /// Decided without writing anything, so that the refresh grant can be decided on the
-    /// request's own task; the refusal's writes are [`Identity::refuse_refresh`]'s, which
-    /// blocks.
-    RefuseRefresh(RefreshRefusal),
+    /// request's own task; the refusal's writes are [`Identity::refuse_refresh`]'s.
+    RefuseRefresh(Box<RefreshRefusal>),
 }
 
 /// A refused refresh token and what its refusal must still write: the audit record every
@@ -971,12 +970,7 @@ impl Identity {
                     reused: Some(rotation),
                     now,
                 };
-                let this = self.clone();
-                return Err(
-                    tokio::task::spawn_blocking(move || this.refuse_refresh(refusal))
-                        .await
-                        .unwrap_or_else(|_| OAuthError::unavailable()),
-                );
+                return Err(self.refuse_refresh(Box::new(refusal)).await);
             }
             (Err(e), _) => {
                 tracing::error!(error = %e, realm = %req.realm, "minting failed; nothing was issued");
@@ -1364,7 +1358,7 @@ impl Identity {
         let (e, session, account) = match self.check_refresh(realm, client, token, source, now)? {
             Ok(ok) => ok,
             Err((reason, reused)) => {
-                return Ok(Decision::RefuseRefresh(RefreshRefusal {
+                return Ok(Decision::RefuseRefresh(Box::new(RefreshRefusal {
                     realm: realm.clone(),
                     client: client.client_id.clone(),
                     source: source.clone(),
@@ -1372,7 +1366,7 @@ impl Identity {
                     reason,
                     reused,
                     now,
-                }));
+                })));
             }
         };
         // A refresh may narrow the scope, never widen it.
@@ -1407,13 +1401,20 @@ impl Identity {
             subject: e.subject,
             source: source.clone(),
         });
-        Ok(Decision::Issue(issue))
+        Ok(Decision::Issue(Box::new(issue)))
     }
 
     /// Writes what a refused refresh token leaves behind — for a reused token its family's
     /// revocation (audited as `RefreshTokenReused`), then the `TokenRejected` record with its
-    /// reason — and returns what the client is told. Blocks on durable writes.
-    pub(crate) fn refuse_refresh(&self, r: RefreshRefusal) -> OAuthError {
+    /// reason — on the blocking pool (durable writes), and returns what the client is told.
+    pub(crate) async fn refuse_refresh(self: &Arc<Self>, r: Box<RefreshRefusal>) -> OAuthError {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.write_refusal(r))
+            .await
+            .unwrap_or_else(|_| OAuthError::unavailable())
+    }
+
+    fn write_refusal(&self, r: Box<RefreshRefusal>) -> OAuthError {
         let written = r
             .reused
             .as_ref()

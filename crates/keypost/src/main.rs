@@ -7,9 +7,9 @@
 
 // mimalloc rather than glibc's allocator: a token request allocates and frees many small
 // buffers on two threads at once, and glibc spent a tenth of the token endpoint's CPU in
-// malloc, free and their consolidation (measured: +17–27 % client_credentials and +6–10 %
-// refresh tokens/s, BENCHMARKS.md). The signer locks only pages it touches (`MCL_ONFAULT`),
-// so mimalloc's reserved arena is not locked into RAM.
+// malloc, free and their consolidation (two alternating series: +17 and +27 %
+// client_credentials, +9 and +7 % refresh tokens/s; BENCHMARKS.md). The signer locks only
+// pages it touches (`MCL_ONFAULT`) and is started with a small arena reserve (signer.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -221,7 +221,22 @@ impl Supervisor {
     /// Starts the signer child and waits (up to 30 s) until it answers on `socket`.
     pub(crate) fn start(config: &Config, socket: &Path) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the keypost binary")?;
-        let mut cmd = Command::new(exe);
+        // The very binary this process runs, even after an upgrade replaced the file: a signer
+        // restarted later must speak this process's protocol, which carries no version.
+        let proc_exe = Path::new("/proc/self/exe");
+        let mut cmd = if proc_exe.exists() {
+            let mut cmd = Command::new(proc_exe);
+            std::os::unix::process::CommandExt::arg0(&mut cmd, &exe);
+            cmd
+        } else {
+            Command::new(&exe)
+        };
+        // mimalloc reserves a gigabyte of address space up front, and the signer mlockall()s:
+        // RLIMIT_MEMLOCK counts reserved space too. A small reserve keeps the signer's
+        // address space near what glibc's allocator gave it.
+        if std::env::var_os("MIMALLOC_ARENA_RESERVE").is_none() {
+            cmd.env("MIMALLOC_ARENA_RESERVE", "64MiB");
+        }
         if let Some(path) = &config.path {
             cmd.arg("--config").arg(path);
         }

@@ -280,7 +280,7 @@ fn converse(stream: impl Read + Write, signer: &Signer, on_refused: &RefusalHook
                 answer(signer, &body, on_refused, &mut out);
                 false
             }
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(e) if wire::is_too_long(&e) => {
                 on_refused(&malformed());
                 reply(&mut out, Answer::Failed("bad message"));
                 true
@@ -437,7 +437,7 @@ pub struct RemoteSigner {
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One pipelined connection to the signer for async callers. Requests queue for a writer
-/// task; a reader task hands each answer line to the oldest waiting request (the signer
+/// task; a reader task hands each answer frame to the oldest waiting request (the signer
 /// answers in order). At most [`IN_FLIGHT`] batches are written and unanswered at a time, so
 /// under load requests gather while the signer works and go out together — one write, one
 /// wake-up of the signer, one read back for many signatures — while an idle pipe sends a

@@ -239,7 +239,7 @@ fn concurrent_async_requests_get_their_own_answers_and_survive_a_restart() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A frame of the signer protocol, built by hand from the format `keys::remote` documents (an
+/// A frame of the signer protocol, built by hand from the format `keys::wire` documents (an
 /// independent encoder, so the test also pins the wire format): `length:u32be body`, where a
 /// body is an operation byte and u8-length-prefixed strings, then the rest.
 fn frame(op: u8, fields: &[&str], rest: &[u8]) -> Vec<u8> {
@@ -328,5 +328,79 @@ fn pipelined_requests_are_answered_in_order() {
     assert!(answers.is_empty(), "and the connection closed");
     let reasons: Vec<_> = refused.lock().unwrap().iter().map(|r| r.op).collect();
     assert_eq!(reasons, ["malformed", "malformed"], "both audited");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The client takes nothing from the signer at face value: a header that is not base64url
+/// (it would be joined into the token as is), an answer of no known kind, and a frame past
+/// the size limit all fail the signature; none becomes a token.
+#[test]
+fn a_signer_answering_nonsense_yields_no_token() {
+    use std::io::{Read, Write};
+    let dir = socket_dir("signer-nonsense");
+    let path = dir.join("signer.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let signed = |header: &str| {
+        let mut body = vec![0x00];
+        for f in ["kid-1", "EdDSA"] {
+            body.push(u8::try_from(f.len()).unwrap());
+            body.extend_from_slice(f.as_bytes());
+        }
+        body.extend_from_slice(&u16::try_from(header.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(header.as_bytes());
+        body.extend_from_slice(&[7; 64]);
+        let mut frame = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        frame.extend(body);
+        frame
+    };
+    let answers = vec![
+        signed("eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9"), // smuggles a payload
+        signed(""),
+        frame(0x7f, &[], b"what"),
+        // A megabyte announced; the client must not wait for it or allocate it.
+        (1u32 << 20).to_be_bytes().to_vec(),
+    ];
+    let fake = std::thread::spawn(move || {
+        let mut answers = answers.into_iter();
+        // The client may reconnect after a broken exchange: serve whoever connects.
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            loop {
+                let mut len = [0; 4];
+                if conn.read_exact(&mut len).is_err() {
+                    break;
+                }
+                let mut request = vec![0; u32::from_be_bytes(len) as usize];
+                conn.read_exact(&mut request).unwrap();
+                let Some(answer) = answers.next() else {
+                    return;
+                };
+                conn.write_all(&answer).unwrap();
+            }
+        }
+    });
+    let client = RemoteSigner::new(&path);
+    let realm = RealmId::new("contoso").unwrap();
+    let payload = B64.encode(br#"{"sub":"x"}"#);
+    for case in [
+        "a dot in the header",
+        "no header",
+        "an unknown answer",
+        "an oversized frame",
+    ] {
+        let signed = client.sign_jws(
+            &realm,
+            KeyPurpose::AccessToken,
+            Algorithm::EdDSA,
+            "at+jwt",
+            &payload,
+            0,
+        );
+        assert!(
+            matches!(signed, Err(Error::Unavailable(_))),
+            "{case}: {signed:?}"
+        );
+    }
+    fake.join().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -36,11 +36,19 @@ fn random_id(bytes: usize) -> Result<String, Error> {
 /// page (each page rewritten to the WAL in every commit). The id is not a secret: the
 /// ledger matches a token by its hash, not by its jti alone.
 fn new_jti() -> Result<Jti, Error> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-        & 0xffff_ffff_ffff;
-    Jti::new(format!("{ms:012x}{}", random_id(10)?)).map_err(|e| Error::Encoding(e.to_string()))
+        .map_or(0, |d| d.as_millis());
+    // Written by hand: `format!` was a tenth of planning a token (perf, token endpoint).
+    let mut id = String::with_capacity(12 + 14);
+    id.extend(
+        (0..12)
+            .rev()
+            .map(|i| char::from(HEX[((ms >> (4 * i)) & 0xf) as usize])),
+    );
+    id.push_str(&random_id(10)?);
+    Jti::new(id).map_err(|e| Error::Encoding(e.to_string()))
 }
 
 /// What to mint for one grant.
@@ -394,8 +402,10 @@ impl Plan {
             tid: req.realm.to_string(),
             sid: req.session.as_ref().map(|s| s.to_string()),
         };
-        let claims = serde_json::to_value(&claims).map_err(|e| Error::Encoding(e.to_string()))?;
-        let access_payload = enc(&claims)?;
+        // Straight to bytes: no `serde_json::Value` map built and sorted on the way.
+        let access_payload = serde_json::to_vec(&claims)
+            .map(|b| b64(&b))
+            .map_err(|e| Error::Encoding(e.to_string()))?;
         let id = match &req.id_token {
             None => None,
             Some(idr) => {
@@ -434,5 +444,39 @@ impl Plan {
             refresh,
             family,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+    #[test]
+    fn a_jti_is_the_time_in_hex_then_80_random_bits() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let (a, b) = (new_jti().unwrap(), new_jti().unwrap());
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        for jti in [&a, &b] {
+            let (time, random) = jti.as_str().split_at(12);
+            assert!(
+                time.bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+            let ms = u128::from_str_radix(time, 16).unwrap();
+            assert!(
+                (before..=after).contains(&ms),
+                "{time} is the time of minting"
+            );
+            assert_eq!(B64.decode(random).unwrap().len(), 10);
+        }
+        assert_ne!(a, b);
     }
 }

@@ -734,17 +734,17 @@ impl RemoteSigner {
 
     /// The signed input and signature a JWS answer carries: the header the signer wrote, a
     /// dot, and the payload that was asked for.
-    fn jws_answer(body: &[u8], payload_b64: &str) -> Result<(SigningKey, String, Signature)> {
+    fn jws_answer(
+        body: &[u8],
+        typ: &str,
+        payload_b64: &str,
+    ) -> Result<(SigningKey, String, Signature)> {
         let (key, header, sig) = Self::signed(body)?;
-        // Whatever the signer sends, only a base64url header can join the token.
-        if header.is_empty()
-            || !header
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(Error::Unavailable(
-                "the signer wrote no usable header".into(),
-            ));
+        // The header is a function of the key and `typ`: only the one this side would write
+        // for the key the signer named can join the token (not another kid, alg or anything
+        // smuggled after a dot).
+        if header != self::header(&key, typ) {
+            return Err(Error::Unavailable("the signer wrote another header".into()));
         }
         Ok((key, format!("{header}.{payload_b64}"), sig))
     }
@@ -800,7 +800,7 @@ impl SignService for RemoteSigner {
         _now: UnixTime,
     ) -> Result<(SigningKey, String, Signature)> {
         let request = jws_request(realm, purpose, alg, typ, payload_b64);
-        Self::jws_answer(&self.call(&request)?, payload_b64)
+        Self::jws_answer(&self.call(&request)?, typ, payload_b64)
     }
 
     fn sign_jws_async<'a>(
@@ -821,7 +821,7 @@ impl SignService for RemoteSigner {
                 });
             };
             let request = jws_request(realm, purpose, alg, typ, payload_b64);
-            Self::jws_answer(&self.call_async(path, &request).await?, payload_b64)
+            Self::jws_answer(&self.call_async(path, &request).await?, typ, payload_b64)
         })
     }
 

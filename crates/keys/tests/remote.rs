@@ -331,9 +331,10 @@ fn pipelined_requests_are_answered_in_order() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The client takes nothing from the signer at face value: a header that is not base64url
-/// (it would be joined into the token as is), an answer of no known kind, and a frame past
-/// the size limit all fail the signature; none becomes a token.
+/// The client takes nothing from the signer at face value: a header other than the one it
+/// would write itself for the key named (it would be joined into the token as is), an answer
+/// of no known kind, and a frame past the size limit all fail the signature; none becomes a
+/// token. (Over the blocking client; the async pipe shares the checks in `jws_answer`.)
 #[test]
 fn a_signer_answering_nonsense_yields_no_token() {
     use std::io::{Read, Write};
@@ -353,11 +354,15 @@ fn a_signer_answering_nonsense_yields_no_token() {
         frame.extend(body);
         frame
     };
+    let header = |json: &str| B64.encode(json);
     let answers = vec![
         signed("eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9"), // smuggles a payload
         signed(""),
+        signed(&header(r#"{"alg":"none","typ":"at+jwt","kid":"kid-1"}"#)),
+        // Well formed, but naming another key than the answer does.
+        signed(&header(r#"{"alg":"EdDSA","typ":"at+jwt","kid":"kid-2"}"#)),
         frame(0x7f, &[], b"what"),
-        // A megabyte announced; the client must not wait for it or allocate it.
+        // A megabyte announced (and never sent).
         (1u32 << 20).to_be_bytes().to_vec(),
     ];
     let fake = std::thread::spawn(move || {
@@ -385,6 +390,8 @@ fn a_signer_answering_nonsense_yields_no_token() {
     for case in [
         "a dot in the header",
         "no header",
+        "alg none",
+        "another kid",
         "an unknown answer",
         "an oversized frame",
     ] {

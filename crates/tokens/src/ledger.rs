@@ -105,8 +105,35 @@ const CAPACITY: usize = 100_000;
 
 /// What the cache let go of, freed by its caller once the lock is released: dropping a full
 /// map takes about 30 ms (measured, 100,000 access-token rows), which every mint and
-/// validation of the process would otherwise wait for.
-type Evicted = Vec<Box<dyn std::any::Any + Send>>;
+/// validation of the process would otherwise wait for. Anything that large is freed on a
+/// thread of its own, since the caller may be an async task.
+#[derive(Default)]
+struct Evicted {
+    maps: Vec<Box<dyn std::any::Any + Send>>,
+    entries: usize,
+}
+
+/// Evictions of at least this many entries are freed off the caller's thread.
+const FREE_ELSEWHERE: usize = 10_000;
+
+impl Evicted {
+    fn push<T: Send + 'static>(&mut self, map: T, entries: usize) {
+        self.maps.push(Box::new(map));
+        self.entries += entries;
+    }
+}
+
+impl Drop for Evicted {
+    fn drop(&mut self) {
+        if self.entries >= FREE_ELSEWHERE {
+            let maps = std::mem::take(&mut self.maps);
+            // Should no thread start, the closure and the maps with it are dropped here.
+            let _ = std::thread::Builder::new()
+                .name("keypost-cache-free".into())
+                .spawn(move || drop(maps));
+        }
+    }
+}
 
 /// Ledger rows this process issued and states recently read, valid at one revocation
 /// generation (see the module documentation). Shared by the minter that fills it and the
@@ -147,7 +174,8 @@ impl Known {
                     ..Known::default()
                 },
             );
-            evicted.push(Box::new(old));
+            let entries = old.tokens.len() + old.sessions.len() + old.accounts.len();
+            evicted.push(old, entries);
         }
         generation == self.generation
     }
@@ -213,7 +241,7 @@ where
     V: Send + 'static,
 {
     if map.len() >= CAPACITY && !map.contains_key(&key) {
-        evicted.push(Box::new(std::mem::take(map)));
+        evicted.push(std::mem::take(map), CAPACITY);
     }
     map.entry(key).or_insert(value)
 }
@@ -223,7 +251,7 @@ impl LedgerCache {
     /// revocation generation read *before* they were written: nothing that happened before
     /// that read can concern rows that did not exist yet, and anything after it bumps it.
     pub fn issued<'a>(&self, entries: impl IntoIterator<Item = &'a LedgerEntry>, generation: i64) {
-        let mut evicted = Evicted::new();
+        let mut evicted = Evicted::default();
         let mut known = self.lock();
         if known.at(generation, &mut evicted) {
             for e in entries {
@@ -273,7 +301,7 @@ impl Ledger for CachedLedger<'_> {
         client: &ClientId,
         check: &mut dyn FnMut(LedgerFacts<'_>) -> LedgerVerdict,
     ) -> LedgerVerdict {
-        let mut evicted = Evicted::new();
+        let mut evicted = Evicted::default();
         {
             let mut known = self.cache.lock();
             if known.at(self.generation, &mut evicted)
@@ -286,7 +314,7 @@ impl Ledger for CachedLedger<'_> {
         drop(evicted);
         let view = self.store.view(jti, realm, client);
         let verdict = check((&view).into());
-        let mut evicted = Evicted::new();
+        let mut evicted = Evicted::default();
         let mut known = self.cache.lock();
         if known.at(self.generation, &mut evicted) {
             known.learn(realm, client, &view, &mut evicted);
@@ -304,32 +332,33 @@ mod tests {
     #[test]
     fn a_full_map_starts_over_and_its_old_contents_are_handed_out() {
         let mut map: HashMap<u32, u32> = (0..CAPACITY as u32).map(|k| (k, k)).collect();
-        let mut evicted = Evicted::new();
+        let mut evicted = Evicted::default();
         // A key already there keeps its value and evicts nothing.
         assert_eq!(*bounded_insert(&mut map, 7, 0, &mut evicted), 7);
-        assert!(evicted.is_empty());
+        assert!(evicted.maps.is_empty());
         // A new key past the capacity: the map starts over with it alone, and the old map is
         // the caller's to drop (after it has released the cache's lock).
         assert_eq!(*bounded_insert(&mut map, u32::MAX, 1, &mut evicted), 1);
         assert_eq!(map.len(), 1);
-        assert_eq!(evicted.len(), 1);
-        let old = evicted[0].downcast_ref::<HashMap<u32, u32>>().unwrap();
+        assert_eq!(evicted.maps.len(), 1);
+        let old = evicted.maps[0].downcast_ref::<HashMap<u32, u32>>().unwrap();
         assert_eq!(old.len(), CAPACITY);
+        assert!(evicted.entries >= FREE_ELSEWHERE, "freed off this thread");
     }
 
     #[test]
     fn a_newer_generation_hands_out_everything_known() {
         let mut known = Known::default();
-        let mut evicted = Evicted::new();
+        let mut evicted = Evicted::default();
         assert!(known.at(0, &mut evicted));
         known.accounts.insert("someone".into(), None);
         assert!(
-            evicted.is_empty(),
+            evicted.maps.is_empty(),
             "the same generation keeps what it knows"
         );
         assert!(known.at(3, &mut evicted));
         assert!(known.accounts.is_empty());
-        assert_eq!(evicted.len(), 1);
+        assert_eq!((evicted.maps.len(), evicted.entries), (1, 1));
         assert!(
             !known.at(2, &mut evicted),
             "an older generation is not described"

@@ -334,11 +334,41 @@ fn pipelined_requests_are_answered_in_order() {
 /// The client takes nothing from the signer at face value: a header other than the one it
 /// would write itself for the key named (it would be joined into the token as is), an answer
 /// of no known kind, and a frame past the size limit all fail the signature; none becomes a
-/// token. (Over the blocking client; the async pipe shares the checks in `jws_answer`.)
+/// token — over the blocking client and over the pipelined one `serve` uses.
 #[test]
 fn a_signer_answering_nonsense_yields_no_token() {
+    signer_answering_nonsense("signer-nonsense", |client, sign| sign(client));
+}
+
+#[test]
+fn a_signer_answering_nonsense_yields_no_token_over_the_pipe() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    signer_answering_nonsense("signer-nonsense-pipe", |client, _| {
+        rt.block_on(client.sign_jws_async(
+            &RealmId::new("contoso").unwrap(),
+            KeyPurpose::AccessToken,
+            Algorithm::EdDSA,
+            "at+jwt",
+            &B64.encode(br#"{"sub":"x"}"#),
+            0,
+        ))
+    });
+}
+
+type Signed = keys::Result<(keys::SigningKey, String, keys::Signature)>;
+
+/// A fake signer giving one nonsensical answer per request; `ask` signs once through the
+/// client (the second argument signs over the blocking path).
+fn signer_answering_nonsense(
+    name: &str,
+    ask: impl Fn(&RemoteSigner, &dyn Fn(&RemoteSigner) -> Signed) -> Signed,
+) {
     use std::io::{Read, Write};
-    let dir = socket_dir("signer-nonsense");
+    let dir = socket_dir(name);
     let path = dir.join("signer.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let signed = |header: &str| {
@@ -385,8 +415,16 @@ fn a_signer_answering_nonsense_yields_no_token() {
         }
     });
     let client = RemoteSigner::new(&path);
-    let realm = RealmId::new("contoso").unwrap();
-    let payload = B64.encode(br#"{"sub":"x"}"#);
+    let blocking = |client: &RemoteSigner| {
+        client.sign_jws(
+            &RealmId::new("contoso").unwrap(),
+            KeyPurpose::AccessToken,
+            Algorithm::EdDSA,
+            "at+jwt",
+            &B64.encode(br#"{"sub":"x"}"#),
+            0,
+        )
+    };
     for case in [
         "a dot in the header",
         "no header",
@@ -395,14 +433,7 @@ fn a_signer_answering_nonsense_yields_no_token() {
         "an unknown answer",
         "an oversized frame",
     ] {
-        let signed = client.sign_jws(
-            &realm,
-            KeyPurpose::AccessToken,
-            Algorithm::EdDSA,
-            "at+jwt",
-            &payload,
-            0,
-        );
+        let signed = ask(&client, &blocking);
         assert!(
             matches!(signed, Err(Error::Unavailable(_))),
             "{case}: {signed:?}"

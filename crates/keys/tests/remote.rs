@@ -371,18 +371,12 @@ fn signer_answering_nonsense(
     let dir = socket_dir(name);
     let path = dir.join("signer.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // A "signed" answer: kid, alg, a u16-length header, then a signature.
     let signed = |header: &str| {
-        let mut body = vec![0x00];
-        for f in ["kid-1", "EdDSA"] {
-            body.push(u8::try_from(f.len()).unwrap());
-            body.extend_from_slice(f.as_bytes());
-        }
-        body.extend_from_slice(&u16::try_from(header.len()).unwrap().to_be_bytes());
-        body.extend_from_slice(header.as_bytes());
-        body.extend_from_slice(&[7; 64]);
-        let mut frame = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
-        frame.extend(body);
-        frame
+        let mut rest = u16::try_from(header.len()).unwrap().to_be_bytes().to_vec();
+        rest.extend_from_slice(header.as_bytes());
+        rest.extend_from_slice(&[7; 64]);
+        frame(0x00, &["kid-1", "EdDSA"], &rest)
     };
     let header = |json: &str| B64.encode(json);
     let answers = vec![

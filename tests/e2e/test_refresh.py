@@ -1,10 +1,12 @@
 """Refresh-token rotation and reuse detection (THREAT-MODEL step 5): replaying a rotated refresh
 token revokes the whole family — every refresh and access token descended from the same grant."""
 
+import sqlite3
 import threading
+import time
 
 import requests
-from conftest import unverified
+from conftest import User, unverified
 
 
 def test_refresh_rotates_the_refresh_token(keypost, world):
@@ -95,3 +97,51 @@ def test_concurrent_uses_of_one_refresh_token_issue_once_and_kill_the_family(key
     assert len(reasons) == 7 and set(reasons) <= {"RefreshTokenReused", "TokenRevoked"}, reasons
     reused = keypost.cli("audit", "search", "--realm", "contoso", "--operation", "RefreshTokenReused", "--jti", jti, json=True)
     assert len(reused) == reasons.count("RefreshTokenReused") >= 1, (reused, reasons)
+
+
+def refused_reasons(keypost, refresh_token: str) -> list[str]:
+    jti = refresh_token.split(".")[1]
+    records = keypost.cli("audit", "search", "--realm", "contoso", "--operation", "TokenRejected", "--jti", jti, json=True)
+    return [r["details"]["reason"] for r in records]
+
+
+def test_a_refresh_token_rotated_by_another_node_is_a_reuse_here_too(keypost, world):
+    """A node remembers the refresh tokens it minted, so a refresh reads nothing from the
+    database. Another node's use of such a token is not in that memory: the rotation's durable
+    write, which requires the token unused, must still refuse the second use and revoke the
+    family."""
+    first = keypost.tokens_for(world.alice)
+    r = keypost.refresh("contoso", first["refresh_token"])
+    assert r.status_code == 200, r.text
+    second = r.json()  # minted by this node, and remembered by it
+    # Another node (sharing the database) rotates `second`.
+    with sqlite3.connect(keypost.data_dir / "keypost.db", timeout=10) as db:
+        n = db.execute(
+            "UPDATE ledger SET used_at = ? WHERE jti = ? AND used_at IS NULL",
+            (int(time.time()), second["refresh_token"].split(".")[1]),
+        ).rowcount
+    assert n == 1
+
+    replay = keypost.refresh("contoso", second["refresh_token"])
+    assert replay.status_code == 400, replay.text
+    assert replay.json()["error"] == "invalid_grant"
+    assert keypost.userinfo("contoso", second["access_token"]).status_code == 401, "the family is revoked"
+    assert refused_reasons(keypost, second["refresh_token"]) == ["RefreshTokenReused"]
+
+
+def test_a_remembered_refresh_still_sees_an_account_disabled_by_another_process(keypost, world):
+    """What the token endpoint remembers of a chain (its session and account) holds only until
+    the revocation generation moves: disabling the account from the CLI (another process) must
+    stop the very next refresh."""
+    dave = User("dave@contoso.test", "dave-correct-horse-battery-1", "contoso")
+    keypost.create_user(dave.email, dave.password)
+    token = keypost.tokens_for(dave)["refresh_token"]
+    for _ in range(3):  # the first refresh reads the session and account; the next ones need not
+        r = keypost.refresh("contoso", token)
+        assert r.status_code == 200, r.text
+        token = r.json()["refresh_token"]
+
+    keypost.cli("user", "disable", dave.email)
+    r = keypost.refresh("contoso", token)
+    assert r.status_code == 400, r.text
+    assert refused_reasons(keypost, token) == ["AccountDisabled"]

@@ -11,8 +11,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use keys::{Algorithm, Custody};
 use serde_json::{Value, json};
 use store::{
-    Account, AccountId, AuditQuery, AuthCode, Client, ClientId, Jti, Realm, RealmId, RealmKind,
-    Role, Session, SessionId, Store, TokenKind, UnixTime,
+    Account, AccountId, AccountState, AuditQuery, AuthCode, Client, ClientId, Jti, Realm, RealmId,
+    RealmKind, Role, Session, SessionId, SessionState, Store, TokenKind, UnixTime,
 };
 use subtle::ConstantTimeEq;
 use tokens::{Audience, IdTokenRequest, MintRequest, Minter, Principal, RefreshToken, issuer_for};
@@ -159,6 +159,41 @@ struct Rotation {
     source: Source,
 }
 
+/// Who a grant's tokens are for, as issuing them needs it: from the [`Account`] that signed
+/// in, or from the [`AccountState`] a refresh read (which has no password hash to go stale).
+struct Grantee<'a> {
+    id: &'a str,
+    email: &'a str,
+    display_name: &'a str,
+    role: Role,
+}
+
+impl<'a> From<&'a Account> for Grantee<'a> {
+    fn from(a: &'a Account) -> Self {
+        Self {
+            id: a.id.as_str(),
+            email: &a.email,
+            display_name: &a.display_name,
+            role: a.role,
+        }
+    }
+}
+
+/// The sign-in session a grant's tokens belong to.
+struct SignedIn<'a> {
+    id: &'a SessionId,
+    auth_time: UnixTime,
+}
+
+impl<'a> From<&'a Session> for SignedIn<'a> {
+    fn from(s: &'a Session) -> Self {
+        Self {
+            id: &s.id,
+            auth_time: s.auth_time,
+        }
+    }
+}
+
 /// What a client is told of any refused refresh token (the reason goes to the audit log only).
 fn refresh_refused_error() -> OAuthError {
     OAuthError::invalid_grant("invalid, expired or revoked refresh token")
@@ -217,6 +252,8 @@ pub struct Identity {
     store: Arc<dyn Store>,
     custody: Arc<Custody>,
     minter: Minter,
+    /// The minter's: the refresh grant reads tokens minted here from it.
+    ledger_cache: Arc<tokens::LedgerCache>,
     audit: AuditLog,
     gate: tokens::Gate,
     cfg: IdentityConfig,
@@ -252,6 +289,7 @@ impl Identity {
         Self {
             store,
             custody,
+            ledger_cache: minter.ledger_cache(),
             minter,
             audit,
             gate,
@@ -292,7 +330,7 @@ impl Identity {
     /// The ledger cache this service's minter fills: a resource server's gate in the same
     /// process shares it ([`tokens::Gate::with_ledger_cache`]).
     pub fn ledger_cache(&self) -> Arc<tokens::LedgerCache> {
-        self.minter.ledger_cache()
+        self.ledger_cache.clone()
     }
 
     /// A realm's issuer URL.
@@ -847,8 +885,8 @@ impl Identity {
         &self,
         realm: &RealmId,
         client: &Client,
-        account: Option<&Account>,
-        session: Option<&Session>,
+        account: Option<Grantee<'_>>,
+        session: Option<SignedIn<'_>>,
         scope: String,
         audience: Vec<String>,
         nonce: Option<String>,
@@ -860,7 +898,9 @@ impl Identity {
         // Reading the audit log is for admins only: a tenant admin (their tenant) or a
         // provider admin (all).
         if has("audit")
-            && !account.is_some_and(|a| matches!(a.role, Role::TenantAdmin | Role::ProviderAdmin))
+            && !account
+                .as_ref()
+                .is_some_and(|a| matches!(a.role, Role::TenantAdmin | Role::ProviderAdmin))
         {
             return Err(OAuthError::invalid_scope(
                 "the audit scope is for admin accounts".to_owned(),
@@ -869,7 +909,7 @@ impl Identity {
         let wants_refresh = account.is_some()
             && has("offline_access")
             && client.grant_types.iter().any(|g| g == "refresh_token");
-        let id_token = match account {
+        let id_token = match &account {
             Some(a) if has("openid") => Some(IdTokenRequest {
                 alg: client
                     .id_token_alg
@@ -877,10 +917,10 @@ impl Identity {
                     .and_then(Algorithm::from_jose)
                     .unwrap_or(Algorithm::RS256),
                 ttl: self.cfg.id_ttl,
-                auth_time: session.map(|s| s.auth_time).unwrap_or(now),
+                auth_time: session.as_ref().map_or(now, |s| s.auth_time),
                 nonce,
-                email: has("email").then(|| a.email.clone()),
-                name: has("profile").then(|| a.display_name.clone()),
+                email: has("email").then(|| a.email.to_owned()),
+                name: has("profile").then(|| a.display_name.to_owned()),
             }),
             _ => None,
         };
@@ -888,8 +928,8 @@ impl Identity {
             realm: realm.clone(),
             access_alg: self.realm_alg(realm)?,
             subject: account
-                .map(|a| a.id.to_string())
-                .unwrap_or_else(|| client.client_id.to_string()),
+                .as_ref()
+                .map_or_else(|| client.client_id.to_string(), |a| a.id.to_owned()),
             client_id: client.client_id.clone(),
             scope: scope.clone(),
             audience,
@@ -899,9 +939,7 @@ impl Identity {
             refresh: wants_refresh.then_some((self.cfg.refresh_ttl, family)),
             rotates: None,
         };
-        let actor = account
-            .map(|a| a.email.clone())
-            .unwrap_or_else(|| client.client_id.to_string());
+        let actor = account.map_or_else(|| client.client_id.to_string(), |a| a.email.to_owned());
         let event = Event::success(Operation::TokenIssued)
             .realm(realm)
             .actor(actor)
@@ -972,6 +1010,23 @@ impl Identity {
                 };
                 return Err(self.refuse_refresh(Box::new(refusal)).await);
             }
+            (Err(tokens::Error::Ledger(store::Error::FamilyRevoked(_))), rotates) => {
+                // The family was revoked after the grant was decided (a reuse raced this
+                // refresh, an operator revoked the grant): nothing was issued.
+                let Some(rotation) = rotates else {
+                    return Err(OAuthError::invalid_grant("the grant has been revoked"));
+                };
+                let refusal = RefreshRefusal {
+                    realm: req.realm,
+                    client: req.client_id,
+                    source: rotation.source,
+                    jti: Some(rotation.jti),
+                    reason: "TokenRevoked",
+                    reused: None,
+                    now,
+                };
+                return Err(self.refuse_refresh(Box::new(refusal)).await);
+            }
             (Err(e), _) => {
                 tracing::error!(error = %e, realm = %req.realm, "minting failed; nothing was issued");
                 return Err(OAuthError::unavailable());
@@ -1028,8 +1083,8 @@ impl Identity {
         self.issue(
             realm,
             client,
-            Some(&account),
-            Some(&session),
+            Some((&account).into()),
+            Some((&session).into()),
             scope,
             audience,
             None,
@@ -1266,8 +1321,8 @@ impl Identity {
         self.issue(
             realm,
             client,
-            Some(&account),
-            Some(&session),
+            Some((&account).into()),
+            Some((&session).into()),
             c.scope,
             audience,
             c.nonce,
@@ -1289,14 +1344,23 @@ impl Identity {
         source: &Source,
         now: UnixTime,
     ) -> Result<
-        Result<(store::LedgerEntry, Option<Session>, Account), (&'static str, Option<Rotation>)>,
+        Result<
+            (store::LedgerEntry, Option<SessionState>, AccountState),
+            (&'static str, Option<Rotation>),
+        >,
         OAuthError,
     > {
         let refused = |reason| Ok(Err((reason, None)));
         let Some(rt) = RefreshToken::parse(token) else {
             return refused("Malformed");
         };
-        let Some(e) = self.store.get_token(&rt.jti).map_err(Error::from)? else {
+        // Read before the row: the cache answers only what was true at this generation.
+        let generation = self.store.generations().map_err(Error::from)?.revocations;
+        let view = self
+            .ledger_cache
+            .refresh_view(&*self.store, &rt.jti, realm, &client.client_id, generation)
+            .map_err(Error::from)?;
+        let Some(e) = view.entry else {
             return refused("NotIssued");
         };
         if !ct_eq(&e.token_hash, &tokens::token_hash(token)) || e.kind != TokenKind::Refresh {
@@ -1325,18 +1389,16 @@ impl Identity {
             };
             return Ok(Err(("RefreshTokenReused", Some(rotation))));
         }
-        let session = match &e.session_id {
-            Some(sid) => match self.store.get_session(sid).map_err(Error::from)? {
-                Some(s) if s.revoked_at.is_none() && s.expires_at > now => Some(s),
-                _ => return refused("SessionRevoked"),
-            },
-            None => None,
+        let session = match (&e.session_id, view.session) {
+            (None, _) => None,
+            (Some(_), Some(s))
+                if &s.realm == realm && s.revoked_at.is_none() && s.expires_at > now =>
+            {
+                Some(s)
+            }
+            (Some(_), _) => return refused("SessionRevoked"),
         };
-        let account = match AccountId::new(e.subject.clone()) {
-            Ok(id) => self.store.get_account(&id).map_err(Error::from)?,
-            Err(_) => None,
-        };
-        match account {
+        match view.account {
             Some(a) if !a.disabled && &a.realm == realm => Ok(Ok((e, session, a))),
             _ => refused("AccountDisabled"),
         }
@@ -1382,11 +1444,24 @@ impl Identity {
             _ => e.scope.clone(),
         };
         let audience = e.audience.split(' ').map(str::to_owned).collect();
+        let grantee = Grantee {
+            id: &e.subject,
+            email: &account.email,
+            display_name: &account.display_name,
+            role: account.role,
+        };
+        let signed_in = match (&e.session_id, &session) {
+            (Some(id), Some(s)) => Some(SignedIn {
+                id,
+                auth_time: s.auth_time,
+            }),
+            _ => None,
+        };
         let mut issue = self.issue(
             realm,
             client,
-            Some(&account),
-            session.as_ref(),
+            Some(grantee),
+            signed_in,
             scope,
             audience,
             None,
@@ -1443,9 +1518,9 @@ impl Identity {
         used: &Rotation,
         now: UnixTime,
     ) -> Result<(), OAuthError> {
-        let n = match &used.family {
+        let revoked = match &used.family {
             Some(f) => self.store.revoke_family(f, now).map_err(Error::from)?,
-            None => 0,
+            None => false,
         };
         self.audit
             .record(
@@ -1455,7 +1530,8 @@ impl Identity {
                     .source(&used.source)
                     .jti(used.jti.as_str())
                     .target(used.subject.clone())
-                    .detail("family_revoked", n),
+                    .detail("family", used.family.clone())
+                    .detail("family_revoked", revoked),
                 now,
             )
             .map_err(Error::from)?;

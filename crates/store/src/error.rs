@@ -18,6 +18,10 @@ pub enum Error {
     /// consumed already: nothing of that write was stored.
     #[error("used already: {0}")]
     Consumed(String),
+    /// A write that issues tokens into a refresh family found the family revoked: nothing of
+    /// that write was stored.
+    #[error("token family revoked: {0}")]
+    FamilyRevoked(String),
     /// The backend failed.
     #[error("database error: {0}")]
     Backend(String),

@@ -350,7 +350,7 @@ pub struct Generations {
     pub directory: i64,
 }
 
-/// A session's liveness, as the validator sees it.
+/// A session's liveness, as the validator and the refresh grant see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionState {
     /// Realm of the session.
@@ -359,15 +359,25 @@ pub struct SessionState {
     pub revoked_at: Option<UnixTime>,
     /// When it ends.
     pub expires_at: UnixTime,
+    /// When the user authenticated (an ID token's `auth_time`).
+    pub auth_time: UnixTime,
 }
 
-/// An account's state, as the validator sees it.
+/// An account's state, as the validator and the refresh grant see it: nothing that
+/// authenticates anyone (no password hash), so a remembered copy cannot be misused for that.
+/// Every field's change bumps the revocation generation (migrations 4, 15 and 18).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountState {
     /// Realm of the account.
     pub realm: RealmId,
     /// Disabled accounts' tokens stop validating.
     pub disabled: bool,
+    /// Email address (ID-token claim, audit actor).
+    pub email: String,
+    /// Display name (ID-token claim).
+    pub display_name: String,
+    /// What the account may administer.
+    pub role: Role,
 }
 
 /// What the ledger knows about one presented jti.

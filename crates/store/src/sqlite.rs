@@ -431,6 +431,35 @@ BEGIN UPDATE meta SET value = value + 1 WHERE name = 'directory_generation'; END
 CREATE TRIGGER client_deleted AFTER DELETE ON clients
 BEGIN UPDATE meta SET value = value + 1 WHERE name = 'directory_generation'; END;
 "#,
+    r#"
+-- The token endpoint may remember an account's name, email and role (the claims and audit
+-- actor of a refresh) while the revocation generation is unchanged: any change to them must
+-- reach it like a disabled account does.
+CREATE TRIGGER account_profile_changed AFTER UPDATE OF email, display_name, role ON accounts
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'revocation_generation'; END;
+"#,
+    r#"
+-- A refresh family's revocation is one fact, not a mark copied onto each of its rows: indexing
+-- every row by family cost each refresh a random B-tree page (two fifths of a commit's WAL
+-- frames under a refresh load). A row is revoked if it is, or its family is; tokens are not
+-- issued into a revoked family. A family is revoked when one of its refresh tokens is.
+CREATE TABLE revoked_families (
+    family_id TEXT PRIMARY KEY,
+    revoked_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT INTO revoked_families(family_id, revoked_at)
+    SELECT family_id, MIN(revoked_at) FROM ledger INDEXED BY ledger_revoked_families
+    WHERE family_id IS NOT NULL AND kind = 'refresh' AND revoked_at IS NOT NULL
+    GROUP BY family_id;
+CREATE TRIGGER family_revoked AFTER INSERT ON revoked_families
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'revocation_generation'; END;
+CREATE TRIGGER refresh_token_revoked AFTER UPDATE OF revoked_at ON ledger
+    WHEN NEW.kind = 'refresh' AND NEW.family_id IS NOT NULL AND NEW.revoked_at IS NOT NULL
+BEGIN INSERT OR IGNORE INTO revoked_families(family_id, revoked_at)
+    VALUES (NEW.family_id, NEW.revoked_at); END;
+DROP INDEX ledger_family;
+DROP INDEX ledger_revoked_families;
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).
@@ -1411,6 +1440,12 @@ impl KeyStore for SqliteStore {
 
 const LEDGER_COLS: &str = "jti, realm, kind, subject, client_id, kid, session_id, family_id, scope, audience, issued_at, expires_at, token_hash, revoked_at, used_at";
 
+/// [`LEDGER_COLS`] read through `ledger l LEFT JOIN revoked_families f`: a row is revoked when
+/// it is, or else when its family is.
+const LEDGER_VIEW_COLS: &str = "l.jti, l.realm, l.kind, l.subject, l.client_id, l.kid, l.session_id, \
+    l.family_id, l.scope, l.audience, l.issued_at, l.expires_at, l.token_hash, \
+    COALESCE(l.revoked_at, f.revoked_at), l.used_at";
+
 type LedgerRow = (
     String,
     String,
@@ -1506,7 +1541,10 @@ impl LedgerStore for SqliteStore {
 
     fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>> {
         self.lookup_reader()?
-            .prepare_cached(&format!("SELECT {LEDGER_COLS} FROM ledger WHERE jti = ?"))?
+            .prepare_cached(&format!(
+                "SELECT {LEDGER_VIEW_COLS} FROM ledger l \
+                 LEFT JOIN revoked_families f ON f.family_id = l.family_id WHERE l.jti = ?"
+            ))?
             .query_row([jti.as_str()], ledger_row)
             .optional()?
             .map(finish_ledger)
@@ -1521,12 +1559,12 @@ impl LedgerStore for SqliteStore {
         Ok(n > 0)
     }
 
-    fn revoke_family(&self, family_id: &str, at: UnixTime) -> Result<u64> {
+    fn revoke_family(&self, family_id: &str, at: UnixTime) -> Result<bool> {
         let n = self.conn()?.execute(
-            "UPDATE ledger SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
-            params![at, family_id],
+            "INSERT OR IGNORE INTO revoked_families(family_id, revoked_at) VALUES (?, ?)",
+            params![family_id, at],
         )?;
-        Ok(n as u64)
+        Ok(n > 0)
     }
 
     fn revoke_scope(&self, scope: &RevokeScope, at: UnixTime) -> Result<(u64, u64)> {
@@ -1591,24 +1629,31 @@ impl LedgerStore for SqliteStore {
     fn ledger_view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> Result<LedgerView> {
         // One statement for everything the validator's last steps need: the ledger row, its
         // session, its subject's account, and whether the client is registered in the realm.
-        const SQL: &str = "SELECT l.jti, l.realm, l.kind, l.subject, l.client_id, l.kid, l.session_id, \
-            l.family_id, l.scope, l.audience, l.issued_at, l.expires_at, l.token_hash, l.revoked_at, \
-            l.used_at, s.realm, s.revoked_at, s.expires_at, a.realm, a.disabled, \
-            EXISTS(SELECT 1 FROM clients WHERE realm = ?2 AND client_id = ?3) \
-            FROM (SELECT ?1 AS jti) q \
-            LEFT JOIN ledger l ON l.jti = q.jti \
-            LEFT JOIN sessions s ON s.id = l.session_id \
-            LEFT JOIN accounts a ON a.id = l.subject";
-        type Extra = (
-            Option<String>,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-            Option<bool>,
-            bool,
+        let sql = format!(
+            "SELECT {LEDGER_VIEW_COLS}, s.realm, s.revoked_at, s.expires_at, s.auth_time, \
+             a.realm, a.disabled, a.email, a.display_name, a.role, \
+             EXISTS(SELECT 1 FROM clients WHERE realm = ?2 AND client_id = ?3) \
+             FROM (SELECT ?1 AS jti) q \
+             LEFT JOIN ledger l ON l.jti = q.jti \
+             LEFT JOIN revoked_families f ON f.family_id = l.family_id \
+             LEFT JOIN sessions s ON s.id = l.session_id \
+             LEFT JOIN accounts a ON a.id = l.subject"
         );
-        let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(SQL)?;
+        struct Extra {
+            s_realm: Option<String>,
+            s_revoked: Option<i64>,
+            s_expires: Option<i64>,
+            s_auth_time: Option<i64>,
+            a_realm: Option<String>,
+            a_disabled: Option<bool>,
+            a_email: Option<String>,
+            a_name: Option<String>,
+            a_role: Option<String>,
+            client_known: bool,
+        }
+        // A point lookup, made on async tasks: a lookup reader (see `LedgerStore::get_token`).
+        let conn = self.lookup_reader()?;
+        let mut stmt = conn.prepare_cached(&sql)?;
         let (row, extra): (Option<LedgerRow>, Extra) = stmt.query_row(
             params![jti.as_str(), realm.as_str(), client.as_str()],
             |r| {
@@ -1618,34 +1663,49 @@ impl LedgerStore for SqliteStore {
                 };
                 Ok((
                     row,
-                    (
-                        r.get(15)?,
-                        r.get(16)?,
-                        r.get(17)?,
-                        r.get(18)?,
-                        r.get(19)?,
-                        r.get(20)?,
-                    ),
+                    Extra {
+                        s_realm: r.get(15)?,
+                        s_revoked: r.get(16)?,
+                        s_expires: r.get(17)?,
+                        s_auth_time: r.get(18)?,
+                        a_realm: r.get(19)?,
+                        a_disabled: r.get(20)?,
+                        a_email: r.get(21)?,
+                        a_name: r.get(22)?,
+                        a_role: r.get(23)?,
+                        client_known: r.get(24)?,
+                    },
                 ))
             },
         )?;
-        let (s_realm, s_revoked, s_expires, a_realm, a_disabled, client_known) = extra;
         Ok(LedgerView {
             entry: row.map(finish_ledger).transpose()?,
-            client_known,
-            session: match (s_realm, s_expires) {
-                (Some(r), Some(e)) => Some(SessionState {
+            client_known: extra.client_known,
+            session: match (extra.s_realm, extra.s_expires, extra.s_auth_time) {
+                (Some(r), Some(e), Some(auth_time)) => Some(SessionState {
                     realm: parse_id(r)?,
-                    revoked_at: s_revoked,
+                    revoked_at: extra.s_revoked,
                     expires_at: e,
+                    auth_time,
                 }),
                 _ => None,
             },
-            account: match (a_realm, a_disabled) {
-                (Some(r), Some(d)) => Some(AccountState {
-                    realm: parse_id(r)?,
-                    disabled: d,
-                }),
+            account: match (
+                extra.a_realm,
+                extra.a_disabled,
+                extra.a_email,
+                extra.a_name,
+                extra.a_role,
+            ) {
+                (Some(r), Some(disabled), Some(email), Some(display_name), Some(role)) => {
+                    Some(AccountState {
+                        realm: parse_id(r)?,
+                        disabled,
+                        email,
+                        display_name,
+                        role: role.parse()?,
+                    })
+                }
                 _ => None,
             },
         })
@@ -2061,35 +2121,23 @@ fn insert_ledger<'e>(conn: &Connection, entries: &'e [LedgerEntry]) -> Result<Op
     Ok(None)
 }
 
-/// Revokes rows just inserted whose refresh family is revoked; `true` if there were any
-/// (which bumps the revocation generation).
-fn revoke_born(conn: &Connection, entries: &[LedgerEntry]) -> Result<bool> {
-    // A family revoked while these rows waited for their commit (a refresh token replayed
-    // during the legitimate rotation, an operator's revocation) takes them with it: they are
-    // born revoked rather than outliving the revocation. A family is revoked when one of its
-    // refresh tokens is (rotation only marks them used).
+/// The first refresh family of `entries` that is revoked, if any: nothing is issued into one.
+/// (A family revoked while these rows waited for their commit — a refresh token replayed
+/// during the legitimate rotation, an operator's revocation — must not gain live tokens.)
+fn revoked_family<'e>(conn: &Connection, entries: &'e [LedgerEntry]) -> Result<Option<&'e str>> {
     let mut families: Vec<&str> = entries
         .iter()
         .filter_map(|e| e.family_id.as_deref())
         .collect();
     families.dedup();
-    let mut born_revoked = false;
+    let mut revoked =
+        conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM revoked_families WHERE family_id = ?)")?;
     for family in families {
-        let revoked: Option<i64> = conn
-            .prepare_cached(
-                "SELECT MIN(revoked_at) FROM ledger INDEXED BY ledger_revoked_families \
-                 WHERE family_id = ?1 AND kind = 'refresh' AND revoked_at IS NOT NULL",
-            )?
-            .query_row([family], |r| r.get(0))?;
-        if let Some(at) = revoked {
-            conn.prepare_cached(
-                "UPDATE ledger SET revoked_at = ?2 WHERE family_id = ?1 AND revoked_at IS NULL",
-            )?
-            .execute(params![family, at])?;
-            born_revoked = true;
+        if revoked.query_row([family], |r| r.get::<_, bool>(0))? {
+            return Ok(Some(family));
         }
     }
-    Ok(born_revoked)
+    Ok(None)
 }
 
 impl SqliteStore {
@@ -2197,9 +2245,6 @@ impl Writer {
         };
         let mut results = Vec::with_capacity(batch.len());
         let mut heads = audit_chain::Heads::default();
-        // Whether a write revoked something (rows born revoked): validators must see it
-        // before any write of the batch is answered.
-        let mut revoked = false;
         let mut batch = batch.into_iter();
         while let Some(Pending { write, done }) = batch.next() {
             // No savepoint per write: copying every page a write touches into a statement
@@ -2208,14 +2253,9 @@ impl Writer {
             // anything; any other failure is the database's, and fails the whole batch.
             let outcome = match &write {
                 Write::Audit(records) => insert_audit(&tx, records, &mut heads).map(Ok),
-                Write::Issuance(entries, audit, rotates) => issue(
-                    &tx,
-                    entries,
-                    audit,
-                    rotates.as_ref(),
-                    &mut heads,
-                    &mut revoked,
-                ),
+                Write::Issuance(entries, audit, rotates) => {
+                    issue(&tx, entries, audit, rotates.as_ref(), &mut heads)
+                }
             };
             match outcome {
                 Ok(answer) => results.push((done, answer)),
@@ -2237,9 +2277,6 @@ impl Writer {
             .and_then(|()| tx.commit().map_err(Error::from));
         self.commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if revoked {
-            self.changed();
-        }
         match committed {
             Ok(()) => results,
             Err(e) => {
@@ -2254,16 +2291,19 @@ impl Writer {
 
 /// One issuance in the committer's transaction: the refresh token it rotates marked used,
 /// its ledger rows and their audit records. `Ok(Err(..))` if the write is refused for its own
-/// reason, having changed nothing — the refresh token was used before (`Consumed`), or a jti
-/// is taken (`Conflict`); `Err` for a failure of the database, which fails the batch.
+/// reason, having changed nothing — its family is revoked (`FamilyRevoked`), the refresh
+/// token was used before (`Consumed`), or a jti is taken (`Conflict`); `Err` for a failure of
+/// the database, which fails the batch.
 fn issue(
     tx: &Connection,
     entries: &[LedgerEntry],
     audit: &[audit_chain::Prepared],
     rotates: Option<&(Jti, UnixTime)>,
     heads: &mut audit_chain::Heads,
-    revoked: &mut bool,
 ) -> Result<Result<Vec<i64>>> {
+    if let Some(family) = revoked_family(tx, entries)? {
+        return Ok(Err(Error::FamilyRevoked(family.to_owned())));
+    }
     if let Some((jti, at)) = rotates {
         let n = tx
             .prepare_cached(
@@ -2282,7 +2322,6 @@ fn issue(
         }
         return Ok(Err(Error::Conflict(format!("jti {taken} is taken"))));
     }
-    *revoked |= revoke_born(tx, entries)?;
     insert_audit(tx, audit, heads).map(Ok)
 }
 

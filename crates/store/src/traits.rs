@@ -89,22 +89,25 @@ pub trait LedgerStore: Send + Sync {
     /// `rotates` names the refresh token these tokens replace (and when): the same
     /// transaction marks it used, so a refresh costs one durable write. If it was used before
     /// (or is not a refresh token) nothing is written and the completion answers
-    /// [`Error::Consumed`](crate::Error::Consumed): the caller is looking at a reuse.
+    /// [`Error::Consumed`](crate::Error::Consumed): the caller is looking at a reuse. Tokens of
+    /// a refresh family revoked before the write are not written either
+    /// ([`Error::FamilyRevoked`](crate::Error::FamilyRevoked)).
     fn submit_issuance(
         &self,
         entries: &[LedgerEntry],
         audit: &[AuditRecord],
         rotates: Option<(&Jti, UnixTime)>,
     ) -> crate::Completion;
-    /// A ledger entry by jti. The token endpoint's refresh grant calls this, the session and
-    /// the account lookups on its async task: a backend must answer point lookups without
-    /// waiting behind long queries (SQLite: the lookup readers), or the grant must move back
-    /// to the blocking pool.
+    /// A ledger entry by jti; its `revoked_at` is the token's own revocation or, failing
+    /// that, its family's. Point lookups like this one and [`LedgerStore::ledger_view`] are
+    /// made on async tasks (the token endpoint's refresh grant): a backend must answer them
+    /// without waiting behind long queries (SQLite: the lookup readers).
     fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>>;
     /// Revokes one token; `false` if unknown or already revoked.
     fn revoke_token(&self, jti: &Jti, at: UnixTime) -> Result<bool>;
-    /// Revokes every token of a refresh family; returns how many were revoked.
-    fn revoke_family(&self, family_id: &str, at: UnixTime) -> Result<u64>;
+    /// Revokes every token of a refresh family, those yet to be issued included (issuing
+    /// into it fails from then on); `false` if it was revoked already.
+    fn revoke_family(&self, family_id: &str, at: UnixTime) -> Result<bool>;
     /// Revokes, in one transaction, every live session and unexpired token `scope` covers;
     /// returns how many sessions and tokens.
     fn revoke_scope(&self, scope: &RevokeScope, at: UnixTime) -> Result<(u64, u64)>;
@@ -113,11 +116,12 @@ pub trait LedgerStore: Send + Sync {
     /// or session, a disabled account), so a validator's cache of verified tokens is fresh
     /// exactly while the counters are unchanged. The values may be up to
     /// [`crate::GENERATIONS_STALE_AFTER`] old for changes made by another process; a change
-    /// committed through this store (including rows the group commit wrote born revoked) is
-    /// seen by every call that starts after the write returned.
+    /// committed through this store is seen by every call that starts after the write
+    /// returned.
     fn generations(&self) -> Result<Generations>;
-    /// Everything the validator needs about a jti, in one read: its ledger row, its session,
-    /// its subject's account, and whether `client` is registered in `realm`.
+    /// Everything the validator (and the refresh grant) needs about a jti, in one read: its
+    /// ledger row (revoked as in [`LedgerStore::get_token`]), its session, its subject's
+    /// account, and whether `client` is registered in `realm`.
     fn ledger_view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> Result<LedgerView>;
 }
 

@@ -2,13 +2,14 @@
 //! is refused even if its signature is perfect: a stolen signing key mints nothing usable.
 //!
 //! [`StoreLedger`] answers from the store: one read per validation. [`LedgerCache`] keeps in
-//! memory the access tokens this process minted (recorded once their ledger rows are durable)
-//! and the session, account and client states validations last read, so the first validation
-//! of a token minted here costs no read at all. It is hand-rolled because its one rule is the
-//! policy's: everything in it was read (or written) at a known revocation generation, and it
-//! answers only while the store's generation is still that one — any revoked token, family or
-//! session, or any account or client change empties it in effect, exactly as it does the
-//! verified-token cache.
+//! memory the access and refresh tokens this process minted (recorded once their ledger rows
+//! are durable; a refresh token until it is rotated here) and the session, account and client
+//! states validations and refresh grants last read, so the first validation of a token minted
+//! here, and a refresh of a token minted here, cost no read at all. It is hand-rolled because
+//! its one rule is the policy's: everything in it was read (or written) at a known revocation
+//! generation, and it answers only while the store's generation is still that one — any
+//! revoked token, family or session, or any account or client change empties it in effect,
+//! exactly as it does the verified-token cache.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,7 +155,8 @@ impl std::fmt::Debug for LedgerCache {
 #[derive(Default)]
 struct Known {
     generation: i64,
-    tokens: HashMap<Jti, LedgerEntry>,
+    /// Boxed: a row is ~300 bytes, and the map moves every entry each time it grows.
+    tokens: HashMap<Jti, Box<LedgerEntry>>,
     clients: HashMap<RealmId, HashSet<ClientId>>,
     sessions: HashMap<SessionId, SessionState>,
     /// By subject: `None` records that the subject is no account (a client's own token).
@@ -180,6 +182,7 @@ impl Known {
         generation == self.generation
     }
 
+    /// Everything known about `jti`, if enough is known to answer without the store.
     fn facts<'a>(
         &'a self,
         jti: &Jti,
@@ -247,18 +250,75 @@ where
 }
 
 impl LedgerCache {
-    /// Records access tokens whose ledger rows are now durable. `generation` is the
-    /// revocation generation read *before* they were written: nothing that happened before
-    /// that read can concern rows that did not exist yet, and anything after it bumps it.
-    pub fn issued<'a>(&self, entries: impl IntoIterator<Item = &'a LedgerEntry>, generation: i64) {
+    /// Records access and refresh tokens whose ledger rows are now durable (ID-token rows are
+    /// never presented, so not kept). `generation` is the revocation generation read *before*
+    /// they were written: nothing that happened before that read can concern rows that did
+    /// not exist yet, and anything after it bumps it.
+    pub fn issued(&self, entries: impl IntoIterator<Item = LedgerEntry>, generation: i64) {
         let mut evicted = Evicted::default();
         let mut known = self.lock();
         if known.at(generation, &mut evicted) {
-            for e in entries {
-                if e.kind == TokenKind::Access {
-                    bounded_insert(&mut known.tokens, e.jti.clone(), e.clone(), &mut evicted);
-                }
+            for e in entries.into_iter().filter(|e| e.kind != TokenKind::Id) {
+                bounded_insert(&mut known.tokens, e.jti.clone(), Box::new(e), &mut evicted);
             }
+        }
+        drop(known);
+        drop(evicted);
+    }
+
+    /// Forgets a refresh token this process has rotated: its row is no longer unused.
+    /// (A token rotated by another process still looks unused here; see
+    /// [`LedgerCache::refresh_view`].)
+    pub fn consumed(&self, jti: &Jti) {
+        let gone = self.lock().tokens.remove(jti);
+        drop(gone);
+    }
+
+    /// The refresh grant's read of a presented refresh token: its ledger row, session and
+    /// account, from memory while all of them are known at revocation generation
+    /// `generation` (read before this call), otherwise from `store`, whose session, account
+    /// and client then are remembered. Unlike a validation's, a storage failure is returned,
+    /// not read as "not issued": an outage must not make a client throw its grant away.
+    ///
+    /// Sound for rotation because the rotation's durable write requires the row unused and
+    /// decides: a row used by another process since it was cached reads as unused here, and
+    /// that write then refuses it as a reuse, as it does a second use racing the first.
+    pub fn refresh_view(
+        &self,
+        store: &dyn Store,
+        jti: &Jti,
+        realm: &RealmId,
+        client: &ClientId,
+        generation: i64,
+    ) -> store::Result<LedgerView> {
+        let mut evicted = Evicted::default();
+        {
+            let mut known = self.lock();
+            if known.at(generation, &mut evicted)
+                && let Some(facts) = known.facts(jti, realm, client)
+            {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(LedgerView {
+                    entry: facts.entry.cloned(),
+                    client_known: facts.client_known,
+                    session: facts.session.cloned(),
+                    account: facts.account.cloned(),
+                });
+            }
+        }
+        drop(evicted);
+        let view = store.ledger_view(jti, realm, client)?;
+        self.learn(realm, client, &view, generation);
+        Ok(view)
+    }
+
+    /// Remembers what `view` says of `client`, the row's session and its account, if the
+    /// cache is at `generation` (when it was read).
+    fn learn(&self, realm: &RealmId, client: &ClientId, view: &LedgerView, generation: i64) {
+        let mut evicted = Evicted::default();
+        let mut known = self.lock();
+        if known.at(generation, &mut evicted) {
+            known.learn(realm, client, view, &mut evicted);
         }
         drop(known);
         drop(evicted);
@@ -314,13 +374,7 @@ impl Ledger for CachedLedger<'_> {
         drop(evicted);
         let view = self.store.view(jti, realm, client);
         let verdict = check((&view).into());
-        let mut evicted = Evicted::default();
-        let mut known = self.cache.lock();
-        if known.at(self.generation, &mut evicted) {
-            known.learn(realm, client, &view, &mut evicted);
-        }
-        drop(known);
-        drop(evicted);
+        self.cache.learn(realm, client, &view, self.generation);
         verdict
     }
 }

@@ -76,7 +76,8 @@ pub struct MintRequest {
     pub refresh: Option<(i64, Option<String>)>,
     /// The refresh token this grant rotates: marked used in the same durable write as the
     /// new tokens. If it was used already nothing is issued and minting fails with
-    /// [`store::Error::Consumed`] (inside [`Error::Ledger`]): a reuse.
+    /// [`store::Error::Consumed`] (inside [`Error::Ledger`]): a reuse. (Nothing is issued
+    /// into a revoked family either: [`store::Error::FamilyRevoked`].)
     pub rotates: Option<Jti>,
 }
 
@@ -219,7 +220,7 @@ impl Minter {
         };
         let (issued, durable) = self.queue(plan, req, now, access, id, audit);
         durable.completion.wait()?;
-        self.remember(&durable.entries, durable.generation);
+        self.remember(req, durable.entries, durable.generation);
         Ok(issued)
     }
 
@@ -253,14 +254,17 @@ impl Minter {
         };
         let (issued, durable) = self.queue(plan, req, now, access, id, audit);
         durable.completion.await?;
-        self.remember(&durable.entries, durable.generation);
+        self.remember(req, durable.entries, durable.generation);
         Ok(issued)
     }
 
-    /// Records durable access tokens in the ledger cache — unless the revocation generation
-    /// moved while they were written: rows written into a family revoked meanwhile are born
-    /// revoked (and the write that did it bumped the generation), so only the store can say.
-    fn remember(&self, entries: &[LedgerEntry], before: i64) {
+    /// Records durable tokens in the ledger cache — unless the revocation generation moved
+    /// while they were written (something may have revoked them since: only the store can
+    /// say). The refresh token this issuance rotated is forgotten either way.
+    fn remember(&self, req: &MintRequest, entries: Vec<LedgerEntry>, before: i64) {
+        if let Some(rotated) = &req.rotates {
+            self.ledger_cache.consumed(rotated);
+        }
         let after = self.store.generations().map_or(-1, |g| g.revocations);
         if before >= 0 && after == before {
             self.ledger_cache.issued(entries, before);

@@ -168,6 +168,64 @@ fn the_chain_migration_links_earlier_records_once() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A family revoked the old way (its rows marked one by one) stays revoked after the move to
+/// `revoked_families`: its unmarked rows read revoked, and nothing more is issued into it.
+#[test]
+fn the_family_migration_keeps_revoked_families_revoked() {
+    let (dir, path) = temp_db("families");
+    let families = MIGRATIONS
+        .iter()
+        .position(|m| m.contains("CREATE TABLE revoked_families"))
+        .unwrap();
+    {
+        let c = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..families] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", families).unwrap();
+        for (jti, kind, family, revoked) in [
+            ("r1", "refresh", "f1", Some(7)),
+            ("r2", "refresh", "f1", Some(8)),
+            ("a1", "access", "f1", None),
+            ("r3", "refresh", "f2", None),
+            ("a2", "access", "f2", Some(9)),
+        ] {
+            c.execute(
+                "INSERT INTO ledger(jti, realm, kind, subject, client_id, family_id, scope, \
+                 audience, issued_at, expires_at, token_hash, revoked_at) \
+                 VALUES (?, 'contoso', ?, 'u1', 'app', ?, 's', 'a', 1, 100, x'00', ?)",
+                params![jti, kind, family, revoked],
+            )
+            .unwrap();
+        }
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let revoked_at = |jti: &str| {
+        s.get_token(&Jti::new(jti).unwrap())
+            .unwrap()
+            .unwrap()
+            .revoked_at
+    };
+    assert_eq!(
+        revoked_at("a1"),
+        Some(7),
+        "a family is revoked from its first revocation"
+    );
+    assert_eq!(
+        revoked_at("r3"),
+        None,
+        "a revoked access token does not revoke its family"
+    );
+    assert!(matches!(
+        s.record_tokens(&[entry("a3", TokenKind::Access, Some("f1"))]),
+        Err(Error::FamilyRevoked(_))
+    ));
+    s.record_tokens(&[entry("a4", TokenKind::Access, Some("f2"))])
+        .unwrap();
+    drop(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn domains_belong_to_one_realm() {
     let s = SqliteStore::in_memory().unwrap();
@@ -223,27 +281,47 @@ fn refresh_token_use_is_atomic() {
         matches!(rotate("r4", "a1", 12), Err(Error::Consumed(_))),
         "access tokens are not refreshable"
     );
-    assert_eq!(s.revoke_family("f1", 13).unwrap(), 3);
-    assert_eq!(s.get_token(&jti).unwrap().unwrap().revoked_at, Some(13));
+    assert!(s.revoke_family("f1", 13).unwrap());
+    assert!(!s.revoke_family("f1", 14).unwrap(), "revoked once");
+    for t in ["r1", "r2", "a1"] {
+        let row = s.get_token(&Jti::new(t).unwrap()).unwrap().unwrap();
+        assert_eq!(row.revoked_at, Some(13), "{t}");
+    }
 }
 
 #[test]
-fn tokens_committed_after_their_family_was_revoked_are_born_revoked() {
+fn nothing_is_issued_into_a_revoked_family() {
     let s = SqliteStore::in_memory().unwrap();
-    s.record_tokens(&[entry("r1", TokenKind::Refresh, Some("f1"))])
-        .unwrap();
-    // The reuse of r1 revokes the family while the rotation's new tokens wait for their
-    // commit; they must not come out alive.
-    s.revoke_family("f1", 13).unwrap();
     s.record_tokens(&[
-        entry("r2", TokenKind::Refresh, Some("f1")),
-        entry("a2", TokenKind::Access, Some("f1")),
+        entry("r1", TokenKind::Refresh, Some("f1")),
+        entry("r9", TokenKind::Refresh, Some("f9")),
     ])
     .unwrap();
+    // The reuse of r1 revokes the family while the rotation's new tokens wait for their
+    // commit; they must not come out at all.
+    s.revoke_family("f1", 13).unwrap();
+    let late = s.record_tokens(&[
+        entry("r2", TokenKind::Refresh, Some("f1")),
+        entry("a2", TokenKind::Access, Some("f1")),
+    ]);
+    assert!(matches!(late, Err(Error::FamilyRevoked(f)) if f == "f1"));
     for jti in ["r2", "a2"] {
-        let t = s.get_token(&Jti::new(jti).unwrap()).unwrap().unwrap();
-        assert_eq!(t.revoked_at, Some(13), "{jti}");
+        assert!(
+            s.get_token(&Jti::new(jti).unwrap()).unwrap().is_none(),
+            "{jti}"
+        );
     }
+    // Revoking one refresh token (an operator's `sessions revoke`, RFC 7009) revokes its
+    // family: its other tokens, and any issued into it later.
+    s.record_tokens(&[entry("a9", TokenKind::Access, Some("f9"))])
+        .unwrap();
+    assert!(s.revoke_token(&Jti::new("r9").unwrap(), 15).unwrap());
+    let a9 = s.get_token(&Jti::new("a9").unwrap()).unwrap().unwrap();
+    assert_eq!(a9.revoked_at, Some(15));
+    assert!(matches!(
+        s.record_tokens(&[entry("a10", TokenKind::Access, Some("f9"))]),
+        Err(Error::FamilyRevoked(_))
+    ));
     // Revoking one access token does not poison its family's later tokens.
     s.record_tokens(&[entry("a3", TokenKind::Access, Some("f2"))])
         .unwrap();
@@ -406,6 +484,19 @@ fn revocations_bump_the_revocation_generation() {
     s.set_account_disabled(&AccountId::new("u1").unwrap(), true)
         .unwrap();
     bumped("set_account_disabled");
+    // No verb changes an account's profile yet; if one does, what the token endpoint
+    // remembers of it (`AccountState`) must still be let go of.
+    for change in [
+        "display_name = 'v'",
+        "email = 'v@contoso.test'",
+        "role = 'tenant-admin'",
+    ] {
+        s.conn()
+            .unwrap()
+            .execute(&format!("UPDATE accounts SET {change} WHERE id = 'u1'"), [])
+            .unwrap();
+        bumped(change);
+    }
 }
 
 #[test]
@@ -450,12 +541,23 @@ fn ledger_view_joins_session_account_and_client() {
     let v = s.ledger_view(&e.jti, &r, &app).unwrap();
     assert_eq!(v.entry, Some(e));
     assert!(v.client_known);
-    assert_eq!(v.session.unwrap().revoked_at, Some(3));
+    assert_eq!(
+        v.session,
+        Some(SessionState {
+            realm: r.clone(),
+            revoked_at: Some(3),
+            expires_at: 100,
+            auth_time: 1,
+        })
+    );
     assert_eq!(
         v.account,
         Some(AccountState {
             realm: r,
-            disabled: true
+            disabled: true,
+            email: "u1@contoso.test".into(),
+            display_name: "u".into(),
+            role: Role::User,
         })
     );
 }

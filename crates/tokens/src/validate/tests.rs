@@ -377,19 +377,23 @@ fn the_ledger_cache_answers_from_memory_only_until_a_revocation() {
     );
 }
 
-/// A token minted into a refresh family revoked while it waited for its commit is born
-/// revoked; the write that revoked it must reach the cache's generation before the minter
-/// answers, or the cache would serve the token as live.
+/// Nothing is minted into a refresh family revoked before the tokens' durable write (a
+/// reuse raced the rotation): were it written, the minter would cache it as live. Its tokens
+/// issued before are refused, from memory or not.
 #[test]
-fn a_token_born_revoked_is_never_served_from_the_ledger_cache() {
+fn nothing_is_minted_into_a_revoked_family() {
     let f = fx();
     let request = f.refresh_request(None);
     let first = f.minter.mint(&request, NOW).unwrap();
     assert!(f.check("contoso", &first.access_token, NOW).is_ok());
-    f.store.revoke_family("family-1", NOW).unwrap();
-    let late = f.minter.mint(&request, NOW).unwrap();
+    assert!(f.store.revoke_family("family-1", NOW).unwrap());
+    assert!(!f.store.revoke_family("family-1", NOW).unwrap(), "once");
+    assert!(matches!(
+        f.minter.mint(&request, NOW),
+        Err(crate::Error::Ledger(store::Error::FamilyRevoked(_)))
+    ));
     assert_eq!(
-        f.check("contoso", &late.access_token, NOW).unwrap_err(),
+        f.check("contoso", &first.access_token, NOW).unwrap_err(),
         Rejection::TokenRevoked
     );
 }
@@ -793,6 +797,62 @@ fn a_refresh_token_rotates_once() {
         matches!(raced, Err(crate::Error::Ledger(store::Error::Consumed(_)))),
         "{raced:?}"
     );
-    // Nothing of the refused rotation was written: the family holds the two grants' rows.
-    assert_eq!(fx.store.revoke_family("family-1", NOW).unwrap(), 4);
+    // The family lives on: the refused rotation revoked nothing (its caller revokes it).
+    assert!(fx.check("contoso", &second.access_token, NOW).is_ok());
+    assert!(fx.store.revoke_family("family-1", NOW).unwrap());
+    assert_eq!(
+        fx.check("contoso", &second.access_token, NOW).unwrap_err(),
+        Rejection::TokenRevoked
+    );
+}
+
+#[test]
+fn a_refresh_token_minted_here_is_read_from_memory_until_rotated_or_revoked() {
+    let fx = fx();
+    let cache = fx.minter.ledger_cache();
+    let (contoso, app) = (rid("contoso"), ClientId::new("app").unwrap());
+    let view = |jti: &store::Jti| {
+        let generation = fx.store.generations().unwrap().revocations;
+        cache
+            .refresh_view(&*fx.store, jti, &contoso, &app, generation)
+            .unwrap()
+    };
+    let jti_of = |issued: &crate::Issued| {
+        crate::RefreshToken::parse(issued.refresh_token.as_deref().unwrap())
+            .unwrap()
+            .jti
+    };
+
+    // The first refresh reads the client and the account from the store, and learns them.
+    let first = jti_of(&fx.minter.mint(&fx.refresh_request(None), NOW).unwrap());
+    let hits = cache.hits();
+    let v = view(&first);
+    assert_eq!(cache.hits(), hits, "nothing known yet of the client");
+    assert_eq!(v.entry.as_ref().map(|e| e.used_at), Some(None));
+    assert_eq!(
+        v.account.map(|a| a.email),
+        Some("alice@contoso.test".into())
+    );
+
+    // Its successor, minted here, is read from memory, exactly as the store has it.
+    let request = fx.refresh_request(Some(first.clone()));
+    let second = jti_of(&fx.minter.mint(&request, NOW).unwrap());
+    let hits = cache.hits();
+    let remembered = view(&second);
+    assert_eq!(cache.hits(), hits + 1, "answered from memory");
+    assert_eq!(
+        remembered,
+        fx.store.ledger_view(&second, &contoso, &app).unwrap()
+    );
+
+    // The token rotated here is forgotten: the store answers, and has it used.
+    let hits = cache.hits();
+    assert_eq!(view(&first).entry.unwrap().used_at, Some(NOW));
+    assert_eq!(cache.hits(), hits);
+
+    // Any revocation moves the generation: the store answers, and has it revoked.
+    fx.store.revoke_family("family-1", NOW).unwrap();
+    let hits = cache.hits();
+    assert_eq!(view(&second).entry.unwrap().revoked_at, Some(NOW));
+    assert_eq!(cache.hits(), hits);
 }

@@ -145,3 +145,22 @@ def test_a_remembered_refresh_still_sees_an_account_disabled_by_another_process(
     r = keypost.refresh("contoso", token)
     assert r.status_code == 400, r.text
     assert refused_reasons(keypost, token) == ["AccountDisabled"]
+
+
+def test_a_refresh_that_drops_offline_access_stays_in_the_family(keypost, world):
+    """A refresh may narrow its scope and so get no new refresh token; the access token it gets
+    still belongs to the family, and a reuse that revokes the family revokes it too."""
+    first = keypost.tokens_for(world.alice)
+    r = requests.post(
+        keypost.endpoint("contoso", "token_endpoint"),
+        data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"],
+              "client_id": "keypost-cli", "scope": "openid mail"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    narrowed = r.json()
+    assert "refresh_token" not in narrowed
+    assert keypost.userinfo("contoso", narrowed["access_token"]).status_code == 200
+
+    assert keypost.refresh("contoso", first["refresh_token"]).status_code == 400  # a reuse
+    assert keypost.userinfo("contoso", narrowed["access_token"]).status_code == 401

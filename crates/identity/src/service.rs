@@ -936,7 +936,8 @@ impl Identity {
             session: session.map(|s| s.id.clone()),
             access_ttl: self.cfg.access_ttl,
             id_token,
-            refresh: wants_refresh.then_some((self.cfg.refresh_ttl, family)),
+            refresh: wants_refresh.then_some(self.cfg.refresh_ttl),
+            family,
             rotates: None,
         };
         let actor = account.map_or_else(|| client.client_id.to_string(), |a| a.email.to_owned());
@@ -1531,7 +1532,7 @@ impl Identity {
                     .jti(used.jti.as_str())
                     .target(used.subject.clone())
                     .detail("family", used.family.clone())
-                    .detail("family_revoked", revoked),
+                    .detail("family_newly_revoked", revoked),
                 now,
             )
             .map_err(Error::from)?;

@@ -18,8 +18,9 @@ pub enum Error {
     /// consumed already: nothing of that write was stored.
     #[error("used already: {0}")]
     Consumed(String),
-    /// A write that issues tokens into a refresh family found the family revoked: nothing of
-    /// that write was stored.
+    /// A write that issues tokens into a refresh family found the family revoked, or the
+    /// refresh token it rotates no longer live (revoked, its session ended, its account
+    /// disabled): nothing of that write was stored.
     #[error("token family revoked: {0}")]
     FamilyRevoked(String),
     /// The backend failed.

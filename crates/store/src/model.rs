@@ -359,13 +359,14 @@ pub struct SessionState {
     pub revoked_at: Option<UnixTime>,
     /// When it ends.
     pub expires_at: UnixTime,
-    /// When the user authenticated (an ID token's `auth_time`).
+    /// When the user authenticated (an ID token's `auth_time`). Like the realm, never
+    /// changed once the session exists; the other two bump the revocation generation.
     pub auth_time: UnixTime,
 }
 
 /// An account's state, as the validator and the refresh grant see it: nothing that
 /// authenticates anyone (no password hash), so a remembered copy cannot be misused for that.
-/// Every field's change bumps the revocation generation (migrations 4, 15 and 18).
+/// Every field's change bumps the revocation generation (migrations 2, 15 and 17).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountState {
     /// Realm of the account.

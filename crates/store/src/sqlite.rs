@@ -2143,8 +2143,8 @@ fn revoked_family<'e>(conn: &Connection, entries: &'e [LedgerEntry]) -> Result<O
 impl SqliteStore {
     /// Hands `write` to the group committer. The committer thread takes every queued write,
     /// applies them in one transaction, commits once, and then answers each write's
-    /// completion. A write refused for its own reason (a refresh token used before, a jti
-    /// taken) changes nothing and the others go on; any other failure (the database's, or an
+    /// completion. A write refused for its own reason (a refresh token used before or no longer
+    /// live, a revoked family, a jti taken) changes nothing and the others go on; any other failure (the database's, or an
     /// audit record that cannot be inserted) fails every write of the batch. Nothing is
     /// answered before the commit that contains it, so "acknowledged" still means "on disk"; under load one fsync serves many writes, and a writer waits
     /// either as a parked thread ([`Completion::wait`]) or as an async task (`.await`) — the
@@ -2305,14 +2305,31 @@ fn issue(
         return Ok(Err(Error::FamilyRevoked(family.to_owned())));
     }
     if let Some((jti, at)) = rotates {
+        // The token must still be live when it is consumed, not only when the grant read it
+        // (from memory, possibly before another process revoked it): unused, unrevoked, its
+        // family, session and account too. Primary-key lookups on hot pages.
         let n = tx
             .prepare_cached(
                 "UPDATE ledger SET used_at = ?1 WHERE jti = ?2 \
-                 AND kind = 'refresh' AND used_at IS NULL",
+                 AND kind = 'refresh' AND used_at IS NULL AND revoked_at IS NULL \
+                 AND NOT EXISTS(SELECT 1 FROM revoked_families f WHERE f.family_id = ledger.family_id) \
+                 AND NOT EXISTS(SELECT 1 FROM sessions s WHERE s.id = ledger.session_id \
+                     AND (s.revoked_at IS NOT NULL OR s.expires_at <= ?1)) \
+                 AND EXISTS(SELECT 1 FROM accounts a WHERE a.id = ledger.subject AND a.disabled = 0)",
             )?
             .execute(params![at, jti.as_str()])?;
         if n == 0 {
-            return Ok(Err(Error::Consumed(jti.to_string())));
+            let unused_refresh: bool = tx
+                .prepare_cached(
+                    "SELECT EXISTS(SELECT 1 FROM ledger WHERE jti = ? \
+                     AND kind = 'refresh' AND used_at IS NULL)",
+                )?
+                .query_row([jti.as_str()], |r| r.get(0))?;
+            return Ok(Err(if unused_refresh {
+                Error::FamilyRevoked(format!("{jti} (revoked, or its session or account)"))
+            } else {
+                Error::Consumed(jti.to_string())
+            }));
         }
     }
     if let Some(taken) = insert_ledger(tx, entries)? {

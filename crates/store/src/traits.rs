@@ -90,8 +90,10 @@ pub trait LedgerStore: Send + Sync {
     /// transaction marks it used, so a refresh costs one durable write. If it was used before
     /// (or is not a refresh token) nothing is written and the completion answers
     /// [`Error::Consumed`](crate::Error::Consumed): the caller is looking at a reuse. Tokens of
-    /// a refresh family revoked before the write are not written either
-    /// ([`Error::FamilyRevoked`](crate::Error::FamilyRevoked)).
+    /// a refresh family revoked before the write are not written either, nor are those of a
+    /// rotation whose token is no longer live — revoked, its session ended, its account
+    /// disabled ([`Error::FamilyRevoked`](crate::Error::FamilyRevoked)): the write decides,
+    /// whatever the caller read before.
     fn submit_issuance(
         &self,
         entries: &[LedgerEntry],
@@ -103,7 +105,8 @@ pub trait LedgerStore: Send + Sync {
     /// made on async tasks (the token endpoint's refresh grant): a backend must answer them
     /// without waiting behind long queries (SQLite: the lookup readers).
     fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>>;
-    /// Revokes one token; `false` if unknown or already revoked.
+    /// Revokes one token; `false` if unknown or already revoked by itself (a token revoked
+    /// only through its family is marked too).
     fn revoke_token(&self, jti: &Jti, at: UnixTime) -> Result<bool>;
     /// Revokes every token of a refresh family, those yet to be issued included (issuing
     /// into it fails from then on); `false` if it was revoked already.

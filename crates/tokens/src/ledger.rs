@@ -280,9 +280,10 @@ impl LedgerCache {
     /// and client then are remembered. Unlike a validation's, a storage failure is returned,
     /// not read as "not issued": an outage must not make a client throw its grant away.
     ///
-    /// Sound for rotation because the rotation's durable write requires the row unused and
-    /// decides: a row used by another process since it was cached reads as unused here, and
-    /// that write then refuses it as a reuse, as it does a second use racing the first.
+    /// Sound for rotation because the rotation's durable write decides: it requires the row
+    /// unused (a use by another process, invisible here, is refused there as a reuse, like a
+    /// second use racing the first) and still live — unrevoked, its family, session and
+    /// account too — whatever was read here up to `store::GENERATIONS_STALE_AFTER` before.
     pub fn refresh_view(
         &self,
         store: &dyn Store,

@@ -72,8 +72,12 @@ pub struct MintRequest {
     pub access_ttl: i64,
     /// An ID token too, if the grant is an OIDC one.
     pub id_token: Option<IdTokenRequest>,
-    /// A refresh token too: its lifetime, and the family it joins (a new one if `None`).
-    pub refresh: Option<(i64, Option<String>)>,
+    /// A refresh token too, with this lifetime (seconds).
+    pub refresh: Option<i64>,
+    /// The refresh family every token of this grant belongs to — a rotated refresh token's, an
+    /// authorization code's — with or without a refresh token this time, so that revoking the
+    /// family reaches them all. `None` with `refresh` starts a new family.
+    pub family: Option<String>,
     /// The refresh token this grant rotates: marked used in the same durable write as the
     /// new tokens. If it was used already nothing is issued and minting fails with
     /// [`store::Error::Consumed`] (inside [`Error::Ledger`]): a reuse. (Nothing is issued
@@ -317,7 +321,7 @@ impl Minter {
             _ => None,
         };
         let refresh_token = match (&plan.refresh, &req.refresh) {
-            (Some((jti, tok)), Some((ttl, _))) => {
+            (Some((jti, tok)), Some(ttl)) => {
                 entries.push(entry(jti, TokenKind::Refresh, None, now + ttl, tok));
                 Some(tok.to_string())
             }
@@ -387,10 +391,10 @@ impl Plan {
                 .map_err(|e| Error::Encoding(e.to_string()))
         };
         let iss = issuer_for(public_url, &req.realm);
-        let family = match &req.refresh {
-            Some((_, Some(f))) => Some(f.clone()),
-            Some((_, None)) => Some(random_id(16)?),
-            None => None,
+        let family = match (&req.family, &req.refresh) {
+            (Some(f), _) => Some(f.clone()),
+            (None, Some(_)) => Some(random_id(16)?),
+            (None, None) => None,
         };
         let access_jti = new_jti()?;
         let claims = AccessClaims {

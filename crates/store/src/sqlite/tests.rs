@@ -47,6 +47,26 @@ fn entry(jti: &str, kind: TokenKind, family: Option<&str>) -> LedgerEntry {
     }
 }
 
+/// A store with realm contoso and its enabled account `u1`, the subject of [`entry`]'s rows
+/// (a refresh token rotates only while its account is enabled).
+fn store_with_u1() -> SqliteStore {
+    let s = SqliteStore::in_memory().unwrap();
+    s.create_realm(&realm("contoso", &[])).unwrap();
+    s.create_account(&Account {
+        id: AccountId::new("u1").unwrap(),
+        realm: RealmId::new("contoso").unwrap(),
+        email: "u1@contoso.test".into(),
+        display_name: "u".into(),
+        password_hash: "x".into(),
+        must_change_password: false,
+        disabled: false,
+        role: Role::User,
+        created_at: 1,
+    })
+    .unwrap();
+    s
+}
+
 /// A fresh directory for a test's database file, and the file's path in it.
 fn temp_db(test: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("keypost-{test}-{}", std::process::id()));
@@ -250,9 +270,82 @@ fn domains_belong_to_one_realm() {
     );
 }
 
+/// Whatever the grant read before (possibly from memory, before another process's change),
+/// the rotation's write refuses a refresh token that is no longer live: its family revoked,
+/// its session ended, its account disabled. Nothing is written.
+#[test]
+fn a_rotation_refuses_a_token_no_longer_live() {
+    let s = store_with_u1();
+    let session = |id: &str, expires_at| Session {
+        id: SessionId::new(id).unwrap(),
+        realm: RealmId::new("contoso").unwrap(),
+        account: AccountId::new("u1").unwrap(),
+        auth_time: 1,
+        expires_at,
+        revoked_at: None,
+    };
+    let mut rows = Vec::new();
+    for (jti, family, sid) in [("r1", "f1", "s1"), ("r2", "f2", "s2"), ("r3", "f3", "s3")] {
+        s.create_session(&session(sid, 100)).unwrap();
+        let mut e = entry(jti, TokenKind::Refresh, Some(family));
+        e.session_id = Some(SessionId::new(sid).unwrap());
+        rows.push(e);
+    }
+    s.record_tokens(&rows).unwrap();
+    let rotate = |new: &str, used: &str, family: &str| {
+        s.submit_issuance(
+            &[entry(new, TokenKind::Refresh, Some(family))],
+            &[],
+            Some((&Jti::new(used).unwrap(), 11)),
+        )
+        .wait()
+    };
+    s.revoke_family("f1", 5).unwrap();
+    assert!(matches!(
+        rotate("n1", "r1", "f1"),
+        Err(Error::FamilyRevoked(_))
+    ));
+    s.revoke_session(&SessionId::new("s2").unwrap(), 5).unwrap();
+    // (A new row outside any family: only the rotated token's own state refuses it.)
+    let refused = s
+        .submit_issuance(
+            &[entry("n2", TokenKind::Access, None)],
+            &[],
+            Some((&Jti::new("r2").unwrap(), 11)),
+        )
+        .wait();
+    assert!(
+        matches!(refused, Err(Error::FamilyRevoked(_))),
+        "{refused:?}"
+    );
+    s.set_account_disabled(&AccountId::new("u1").unwrap(), true)
+        .unwrap();
+    assert!(matches!(
+        rotate("n3", "r3", "f3"),
+        Err(Error::FamilyRevoked(_))
+    ));
+    for jti in ["n1", "n2", "n3"] {
+        assert!(
+            s.get_token(&Jti::new(jti).unwrap()).unwrap().is_none(),
+            "{jti}"
+        );
+    }
+    for jti in ["r2", "r3"] {
+        let used = s
+            .get_token(&Jti::new(jti).unwrap())
+            .unwrap()
+            .unwrap()
+            .used_at;
+        assert_eq!(used, None, "{jti} was not consumed");
+    }
+    s.set_account_disabled(&AccountId::new("u1").unwrap(), false)
+        .unwrap();
+    rotate("n3", "r3", "f3").unwrap();
+}
+
 #[test]
 fn refresh_token_use_is_atomic() {
-    let s = SqliteStore::in_memory().unwrap();
+    let s = store_with_u1();
     s.record_tokens(&[
         entry("r1", TokenKind::Refresh, Some("f1")),
         entry("a1", TokenKind::Access, Some("f1")),
@@ -910,7 +1003,7 @@ fn shared_counters_and_directory_follow_every_change() {
 /// it rotated is unused again.
 #[test]
 fn a_refused_issuance_leaves_no_trace() {
-    let s = SqliteStore::in_memory().unwrap();
+    let s = store_with_u1();
     s.record_tokens(&[
         entry("r1", TokenKind::Refresh, Some("f1")),
         entry("taken", TokenKind::Access, None),

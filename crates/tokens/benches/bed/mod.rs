@@ -145,6 +145,7 @@ impl Bed {
             access_ttl: 600,
             id_token: None,
             refresh: None,
+            family: None,
             rotates: None,
         }
     }
@@ -177,6 +178,7 @@ impl Bed {
                     access_ttl: 600,
                     id_token: None,
                     refresh: None,
+                    family: None,
                     rotates: None,
                 },
                 t,

@@ -112,6 +112,7 @@ impl Fx {
                     access_ttl: 600,
                     id_token: None,
                     refresh: None,
+                    family: None,
                     rotates: None,
                 },
                 NOW,
@@ -132,7 +133,8 @@ impl Fx {
             session: None,
             access_ttl: 600,
             id_token: None,
-            refresh: Some((3600, Some("family-1".into()))),
+            refresh: Some(3600),
+            family: Some("family-1".into()),
             rotates,
         }
     }

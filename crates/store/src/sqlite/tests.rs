@@ -47,12 +47,9 @@ fn entry(jti: &str, kind: TokenKind, family: Option<&str>) -> LedgerEntry {
     }
 }
 
-/// A store with realm contoso and its enabled account `u1`, the subject of [`entry`]'s rows
-/// (a refresh token rotates only while its account is enabled).
-fn store_with_u1() -> SqliteStore {
-    let s = SqliteStore::in_memory().unwrap();
-    s.create_realm(&realm("contoso", &[])).unwrap();
-    s.create_account(&Account {
+/// Contoso's enabled account `u1`.
+fn account_u1() -> Account {
+    Account {
         id: AccountId::new("u1").unwrap(),
         realm: RealmId::new("contoso").unwrap(),
         email: "u1@contoso.test".into(),
@@ -62,8 +59,15 @@ fn store_with_u1() -> SqliteStore {
         disabled: false,
         role: Role::User,
         created_at: 1,
-    })
-    .unwrap();
+    }
+}
+
+/// A store with realm contoso and its enabled account `u1`, the subject of [`entry`]'s rows
+/// (a refresh token rotates only while its account is enabled).
+fn store_with_u1() -> SqliteStore {
+    let s = SqliteStore::in_memory().unwrap();
+    s.create_realm(&realm("contoso", &[])).unwrap();
+    s.create_account(&account_u1()).unwrap();
     s
 }
 
@@ -562,18 +566,7 @@ fn revocations_bump_the_revocation_generation() {
     s.create_session(&sess).unwrap();
     s.revoke_session(&sess.id, 2).unwrap();
     bumped("revoke_session");
-    s.create_account(&Account {
-        id: AccountId::new("u1").unwrap(),
-        realm: RealmId::new("contoso").unwrap(),
-        email: "u1@contoso.test".into(),
-        display_name: "u".into(),
-        password_hash: "x".into(),
-        must_change_password: false,
-        disabled: false,
-        role: Role::User,
-        created_at: 1,
-    })
-    .unwrap();
+    s.create_account(&account_u1()).unwrap();
     s.set_account_disabled(&AccountId::new("u1").unwrap(), true)
         .unwrap();
     bumped("set_account_disabled");
@@ -608,15 +601,8 @@ fn ledger_view_joins_session_account_and_client() {
 
     s.create_client(&client(&r, &app)).unwrap();
     s.create_account(&Account {
-        id: AccountId::new("u1").unwrap(),
-        realm: r.clone(),
-        email: "u1@contoso.test".into(),
-        display_name: "u".into(),
-        password_hash: "x".into(),
-        must_change_password: false,
         disabled: true,
-        role: Role::User,
-        created_at: 1,
+        ..account_u1()
     })
     .unwrap();
     s.create_session(&Session {

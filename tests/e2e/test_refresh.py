@@ -164,3 +164,31 @@ def test_a_refresh_that_drops_offline_access_stays_in_the_family(keypost, world)
 
     assert keypost.refresh("contoso", first["refresh_token"]).status_code == 400  # a reuse
     assert keypost.userinfo("contoso", narrowed["access_token"]).status_code == 401
+
+
+def test_a_refresh_racing_a_revocation_elsewhere_gets_nothing(keypost, world):
+    """Another node revokes the family while this one still remembers the token (it learns of
+    the revocation up to 25 ms later): the rotation's write, not the read, refuses it — the
+    client is told invalid_grant, audited as TokenRevoked, and nothing new lives."""
+    first = keypost.tokens_for(world.alice)
+    r = keypost.refresh("contoso", first["refresh_token"])
+    assert r.status_code == 200, r.text
+    second = r.json()
+    db_path = keypost.data_dir / "keypost.db"
+    with sqlite3.connect(db_path, timeout=10) as db:
+        (family,) = db.execute(
+            "SELECT family_id FROM ledger WHERE jti = ?", (second["refresh_token"].split(".")[1],)
+        ).fetchone()
+        db.execute("INSERT INTO revoked_families(family_id, revoked_at) VALUES (?, ?)", (family, int(time.time())))
+    count_rows = "SELECT COUNT(*) FROM ledger WHERE family_id = ?"
+    with sqlite3.connect(db_path, timeout=10) as db:
+        (before,) = db.execute(count_rows, (family,)).fetchone()
+
+    r = keypost.refresh("contoso", second["refresh_token"])
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_grant"
+    assert refused_reasons(keypost, second["refresh_token"]) == ["TokenRevoked"]
+    assert keypost.userinfo("contoso", second["access_token"]).status_code == 401
+    with sqlite3.connect(db_path, timeout=10) as db:
+        (after,) = db.execute(count_rows, (family,)).fetchone()
+    assert after == before, "the refused refresh issued nothing"

@@ -1441,10 +1441,15 @@ impl KeyStore for SqliteStore {
 const LEDGER_COLS: &str = "jti, realm, kind, subject, client_id, kid, session_id, family_id, scope, audience, issued_at, expires_at, token_hash, revoked_at, used_at";
 
 /// [`LEDGER_COLS`] read through `ledger l LEFT JOIN revoked_families f`: a row is revoked when
-/// it is, or else when its family is.
-const LEDGER_VIEW_COLS: &str = "l.jti, l.realm, l.kind, l.subject, l.client_id, l.kid, l.session_id, \
-    l.family_id, l.scope, l.audience, l.issued_at, l.expires_at, l.token_hash, \
-    COALESCE(l.revoked_at, f.revoked_at), l.used_at";
+/// it is, or else when its family is. A macro so that the statements using it are literals
+/// (no string built per lookup).
+macro_rules! ledger_view_cols {
+    () => {
+        "l.jti, l.realm, l.kind, l.subject, l.client_id, l.kid, l.session_id, l.family_id, \
+         l.scope, l.audience, l.issued_at, l.expires_at, l.token_hash, \
+         COALESCE(l.revoked_at, f.revoked_at), l.used_at"
+    };
+}
 
 type LedgerRow = (
     String,
@@ -1541,9 +1546,11 @@ impl LedgerStore for SqliteStore {
 
     fn get_token(&self, jti: &Jti) -> Result<Option<LedgerEntry>> {
         self.lookup_reader()?
-            .prepare_cached(&format!(
-                "SELECT {LEDGER_VIEW_COLS} FROM ledger l \
-                 LEFT JOIN revoked_families f ON f.family_id = l.family_id WHERE l.jti = ?"
+            .prepare_cached(concat!(
+                "SELECT ",
+                ledger_view_cols!(),
+                " FROM ledger l LEFT JOIN revoked_families f ON f.family_id = l.family_id \
+                 WHERE l.jti = ?"
             ))?
             .query_row([jti.as_str()], ledger_row)
             .optional()?
@@ -1629,8 +1636,10 @@ impl LedgerStore for SqliteStore {
     fn ledger_view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> Result<LedgerView> {
         // One statement for everything the validator's last steps need: the ledger row, its
         // session, its subject's account, and whether the client is registered in the realm.
-        let sql = format!(
-            "SELECT {LEDGER_VIEW_COLS}, s.realm, s.revoked_at, s.expires_at, s.auth_time, \
+        const SQL: &str = concat!(
+            "SELECT ",
+            ledger_view_cols!(),
+            ", s.realm, s.revoked_at, s.expires_at, s.auth_time, \
              a.realm, a.disabled, a.email, a.display_name, a.role, \
              EXISTS(SELECT 1 FROM clients WHERE realm = ?2 AND client_id = ?3) \
              FROM (SELECT ?1 AS jti) q \
@@ -1653,7 +1662,7 @@ impl LedgerStore for SqliteStore {
         }
         // A point lookup, made on async tasks: a lookup reader (see `LedgerStore::get_token`).
         let conn = self.lookup_reader()?;
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare_cached(SQL)?;
         let (row, extra): (Option<LedgerRow>, Extra) = stmt.query_row(
             params![jti.as_str(), realm.as_str(), client.as_str()],
             |r| {

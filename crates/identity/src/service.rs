@@ -252,8 +252,6 @@ pub struct Identity {
     store: Arc<dyn Store>,
     custody: Arc<Custody>,
     minter: Minter,
-    /// The minter's: the refresh grant reads tokens minted here from it.
-    ledger_cache: Arc<tokens::LedgerCache>,
     audit: AuditLog,
     gate: tokens::Gate,
     cfg: IdentityConfig,
@@ -289,7 +287,6 @@ impl Identity {
         Self {
             store,
             custody,
-            ledger_cache: minter.ledger_cache(),
             minter,
             audit,
             gate,
@@ -330,7 +327,7 @@ impl Identity {
     /// The ledger cache this service's minter fills: a resource server's gate in the same
     /// process shares it ([`tokens::Gate::with_ledger_cache`]).
     pub fn ledger_cache(&self) -> Arc<tokens::LedgerCache> {
-        self.ledger_cache.clone()
+        self.minter.ledger_cache()
     }
 
     /// A realm's issuer URL.
@@ -1355,11 +1352,10 @@ impl Identity {
         let Some(rt) = RefreshToken::parse(token) else {
             return refused("Malformed");
         };
-        // Read before the row: the cache answers only what was true at this generation.
-        let generation = self.store.generations().map_err(Error::from)?.revocations;
         let view = self
-            .ledger_cache
-            .refresh_view(&*self.store, &rt.jti, realm, &client.client_id, generation)
+            .minter
+            .cache()
+            .refresh_view(&*self.store, &rt.jti, realm, &client.client_id)
             .map_err(Error::from)?;
         let Some(e) = view.entry else {
             return refused("NotIssued");

@@ -275,10 +275,10 @@ impl LedgerCache {
     }
 
     /// The refresh grant's read of a presented refresh token: its ledger row, session and
-    /// account, from memory while all of them are known at revocation generation
-    /// `generation` (read before this call), otherwise from `store`, whose session, account
-    /// and client then are remembered. Unlike a validation's, a storage failure is returned,
-    /// not read as "not issued": an outage must not make a client throw its grant away.
+    /// account, from memory while all of them are known at the store's current revocation
+    /// generation (read first), otherwise from `store`, whose session, account and client
+    /// then are remembered. Unlike a validation's, a storage failure is returned, not read as
+    /// "not issued": an outage must not make a client throw its grant away.
     ///
     /// Sound for rotation because the rotation's durable write decides: it requires the row
     /// unused (a use by another process, invisible here, is refused there as a reuse, like a
@@ -290,8 +290,9 @@ impl LedgerCache {
         jti: &Jti,
         realm: &RealmId,
         client: &ClientId,
-        generation: i64,
     ) -> store::Result<LedgerView> {
+        // Before anything is looked at: what is answered was true at this generation.
+        let generation = store.generations()?.revocations;
         let mut evicted = Evicted::default();
         {
             let mut known = self.lock();

@@ -188,6 +188,11 @@ impl Minter {
         self.ledger_cache.clone()
     }
 
+    /// The same cache, borrowed (the refresh grant reads through it).
+    pub fn cache(&self) -> &LedgerCache {
+        &self.ledger_cache
+    }
+
     /// Mints what `req` asks for, records every token in the ledger in one durable write, and
     /// only then returns them.
     pub fn mint(&self, req: &MintRequest, now: UnixTime) -> Result<Issued, Error> {

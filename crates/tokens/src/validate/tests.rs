@@ -813,12 +813,7 @@ fn a_refresh_token_minted_here_is_read_from_memory_until_rotated_or_revoked() {
     let fx = fx();
     let cache = fx.minter.ledger_cache();
     let (contoso, app) = (rid("contoso"), ClientId::new("app").unwrap());
-    let view = |jti: &store::Jti| {
-        let generation = fx.store.generations().unwrap().revocations;
-        cache
-            .refresh_view(&*fx.store, jti, &contoso, &app, generation)
-            .unwrap()
-    };
+    let view = |jti: &store::Jti| cache.refresh_view(&*fx.store, jti, &contoso, &app).unwrap();
     let jti_of = |issued: &crate::Issued| {
         crate::RefreshToken::parse(issued.refresh_token.as_deref().unwrap())
             .unwrap()

@@ -11,6 +11,11 @@
 #   BASELINE=BIN bench/mint.sh [DUR]    alternates this tree's build with another `keypost`
 #                                       binary (an older commit's) ROUNDS times under both
 #                                       loads and prints the medians: for before/after figures
+#   REFRESH_ONLY=1 ...                  only the refresh_token load (with BASELINE too), and
+#                                       what each refresh cost: `serve`'s and the signer's CPU
+#                                       (from /proc/PID/stat) and `serve`'s write and read
+#                                       syscalls (/proc/PID/io) — steadier than requests/s on
+#                                       a machine whose speed drifts
 #   COMPARE=1 bench/mint.sh [DURATION]  also builds a benchmark-only binary that signs inside
 #                                       `serve` (feature bench-in-process-signer) and runs the
 #                                       client_credentials load against both, alternating,
@@ -40,6 +45,12 @@ fi
 cargo build --release -q -p keypost
 cp "$CARGO_TARGET_DIR/release/keypost" "$BINS/keypost"
 
+# costs SERVE_PID SIGNER_PID: serve's CPU ticks, the signer's, serve's write and read syscalls.
+costs() {
+  echo "$(awk '{print $14 + $15}' "/proc/$1/stat") $(awk '{print $14 + $15}' "/proc/$2/stat")" \
+    "$(awk '/^syscw/ {print $2}' "/proc/$1/io") $(awk '/^syscr/ {print $2}' "/proc/$1/io")"
+}
+
 # run BIN WHAT: starts a server from BIN in a fresh data directory, runs the load (WHAT is
 # "all" or "client_credentials"), stops the server.
 run() {
@@ -61,8 +72,10 @@ run() {
   export CLIENT_AUTH="Basic $(printf 'loadgen:%s' "$SECRET" | base64 -w0)"
   local URL="http://127.0.0.1:$PORT/realms/bench/token"
 
-  echo "== client_credentials ($THREADS threads, $CONNECTIONS connections, $DURATION)"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/client_credentials.lua "$URL"
+  if [ -z "${REFRESH_ONLY:-}" ]; then
+    echo "== client_credentials ($THREADS threads, $CONNECTIONS connections, $DURATION)"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/client_credentials.lua "$URL"
+  fi
 
   if [ "$WHAT" = all ]; then
     local TOKENS=""
@@ -74,7 +87,19 @@ run() {
     done
     export REFRESH_TOKENS="$TOKENS"
     echo "== refresh_token with rotation ($CHAINS chains, one connection each, scope \"$REFRESH_SCOPE\", $DURATION)"
-    wrk -t"$CHAINS" -c"$CHAINS" -d"$DURATION" --latency -s bench/refresh_token.lua "$URL"
+    local SIGNER BEFORE OUT
+    SIGNER="$(pgrep -P "$SERVER" | head -1)"
+    BEFORE="$(costs "$SERVER" "$SIGNER")"
+    OUT="$(wrk -t"$CHAINS" -c"$CHAINS" -d"$DURATION" --latency -s bench/refresh_token.lua "$URL")"
+    echo "$OUT"
+    # CPU ticks are 1/100 s (USER_HZ); per refresh, in microseconds.
+    python3 - "$BEFORE" "$(costs "$SERVER" "$SIGNER")" "$(echo "$OUT" | awk '/requests in/ {print $1}')" <<'PY'
+import sys
+(s0, g0, w0, r0), (s1, g1, w1, r1) = (map(int, a.split()) for a in sys.argv[1:3])
+n = int(sys.argv[3])
+print(f"== per refresh: serve {(s1 - s0) * 1e4 / n:.1f} µs CPU, signer {(g1 - g0) * 1e4 / n:.1f} µs, "
+      f"serve write syscalls {(w1 - w0) / n:.2f}, read syscalls {(r1 - r0) / n:.2f}")
+PY
     echo "== ledger rows written: $(sqlite3 "$WORK/data/keypost.db" 'select count(*) from ledger' 2>/dev/null || echo '(sqlite3 not installed)')"
   fi
   kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true
@@ -89,7 +114,8 @@ if [ -n "${BASELINE:-}" ]; then
     for build in $order; do
       run "$BINS/$build" all | awk -v b="$build" -v r="$round" '
         /^== client_credentials/ {g="client_credentials"} /^== refresh_token/ {g="refresh_token"}
-        /^Requests\/sec/ {print "round " r "  " b "  " g "  " $2; print b, g, $2 >> "'"$BINS/results"'"}'
+        /^Requests\/sec/ {print "round " r "  " b "  " g "  " $2; print b, g, $2 >> "'"$BINS/results"'"}
+        /^== per refresh/ {print "round " r "  " b "  " $0; print b, "serve_cpu_us_per_refresh", $5 >> "'"$BINS/results"'"}'
     done
   done
   python3 - "$BINS/results" <<'PY'
@@ -98,9 +124,12 @@ runs = {}
 for line in open(sys.argv[1]):
     build, grant, rps = line.split()
     runs.setdefault((grant, build), []).append(float(rps))
-for grant in ("client_credentials", "refresh_token"):
-    base, new = (statistics.median(runs[(grant, b)]) for b in ("baseline", "keypost"))
-    print(f"median {grant}: baseline {base:,.0f}/s, this tree {new:,.0f}/s ({100 * (new / base - 1):+.1f} %)")
+for what in ("client_credentials", "refresh_token", "serve_cpu_us_per_refresh"):
+    if (what, "keypost") not in runs:
+        continue
+    base, new = (statistics.median(runs[(what, b)]) for b in ("baseline", "keypost"))
+    unit = " µs" if what.startswith("serve") else "/s"
+    print(f"median {what}: baseline {base:,.1f}{unit}, this tree {new:,.1f}{unit} ({100 * (new / base - 1):+.1f} %)")
 PY
   exit 0
 fi

@@ -736,18 +736,7 @@ fn file_backed_readers_see_every_acknowledged_write() {
 fn mail_account(s: &SqliteStore) -> (AccountId, MailboxId) {
     s.create_realm(&realm("contoso", &[])).unwrap();
     let account = AccountId::new("u1").unwrap();
-    s.create_account(&Account {
-        id: account.clone(),
-        realm: RealmId::new("contoso").unwrap(),
-        email: "u1@contoso.test".into(),
-        display_name: "u".into(),
-        password_hash: "x".into(),
-        must_change_password: false,
-        disabled: false,
-        role: Role::User,
-        created_at: 1,
-    })
-    .unwrap();
+    s.create_account(&account_u1()).unwrap();
     let inbox = MailboxId::new("m-inbox").unwrap();
     s.create_mailboxes(&[Mailbox {
         id: inbox.clone(),

@@ -293,25 +293,44 @@ impl LedgerCache {
     ) -> store::Result<LedgerView> {
         // Before anything is looked at: what is answered was true at this generation.
         let generation = store.generations()?.revocations;
-        let mut evicted = Evicted::default();
-        {
-            let mut known = self.lock();
-            if known.at(generation, &mut evicted)
-                && let Some(facts) = known.facts(jti, realm, client)
-            {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(LedgerView {
-                    entry: facts.entry.cloned(),
-                    client_known: facts.client_known,
-                    session: facts.session.cloned(),
-                    account: facts.account.cloned(),
-                });
-            }
+        let remembered =
+            self.answer_from_memory(jti, realm, client, generation, |facts| LedgerView {
+                entry: facts.entry.cloned(),
+                client_known: facts.client_known,
+                session: facts.session.cloned(),
+                account: facts.account.cloned(),
+            });
+        if let Some(view) = remembered {
+            return Ok(view);
         }
-        drop(evicted);
         let view = store.ledger_view(jti, realm, client)?;
         self.learn(realm, client, &view, generation);
         Ok(view)
+    }
+
+    /// `answer` applied, under the lock, to what the cache knows of `jti` at `generation`,
+    /// if that is enough to answer without the store (a hit); `None` otherwise.
+    fn answer_from_memory<R>(
+        &self,
+        jti: &Jti,
+        realm: &RealmId,
+        client: &ClientId,
+        generation: i64,
+        answer: impl FnOnce(LedgerFacts<'_>) -> R,
+    ) -> Option<R> {
+        let mut evicted = Evicted::default();
+        let mut known = self.lock();
+        let answered = if known.at(generation, &mut evicted) {
+            known.facts(jti, realm, client).map(answer)
+        } else {
+            None
+        };
+        if answered.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(known);
+        drop(evicted);
+        answered
     }
 
     /// Remembers what `view` says of `client`, the row's session and its account, if the
@@ -363,17 +382,12 @@ impl Ledger for CachedLedger<'_> {
         client: &ClientId,
         check: &mut dyn FnMut(LedgerFacts<'_>) -> LedgerVerdict,
     ) -> LedgerVerdict {
-        let mut evicted = Evicted::default();
-        {
-            let mut known = self.cache.lock();
-            if known.at(self.generation, &mut evicted)
-                && let Some(facts) = known.facts(jti, realm, client)
-            {
-                self.cache.hits.fetch_add(1, Ordering::Relaxed);
-                return check(facts);
-            }
+        let remembered =
+            self.cache
+                .answer_from_memory(jti, realm, client, self.generation, &mut *check);
+        if let Some(verdict) = remembered {
+            return verdict;
         }
-        drop(evicted);
         let view = self.store.view(jti, realm, client);
         let verdict = check((&view).into());
         self.cache.learn(realm, client, &view, self.generation);

@@ -182,7 +182,7 @@ def test_the_signer_locks_its_memory_without_pinning_what_it_only_reserves(keypo
     if os.geteuid() != 0 and soft != resource.RLIM_INFINITY and soft < kb["VmSize"] * 1024:
         # Not allowed here: the signer must say so rather than pretend.
         assert "signer memory not locked" in keypost.logs(tail=100_000)
-        return
+        pytest.skip("RLIMIT_MEMLOCK below the signer's address space: MCL_ONFAULT not exercised")
     assert kb["VmLck"] > 0, status
     assert kb["VmRSS"] < 64 * 1024, f"the signer holds {kb['VmRSS']} kB resident"
 

@@ -160,8 +160,7 @@ pub type RefusalHook = Arc<dyn Fn(&Refusal) + Send + Sync>;
 /// answer frame to `out` and reporting refusals to `on_refused`.
 fn answer(signer: &Signer, body: &[u8], on_refused: &RefusalHook, out: &mut Vec<u8>) {
     let Some(request) = Request::decode(body) else {
-        on_refused(&malformed());
-        return reply(out, Answer::Failed("bad message"));
+        return refuse_malformed(on_refused, out);
     };
     let parse =
         |realm: &str, purpose: &str, alg: &str| -> Result<(RealmId, KeyPurpose, Algorithm)> {
@@ -255,6 +254,12 @@ fn reply(out: &mut Vec<u8>, answer: Answer<'_>) {
     }
 }
 
+/// Reports something that is not a request (audited as `malformed`) and answers it failed.
+fn refuse_malformed(on_refused: &RefusalHook, out: &mut Vec<u8>) {
+    on_refused(&malformed());
+    reply(out, Answer::Failed("bad message"));
+}
+
 /// The refusal of something that is not a request.
 fn malformed() -> Refusal {
     Refusal {
@@ -281,8 +286,7 @@ fn converse(stream: impl Read + Write, signer: &Signer, on_refused: &RefusalHook
                 false
             }
             Err(e) if wire::is_too_long(&e) => {
-                on_refused(&malformed());
-                reply(&mut out, Answer::Failed("bad message"));
+                refuse_malformed(on_refused, &mut out);
                 true
             }
             Err(_) => return,

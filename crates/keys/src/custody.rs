@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use aws_lc_rs::digest;
 use aws_lc_rs::signature::ParsedPublicKey;
 use store::{KeyOrigin, KeyPurpose, KeyRecord, Kid, RealmId, Store, UnixTime};
 use zeroize::Zeroizing;
@@ -208,6 +209,22 @@ impl VerifyingKey {
     /// Verifies a signature over `input` (constant-time library code).
     pub fn verify(&self, input: &[u8], signature: &[u8]) -> bool {
         self.parsed.verify_sig(input, signature).is_ok()
+    }
+    /// Whether the algorithm signs the SHA-256 of its input (ES256, RS256, PS256; Ed25519
+    /// hashes inside the scheme), so a caller that hashes the input anyway can verify with
+    /// [`Self::verify_sha256`] rather than have it hashed twice.
+    pub fn signs_sha256(&self) -> bool {
+        self.alg != Algorithm::EdDSA
+    }
+    /// Verifies a signature over the input whose SHA-256 is `input_digest`. False for a key
+    /// that does not [sign SHA-256](Self::signs_sha256) and for a digest of another algorithm.
+    pub fn verify_sha256(&self, input_digest: &digest::Digest, signature: &[u8]) -> bool {
+        self.signs_sha256()
+            && input_digest.algorithm() == &digest::SHA256
+            && self
+                .parsed
+                .verify_digest_sig(input_digest, signature)
+                .is_ok()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Project Wycheproof signature vectors through Keypost's own verification path: each group's
 //! public JWK is stored as a key of a realm, loaded the way the validator loads keys
-//! (`Custody::verifying_keys`), and every test signature checked with `VerifyingKey::verify`.
+//! (`Custody::verifying_keys`), and every test signature checked with `VerifyingKey::verify`
+//! and, where the algorithm signs SHA-256, `VerifyingKey::verify_sha256`.
 //! Every `invalid` vector must be refused and every `valid` one accepted; `acceptable` ones may
 //! go either way. The vectors are in `tests/vectors/wycheproof` (Apache-2.0, see its README).
 
@@ -10,6 +11,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use aws_lc_rs::digest::{SHA256, SHA384, digest as sha};
 use keys::{Custody, Kek, KeyPolicy};
 use serde_json::Value;
 use store::{KeyOrigin, KeyPurpose, KeyRecord, Kid, Realm, RealmId, RealmKind, SqliteStore, Store};
@@ -103,6 +105,16 @@ fn run(file: &str, alg: &str, jwk_field: &str) -> (usize, usize) {
             );
             let ok = key.is_some_and(|k| k.verify(&msg, &sig));
             let id = t["tcId"].as_u64().unwrap();
+            // The validator's path for the SHA-256 algorithms (the input hashed once, by the
+            // caller) decides exactly as the plain one; Ed25519 has no such path, and a digest
+            // of another algorithm verifies nothing.
+            let prehashed = key.is_some_and(|k| k.verify_sha256(&sha(&SHA256, &msg), &sig));
+            assert_eq!(
+                prehashed,
+                ok && alg != "EdDSA",
+                "{file} tcId {id}: verify_sha256 disagrees with verify"
+            );
+            assert!(!key.is_some_and(|k| k.verify_sha256(&sha(&SHA384, &msg), &sig)));
             match t["result"].as_str().unwrap() {
                 "valid" => {
                     assert!(

@@ -3,7 +3,7 @@
 //! right beside it, a batch of full validations of the same token, and the result is the
 //! median of the per-round ratios (criterion's `validate` bench measures them minutes apart).
 //!
-//! `cargo bench -p tokens --bench validate_ratio` (`ROUNDS`, default 40). "Full" is what a
+//! `cargo bench -p tokens --bench validate_ratio` (`ROUNDS`, default 40; `ALGS`, default all). "Full" is what a
 //! resource server does per request: the generation counters, the key set, and the whole
 //! policy with the ledger check — answered from memory for a token this process minted, and
 //! from one store read for a token minted elsewhere.
@@ -32,7 +32,15 @@ fn main() {
     println!(
         "algorithm  raw verify   full, ledger in memory   full, ledger from store   ({rounds} rounds of {BATCH})"
     );
+    // `ALGS=RS256,EdDSA` narrows the run (e.g. to profile one algorithm).
+    let only = std::env::var("ALGS").ok();
     for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|a| a == alg.as_str()))
+        {
+            continue;
+        }
         let case = bed.mint(alg);
         let time = |mode: Mode| {
             let start = Instant::now();

@@ -336,8 +336,18 @@ fn checks(
         reject!(Rejection::AlgorithmMismatch);
     }
 
-    // 4. Signature.
-    if !key.verify(jws.signing_input.as_bytes(), &jws.signature) {
+    // 4. Signature. The ledger check (6) needs the token's SHA-256, and the signing input is
+    // its prefix: where the algorithm signs the input's SHA-256 too (ES256, RS256, PS256), one
+    // pass over the input serves both.
+    let input = jws.signing_input.as_bytes();
+    let mut hasher = digest::Context::new(&digest::SHA256);
+    hasher.update(input);
+    let verified = if key.signs_sha256() {
+        key.verify_sha256(&hasher.clone().finish(), jws.signature)
+    } else {
+        key.verify(input, jws.signature)
+    };
+    if !verified {
         reject!(Rejection::SignatureInvalid);
     }
     let signature_valid = SignatureValid(());
@@ -387,9 +397,10 @@ fn checks(
     let (Ok(jti), Ok(client_id)) = (Jti::new(jti), ClientId::new(client_id)) else {
         reject!(Rejection::MissingClaim)
     };
-    // One consultation of the ledger serves the client check here and every step of 6.
-    // `crate::token_hash`, kept on the stack.
-    let hash = digest::digest(&digest::SHA256, raw.as_bytes());
+    // One consultation of the ledger serves the client check here and every step of 6. The
+    // token's SHA-256 (`crate::token_hash`) is finished from step 4's pass over the input.
+    hasher.update(&raw.as_bytes()[input.len()..]);
+    let hash = hasher.finish();
     let session = ledger.consult(&jti, expect.realm, &client_id, &mut |facts| {
         ledger_checks(facts, hash.as_ref(), expect, now, sub, &client_id, kid)
     })?;

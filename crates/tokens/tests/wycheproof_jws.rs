@@ -113,7 +113,7 @@ fn every_invalid_jws_is_refused() {
                     parsed.header.alg.as_str() == Some(alg.as_str())
                         && !forbidden
                         && key.is_some_and(|k| {
-                            k.verify(parsed.signing_input.as_bytes(), &parsed.signature)
+                            k.verify(parsed.signing_input.as_bytes(), parsed.signature)
                         })
                 });
             match t["result"].as_str().unwrap() {

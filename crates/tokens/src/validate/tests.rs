@@ -595,6 +595,36 @@ fn an_id_token_is_not_an_access_token() {
     );
 }
 
+/// Every algorithm a realm may pick for access tokens validates its own tokens (for the
+/// SHA-256 ones, through the path that hashes the signing input once for both the signature
+/// and the ledger's token hash) and refuses a tampered one.
+#[test]
+fn every_access_token_algorithm_validates_its_tokens_and_refuses_tampering() {
+    let f = fx();
+    let realm = rid("contoso");
+    for alg in Algorithm::ALL {
+        f.store.set_access_token_alg(&realm, alg.as_str()).unwrap();
+        f.custody
+            .generate(&realm, KeyPurpose::AccessToken, alg, NOW, NOW)
+            .unwrap();
+        let mint = || {
+            let mut request = f.refresh_request(None);
+            (request.access_alg, request.refresh, request.family) = (alg, None, None);
+            f.minter.mint(&request, NOW).unwrap().access_token
+        };
+        let (t, other) = (mint(), mint());
+        let p = f.check("contoso", &t, NOW + 1);
+        assert!(p.is_ok(), "{alg}: {p:?}");
+        let (input, _) = t.rsplit_once('.').unwrap();
+        let swapped = format!("{input}.{}", other.rsplit('.').next().unwrap());
+        assert_eq!(
+            f.check("contoso", &swapped, NOW + 1).unwrap_err(),
+            Rejection::SignatureInvalid,
+            "{alg}"
+        );
+    }
+}
+
 #[test]
 fn tampering_breaks_the_signature() {
     let f = fx();

@@ -3,9 +3,11 @@
 # `keypost serve` on loopback in a temporary directory and drives the token endpoint with wrk.
 #
 #   bench/mint.sh [DURATION]            (default 15s; needs wrk: apt-get install wrk;
-#                                       THREADS=N wrk threads, CONNECTIONS=N for
-#                                       client_credentials, default 4 per thread;
-#                                       CHAINS=N refresh chains, default THREADS;
+#                                       THREADS=N wrk threads, default 2 (the cores: a thread
+#                                       per connection costs the shared cores more than the
+#                                       server); CONNECTIONS=N for client_credentials and
+#                                       CHAINS=N refresh chains (a connection each), both
+#                                       default 64 and multiples of THREADS;
 #                                       REFRESH_SCOPE, default "openid offline_access mail":
 #                                       with openid each refresh also signs an RS256 ID token)
 #   BASELINE=BIN bench/mint.sh [DUR]    alternates this tree's build with another `keypost`
@@ -27,9 +29,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DURATION="${1:-15s}"
-THREADS="${THREADS:-8}"
-CONNECTIONS="${CONNECTIONS:-$((THREADS * 4))}"
-CHAINS="${CHAINS:-$THREADS}"
+THREADS="${THREADS:-2}"
+CONNECTIONS="${CONNECTIONS:-64}"
+CHAINS="${CHAINS:-64}"
+if [ $((CHAINS % THREADS)) -ne 0 ] || [ $((CONNECTIONS % THREADS)) -ne 0 ]; then
+  echo "bench/mint.sh: CONNECTIONS and CHAINS must be multiples of THREADS" >&2; exit 1
+fi
 REFRESH_SCOPE="${REFRESH_SCOPE:-openid offline_access mail}"
 ROUNDS="${ROUNDS:-3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keypost/target}"
@@ -86,12 +91,16 @@ run() {
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["refresh_token"])')"
     done
     export REFRESH_TOKENS="$TOKENS"
-    echo "== refresh_token with rotation ($CHAINS chains, one connection each, scope \"$REFRESH_SCOPE\", $DURATION)"
+    echo "== refresh_token with rotation ($CHAINS chains on as many connections, $THREADS wrk threads, scope \"$REFRESH_SCOPE\", $DURATION)"
     local SIGNER BEFORE OUT
     SIGNER="$(pgrep -P "$SERVER" | head -1)"
     BEFORE="$(costs "$SERVER" "$SIGNER")"
-    OUT="$(wrk -t"$CHAINS" -c"$CHAINS" -d"$DURATION" --latency -s bench/refresh_token.lua "$URL")"
+    OUT="$(WRK_THREADS="$THREADS" wrk -t"$THREADS" -c"$CHAINS" -d"$DURATION" --latency -s bench/refresh_token.lua "$URL")"
     echo "$OUT"
+    if echo "$OUT" | grep -q "Non-2xx"; then
+      echo "!! some refreshes failed: the figures of this run are not valid" >&2
+      return 1
+    fi
     # CPU ticks are 1/100 s (USER_HZ); per refresh, in microseconds.
     python3 - "$BEFORE" "$(costs "$SERVER" "$SIGNER")" "$(echo "$OUT" | awk '/requests in/ {print $1}')" <<'PY'
 import sys

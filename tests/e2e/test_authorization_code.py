@@ -159,13 +159,25 @@ def test_plain_code_challenge_method_is_invalid_request(keypost, world, webapp):
     assert "code" not in q
 
 
+def code_refusals(keypost) -> list[str]:
+    """The reasons of the authorization codes refused so far, as the audit log has them."""
+    records = keypost.cli(
+        "audit", "search", "--realm", REALM, "--operation", "TokenRejected", "--limit", "1000000", json=True
+    )
+    return [r["details"]["reason"] for r in records if r["details"].get("token_type") == "authorization_code"]
+
+
 def test_wrong_code_verifier_is_invalid_grant(keypost, world, webapp):
     verifier = secrets.token_urlsafe(48)
     code = code_for(keypost, world.alice, verifier)
+    before = code_refusals(keypost)
     r = exchange(keypost, code, secrets.token_urlsafe(48))
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "invalid_grant"
     assert "access_token" not in r.json()
+    # Audited with its reason, as every refused token is (a PKCE failure is what an
+    # intercepted code looks like).
+    assert code_refusals(keypost) == before + ["PkceFailed"]
 
 
 def test_authorization_code_works_only_once(keypost, world, webapp):

@@ -145,6 +145,8 @@ pub(crate) struct Issue {
     event: Event,
     scope: String,
     now: UnixTime,
+    /// Where the request came from, for a refusal the write may still decide.
+    source: Source,
     /// For a refresh: the token it rotates (consumed in the same durable write as the new
     /// tokens), should that write find it used already.
     rotates: Option<Rotation>,
@@ -192,6 +194,23 @@ impl<'a> From<&'a Session> for SignedIn<'a> {
             auth_time: s.auth_time,
         }
     }
+}
+
+/// The audit record of a refresh token or authorization code refused at the token endpoint:
+/// `TokenRejected`, its `reason`, and which kind of grant it was (`token_type`).
+fn refused_grant_event(
+    realm: &RealmId,
+    client: &ClientId,
+    source: &Source,
+    token_type: &'static str,
+    reason: &str,
+) -> Event {
+    Event::failure(Operation::TokenRejected)
+        .realm(realm)
+        .client(client.as_str())
+        .source(source)
+        .detail("reason", reason)
+        .detail("token_type", token_type)
 }
 
 /// What a client is told of any refused refresh token (the reason goes to the audit log only).
@@ -949,6 +968,7 @@ impl Identity {
             event,
             scope,
             now,
+            source: source.clone(),
             rotates: None,
         })
     }
@@ -982,6 +1002,7 @@ impl Identity {
             event,
             scope,
             now,
+            source,
             rotates,
         } = issue;
         let audit = |issued: &tokens::Issued| {
@@ -1012,7 +1033,24 @@ impl Identity {
                 // The family was revoked after the grant was decided (a reuse raced this
                 // refresh, an operator revoked the grant): nothing was issued.
                 let Some(rotation) = rotates else {
-                    return Err(OAuthError::invalid_grant("the grant has been revoked"));
+                    // Without a rotation, only a code exchange issues into a family that
+                    // exists already (the code's): a replay of the code revoked it meanwhile.
+                    let this = self.clone();
+                    let answer = tokio::task::spawn_blocking(move || {
+                        let ev = refused_grant_event(
+                            &req.realm,
+                            &req.client_id,
+                            &source,
+                            "authorization_code",
+                            "TokenRevoked",
+                        );
+                        match this.audit.record(ev.target(req.subject), now) {
+                            Ok(_) => OAuthError::invalid_grant("the grant has been revoked"),
+                            Err(e) => Error::from(e).into(),
+                        }
+                    })
+                    .await;
+                    return Err(answer.unwrap_or_else(|_| OAuthError::unavailable()));
                 };
                 let refusal = RefreshRefusal {
                     realm: req.realm,
@@ -1245,12 +1283,32 @@ impl Identity {
         Self::require_grant(client, "authorization_code")?;
         let bad =
             || OAuthError::invalid_grant("invalid, expired or already used authorization code");
+        // Every refusal is audited with its reason, as a refused refresh token is; the client
+        // is told only `invalid_grant` and what it can mend (PKCE, redirect_uri).
+        let refuse = |reason: &'static str, account: Option<&AccountId>, answer: OAuthError| {
+            let mut ev = refused_grant_event(
+                realm,
+                &client.client_id,
+                source,
+                "authorization_code",
+                reason,
+            );
+            if let Some(account) = account {
+                ev = ev.target(account.as_str());
+            }
+            match self.audit.record(ev, now) {
+                Ok(_) => answer,
+                Err(e) => Error::from(e).into(),
+            }
+        };
         let hash = sha256(code.as_bytes());
-        let c = self
+        let Some(c) = self
             .store
             .consume_auth_code(&hash, now)
             .map_err(Error::from)?
-            .ok_or_else(bad)?;
+        else {
+            return Err(refuse("CodeUnknown", None, bad()));
+        };
         if c.used_at.is_some() {
             // RFC 6749 §4.1.2: a replayed code revokes what it issued.
             if let Some(f) = &c.family_id {
@@ -1268,13 +1326,17 @@ impl Identity {
                 .map_err(Error::from)?;
             return Err(bad());
         }
-        if &c.realm != realm || c.client_id != client.client_id || c.expires_at <= now {
-            return Err(bad());
+        let account = Some(&c.account);
+        if &c.realm != realm || c.client_id != client.client_id {
+            return Err(refuse("CodeClientMismatch", account, bad()));
+        }
+        if c.expires_at <= now {
+            return Err(refuse("CodeExpired", account, bad()));
         }
         if redirect_uri != Some(c.redirect_uri.as_str()) {
-            return Err(OAuthError::invalid_grant(
-                "redirect_uri does not match the authorization request",
-            ));
+            let answer =
+                OAuthError::invalid_grant("redirect_uri does not match the authorization request");
+            return Err(refuse("RedirectUriMismatch", account, answer));
         }
         match (&c.code_challenge, verifier) {
             (Some(challenge), Some(v)) => {
@@ -1287,30 +1349,37 @@ impl Identity {
                         B64.encode(sha256(v.as_bytes())).as_bytes(),
                     )
                 {
-                    return Err(OAuthError::invalid_grant("PKCE verification failed"));
+                    let answer = OAuthError::invalid_grant("PKCE verification failed");
+                    return Err(refuse("PkceFailed", account, answer));
                 }
             }
-            (Some(_), None) => return Err(OAuthError::invalid_grant("code_verifier is required")),
+            (Some(_), None) => {
+                let answer = OAuthError::invalid_grant("code_verifier is required");
+                return Err(refuse("PkceVerifierMissing", account, answer));
+            }
             // A verifier without a challenge is a downgrade attempt (RFC 9700 §2.1.1).
             (None, Some(_)) => {
-                return Err(OAuthError::invalid_grant(
-                    "no code_challenge was sent for this code",
-                ));
+                let answer = OAuthError::invalid_grant("no code_challenge was sent for this code");
+                return Err(refuse("PkceDowngrade", account, answer));
             }
             (None, None) => {}
         }
-        let session = self
+        let Some(session) = self
             .store
             .get_session(&c.session_id)
             .map_err(Error::from)?
             .filter(|s| s.revoked_at.is_none() && s.expires_at > now)
-            .ok_or_else(bad)?;
-        let account = self
+        else {
+            return Err(refuse("SessionRevoked", account, bad()));
+        };
+        let Some(account) = self
             .store
             .get_account(&c.account)
             .map_err(Error::from)?
             .filter(|a| !a.disabled)
-            .ok_or_else(bad)?;
+        else {
+            return Err(refuse("AccountDisabled", account, bad()));
+        };
         let audience = self.audience(&c.resource)?;
         let family = random_b64(16).map_err(OAuthError::from)?;
         self.store
@@ -1545,12 +1614,7 @@ impl Identity {
         reason: &str,
         now: UnixTime,
     ) -> Result<(), OAuthError> {
-        let mut ev = Event::failure(Operation::TokenRejected)
-            .realm(realm)
-            .client(client.as_str())
-            .source(source)
-            .detail("reason", reason)
-            .detail("token_type", "refresh_token");
+        let mut ev = refused_grant_event(realm, client, source, "refresh_token", reason);
         if let Some(jti) = jti {
             ev = ev.jti(jti.as_str());
         }
@@ -1766,3 +1830,6 @@ fn check_redirect_uri(u: &str) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

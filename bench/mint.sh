@@ -56,6 +56,19 @@ costs() {
     "$(awk '/^syscw/ {print $2}' "/proc/$1/io") $(awk '/^syscr/ {print $2}' "/proc/$1/io")"
 }
 
+# stop SERVER_PID WORK: stops the server and removes its data directory (which holds keys).
+stop() {
+  kill "$1" 2>/dev/null; wait "$1" 2>/dev/null || true
+  rm -rf "$2"
+}
+
+# failed WRK_OUTPUT WHAT: whether wrk saw a failed request, saying so: such a run measured
+# something else (a refused refresh costs a fraction of a real one).
+failed() {
+  [[ "$1" == *Non-2xx* ]] || return 1
+  echo "!! some $2 requests failed: the figures of this run are not valid" >&2
+}
+
 # run BIN WHAT: starts a server from BIN in a fresh data directory, runs the load (WHAT is
 # "all" or "client_credentials"), stops the server.
 run() {
@@ -79,7 +92,10 @@ run() {
 
   if [ -z "${REFRESH_ONLY:-}" ]; then
     echo "== client_credentials ($THREADS threads, $CONNECTIONS connections, $DURATION)"
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/client_credentials.lua "$URL"
+    local CC
+    CC="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/client_credentials.lua "$URL")"
+    echo "$CC"
+    if failed "$CC" client_credentials; then stop "$SERVER" "$WORK"; return 1; fi
   fi
 
   if [ "$WHAT" = all ]; then
@@ -97,10 +113,7 @@ run() {
     BEFORE="$(costs "$SERVER" "$SIGNER")"
     OUT="$(WRK_THREADS="$THREADS" wrk -t"$THREADS" -c"$CHAINS" -d"$DURATION" --latency -s bench/refresh_token.lua "$URL")"
     echo "$OUT"
-    if echo "$OUT" | grep -q "Non-2xx"; then
-      echo "!! some refreshes failed: the figures of this run are not valid" >&2
-      return 1
-    fi
+    if failed "$OUT" refresh_token; then stop "$SERVER" "$WORK"; return 1; fi
     # CPU ticks are 1/100 s (USER_HZ); per refresh, in microseconds.
     python3 - "$BEFORE" "$(costs "$SERVER" "$SIGNER")" "$(echo "$OUT" | awk '/requests in/ {print $1}')" <<'PY'
 import sys
@@ -111,8 +124,7 @@ print(f"== per refresh: serve {(s1 - s0) * 1e4 / n:.1f} µs CPU, signer {(g1 - g
 PY
     echo "== ledger rows written: $(sqlite3 "$WORK/data/keypost.db" 'select count(*) from ledger' 2>/dev/null || echo '(sqlite3 not installed)')"
   fi
-  kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true
-  rm -rf "$WORK"
+  stop "$SERVER" "$WORK"
 }
 
 if [ -n "${BASELINE:-}" ]; then

@@ -417,4 +417,37 @@ mod tests {
         assert!(detector.run_once(1_003).unwrap().is_empty(), "caught up");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A refresh token or authorization code refused at the token endpoint is an opaque
+    /// secret nobody signed: `NotIssued` there is a made-up token, not a stolen signing key,
+    /// and raises no `forged-token` alert; the same reason for an access token does.
+    #[test]
+    fn only_refused_signed_tokens_suggest_a_stolen_key() {
+        let dir =
+            std::env::temp_dir().join(format!("keypost-detect-opaque-{}", std::process::id()));
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let blobs = Arc::new(FsBlobStore::open(&dir).unwrap());
+        let detector = Detector::new(store.clone(), Mail::new(store.clone(), blobs), "k.test");
+        let log = AuditLog::new(store.clone());
+        let realm = RealmId::new("contoso").unwrap();
+        let refused = |reason: &str| {
+            Event::failure(Operation::TokenRejected)
+                .realm(&realm)
+                .detail("reason", reason)
+        };
+        for (token_type, reason) in [
+            ("refresh_token", "NotIssued"),
+            ("refresh_token", "LedgerMismatch"),
+            ("authorization_code", "CodeUnknown"),
+        ] {
+            log.record(refused(reason).detail("token_type", token_type), 1_000)
+                .unwrap();
+        }
+        assert!(detector.run_once(1_001).unwrap().is_empty());
+        log.record(refused("NotIssued").kid("k1"), 1_002).unwrap();
+        let raised = detector.run_once(1_003).unwrap();
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0].rule, "forged-token");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

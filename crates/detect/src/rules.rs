@@ -128,6 +128,13 @@ pub struct Context<'a> {
 const SPRAY_WINDOW: i64 = 15 * 60;
 const HOUR: i64 = 3600;
 
+/// Whether the refused token was a signed one (an access token at a resource). The token
+/// endpoint's refusals of refresh tokens and authorization codes carry `details.token_type`:
+/// those are opaque secrets, and say nothing about signing keys or a token's claims.
+fn signed_token(r: &AuditRecord) -> bool {
+    r.details.get("token_type").is_none()
+}
+
 fn reason(r: &AuditRecord) -> &str {
     r.details
         .get("reason")
@@ -192,7 +199,7 @@ impl Context<'_> {
     pub fn evaluate(&self, r: &AuditRecord) -> store::Result<Vec<Finding>> {
         let mut out = Vec::new();
         match r.operation.as_str() {
-            "TokenRejected" => {
+            "TokenRejected" if signed_token(r) => {
                 out.extend(self.forged_token(r));
                 out.extend(self.out_of_policy(r));
             }

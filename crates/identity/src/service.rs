@@ -1302,12 +1302,30 @@ impl Identity {
             }
         };
         let hash = sha256(code.as_bytes());
-        let Some(c) = self
+        let consumed = self
             .store
             .consume_auth_code(&hash, now)
-            .map_err(Error::from)?
-        else {
-            return Err(refuse("CodeUnknown", None, bad()));
+            .map_err(Error::from)?;
+        // Another realm's code is, to this realm, no code at all: refused as unknown here,
+        // naming nobody, and neither replay-checked nor revoked from here. The realm whose
+        // user it was is told that its code was spent elsewhere.
+        let c = match consumed {
+            Some(c) if &c.realm == realm => c,
+            other => {
+                if let Some(c) = other {
+                    let ev = refused_grant_event(
+                        &c.realm,
+                        &c.client_id,
+                        source,
+                        "authorization_code",
+                        "CodeRealmMismatch",
+                    );
+                    self.audit
+                        .record(ev.target(c.account.as_str()), now)
+                        .map_err(Error::from)?;
+                }
+                return Err(refuse("CodeUnknown", None, bad()));
+            }
         };
         if c.used_at.is_some() {
             // RFC 6749 §4.1.2: a replayed code revokes what it issued.
@@ -1327,7 +1345,7 @@ impl Identity {
             return Err(bad());
         }
         let account = Some(&c.account);
-        if &c.realm != realm || c.client_id != client.client_id {
+        if c.client_id != client.client_id {
             return Err(refuse("CodeClientMismatch", account, bad()));
         }
         if c.expires_at <= now {

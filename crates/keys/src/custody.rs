@@ -214,7 +214,10 @@ impl VerifyingKey {
     /// hashes inside the scheme), so a caller that hashes the input anyway can verify with
     /// [`Self::verify_sha256`] rather than have it hashed twice.
     pub fn signs_sha256(&self) -> bool {
-        self.alg != Algorithm::EdDSA
+        match self.alg {
+            Algorithm::ES256 | Algorithm::RS256 | Algorithm::PS256 => true,
+            Algorithm::EdDSA => false,
+        }
     }
     /// Verifies a signature over the input whose SHA-256 is `input_digest`. False for a key
     /// that does not [sign SHA-256](Self::signs_sha256) and for a digest of another algorithm.

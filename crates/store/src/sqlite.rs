@@ -1575,6 +1575,15 @@ impl LedgerStore for SqliteStore {
     }
 
     fn revoke_scope(&self, scope: &RevokeScope, at: UnixTime) -> Result<(u64, u64)> {
+        // A ledger row still live (`?1` is the time): unrevoked by itself and through its
+        // family, unexpired. Rows revoked through their family are neither marked nor counted
+        // again, so the count is what this revocation newly stopped.
+        macro_rules! live_token {
+            () => {
+                "revoked_at IS NULL AND expires_at > ?1 AND NOT EXISTS \
+                 (SELECT 1 FROM revoked_families f WHERE f.family_id = ledger.family_id)"
+            };
+        }
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let (sessions, tokens) = match scope {
@@ -1584,7 +1593,7 @@ impl LedgerStore for SqliteStore {
                     params![at, a.as_str()],
                 )?,
                 tx.execute(
-                    "UPDATE ledger SET revoked_at = ?1 WHERE subject = ?2 AND revoked_at IS NULL AND expires_at > ?1",
+                    concat!("UPDATE ledger SET revoked_at = ?1 WHERE subject = ?2 AND ", live_token!()),
                     params![at, a.as_str()],
                 )?,
             ),
@@ -1594,15 +1603,17 @@ impl LedgerStore for SqliteStore {
                     params![at, r.as_str()],
                 )?,
                 tx.execute(
-                    "UPDATE ledger SET revoked_at = ?1 WHERE realm = ?2 AND revoked_at IS NULL AND expires_at > ?1",
+                    concat!("UPDATE ledger SET revoked_at = ?1 WHERE realm = ?2 AND ", live_token!()),
                     params![at, r.as_str()],
                 )?,
             ),
             RevokeScope::Client(r, c) => (
                 0,
                 tx.execute(
-                    "UPDATE ledger SET revoked_at = ?1 WHERE realm = ?2 AND client_id = ?3 \
-                     AND revoked_at IS NULL AND expires_at > ?1",
+                    concat!(
+                        "UPDATE ledger SET revoked_at = ?1 WHERE realm = ?2 AND client_id = ?3 AND ",
+                        live_token!()
+                    ),
                     params![at, r.as_str(), c.as_str()],
                 )?,
             ),

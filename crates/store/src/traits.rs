@@ -112,7 +112,8 @@ pub trait LedgerStore: Send + Sync {
     /// into it fails from then on); `false` if it was revoked already.
     fn revoke_family(&self, family_id: &str, at: UnixTime) -> Result<bool>;
     /// Revokes, in one transaction, every live session and unexpired token `scope` covers;
-    /// returns how many sessions and tokens.
+    /// returns how many sessions and tokens it newly revoked (a token already revoked through
+    /// its family is not counted).
     fn revoke_scope(&self, scope: &RevokeScope, at: UnixTime) -> Result<(u64, u64)>;
     /// The key and revocation generation counters, read together. The revocation counter is
     /// bumped by anything that can invalidate a token already issued (a revoked token, family

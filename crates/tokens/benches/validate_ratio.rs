@@ -3,7 +3,8 @@
 //! right beside it, a batch of full validations of the same token, and the result is the
 //! median of the per-round ratios (criterion's `validate` bench measures them minutes apart).
 //!
-//! `cargo bench -p tokens --bench validate_ratio` (`ROUNDS`, default 40; `ALGS`, default all). "Full" is what a
+//! `cargo bench -p tokens --bench validate_ratio` (`ROUNDS`, default 40; `ALGS`, a
+//! comma-separated subset of EdDSA, ES256 and RS256, default all three). "Full" is what a
 //! resource server does per request: the generation counters, the key set, and the whole
 //! policy with the ledger check — answered from memory for a token this process minted, and
 //! from one store read for a token minted elsewhere.
@@ -34,7 +35,14 @@ fn main() {
     );
     // `ALGS=RS256,EdDSA` narrows the run (e.g. to profile one algorithm).
     let only = std::env::var("ALGS").ok();
-    for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
+    const MEASURED: [Algorithm; 3] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
+    for name in only.iter().flat_map(|o| o.split(',')) {
+        assert!(
+            MEASURED.iter().any(|a| a.as_str() == name),
+            "ALGS: {name} is not one of EdDSA, ES256, RS256"
+        );
+    }
+    for alg in MEASURED {
         if only
             .as_deref()
             .is_some_and(|o| !o.split(',').any(|a| a == alg.as_str()))

@@ -340,6 +340,10 @@ fn checks(
     // its prefix: where the algorithm signs the input's SHA-256 too (ES256, RS256, PS256), one
     // pass over the input serves both.
     let input = jws.signing_input.as_bytes();
+    debug_assert!(
+        raw.as_bytes().starts_with(input),
+        "the signing input is the token's prefix"
+    );
     let mut hasher = digest::Context::new(&digest::SHA256);
     hasher.update(input);
     let verified = if key.signs_sha256() {

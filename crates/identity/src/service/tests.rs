@@ -81,8 +81,9 @@ fn fx() -> Fx {
 const VERIFIER: &str = "a-pkce-verifier-of-at-least-forty-three-characters-0123456789";
 
 impl Fx {
-    /// A fresh code for alice, with an S256 challenge of [`VERIFIER`].
-    fn code(&self) -> String {
+    /// A fresh code for alice in a session of its own, with an S256 challenge of
+    /// [`VERIFIER`] unless `pkce` is false.
+    fn code_with(&self, pkce: bool) -> (String, SessionId) {
         let session = self
             .id
             .new_session(&self.realm, &self.alice.id, NOW)
@@ -94,29 +95,33 @@ impl Fx {
             scope: "openid offline_access mail".into(),
             state: None,
             nonce: None,
-            code_challenge: Some(B64.encode(sha256(VERIFIER.as_bytes()))),
+            code_challenge: pkce.then(|| B64.encode(sha256(VERIFIER.as_bytes()))),
             resource: vec![],
         };
-        self.id.issue_code(&req, &session, NOW).unwrap()
+        (self.id.issue_code(&req, &session, NOW).unwrap(), session.id)
     }
 
-    fn exchange(
+    fn code(&self) -> String {
+        self.code_with(true).0
+    }
+
+    /// Exchanges `code` at `realm`'s token endpoint as `client`.
+    fn exchange_at(
         &self,
+        realm: &RealmId,
+        client: &Client,
         code: &str,
-        redirect: &str,
         verifier: Option<&str>,
         now: UnixTime,
     ) -> Result<Issue, OAuthError> {
         let source = Source::default();
-        self.id.grant_code(
-            &self.realm,
-            &self.client,
-            code,
-            Some(redirect),
-            verifier,
-            &source,
-            now,
-        )
+        let redirect = Some(REDIRECT);
+        self.id
+            .grant_code(realm, client, code, redirect, verifier, &source, now)
+    }
+
+    fn exchange(&self, code: &str, verifier: Option<&str>) -> Result<Issue, OAuthError> {
+        self.exchange_at(&self.realm, &self.client, code, verifier, NOW)
     }
 
     fn refusals(&self) -> Vec<AuditRecord> {
@@ -127,61 +132,166 @@ impl Fx {
         self.store.search_audit(&query).unwrap()
     }
 
-    /// The reason of the one refusal recorded since `before` refusals, which must be an
-    /// authorization code's, for alice when `for_alice`.
-    fn refused_since(&self, before: usize, for_alice: bool) -> String {
+    /// The refusals recorded since there were `before`: each an authorization code's.
+    fn refused_since(&self, before: usize) -> Vec<AuditRecord> {
         let all = self.refusals();
-        assert_eq!(all.len(), before + 1, "one refusal recorded: {all:?}");
-        let r = all.iter().max_by_key(|r| r.id).unwrap();
-        assert_eq!(r.details["token_type"], "authorization_code");
-        assert_eq!(r.client_id.as_deref(), Some("webapp"));
-        let target = for_alice.then(|| self.alice.id.to_string());
-        assert_eq!(r.target, target);
-        r.details["reason"].as_str().unwrap().to_owned()
+        let new = all[before..].to_vec();
+        for r in &new {
+            assert_eq!(r.details["token_type"], "authorization_code", "{r:?}");
+        }
+        new
+    }
+
+    /// The one refusal recorded since `before`: alice's code refused at contoso's endpoint;
+    /// the presenting client and the reason.
+    fn refused(&self, before: usize) -> (String, String) {
+        let new = self.refused_since(before);
+        let [r] = new.as_slice() else {
+            panic!("one refusal expected: {new:?}")
+        };
+        assert_eq!(r.realm.as_ref(), Some(&self.realm));
+        assert_eq!(r.target.as_deref(), Some(self.alice.id.as_str()));
+        let client = r.client_id.clone().unwrap();
+        (client, r.details["reason"].as_str().unwrap().to_owned())
+    }
+
+    /// [`Self::refused`] where webapp presented the code: the reason.
+    fn refused_reason(&self, before: usize) -> String {
+        let (client, reason) = self.refused(before);
+        assert_eq!(client, "webapp");
+        reason
+    }
+
+    /// Another public client of contoso, allowed the code grant.
+    fn other_client(&self, realm: &RealmId) -> Client {
+        let new = NewClient {
+            realm: realm.clone(),
+            client_id: ClientId::new("other").unwrap(),
+            name: "other".into(),
+            confidential: false,
+            first_party: false,
+            redirect_uris: vec![REDIRECT.into()],
+            grant_types: vec![],
+            id_token_alg: None,
+        };
+        self.id.create_client(new, NOW).unwrap().client
     }
 }
 
+/// Each refusal after the code is found names alice (the code's account) and its reason.
 #[test]
 fn every_refused_code_is_audited_with_its_reason() {
     let f = fx();
+    let other = f.other_client(&f.realm);
     let expired = NOW + IdentityConfig::default().code_ttl;
-    let cases: [(&str, Box<dyn Fn(&str) -> Result<Issue, OAuthError>>, bool); 5] = [
-        (
-            "CodeUnknown",
-            Box::new(|_| f.exchange("no-such-code", REDIRECT, Some(VERIFIER), NOW)),
-            false,
-        ),
+    let wrong = VERIFIER.replace('a', "b");
+    type Exchange<'a> = Box<dyn Fn(&str) -> Result<Issue, OAuthError> + 'a>;
+    let cases: Vec<(&str, Exchange<'_>)> = vec![
         (
             "CodeExpired",
-            Box::new(|c| f.exchange(c, REDIRECT, Some(VERIFIER), expired)),
-            true,
+            Box::new(|c| f.exchange_at(&f.realm, &f.client, c, Some(VERIFIER), expired)),
+        ),
+        (
+            "CodeClientMismatch",
+            Box::new(|c| f.exchange_at(&f.realm, &other, c, Some(VERIFIER), NOW)),
         ),
         (
             "RedirectUriMismatch",
-            Box::new(|c| f.exchange(c, "https://evil.test/cb", Some(VERIFIER), NOW)),
-            true,
+            Box::new(|c| {
+                let source = Source::default();
+                let redirect = Some("https://evil.test/cb");
+                f.id.grant_code(
+                    &f.realm,
+                    &f.client,
+                    c,
+                    redirect,
+                    Some(VERIFIER),
+                    &source,
+                    NOW,
+                )
+            }),
         ),
-        (
-            "PkceFailed",
-            Box::new(|c| f.exchange(c, REDIRECT, Some(&VERIFIER.replace('a', "b")), NOW)),
-            true,
-        ),
-        (
-            "PkceVerifierMissing",
-            Box::new(|c| f.exchange(c, REDIRECT, None, NOW)),
-            true,
-        ),
+        ("PkceFailed", Box::new(|c| f.exchange(c, Some(&wrong)))),
+        ("PkceVerifierMissing", Box::new(|c| f.exchange(c, None))),
     ];
-    for (reason, exchange, for_alice) in cases {
+    for (reason, exchange) in cases {
         let before = f.refusals().len();
         let err = exchange(&f.code()).unwrap_err();
         assert_eq!(err.code, "invalid_grant", "{reason}");
-        assert_eq!(f.refused_since(before, for_alice), reason);
+        let presenter = if reason == "CodeClientMismatch" {
+            "other"
+        } else {
+            "webapp"
+        };
+        assert_eq!(f.refused(before), (presenter.to_owned(), reason.to_owned()));
     }
-    // A good exchange records no refusal.
+    // A verifier for a code that had no challenge: a downgrade.
     let before = f.refusals().len();
-    assert!(f.exchange(&f.code(), REDIRECT, Some(VERIFIER), NOW).is_ok());
-    assert_eq!(f.refusals().len(), before);
+    assert!(f.exchange(&f.code_with(false).0, Some(VERIFIER)).is_err());
+    assert_eq!(f.refused_reason(before), "PkceDowngrade");
+    // The session signed out, or the account disabled, after the code was issued.
+    let (code, session) = f.code_with(true);
+    f.store.revoke_session(&session, NOW).unwrap();
+    let before = f.refusals().len();
+    assert!(f.exchange(&code, Some(VERIFIER)).is_err());
+    assert_eq!(f.refused_reason(before), "SessionRevoked");
+    let code = f.code();
+    f.id.disable_user("alice@contoso.test", NOW).unwrap();
+    let before = f.refusals().len();
+    assert!(f.exchange(&code, Some(VERIFIER)).is_err());
+    assert_eq!(f.refused_reason(before), "AccountDisabled");
+    // A made-up code names nobody.
+    let before = f.refusals().len();
+    assert!(f.exchange("no-such-code", Some(VERIFIER)).is_err());
+    let [r] = f.refused_since(before).try_into().unwrap();
+    assert_eq!(
+        (r.details["reason"].as_str(), r.target),
+        (Some("CodeUnknown"), None)
+    );
+}
+
+/// A code presented at another tenant's endpoint is, there, an unknown code naming nobody;
+/// the tenant whose user it was is told, and nothing of it is revoked from elsewhere.
+#[test]
+fn another_realms_code_names_nobody_there() {
+    let f = fx();
+    let fabrikam =
+        f.id.create_tenant(
+            "fabrikam",
+            None,
+            &["fabrikam.test".into()],
+            Algorithm::EdDSA,
+            NOW,
+        )
+        .unwrap()
+        .id;
+    let theirs = f.other_client(&fabrikam);
+    let code = f.code();
+    let before = f.refusals().len();
+    let err = f
+        .exchange_at(&fabrikam, &theirs, &code, Some(VERIFIER), NOW)
+        .unwrap_err();
+    assert_eq!(err.code, "invalid_grant");
+    let new = f.refused_since(before);
+    let at = |realm: &RealmId| {
+        new.iter()
+            .find(|r| r.realm.as_ref() == Some(realm))
+            .unwrap()
+    };
+    let there = at(&fabrikam);
+    assert_eq!(
+        (there.details["reason"].as_str(), &there.target),
+        (Some("CodeUnknown"), &None)
+    );
+    let home = at(&f.realm);
+    assert_eq!(home.details["reason"], "CodeRealmMismatch");
+    assert_eq!(home.target.as_deref(), Some(f.alice.id.as_str()));
+    assert_eq!(new.len(), 2);
+    let replays = AuditQuery {
+        operation: Some("AuthCodeReused".into()),
+        ..AuditQuery::default()
+    };
+    assert!(f.store.search_audit(&replays).unwrap().is_empty());
 }
 
 /// A replay of the code revokes the family its first exchange issues into; when that lands
@@ -190,16 +300,14 @@ fn every_refused_code_is_audited_with_its_reason() {
 #[tokio::test]
 async fn a_code_whose_family_is_revoked_before_the_write_issues_nothing() {
     let f = fx();
-    let issue = f
-        .exchange(&f.code(), REDIRECT, Some(VERIFIER), NOW)
-        .unwrap();
+    let issue = f.exchange(&f.code(), Some(VERIFIER)).unwrap();
     let family = issue.req.family.clone().unwrap();
     assert!(f.store.revoke_family(&family, NOW).unwrap());
     let before = f.refusals().len();
 
     let err = f.id.finish(issue).await.err().unwrap();
     assert_eq!(err.code, "invalid_grant");
-    assert_eq!(f.refused_since(before, true), "TokenRevoked");
+    assert_eq!(f.refused_reason(before), "TokenRevoked");
     let issued = AuditQuery {
         operation: Some("TokenIssued".into()),
         ..AuditQuery::default()

@@ -429,6 +429,51 @@ fn nothing_is_issued_into_a_revoked_family() {
     assert_eq!(a4.revoked_at, None);
 }
 
+/// `sessions revoke` reports what it newly stopped: a token already revoked by itself or
+/// through its family is neither marked again nor counted, whichever scope is revoked.
+#[test]
+fn a_scope_revocation_counts_only_what_it_newly_revoked() {
+    let realm = RealmId::new("contoso").unwrap();
+    let scopes = [
+        RevokeScope::Account(AccountId::new("u1").unwrap()),
+        RevokeScope::Realm(realm.clone()),
+        RevokeScope::Client(realm, ClientId::new("app").unwrap()),
+    ];
+    for scope in scopes {
+        let s = SqliteStore::in_memory().unwrap();
+        s.record_tokens(&[
+            entry("r1", TokenKind::Refresh, Some("f1")),
+            entry("a1", TokenKind::Access, Some("f1")),
+            entry("a2", TokenKind::Access, None),
+            entry("a3", TokenKind::Access, None),
+        ])
+        .unwrap();
+        s.revoke_family("f1", 11).unwrap();
+        s.revoke_token(&Jti::new("a3").unwrap(), 11).unwrap();
+        assert_eq!(
+            s.revoke_scope(&scope, 12).unwrap().1,
+            1,
+            "{scope:?}: a2 only"
+        );
+        assert_eq!(
+            s.revoke_scope(&scope, 13).unwrap().1,
+            0,
+            "{scope:?}: nothing left"
+        );
+        let revoked_at = |t: &str| {
+            s.get_token(&Jti::new(t).unwrap())
+                .unwrap()
+                .unwrap()
+                .revoked_at
+        };
+        assert_eq!(
+            [revoked_at("a1"), revoked_at("a2"), revoked_at("a3")],
+            [Some(11), Some(12), Some(11)],
+            "{scope:?}"
+        );
+    }
+}
+
 #[test]
 fn duplicate_jti_is_refused() {
     let s = SqliteStore::in_memory().unwrap();

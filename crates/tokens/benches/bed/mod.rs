@@ -2,11 +2,6 @@
 //! and account, key custody, a minter, and per algorithm a freshly minted access token.
 
 use std::path::PathBuf;
-
-// The allocator `keypost serve` runs with (crates/keypost/src/main.rs), so what a benchmark
-// allocates costs what it costs in production.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 
 use keys::{Algorithm, Custody, Kek, KeyPolicy, KeyPurpose, VerifyingKey};
@@ -14,6 +9,11 @@ use store::{
     Account, AccountId, Client, ClientId, Realm, RealmId, RealmKind, Role, SqliteStore, Store,
 };
 use tokens::{Expectation, MintRequest, Minter, issuer_for};
+
+// The allocator `keypost serve` runs with (crates/keypost/src/main.rs), so what a benchmark
+// allocates costs what it costs in production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub(crate) const URL: &str = "https://keypost.test";
 

@@ -54,19 +54,7 @@ fn fx() -> Fx {
         )
         .unwrap();
     let client = id
-        .create_client(
-            NewClient {
-                realm: realm.clone(),
-                client_id: ClientId::new("webapp").unwrap(),
-                name: "webapp".into(),
-                confidential: false,
-                first_party: false,
-                redirect_uris: vec![REDIRECT.into()],
-                grant_types: vec![],
-                id_token_alg: None,
-            },
-            NOW,
-        )
+        .create_client(public_client(&realm, "webapp"), NOW)
         .unwrap()
         .client;
     Fx {
@@ -75,6 +63,20 @@ fn fx() -> Fx {
         realm,
         client,
         alice,
+    }
+}
+
+/// A public client of `realm` that may use the code grant, redirecting to [`REDIRECT`].
+fn public_client(realm: &RealmId, id: &str) -> NewClient {
+    NewClient {
+        realm: realm.clone(),
+        client_id: ClientId::new(id).unwrap(),
+        name: id.into(),
+        confidential: false,
+        first_party: false,
+        redirect_uris: vec![REDIRECT.into()],
+        grant_types: vec![],
+        id_token_alg: None,
     }
 }
 
@@ -162,18 +164,9 @@ impl Fx {
         reason
     }
 
-    /// Another public client of contoso, allowed the code grant.
+    /// Another public client, `other`, of `realm`.
     fn other_client(&self, realm: &RealmId) -> Client {
-        let new = NewClient {
-            realm: realm.clone(),
-            client_id: ClientId::new("other").unwrap(),
-            name: "other".into(),
-            confidential: false,
-            first_party: false,
-            redirect_uris: vec![REDIRECT.into()],
-            grant_types: vec![],
-            id_token_alg: None,
-        };
+        let new = public_client(realm, "other");
         self.id.create_client(new, NOW).unwrap().client
     }
 }

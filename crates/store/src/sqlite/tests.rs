@@ -71,6 +71,14 @@ fn store_with_u1() -> SqliteStore {
     s
 }
 
+/// When the ledger row `jti` reads revoked (by itself or through its family).
+fn revoked_at(s: &SqliteStore, jti: &str) -> Option<UnixTime> {
+    s.get_token(&Jti::new(jti).unwrap())
+        .unwrap()
+        .unwrap()
+        .revoked_at
+}
+
 /// A fresh directory for a test's database file, and the file's path in it.
 fn temp_db(test: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("keypost-{test}-{}", std::process::id()));
@@ -224,12 +232,7 @@ fn the_family_migration_keeps_revoked_families_revoked() {
         }
     }
     let s = SqliteStore::open(&path).unwrap();
-    let revoked_at = |jti: &str| {
-        s.get_token(&Jti::new(jti).unwrap())
-            .unwrap()
-            .unwrap()
-            .revoked_at
-    };
+    let revoked_at = |jti: &str| revoked_at(&s, jti);
     assert_eq!(
         revoked_at("a1"),
         Some(7),
@@ -460,12 +463,7 @@ fn a_scope_revocation_counts_only_what_it_newly_revoked() {
             0,
             "{scope:?}: nothing left"
         );
-        let revoked_at = |t: &str| {
-            s.get_token(&Jti::new(t).unwrap())
-                .unwrap()
-                .unwrap()
-                .revoked_at
-        };
+        let revoked_at = |jti: &str| revoked_at(&s, jti);
         assert_eq!(
             [revoked_at("a1"), revoked_at("a2"), revoked_at("a3")],
             [Some(11), Some(12), Some(11)],

@@ -2,7 +2,9 @@
 //! in order, with a typed result.
 
 use aws_lc_rs::digest;
-use keys::{Algorithm, VerifyingKeys};
+use std::sync::Arc;
+
+use keys::{Algorithm, VerifyingKey, VerifyingKeys};
 use store::{AccountId, ClientId, Jti, KeyPurpose, Kid, RealmId, SessionId, TokenKind, UnixTime};
 use subtle::ConstantTimeEq;
 
@@ -184,13 +186,13 @@ struct LedgerHit(());
 /// every check passed.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    realm: RealmId,
+    /// The key that signed it: of the expected realm, so its realm and kid are the token's.
+    key: Arc<VerifyingKey>,
     subject: String,
     client_id: ClientId,
     /// Space-separated, as in the token.
     scope: String,
     jti: Jti,
-    kid: Kid,
     session: Option<SessionId>,
     expires_at: UnixTime,
     _proofs: (SignatureValid, LedgerHit),
@@ -199,7 +201,7 @@ pub struct Principal {
 impl Principal {
     /// The realm the token belongs to (always the expected realm).
     pub fn realm(&self) -> &RealmId {
-        &self.realm
+        self.key.realm()
     }
     /// `sub`.
     pub fn subject(&self) -> &str {
@@ -229,7 +231,7 @@ impl Principal {
     }
     /// Signing key.
     pub fn kid(&self) -> &Kid {
-        &self.kid
+        self.key.kid()
     }
     /// Session, if any.
     pub fn session(&self) -> Option<&SessionId> {
@@ -419,12 +421,11 @@ fn checks(
     }
 
     Ok(Principal {
-        realm: expect.realm.clone(),
+        key: key.clone(),
         subject: sub.to_owned(),
         client_id,
         scope: scope.to_owned(),
         jti,
-        kid: key.kid().clone(),
         session,
         expires_at: exp,
         _proofs: (signature_valid, ledger_hit),

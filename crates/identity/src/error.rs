@@ -101,6 +101,14 @@ impl OAuthError {
     pub fn unknown_realm() -> Self {
         Self::new(StatusCode::NOT_FOUND, "invalid_request", "unknown realm")
     }
+    /// `server_error` (500): a bug (a handler panicked); nothing the client can mend.
+    pub fn server_error() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal error",
+        )
+    }
     /// `temporarily_unavailable` (503): signing or storage is down; nothing was issued.
     pub fn unavailable() -> Self {
         Self::new(

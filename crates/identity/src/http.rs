@@ -28,7 +28,7 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The identity routes, under `/realms/{realm}/...`, plus `/healthz`.
 pub fn router(identity: Arc<Identity>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/realms/{realm}/.well-known/openid-configuration",
@@ -55,7 +55,20 @@ pub fn router(identity: Arc<Identity>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .with_state(identity)
+        .with_state(identity);
+    guard_panics(routes)
+}
+
+/// A handler that panics (a bug) answers RFC 6749's `server_error` (500) instead of dropping
+/// the connection unanswered. The panic's message is not repeated here: it may quote request
+/// data, and the panic hook has already said where it happened.
+fn guard_panics(routes: Router) -> Router {
+    routes.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |_: Box<dyn std::any::Any + Send>| {
+            tracing::error!("a request handler panicked; answered server_error");
+            no_store(OAuthError::server_error().into_response())
+        },
+    ))
 }
 
 type St = State<Arc<Identity>>;
@@ -856,4 +869,29 @@ fn logout(
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A bug that panics in a handler still gets the client an answer in OAuth's form.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_server_error() {
+        async fn bug() -> StatusCode {
+            panic!("a bug")
+        }
+        let routes = Router::new().route("/p", get(bug));
+        let request = Request::get("/p").body(Body::empty()).unwrap();
+        let r = guard_panics(routes).oneshot(request).await.unwrap();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "server_error");
+    }
 }

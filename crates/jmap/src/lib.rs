@@ -90,7 +90,7 @@ impl Jmap {
 
 /// The JMAP routes.
 pub fn router(jmap: Arc<Jmap>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/.well-known/jmap", get(session))
         .route("/jmap/session", get(session))
         .route("/jmap/api", post(api_call))
@@ -103,7 +103,21 @@ pub fn router(jmap: Arc<Jmap>) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             Duration::from_secs(30),
         ))
-        .with_state(jmap)
+        .with_state(jmap);
+    guard_panics(routes)
+}
+
+/// A handler that panics (a bug) answers a 500 problem document (RFC 7807; JMAP defines no
+/// type for it) instead of dropping the connection unanswered. The panic's message is not
+/// repeated here: it may quote request data, and the panic hook has already said where.
+fn guard_panics(routes: Router) -> Router {
+    routes.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |_: Box<dyn std::any::Any + Send>| {
+            tracing::error!("a JMAP handler panicked; answered 500");
+            let status = StatusCode::INTERNAL_SERVER_ERROR;
+            problem_document(status, "about:blank", "internal error")
+        },
+    ))
 }
 
 fn now() -> i64 {
@@ -169,7 +183,16 @@ impl Drop for Authed {
 
 /// RFC 8620 §3.6.1 problem details.
 pub(crate) fn problem(status: StatusCode, kind: &str, detail: &str) -> Response {
-    let body = json!({"type": format!("urn:ietf:params:jmap:error:{kind}"), "status": status.as_u16(), "detail": detail});
+    problem_document(
+        status,
+        &format!("urn:ietf:params:jmap:error:{kind}"),
+        detail,
+    )
+}
+
+/// An RFC 7807 problem document of type `uri`.
+fn problem_document(status: StatusCode, uri: &str, detail: &str) -> Response {
+    let body = json!({"type": uri, "status": status.as_u16(), "detail": detail});
     let mut r = (status, Json(body)).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -558,4 +581,35 @@ async fn eventsource(
                 .event(ping_event),
         )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A bug that panics in a handler still gets the client an answer: a problem document.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_problem_document() {
+        async fn bug() -> StatusCode {
+            panic!("a bug")
+        }
+        let routes = Router::new().route("/p", get(bug));
+        let request = Request::get("/p").body(Body::empty()).unwrap();
+        let r = guard_panics(routes).oneshot(request).await.unwrap();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (body["type"].as_str(), body["status"].as_u64()),
+            (Some("about:blank"), Some(500))
+        );
+    }
 }

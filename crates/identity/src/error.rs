@@ -184,3 +184,16 @@ impl IntoResponse for OAuthError {
         resp
     }
 }
+
+/// A task a request waited on failed: a panic in it is a bug (`server_error`, 500, as a panic
+/// on the request's own task answers); a task cancelled at shutdown is `temporarily_unavailable`.
+impl From<tokio::task::JoinError> for OAuthError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        if e.is_panic() {
+            tracing::error!("a request's task panicked; answered server_error");
+            Self::server_error()
+        } else {
+            Self::unavailable()
+        }
+    }
+}

@@ -93,10 +93,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientSource {
 }
 
 pub(crate) async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "request handler panicked");
-        OAuthError::unavailable().into_response()
-    })
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| OAuthError::from(e).into_response())
 }
 
 fn realm_of(id: &Identity, raw: &str) -> Result<RealmId, OAuthError> {
@@ -723,10 +722,7 @@ async fn token(
             id.refuse_refresh(refusal).await.into_response()
         }
         Ok(Err(e)) => e.into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "request handler panicked");
-            OAuthError::unavailable().into_response()
-        }
+        Err(e) => OAuthError::from(e).into_response(),
     };
     no_store(response)
 }

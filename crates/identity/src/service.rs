@@ -349,6 +349,29 @@ impl Identity {
         self.minter.ledger_cache()
     }
 
+    /// Deletes the issuance ledger's rows of tokens that expired more than `retention` seconds
+    /// ago, and the revocations of families none of whose tokens can still live
+    /// (`LedgerStore::prune_ledger`), a batch per transaction so that token requests wait on
+    /// none for long; returns how many rows went. `serve` runs it every few minutes.
+    pub fn prune_ledger(&self, retention: i64, now: UnixTime) -> Result<u64, Error> {
+        /// Rows per transaction.
+        const BATCH: u32 = 5_000;
+        let c = &self.cfg;
+        let longest = c.access_ttl.max(c.id_ttl).max(c.refresh_ttl);
+        let expired_before = now.saturating_sub(retention);
+        let minted_before = expired_before.saturating_sub(longest);
+        let mut pruned = 0;
+        loop {
+            let n = self
+                .store
+                .prune_ledger(minted_before, expired_before, BATCH)?;
+            pruned += n;
+            if n < u64::from(BATCH) {
+                return Ok(pruned);
+            }
+        }
+    }
+
     /// A realm's issuer URL.
     pub fn issuer(&self, realm: &RealmId) -> String {
         issuer_for(&self.cfg.public_url, realm)
@@ -990,10 +1013,7 @@ impl Identity {
         let this = self.clone();
         tokio::spawn(async move { this.mint_issue(issue).await })
             .await
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "a refresh's minting task failed");
-                Err(OAuthError::unavailable())
-            })
+            .unwrap_or_else(|e| Err(e.into()))
     }
 
     async fn mint_issue(self: &Arc<Self>, issue: Issue) -> Result<TokenResponse, OAuthError> {
@@ -1050,7 +1070,7 @@ impl Identity {
                         }
                     })
                     .await;
-                    return Err(answer.unwrap_or_else(|_| OAuthError::unavailable()));
+                    return Err(answer.unwrap_or_else(OAuthError::from));
                 };
                 let refusal = RefreshRefusal {
                     realm: req.realm,
@@ -1306,43 +1326,49 @@ impl Identity {
             .store
             .consume_auth_code(&hash, now)
             .map_err(Error::from)?;
-        // Another realm's code is, to this realm, no code at all: refused as unknown here,
-        // naming nobody, and neither replay-checked nor revoked from here. The realm whose
-        // user it was is told that its code was spent elsewhere.
-        let c = match consumed {
-            Some(c) if &c.realm == realm => c,
-            other => {
-                if let Some(c) = other {
-                    let ev = refused_grant_event(
-                        &c.realm,
-                        &c.client_id,
-                        source,
-                        "authorization_code",
-                        "CodeRealmMismatch",
-                    );
-                    self.audit
-                        .record(ev.target(c.account.as_str()), now)
-                        .map_err(Error::from)?;
-                }
-                return Err(refuse("CodeUnknown", None, bad()));
-            }
+        let Some(c) = consumed else {
+            return Err(refuse("CodeUnknown", None, bad()));
         };
+        // Another realm's code is, to this realm, no code at all: refused as unknown here,
+        // naming nobody. What it means is recorded in the realm whose user it was, under the
+        // code's own client (the presenter's belongs to another tenant).
+        let elsewhere = &c.realm != realm;
         if c.used_at.is_some() {
-            // RFC 6749 §4.1.2: a replayed code revokes what it issued.
+            // RFC 6749 §4.1.2: a replayed code revokes what it issued, wherever it is
+            // presented: whoever presents it holds a copy.
             if let Some(f) = &c.family_id {
                 self.store.revoke_family(f, now).map_err(Error::from)?;
             }
+            let presenter = if elsewhere {
+                &c.client_id
+            } else {
+                &client.client_id
+            };
+            let ev = Event::failure(Operation::AuthCodeReused)
+                .realm(&c.realm)
+                .client(presenter.as_str())
+                .source(source)
+                .target(c.account.as_str())
+                .detail("presented_elsewhere", elsewhere);
+            self.audit.record(ev, now).map_err(Error::from)?;
+            return Err(if elsewhere {
+                refuse("CodeUnknown", None, bad())
+            } else {
+                bad()
+            });
+        }
+        if elsewhere {
+            let ev = refused_grant_event(
+                &c.realm,
+                &c.client_id,
+                source,
+                "authorization_code",
+                "CodeRealmMismatch",
+            );
             self.audit
-                .record(
-                    Event::failure(Operation::AuthCodeReused)
-                        .realm(realm)
-                        .client(client.client_id.as_str())
-                        .source(source)
-                        .target(c.account.as_str()),
-                    now,
-                )
+                .record(ev.target(c.account.as_str()), now)
                 .map_err(Error::from)?;
-            return Err(bad());
+            return Err(refuse("CodeUnknown", None, bad()));
         }
         let account = Some(&c.account);
         if c.client_id != client.client_id {
@@ -1570,7 +1596,7 @@ impl Identity {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.write_refusal(r))
             .await
-            .unwrap_or_else(|_| OAuthError::unavailable())
+            .unwrap_or_else(OAuthError::from)
     }
 
     fn write_refusal(&self, r: Box<RefreshRefusal>) -> OAuthError {

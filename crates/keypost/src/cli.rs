@@ -276,6 +276,13 @@ pub(crate) enum SessionsCmd {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Delete the issuance ledger's rows of tokens that expired more than
+    /// `tokens.ledger_retention` ago, and the revocations of refresh families none of whose
+    /// tokens can still be valid. `serve` does this every few minutes by itself.
+    Prune {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1405,6 +1412,17 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             println!(
                 "{what}: {sessions} sessions and {tokens} tokens revoked; refused from the next request on"
             );
+            Ok(())
+        }
+        Command::Sessions(SessionsCmd::Prune { out }) => {
+            let svc = services(config)?;
+            let pruned = svc
+                .identity
+                .prune_ledger(svc.config.ledger_retention, now)?;
+            if out.json {
+                return print_json(&json!({"ledger_rows_pruned": pruned}));
+            }
+            println!("{pruned} ledger rows of long-expired tokens deleted");
             Ok(())
         }
         Command::Investigate(args) => {

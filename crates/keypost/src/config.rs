@@ -170,6 +170,8 @@ struct Tokens {
     session_ttl: String,
     auth_code_ttl: String,
     clock_leeway: String,
+    /// How long the issuance ledger keeps a token's row after the token expired.
+    ledger_retention: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,6 +231,7 @@ impl Default for Tokens {
             session_ttl: "30d".into(),
             auth_code_ttl: "60s".into(),
             clock_leeway: "30s".into(),
+            ledger_retention: "1d".into(),
         }
     }
 }
@@ -269,6 +272,8 @@ pub(crate) struct Config {
     pub(crate) mail_quota: Option<u64>,
     /// Seconds audit records are kept.
     pub(crate) audit_retention: i64,
+    /// Seconds the issuance ledger keeps a row after its token expired.
+    pub(crate) ledger_retention: i64,
     /// Where audit records are also sent.
     pub(crate) syslog: Option<crate::forward::SyslogTarget>,
     /// Where new alerts are posted, and the signing key.
@@ -515,6 +520,7 @@ impl FileConfig {
             kek_file,
             mail_quota: size("mail.quota", &self.mail.quota)?,
             audit_retention: secs("audit.retention", &self.audit.retention)?,
+            ledger_retention: secs("tokens.ledger_retention", &self.tokens.ledger_retention)?,
             syslog: match self.audit.syslog.trim() {
                 "" => None,
                 s => Some(crate::forward::SyslogTarget::parse(s)?),

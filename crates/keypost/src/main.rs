@@ -41,6 +41,7 @@ fn main() -> std::process::ExitCode {
         args.command,
         cli::Command::Serve | cli::Command::Signer { .. }
     ));
+    log_panics_without_their_messages();
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -53,6 +54,26 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let config = config::Config::load(args.config.as_deref())?;
     cli::run(args.command, config)
+}
+
+/// A panic (a bug) is logged with where it happened but not with a message formatted at run
+/// time, which may quote request data — a token, an address, a header — and logs hold no
+/// secrets. A literal message (`panic!("...")`, `Option::unwrap`) is kept: it quotes nothing.
+fn log_panics_without_their_messages() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&'static str>()
+            .copied()
+            .unwrap_or("(withheld: formatted at run time, it may quote request data)");
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        tracing::error!(target: "keypost::panic", thread, %location, message, "panicked");
+    }));
 }
 
 /// Logs go to stderr; `KEYPOST_LOG` takes a `tracing` target filter such as

@@ -14,6 +14,8 @@ use crate::config::Config;
 /// How often the detector looks at new audit records: alerts land within about this long
 /// (plus delivery) of the event, and each idle pass costs one indexed read.
 const DETECT_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the ledger is pruned of long-expired tokens (the first pass at start).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
 
 pub(crate) fn run(config: Config) -> Result<()> {
     // No key lives here, but tokens, sessions and mail pass through: no core dumps either.
@@ -103,6 +105,22 @@ pub(crate) fn run(config: Config) -> Result<()> {
                     Ok(Err(e)) => tracing::error!(target: "keypost::security", error = %e, "detection pass failed"),
                     Err(e) => tracing::error!(error = %e, "detection task panicked"),
                     Ok(Ok(_)) => {}
+                }
+            }
+        });
+        let pruner = identity.clone();
+        let retention = config.ledger_retention;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let p = pruner.clone();
+                match tokio::task::spawn_blocking(move || p.prune_ledger(retention, identity::now())).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(rows)) => tracing::info!(rows, "pruned the ledger of long-expired tokens"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "pruning the ledger failed"),
+                    Err(e) => tracing::error!(error = %e, "the ledger pruning task failed"),
                 }
             }
         });

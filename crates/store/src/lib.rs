@@ -35,7 +35,7 @@ pub use email_query::{
 pub use error::Error;
 pub use ids::{
     AccountId, BlobId, ClientId, EmailId, IdError, IdentityId, Jti, Kid, MailboxId, RealmId,
-    SessionId, SubmissionId, ThreadId,
+    SessionId, SubmissionId, ThreadId, push_jti_time_prefix,
 };
 pub use model::*;
 pub use sqlite::{GENERATIONS_STALE_AFTER, SqliteStore};

@@ -1574,6 +1574,34 @@ impl LedgerStore for SqliteStore {
         Ok(n > 0)
     }
 
+    fn prune_ledger(
+        &self,
+        minted_before: UnixTime,
+        expired_before: UnixTime,
+        limit: u32,
+    ) -> Result<u64> {
+        let ms = u64::try_from(minted_before)
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        let mut before = String::with_capacity(12);
+        crate::push_jti_time_prefix(&mut before, ms);
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The key range holds only tokens minted before the cut; `expires_at` keeps any of
+        // them that still lives (a lifetime configured longer back then).
+        let rows = tx.execute(
+            "DELETE FROM ledger WHERE jti IN \
+             (SELECT jti FROM ledger WHERE jti < ?1 AND expires_at < ?2 ORDER BY jti LIMIT ?3)",
+            params![before, expired_before, limit],
+        )?;
+        tx.execute(
+            "DELETE FROM revoked_families WHERE revoked_at < ?1",
+            params![minted_before],
+        )?;
+        tx.commit()?;
+        Ok(rows as u64)
+    }
+
     fn revoke_scope(&self, scope: &RevokeScope, at: UnixTime) -> Result<(u64, u64)> {
         // A ledger row still live (`?1` is the time): unrevoked by itself and through its
         // family, unexpired. Rows revoked through their family are neither marked nor counted
@@ -2297,6 +2325,14 @@ impl Writer {
             .and_then(|()| tx.commit().map_err(Error::from));
         self.commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A rotation refused for a revocation is proof of one that another process may have
+        // made less than `GENERATIONS_STALE_AFTER` ago: this process's validations see it now.
+        let proved_revoked = results
+            .iter()
+            .any(|(_, r)| matches!(r, Err(Error::FamilyRevoked(_) | Error::Consumed(_))));
+        if proved_revoked {
+            self.changed();
+        }
         match committed {
             Ok(()) => results,
             Err(e) => {

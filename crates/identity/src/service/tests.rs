@@ -243,8 +243,8 @@ fn every_refused_code_is_audited_with_its_reason() {
     );
 }
 
-/// A code presented at another tenant's endpoint is, there, an unknown code naming nobody;
-/// the tenant whose user it was is told, and nothing of it is revoked from elsewhere.
+/// A code presented at another tenant's endpoint is, there, an unknown code naming nobody; the
+/// tenant whose user it was is told. A replay there still revokes what the code issued.
 #[test]
 fn another_realms_code_names_nobody_there() {
     let f = fx();
@@ -280,11 +280,36 @@ fn another_realms_code_names_nobody_there() {
     assert_eq!(home.details["reason"], "CodeRealmMismatch");
     assert_eq!(home.target.as_deref(), Some(f.alice.id.as_str()));
     assert_eq!(new.len(), 2);
-    let replays = AuditQuery {
-        operation: Some("AuthCodeReused".into()),
-        ..AuditQuery::default()
+    let replays = || {
+        let query = AuditQuery {
+            operation: Some("AuthCodeReused".into()),
+            ..AuditQuery::default()
+        };
+        f.store.search_audit(&query).unwrap()
     };
-    assert!(f.store.search_audit(&replays).unwrap().is_empty());
+    assert!(replays().is_empty());
+    // The code is spent: its own client's exchange is now a replay (nothing issued yet, so
+    // nothing to revoke).
+    assert!(f.exchange(&code, Some(VERIFIER)).is_err());
+    assert_eq!(replays().len(), 1);
+
+    // A code already exchanged and replayed at another tenant's endpoint revokes what it
+    // issued all the same, recorded at home.
+    let code = f.code();
+    let issue = f.exchange(&code, Some(VERIFIER)).unwrap();
+    let family = issue.req.family.clone().unwrap();
+    assert!(
+        f.exchange_at(&fabrikam, &theirs, &code, Some(VERIFIER), NOW)
+            .is_err()
+    );
+    assert!(
+        !f.store.revoke_family(&family, NOW).unwrap(),
+        "revoked already"
+    );
+    let last = replays().pop().unwrap();
+    assert_eq!(last.realm.as_ref(), Some(&f.realm));
+    assert_eq!(last.client_id.as_deref(), Some("webapp"));
+    assert_eq!(last.details["presented_elsewhere"], true);
 }
 
 /// A replay of the code revokes the family its first exchange issues into; when that lands

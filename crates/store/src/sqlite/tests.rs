@@ -472,6 +472,52 @@ fn a_scope_revocation_counts_only_what_it_newly_revoked() {
     }
 }
 
+/// Pruning takes what no token needs any more, found by the jti's time prefix: rows minted
+/// before the cut that have expired, oldest first and at most `limit` at a time. A row minted
+/// before the cut that still lives stays, as does anything minted after it; a family revoked
+/// before the cut is forgotten, one revoked after it still refuses new tokens.
+#[test]
+fn the_ledger_is_pruned_of_what_no_token_needs() {
+    let s = store_with_u1();
+    let row = |minted: i64, tag: &str, expires_at: i64, family: Option<&str>| {
+        let mut jti = String::new();
+        crate::push_jti_time_prefix(&mut jti, minted as u64 * 1000);
+        jti.push_str(tag);
+        LedgerEntry {
+            jti: Jti::new(jti).unwrap(),
+            issued_at: minted,
+            expires_at,
+            ..entry("unused", TokenKind::Access, family)
+        }
+    };
+    let (a, b, live, late) = (
+        row(100, "a", 200, None),
+        row(101, "b", 201, Some("f1")),
+        row(102, "c", 9_000, None),
+        row(900, "d", 950, None),
+    );
+    s.record_tokens(&[a.clone(), b.clone(), live.clone(), late.clone()])
+        .unwrap();
+    s.revoke_family("f1", 150).unwrap();
+    s.revoke_family("f2", 800).unwrap();
+
+    // Cut at 500, at 1000: one row per call with a limit of 1, oldest first.
+    assert_eq!(s.prune_ledger(500, 1_000, 1).unwrap(), 1);
+    assert!(s.get_token(&a.jti).unwrap().is_none());
+    assert!(s.get_token(&b.jti).unwrap().is_some());
+    assert_eq!(s.prune_ledger(500, 1_000, 10).unwrap(), 1);
+    assert_eq!(s.prune_ledger(500, 1_000, 10).unwrap(), 0);
+    for kept in [&live, &late] {
+        assert!(s.get_token(&kept.jti).unwrap().is_some(), "{}", kept.jti);
+    }
+    s.record_tokens(&[row(1_000, "e", 2_000, Some("f1"))])
+        .unwrap();
+    assert!(matches!(
+        s.record_tokens(&[row(1_000, "f", 2_000, Some("f2"))]),
+        Err(Error::FamilyRevoked(f)) if f == "f2"
+    ));
+}
+
 #[test]
 fn duplicate_jti_is_refused() {
     let s = SqliteStore::in_memory().unwrap();
@@ -1013,6 +1059,36 @@ fn shared_counters_and_directory_follow_every_change() {
     assert_eq!(a.get_realm(&id).unwrap().unwrap().access_token_alg, "RS256");
     assert!(a.get_client(&id, &app).unwrap().unwrap().first_party);
     drop(a);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A rotation the write refuses for a revocation made by another process (here another store
+/// on the same file, still open) proves that revocation: this store's next generations read
+/// sees it at once, not up to `GENERATIONS_STALE_AFTER` later.
+#[test]
+fn a_refused_rotation_shows_another_process_revocation_at_once() {
+    let (dir, path) = temp_db("proved");
+    let a = SqliteStore::open(&path).unwrap();
+    a.create_realm(&realm("contoso", &[])).unwrap();
+    a.create_account(&account_u1()).unwrap();
+    a.record_tokens(&[entry("r1", TokenKind::Refresh, Some("f1"))])
+        .unwrap();
+    let before = a.generations().unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    assert!(b.revoke_family("f1", 11).unwrap());
+    let refused = a
+        .submit_issuance(
+            &[entry("r2", TokenKind::Refresh, Some("f1"))],
+            &[],
+            Some((&Jti::new("r1").unwrap(), 12)),
+        )
+        .wait();
+    assert!(
+        matches!(refused, Err(Error::FamilyRevoked(_))),
+        "{refused:?}"
+    );
+    assert!(a.generations().unwrap().revocations > before.revocations);
+    drop((a, b));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,7 +1,7 @@
 """The issuance ledger does not grow for ever: `keypost sessions prune` (which `serve` also runs
-every few minutes) deletes the rows of tokens that expired longer ago than the retention plus
-the longest token lifetime, and forgets revoked families none of whose tokens can still live.
-Anything that may still be valid stays."""
+every few minutes) deletes the rows of tokens minted longer ago than the longest lifetime plus
+the retention, once they have expired. Anything that may still be valid stays, and a revoked
+family stays revoked however long ago."""
 
 import secrets
 import sqlite3
@@ -36,8 +36,8 @@ def test_prune_deletes_only_what_no_token_needs(keypost, world):
              # Minted as long ago, but (a lifetime configured longer back then) still valid.
              ledger_row(still_valid, now - long_ago, now + DAY)],
         )
-        db.executemany("INSERT INTO revoked_families(family_id, revoked_at) VALUES (?, ?)",
-                       [("family-long-gone", now - long_ago), ("family-recent", now)])
+        db.execute("INSERT INTO revoked_families(family_id, revoked_at) VALUES (?, ?)",
+                   ("family-long-ago", now - long_ago))
 
     out = keypost.cli("sessions", "prune", json=True)
     # 0 only if `serve`'s own pass (every five minutes) got there first.
@@ -47,7 +47,7 @@ def test_prune_deletes_only_what_no_token_needs(keypost, world):
         kept = {j for (j,) in db.execute("SELECT jti FROM ledger WHERE jti IN (?, ?)", (expired, still_valid))}
         families = {f for (f,) in db.execute("SELECT family_id FROM revoked_families")}
     assert kept == {still_valid}
-    assert "family-long-gone" not in families and "family-recent" in families
+    assert "family-long-ago" in families
     # Nothing live was touched: the fresh token validates and refreshes.
     assert keypost.userinfo("contoso", live["access_token"]).status_code == 200
     assert keypost.refresh("contoso", live["refresh_token"]).status_code == 200

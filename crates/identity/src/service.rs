@@ -349,16 +349,22 @@ impl Identity {
         self.minter.ledger_cache()
     }
 
-    /// Deletes the issuance ledger's rows of tokens that expired more than `retention` seconds
-    /// ago, and the revocations of families none of whose tokens can still live
-    /// (`LedgerStore::prune_ledger`), a batch per transaction so that token requests wait on
-    /// none for long; returns how many rows went. `serve` runs it every few minutes.
+    /// Deletes the issuance ledger's rows no token needs any more
+    /// (`LedgerStore::prune_ledger`): those of tokens that expired more than `retention` (plus
+    /// the clock leeway) ago and were minted longer ago than the longest lifetime — token or
+    /// sign-in session, for logout by ID-token hint — plus `retention`. Small transactions
+    /// with a pause between, so that token requests wait on none for long; returns how many
+    /// rows went. `serve` runs it every few minutes.
     pub fn prune_ledger(&self, retention: i64, now: UnixTime) -> Result<u64, Error> {
-        /// Rows per transaction.
-        const BATCH: u32 = 5_000;
+        /// Rows per transaction, and the pause after each full one.
+        const BATCH: u32 = 1_000;
+        const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
         let c = &self.cfg;
-        let longest = c.access_ttl.max(c.id_ttl).max(c.refresh_ttl);
-        let expired_before = now.saturating_sub(retention);
+        let longest = [c.access_ttl, c.id_ttl, c.refresh_ttl, c.session_ttl]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let expired_before = now.saturating_sub(retention).saturating_sub(c.leeway);
         let minted_before = expired_before.saturating_sub(longest);
         let mut pruned = 0;
         loop {
@@ -369,6 +375,7 @@ impl Identity {
             if n < u64::from(BATCH) {
                 return Ok(pruned);
             }
+            std::thread::sleep(PAUSE);
         }
     }
 
@@ -1339,14 +1346,15 @@ impl Identity {
             if let Some(f) = &c.family_id {
                 self.store.revoke_family(f, now).map_err(Error::from)?;
             }
-            let presenter = if elsewhere {
+            // Through another tenant, the code's own client is named (not the presenter).
+            let named = if elsewhere {
                 &c.client_id
             } else {
                 &client.client_id
             };
             let ev = Event::failure(Operation::AuthCodeReused)
                 .realm(&c.realm)
-                .client(presenter.as_str())
+                .client(named.as_str())
                 .source(source)
                 .target(c.account.as_str())
                 .detail("presented_elsewhere", elsewhere);

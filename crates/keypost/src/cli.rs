@@ -277,8 +277,9 @@ pub(crate) enum SessionsCmd {
         out: JsonFlag,
     },
     /// Delete the issuance ledger's rows of tokens that expired more than
-    /// `tokens.ledger_retention` ago, and the revocations of refresh families none of whose
-    /// tokens can still be valid. `serve` does this every few minutes by itself.
+    /// `tokens.ledger_retention` ago and were minted longer ago than the longest token or
+    /// session lifetime plus that (family revocations are kept). `serve` does this every few
+    /// minutes by itself.
     Prune {
         #[command(flatten)]
         out: JsonFlag,

@@ -170,7 +170,8 @@ struct Tokens {
     session_ttl: String,
     auth_code_ttl: String,
     clock_leeway: String,
-    /// How long the issuance ledger keeps a token's row after the token expired.
+    /// How much longer than needed the issuance ledger keeps a token's row: it goes once the
+    /// token expired this long ago and was minted longer ago than the longest lifetime plus this.
     ledger_retention: String,
 }
 
@@ -272,7 +273,7 @@ pub(crate) struct Config {
     pub(crate) mail_quota: Option<u64>,
     /// Seconds audit records are kept.
     pub(crate) audit_retention: i64,
-    /// Seconds the issuance ledger keeps a row after its token expired.
+    /// Seconds the issuance ledger keeps a row beyond what its token needs (see `Tokens`).
     pub(crate) ledger_retention: i64,
     /// Where audit records are also sent.
     pub(crate) syslog: Option<crate::forward::SyslogTarget>,

@@ -56,9 +56,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     cli::run(args.command, config)
 }
 
-/// A panic (a bug) is logged with where it happened but not with a message formatted at run
-/// time, which may quote request data — a token, an address, a header — and logs hold no
-/// secrets. A literal message (`panic!("...")`, `Option::unwrap`) is kept: it quotes nothing.
+/// A panic (a bug) is reported with where it happened — and its backtrace, if
+/// `RUST_BACKTRACE` asks for one — but not with a message formatted at run time, which may quote
+/// request data (a token, an address, a header): logs hold no secrets. A literal message
+/// (`panic!("...")`, `Option::unwrap`) quotes nothing and is kept. Written to stderr directly,
+/// like the default hook, so no log filter hides it.
 fn log_panics_without_their_messages() {
     std::panic::set_hook(Box::new(|info| {
         let location = info
@@ -72,7 +74,11 @@ fn log_panics_without_their_messages() {
             .unwrap_or("(withheld: formatted at run time, it may quote request data)");
         let thread = std::thread::current();
         let thread = thread.name().unwrap_or("unnamed");
-        tracing::error!(target: "keypost::panic", thread, %location, message, "panicked");
+        let backtrace = std::backtrace::Backtrace::capture();
+        eprintln!("keypost: thread '{thread}' panicked at {location}: {message}");
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            eprintln!("{backtrace}");
+        }
     }));
 }
 

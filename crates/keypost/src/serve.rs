@@ -103,7 +103,8 @@ pub(crate) fn run(config: Config) -> Result<()> {
                 // Off the request path; a failed pass is retried from the same cursor.
                 match tokio::task::spawn_blocking(move || d.run_once(identity::now())).await {
                     Ok(Err(e)) => tracing::error!(target: "keypost::security", error = %e, "detection pass failed"),
-                    Err(e) => tracing::error!(error = %e, "detection task panicked"),
+                    // Not the error's text: a panic's message may quote request data.
+                    Err(e) => tracing::error!(panicked = e.is_panic(), "detection task failed"),
                     Ok(Ok(_)) => {}
                 }
             }
@@ -120,7 +121,7 @@ pub(crate) fn run(config: Config) -> Result<()> {
                     Ok(Ok(0)) => {}
                     Ok(Ok(rows)) => tracing::info!(rows, "pruned the ledger of long-expired tokens"),
                     Ok(Err(e)) => tracing::error!(error = %e, "pruning the ledger failed"),
-                    Err(e) => tracing::error!(error = %e, "the ledger pruning task failed"),
+                    Err(e) => tracing::error!(panicked = e.is_panic(), "the ledger pruning task failed"),
                 }
             }
         });

@@ -1594,10 +1594,6 @@ impl LedgerStore for SqliteStore {
              (SELECT jti FROM ledger WHERE jti < ?1 AND expires_at < ?2 ORDER BY jti LIMIT ?3)",
             params![before, expired_before, limit],
         )?;
-        tx.execute(
-            "DELETE FROM revoked_families WHERE revoked_at < ?1",
-            params![minted_before],
-        )?;
         tx.commit()?;
         Ok(rows as u64)
     }

@@ -111,13 +111,11 @@ pub trait LedgerStore: Send + Sync {
     /// Revokes every token of a refresh family, those yet to be issued included (issuing
     /// into it fails from then on); `false` if it was revoked already.
     fn revoke_family(&self, family_id: &str, at: UnixTime) -> Result<bool>;
-    /// Deletes what no token still needs: at most `limit` ledger rows of tokens minted before
-    /// `minted_before` that expired before `expired_before`, oldest first (found by their
-    /// jti's time prefix, [`crate::push_jti_time_prefix`]: no index beyond the key), and every
-    /// family revoked before `minted_before`. Returns how many ledger rows went.
-    ///
-    /// `minted_before` must be at least the longest token lifetime ago: a family revoked
-    /// before it has no live token left, and nothing can be issued into it any more.
+    /// Deletes at most `limit` ledger rows of tokens minted before `minted_before` that expired
+    /// before `expired_before`, oldest first (found by their jti's time prefix,
+    /// [`crate::push_jti_time_prefix`]: no index beyond the key); returns how many went.
+    /// Family revocations are kept: a family's tokens are not marked one by one, and a token
+    /// minted to live longer than today's configuration says would otherwise come back.
     fn prune_ledger(
         &self,
         minted_before: UnixTime,

@@ -298,9 +298,16 @@ fn another_realms_code_names_nobody_there() {
     let code = f.code();
     let issue = f.exchange(&code, Some(VERIFIER)).unwrap();
     let family = issue.req.family.clone().unwrap();
+    let before = f.refusals().len();
     assert!(
         f.exchange_at(&fabrikam, &theirs, &code, Some(VERIFIER), NOW)
             .is_err()
+    );
+    let [there] = f.refused_since(before).try_into().unwrap();
+    assert_eq!(there.realm.as_ref(), Some(&fabrikam));
+    assert_eq!(
+        (there.details["reason"].as_str(), there.target),
+        (Some("CodeUnknown"), None)
     );
     assert!(
         !f.store.revoke_family(&family, NOW).unwrap(),

@@ -18,6 +18,9 @@
 #                                       (from /proc/PID/stat) and `serve`'s write and read
 #                                       syscalls (/proc/PID/io) — steadier than requests/s on
 #                                       a machine whose speed drifts
+#   PRUNE_BACKLOG=N ...                 N rows of long-expired tokens in the ledger when the
+#                                       server starts: its first pruning pass (at start, 1,000
+#                                       rows a transaction) runs during the loads
 #   COMPARE=1 bench/mint.sh [DURATION]  also builds a benchmark-only binary that signs inside
 #                                       `serve` (feature bench-in-process-signer) and runs the
 #                                       client_credentials load against both, alternating,
@@ -90,6 +93,27 @@ run() {
   SECRET="$("$BIN" client create bench loadgen --confidential --grant client_credentials --json \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')"
   export CLIENT_AUTH="Basic $(printf 'loadgen:%s' "$SECRET" | base64 -w0)"
+
+  if [ -n "${PRUNE_BACKLOG:-}" ]; then
+    kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+    python3 - "$WORK/data/keypost.db" "$PRUNE_BACKLOG" <<'PY'
+import secrets, sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1])
+minted = int(time.time()) - 400 * 86400  # past any lifetime plus retention
+prefix = f"{minted * 1000:012x}"
+rows = ((prefix + secrets.token_hex(7), "bench", "access", "u", "loadgen", None, None, None,
+         "mail", "[]", minted, minted + 600, secrets.token_bytes(32), None, None)
+        for _ in range(int(sys.argv[2])))
+db.executemany("INSERT INTO ledger(jti, realm, kind, subject, client_id, kid, session_id, "
+               "family_id, scope, audience, issued_at, expires_at, token_hash, revoked_at, used_at) "
+               "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+db.commit()
+PY
+    echo "== $PRUNE_BACKLOG long-expired ledger rows: serve prunes them from its start on"
+    "$BIN" serve >>"$WORK/serve.out" 2>>"$WORK/serve.err" &
+    SERVER=$!
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+  fi
   local URL="http://127.0.0.1:$PORT/realms/bench/token"
 
   if [ -z "${REFRESH_ONLY:-}" ]; then

@@ -19,7 +19,7 @@
 #                                       syscalls (/proc/PID/io) — steadier than requests/s on
 #                                       a machine whose speed drifts
 #   PRUNE_BACKLOG=N ...                 N rows of long-expired tokens in the ledger when the
-#                                       server starts: its first pruning pass (at start, 1,000
+#                                       server starts: its first pruning pass (at start, 500
 #                                       rows a transaction) runs during the loads
 #   COMPARE=1 bench/mint.sh [DURATION]  also builds a benchmark-only binary that signs inside
 #                                       `serve` (feature bench-in-process-signer) and runs the

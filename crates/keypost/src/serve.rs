@@ -16,6 +16,8 @@ use crate::config::Config;
 const DETECT_INTERVAL: Duration = Duration::from_millis(200);
 /// How often the ledger is pruned of long-expired tokens (the first pass at start).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
+/// How long a stopping server waits for background passes once every request is answered.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) fn run(config: Config) -> Result<()> {
     // No key lives here, but tokens, sessions and mail pass through: no core dumps either.
@@ -138,6 +140,10 @@ pub(crate) fn run(config: Config) -> Result<()> {
             .await
             .context("HTTP server failed")
     });
+    // Every request has been answered. Background passes (detection, ledger pruning) are not
+    // waited for beyond this: each works in transactions, so one cut short rolls back and is
+    // taken up by the next start (a pruning backlog can take minutes).
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
     if let Some(signer) = signer {
         signer.stop();
     }

@@ -128,11 +128,13 @@ pub struct Context<'a> {
 const SPRAY_WINDOW: i64 = 15 * 60;
 const HOUR: i64 = 3600;
 
-/// Whether the refused token was a signed one (an access token at a resource). The token
-/// endpoint's refusals of refresh tokens and authorization codes carry `details.token_type`:
-/// those are opaque secrets, and say nothing about signing keys or a token's claims.
+/// Whether the refused token was a signed one: an access token at a resource (records made
+/// before `token_type` was written have none). Refresh tokens and authorization codes refused
+/// at the token endpoint are opaque secrets, and say nothing about signing keys or claims.
 fn signed_token(r: &AuditRecord) -> bool {
-    r.details.get("token_type").is_none()
+    r.details
+        .get("token_type")
+        .is_none_or(|t| t == "access_token")
 }
 
 fn reason(r: &AuditRecord) -> &str {

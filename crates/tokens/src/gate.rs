@@ -120,6 +120,7 @@ impl Gate {
         let mut ev = Event::failure(Operation::TokenRejected)
             .realm(realm)
             .source(source)
+            .detail("token_type", "access_token")
             .detail("reason", name)
             .detail("code", code)
             .detail("audience", aud.clone())

@@ -1,5 +1,5 @@
 //! The bounded fuzz run of the test suite: the entry points of `fuzz/` (token parsing, message
-//! ingestion, the JMAP request) over their seed corpus and a few thousand deterministic
+//! ingestion, the JMAP request, the signer's frames) over their seed corpus and a few thousand deterministic
 //! mutations of it. Any panic fails the test; long runs use cargo-fuzz (fuzz/README.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -88,4 +88,9 @@ fn message_ingestion_survives_mutation() {
 #[test]
 fn jmap_requests_survive_mutation() {
     run("jmap_request", jmap::fuzzing::request);
+}
+
+#[test]
+fn signer_frames_survive_mutation() {
+    run("signer_frames", keys::fuzzing::signer_frames);
 }

@@ -52,3 +52,31 @@ pub use transport::TlsFiles;
 
 /// Result alias for key operations.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Entry points for `cargo fuzz` (`fuzz/`) and the bounded run in the test suite; not a
+    //! stable API.
+
+    /// What the signer reads from a connection, hostile or not: length-prefixed frames and
+    /// the request or answer each holds. Nothing may panic, and whatever decodes encodes back
+    /// to the very same body (one encoding per message: nothing for the two sides to
+    /// disagree on).
+    pub fn signer_frames(mut stream: &[u8]) {
+        use crate::wire::{Answer, Request, read};
+        let mut body = Vec::new();
+        let mut again = Vec::new();
+        while read(&mut stream, &mut body).is_ok() {
+            if let Some(request) = Request::decode(&body) {
+                again.clear();
+                assert!(request.encode(&mut again).is_ok(), "{request:?} re-encodes");
+                assert_eq!(again.get(4..), Some(&body[..]), "{request:?} round trip");
+            }
+            if let Some(answer) = Answer::decode(&body) {
+                again.clear();
+                assert!(answer.encode(&mut again).is_ok(), "{answer:?} re-encodes");
+                assert_eq!(again.get(4..), Some(&body[..]), "{answer:?} round trip");
+            }
+        }
+    }
+}

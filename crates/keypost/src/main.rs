@@ -36,12 +36,12 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    log_panics_without_their_messages();
     let args = Args::parse();
     init_logging(matches!(
         args.command,
         cli::Command::Serve | cli::Command::Signer { .. }
     ));
-    log_panics_without_their_messages();
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

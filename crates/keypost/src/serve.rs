@@ -96,35 +96,19 @@ pub(crate) fn run(config: Config) -> Result<()> {
     let served = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding {}", config.http))?;
         tracing::info!(address = %config.http, public_url = %config.public_url, "keypost listening");
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(DETECT_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let d = detector.clone();
-                // Off the request path; a failed pass is retried from the same cursor.
-                match tokio::task::spawn_blocking(move || d.run_once(identity::now())).await {
-                    Ok(Err(e)) => tracing::error!(target: "keypost::security", error = %e, "detection pass failed"),
-                    // Not the error's text: a panic's message may quote request data.
-                    Err(e) => tracing::error!(panicked = e.is_panic(), "detection task failed"),
-                    Ok(Ok(_)) => {}
-                }
+        // Off the request path; a failed detection pass is retried from the same cursor.
+        every(DETECT_INTERVAL, "detection", move || {
+            if let Err(e) = detector.run_once(identity::now()) {
+                tracing::error!(target: "keypost::security", error = %e, "detection pass failed");
             }
         });
         let pruner = identity.clone();
         let retention = config.ledger_retention;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PRUNE_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let p = pruner.clone();
-                match tokio::task::spawn_blocking(move || p.prune_ledger(retention, identity::now())).await {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(rows)) => tracing::info!(rows, "pruned the ledger of long-expired tokens"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "pruning the ledger failed"),
-                    Err(e) => tracing::error!(panicked = e.is_panic(), "the ledger pruning task failed"),
-                }
+        every(PRUNE_INTERVAL, "ledger pruning", move || {
+            match pruner.prune_ledger(retention, identity::now()) {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, "pruned the ledger of long-expired tokens"),
+                Err(e) => tracing::error!(error = %e, "pruning the ledger failed"),
             }
         });
         if let Some(target) = config.syslog.clone() {
@@ -148,6 +132,24 @@ pub(crate) fn run(config: Config) -> Result<()> {
         signer.stop();
     }
     served
+}
+
+/// Runs `pass` on a blocking thread every `period`, the first at once, for as long as the
+/// server runs; a pass still running when a tick comes delays it.
+fn every(period: Duration, what: &'static str, pass: impl Fn() + Send + Sync + 'static) {
+    let pass = Arc::new(pass);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let p = pass.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || p()).await {
+                // Not the error's text: a panic's message may quote request data.
+                tracing::error!(panicked = e.is_panic(), "the {what} task failed");
+            }
+        }
+    });
 }
 
 async fn shutdown() {

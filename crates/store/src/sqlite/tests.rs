@@ -71,6 +71,12 @@ fn store_with_u1() -> SqliteStore {
     s
 }
 
+/// Issues `new` rotating the refresh token `used` at `at`, and waits for the write's answer.
+fn issue_rotating(s: &SqliteStore, new: LedgerEntry, used: &str, at: UnixTime) -> Result<Vec<i64>> {
+    s.submit_issuance(&[new], &[], Some((&Jti::new(used).unwrap(), at)))
+        .wait()
+}
+
 /// When the ledger row `jti` reads revoked (by itself or through its family).
 fn revoked_at(s: &SqliteStore, jti: &str) -> Option<UnixTime> {
     s.get_token(&Jti::new(jti).unwrap())
@@ -300,12 +306,7 @@ fn a_rotation_refuses_a_token_no_longer_live() {
     }
     s.record_tokens(&rows).unwrap();
     let rotate = |new: &str, used: &str, family: &str| {
-        s.submit_issuance(
-            &[entry(new, TokenKind::Refresh, Some(family))],
-            &[],
-            Some((&Jti::new(used).unwrap(), 11)),
-        )
-        .wait()
+        issue_rotating(&s, entry(new, TokenKind::Refresh, Some(family)), used, 11)
     };
     s.revoke_family("f1", 5).unwrap();
     assert!(matches!(
@@ -314,13 +315,7 @@ fn a_rotation_refuses_a_token_no_longer_live() {
     ));
     s.revoke_session(&SessionId::new("s2").unwrap(), 5).unwrap();
     // (A new row outside any family: only the rotated token's own state refuses it.)
-    let refused = s
-        .submit_issuance(
-            &[entry("n2", TokenKind::Access, None)],
-            &[],
-            Some((&Jti::new("r2").unwrap(), 11)),
-        )
-        .wait();
+    let refused = issue_rotating(&s, entry("n2", TokenKind::Access, None), "r2", 11);
     assert!(
         matches!(refused, Err(Error::FamilyRevoked(_))),
         "{refused:?}"
@@ -360,12 +355,7 @@ fn refresh_token_use_is_atomic() {
     .unwrap();
     let jti = Jti::new("r1").unwrap();
     let rotate = |new: &str, used: &str, at| {
-        s.submit_issuance(
-            &[entry(new, TokenKind::Refresh, Some("f1"))],
-            &[],
-            Some((&Jti::new(used).unwrap(), at)),
-        )
-        .wait()
+        issue_rotating(&s, entry(new, TokenKind::Refresh, Some("f1")), used, at)
     };
     rotate("r2", "r1", 11).unwrap();
     assert_eq!(s.get_token(&jti).unwrap().unwrap().used_at, Some(11));
@@ -1076,13 +1066,7 @@ fn a_refused_rotation_shows_another_process_revocation_at_once() {
     // shared copy read now may be served for.
     let before = a.generations().unwrap();
     assert!(b.revoke_family("f1", 11).unwrap());
-    let refused = a
-        .submit_issuance(
-            &[entry("r2", TokenKind::Refresh, Some("f1"))],
-            &[],
-            Some((&Jti::new("r1").unwrap(), 12)),
-        )
-        .wait();
+    let refused = issue_rotating(&a, entry("r2", TokenKind::Refresh, Some("f1")), "r1", 12);
     assert!(
         matches!(refused, Err(Error::FamilyRevoked(_))),
         "{refused:?}"

@@ -40,7 +40,9 @@ def activity(keypost: Keypost, world):
         keypost.tokens_for(user)
     keypost.password_grant("contoso", world.alice.email, "wrong password")
     out = keypost.cli("audit", "checkpoint")
-    assert "checkpoint contoso" in out, out
+    # The signer signs checkpoints on its own (every pass, and at once when a realm appears,
+    # e.g. one another test module created): it may have just covered this activity.
+    assert "checkpoint contoso" in out or "already has a checkpoint at its head" in out, out
     keypost.tokens_for(world.alice)  # and more after the checkpoint
     return keypost
 

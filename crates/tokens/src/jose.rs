@@ -13,6 +13,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+mod plain;
+
 /// Largest token accepted, in bytes. Keypost's own tokens are well under 2 KiB.
 pub(crate) const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Deepest JSON nesting accepted in a header or claims set (the top-level object is 1).
@@ -116,12 +118,12 @@ pub fn parse_compact<'a>(
     if raw.len() > MAX_TOKEN_LEN {
         return Err("token too large");
     }
-    let mut parts = raw.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    // Exactly two dots (SIMD searches: std's split cost as much as decoding the header).
+    let mut dots = memchr::memchr_iter(b'.', raw.as_bytes());
+    let (Some(d1), Some(d2), None) = (dots.next(), dots.next(), dots.next()) else {
         return Err("not three segments");
     };
+    let (h, p, s) = (&raw[..d1], &raw[d1 + 1..d2], &raw[d2 + 1..]);
     if h.is_empty() || p.is_empty() || s.is_empty() {
         return Err("empty segment");
     }
@@ -150,18 +152,53 @@ pub fn parse_compact<'a>(
         signing_input: &raw[..h.len() + 1 + p.len()],
         signature,
     };
-    strict_object::<HeaderMembers>(header, &mut jws.header)
+    read_object::<HeaderMembers>(header, &mut jws.header)
         .ok_or("header is not a strict JSON object")?;
-    strict_object::<ClaimMembers>(payload, &mut jws.claims)
+    read_object::<ClaimMembers>(payload, &mut jws.claims)
         .ok_or("claims are not a strict JSON object")?;
     Ok(jws)
 }
 
 /// Reads one top-level JSON object into `out`; `None` if the document is not a single strict
-/// object.
-fn strict_object<'de, M: Members<'de>>(bytes: &'de [u8], out: &mut M::Out) -> Option<()> {
+/// object. Documents written as Keypost writes them take the [`plain`] path.
+fn read_object<'de, M: Members<'de>>(bytes: &'de [u8], out: &mut M::Out) -> Option<()> {
     // One UTF-8 check of the whole document is cheaper than serde_json's of each string.
     let text = std::str::from_utf8(bytes).ok()?;
+    if plain::read::<M>(text, out).is_some() {
+        return Some(());
+    }
+    // What the plain reading filled in before it declined is not the document's.
+    *out = M::Out::default();
+    strict_object::<M>(text, out)
+}
+
+/// Holds the [`plain`] reading of `doc`, as a header and as claims, to the general one:
+/// wherever the plain reading accepts, the general one accepts too and reads the same members.
+/// Panics otherwise (for tests and the fuzz target).
+pub(crate) fn check_plain_reading(doc: &[u8]) {
+    fn check<'de, M: Members<'de>>(text: &'de str)
+    where
+        M::Out: PartialEq + std::fmt::Debug,
+    {
+        let mut plain = M::Out::default();
+        if plain::read::<M>(text, &mut plain).is_none() {
+            return;
+        }
+        let mut general = M::Out::default();
+        assert!(
+            strict_object::<M>(text, &mut general).is_some(),
+            "only the plain reading accepts {text:?}"
+        );
+        assert_eq!(plain, general, "the readings differ on {text:?}");
+    }
+    if let Ok(text) = std::str::from_utf8(doc) {
+        check::<HeaderMembers>(text);
+        check::<ClaimMembers>(text);
+    }
+}
+
+/// The general reading: any JSON object, held to the rules at the top of this module.
+fn strict_object<'de, M: Members<'de>>(text: &'de str, out: &mut M::Out) -> Option<()> {
     let mut de = serde_json::Deserializer::from_str(text);
     de.deserialize_map(ObjectVisitor::<M> { out }).ok()?;
     de.end().ok()
@@ -583,6 +620,115 @@ mod tests {
 
     fn tok_bytes(h: &[u8], p: &[u8]) -> String {
         format!("{}.{}.{}", b64(h), b64(p), b64(b"sig"))
+    }
+
+    /// Reads `doc` as claims in a token, through [`parse_compact`] (plain reading first),
+    /// after holding the plain reading to the general one on it.
+    fn claims(doc: &str) -> Option<Claims<'_>> {
+        check_plain_reading(doc.as_bytes());
+        let mut out = Claims::default();
+        read_object::<ClaimMembers>(doc.as_bytes(), &mut out).map(|()| out)
+    }
+
+    /// Keypost's own layout takes the plain path; what it declines still reads (or is refused)
+    /// as before, whatever the plain reading had filled in when it stopped.
+    #[test]
+    fn plain_reading_of_keypost_claims_and_what_it_declines() {
+        let issued = r#"{"iss":"https://k.test/realms/c","sub":"u1","aud":["https://k.test/mail","https://k.test/userinfo"],"exp":1796632420,"iat":-5,"nbf":0,"jti":"01a2","client_id":"app","scope":"mail","tid":"c","sid":"s1"}"#;
+        let mut out = Claims::default();
+        assert!(
+            plain::read::<ClaimMembers>(issued, &mut out).is_some(),
+            "plain"
+        );
+        assert_eq!(claims(issued), Some(out.clone()));
+        assert_eq!(out.exp, Member::Int(1796632420));
+        assert_eq!(out.iat, Member::Int(-5));
+        assert_eq!(
+            out.aud,
+            Member::List(vec![
+                "https://k.test/mail".into(),
+                "https://k.test/userinfo".into()
+            ])
+        );
+
+        assert!(claims("{}").is_some_and(|c| c == Claims::default()));
+        // Each of these leaves the plain path part-way; the general reading decides.
+        let declined = [
+            (r#"{"sub":"a","exp":1, "iss":"x"}"#, true), // whitespace
+            (r#"{"sub":"a","iss":"\u0078"}"#, true),     // an escape
+            (r#"{"sub":"a","other":1}"#, true),          // a member the policy does not read
+            (r#"{"sub":"a","exp":1.5}"#, true),          // a fraction
+            (r#"{"sub":"a","exp":-0}"#, true),           // a float to serde_json
+            (r#"{"sub":"a","exp":12345678901234567890}"#, true), // past i64
+            (r#"{"sub":"a","aud":["x",1]}"#, true),      // a non-string element
+            (r#"{"sub":"a","exp":null}"#, true),
+            (r#"{"sub":"a","aud":[]} "#, true),
+            (r#"{"sub":"a","sub":"b"}"#, false), // a repeat
+            (r#"{"sub":"a","exp":01}"#, false),  // a leading zero
+            (r#"{"sub":"a","iss":"x"}x"#, false),
+            (r#"{"sub":"a","aud":["x",]}"#, false),
+            ("{\"sub\":\"a\u{1}\"}", false), // a control character
+        ];
+        for (doc, valid) in declined {
+            assert!(
+                plain::read::<ClaimMembers>(doc, &mut Claims::default()).is_none(),
+                "{doc}"
+            );
+            let read = claims(doc);
+            assert_eq!(read.is_some(), valid, "{doc}");
+            if valid {
+                assert_eq!(read.unwrap().sub, Member::Str("a".into()), "{doc}");
+            }
+        }
+        // `crit` is noted even on the plain path; a key offered in the header declines it.
+        let mut h = Header::default();
+        assert!(
+            plain::read::<HeaderMembers>(r#"{"alg":"EdDSA","crit":["exp"]}"#, &mut h).is_some()
+        );
+        assert!(h.crit);
+        let mut h = Header::default();
+        assert!(plain::read::<HeaderMembers>(r#"{"alg":"EdDSA","jwk":"k"}"#, &mut h).is_none());
+        let mut h = Header::default();
+        assert!(read_object::<HeaderMembers>(br#"{"alg":"EdDSA","jwk":"k"}"#, &mut h).is_some());
+        assert!(h.key_material);
+    }
+
+    /// Random edits of a header and claims Keypost writes (a byte dropped, doubled, or replaced
+    /// by one that matters to JSON): the plain reading never accepts what the general one
+    /// refuses or reads differently.
+    #[test]
+    fn plain_reading_agrees_with_the_general_one_on_edited_documents() {
+        let seeds = [
+            r#"{"alg":"RS256","typ":"at+jwt","kid":"Bgt9pUOW7jeKOCKY32fJAM2Eo3ky0EeuvskO6o0roh8"}"#,
+            r#"{"iss":"https://keypost.test/realms/contoso","sub":"u1","aud":["https://keypost.test/mail"],"exp":1796632420,"iat":1796631820,"nbf":1796631820,"jti":"01a24f99fafbu0svFa8RM41N9A","client_id":"app","scope":"mail","tid":"contoso","sid":"x"}"#,
+        ];
+        let alphabet = b"{}[]\":,\\ -0123456789.eEaxn";
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut plain, mut general) = (0, 0);
+        for i in 0..20_000 {
+            let mut doc = seeds[i % seeds.len()].as_bytes().to_vec();
+            for _ in 0..1 + next() % 2 {
+                let at = (next() % doc.len() as u64) as usize;
+                let b = alphabet[(next() % alphabet.len() as u64) as usize];
+                match next() % 3 {
+                    0 => drop(doc.remove(at)),
+                    1 => doc.insert(at, doc[at]),
+                    _ => doc[at] = b,
+                }
+            }
+            let doc = String::from_utf8(doc).unwrap();
+            plain +=
+                usize::from(plain::read::<ClaimMembers>(&doc, &mut Claims::default()).is_some());
+            general += usize::from(claims(&doc).is_some());
+        }
+        // Both readings must see plenty of accepted documents for the agreement to mean much.
+        assert!(plain > 1_000 && general > plain, "{plain} {general}");
     }
 
     #[test]

@@ -44,12 +44,14 @@ pub mod fuzzing {
     //! Entry points for `cargo fuzz`; not a stable API.
     pub use crate::jose::parse_compact;
 
-    /// Everything read from a presented token before any key or store is consulted; and the
-    /// SIMD base64 decoder the parser uses, held to exactly what the strict scalar engine
-    /// accepts, segment by segment (a disagreement panics: a finding).
+    /// Everything read from a presented token before any key or store is consulted; the SIMD
+    /// base64 decoder the parser uses, held to exactly what the strict scalar engine accepts,
+    /// segment by segment; and the plain JSON reading, held to the general one on every
+    /// decoded segment (a disagreement panics: a finding).
     pub fn token(raw: &str) {
         use base64::Engine;
         let _ = crate::jose::parse_compact(raw, &mut Vec::new());
+        crate::jose::check_plain_reading(raw.as_bytes());
         let _ = crate::realm_hint(raw, "https://keypost.test");
         for segment in raw.split('.') {
             let simd = base64_simd::URL_SAFE_NO_PAD.decode_to_vec(segment).ok();
@@ -57,6 +59,9 @@ pub mod fuzzing {
                 .decode(segment)
                 .ok();
             assert_eq!(simd, strict, "the base64 decoders disagree on {segment:?}");
+            if let Some(doc) = simd {
+                crate::jose::check_plain_reading(&doc);
+            }
         }
     }
 }

@@ -4,12 +4,14 @@
 use aws_lc_rs::digest;
 use std::sync::Arc;
 
+use aws_lc_rs::constant_time::verify_slices_are_equal;
 use keys::{Algorithm, VerifyingKey, VerifyingKeys};
-use store::{AccountId, ClientId, Jti, KeyPurpose, Kid, RealmId, SessionId, TokenKind, UnixTime};
-use subtle::ConstantTimeEq;
+use store::{
+    AccountId, ClientId, Jti, KeyPurpose, Kid, LedgerEntry, RealmId, SessionId, TokenKind, UnixTime,
+};
 
 use crate::jose::{CompactJws, Member, parse_compact};
-use crate::ledger::{Ledger, LedgerFacts, LedgerVerdict};
+use crate::ledger::{Ledger, LedgerFacts, LedgerVerdict, MintedToken};
 
 /// Why a token was refused. Variants are alphabetical; each has a stable code for the audit
 /// log ([`Rejection::code`]). Clients only ever see RFC 6750's `invalid_token` or
@@ -348,8 +350,9 @@ fn checks(
     );
     let mut hasher = digest::Context::new(&digest::SHA256);
     hasher.update(input);
+    let input_digest = hasher.clone().finish();
     let verified = if key.signs_sha256() {
-        key.verify_sha256(&hasher.clone().finish(), jws.signature)
+        key.verify_sha256(&input_digest, jws.signature)
     } else {
         key.verify(input, jws.signature)
     };
@@ -403,12 +406,15 @@ fn checks(
     let (Ok(jti), Ok(client_id)) = (Jti::new(jti), ClientId::new(client_id)) else {
         reject!(Rejection::MissingClaim)
     };
-    // One consultation of the ledger serves the client check here and every step of 6. The
-    // token's SHA-256 (`crate::token_hash`) is finished from step 4's pass over the input.
-    hasher.update(&raw.as_bytes()[input.len()..]);
-    let hash = hasher.finish();
+    // One consultation of the ledger serves the client check here and every step of 6.
+    let presented = Exact {
+        input_digest: &input_digest,
+        signature: jws.signature,
+        hasher: &hasher,
+        rest: &raw.as_bytes()[input.len()..],
+    };
     let session = ledger.consult(&jti, expect.realm, &client_id, &mut |facts| {
-        ledger_checks(facts, hash.as_ref(), expect, now, sub, &client_id, kid)
+        ledger_checks(facts, &presented, expect, now, sub, &client_id, kid)
     })?;
     let ledger_hit = LedgerHit(());
 
@@ -432,11 +438,36 @@ fn checks(
     })
 }
 
+/// The presented token, as the ledger's record of it is compared with it.
+struct Exact<'a> {
+    /// SHA-256 of the signing input (step 4's).
+    input_digest: &'a digest::Digest,
+    signature: &'a [u8],
+    /// The SHA-256 context after the signing input, and the token's rest (`.` and the
+    /// signature's base64url): the token's SHA-256 (`crate::token_hash`) is finished from them
+    /// only when the ledger's answer holds nothing better.
+    hasher: &'a digest::Context,
+    rest: &'a [u8],
+}
+
+impl Exact<'_> {
+    /// Whether this is the very token the ledger row (and, if this process minted it, the
+    /// cache's copy) describes, compared in constant time.
+    fn is(&self, entry: &LedgerEntry, minted: Option<&MintedToken>) -> bool {
+        if let Some(minted) = minted {
+            return minted.is(self.input_digest.as_ref(), self.signature);
+        }
+        let mut hasher = self.hasher.clone();
+        hasher.update(self.rest);
+        verify_slices_are_equal(&entry.token_hash, hasher.finish().as_ref()).is_ok()
+    }
+}
+
 /// Steps 5 (client) and 6 of the policy, on what the ledger knows: this exact token was
 /// issued, for this subject, client, key and realm, and nothing it depends on was revoked.
 fn ledger_checks(
     facts: LedgerFacts<'_>,
-    hash: &[u8],
+    presented: &Exact<'_>,
     expect: &Expectation<'_>,
     now: UnixTime,
     sub: &str,
@@ -449,8 +480,7 @@ fn ledger_checks(
     let Some(entry) = facts.entry else {
         return Err(Rejection::NotIssued);
     };
-    let hash_ok: bool = entry.token_hash.as_slice().ct_eq(hash).into();
-    if !hash_ok
+    if !presented.is(entry, facts.minted)
         || entry.kind != TokenKind::Access
         || &entry.realm != expect.realm
         || entry.subject != sub

@@ -625,6 +625,85 @@ fn every_access_token_algorithm_validates_its_tokens_and_refuses_tampering() {
     }
 }
 
+/// Only the very token issued passes the ledger check. The same header and claims under
+/// another valid signature — made by anyone holding the key (ES256 and PS256 sign with fresh
+/// randomness), or from an ES256 signature by anyone at all (`s` and `n - s` both verify) —
+/// are refused, whether the ledger answers from this process's memory or from the store.
+#[test]
+fn another_valid_signature_over_issued_claims_is_not_the_issued_token() {
+    let f = fx();
+    let realm = rid("contoso");
+    let signer = f.custody.signer();
+    for alg in [Algorithm::ES256, Algorithm::PS256] {
+        f.store.set_access_token_alg(&realm, alg.as_str()).unwrap();
+        f.custody
+            .generate(&realm, KeyPurpose::AccessToken, alg, NOW, NOW)
+            .unwrap();
+        let mut request = f.refresh_request(None);
+        (request.access_alg, request.refresh, request.family) = (alg, None, None);
+        let issued = f.minter.mint(&request, NOW).unwrap().access_token;
+        let (input, _) = issued.rsplit_once('.').unwrap();
+        let key = signer
+            .current(&realm, KeyPurpose::AccessToken, alg, NOW)
+            .unwrap();
+        let again = signer
+            .sign(
+                &realm,
+                KeyPurpose::AccessToken,
+                &key.kid,
+                input.as_bytes(),
+                NOW,
+            )
+            .unwrap();
+        let resigned = format!("{input}.{}", b64(&again.0));
+        assert_ne!(resigned, issued, "{alg}: a fresh signature");
+        assert_eq!(
+            f.check("contoso", &resigned, NOW + 1).unwrap_err(),
+            Rejection::LedgerMismatch,
+            "{alg}"
+        );
+        assert!(f.check("contoso", &issued, NOW + 1).is_ok(), "{alg}");
+
+        if alg == Algorithm::ES256 {
+            let sig = base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                issued.rsplit('.').next().unwrap(),
+            )
+            .unwrap();
+            let (r, s) = sig.split_at(32);
+            let flipped = [r, &p256_order_minus(s)].concat();
+            let keys = f.custody.verifying_keys().unwrap();
+            let verifying = keys.in_realm(&realm, key.kid.as_str()).unwrap();
+            assert!(
+                verifying.verify(input.as_bytes(), &flipped),
+                "n - s verifies"
+            );
+            let malleated = format!("{input}.{}", b64(&flipped));
+            assert_eq!(
+                f.check("contoso", &malleated, NOW + 1).unwrap_err(),
+                Rejection::LedgerMismatch
+            );
+        }
+    }
+}
+
+/// `n - s` for P-256's group order `n`, big-endian.
+fn p256_order_minus(s: &[u8]) -> Vec<u8> {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let mut out = vec![0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        out[i] = (d + (borrow << 8)) as u8;
+    }
+    out
+}
+
 #[test]
 fn tampering_breaks_the_signature() {
     let f = fx();

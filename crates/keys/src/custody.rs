@@ -269,7 +269,9 @@ fn parse_verifying(record: KeyRecord) -> Option<VerifyingKey> {
 /// may find a key to verify with.
 #[derive(Debug, Default)]
 pub struct VerifyingKeys {
-    by_realm: HashMap<RealmId, HashMap<Kid, Arc<VerifyingKey>>>,
+    /// A realm's few keys are searched in turn. foldhash, not SipHash, finds the realm (every
+    /// validation does): only realms from the store go in, so there is no flooding to resist.
+    by_realm: HashMap<RealmId, Vec<Arc<VerifyingKey>>, foldhash::fast::RandomState>,
 }
 
 impl VerifyingKeys {
@@ -278,8 +280,7 @@ impl VerifyingKeys {
         self.by_realm
             .get(realm)?
             .iter()
-            .find(|(k, _)| k.as_str() == kid)
-            .map(|(_, v)| v)
+            .find(|k| k.kid().as_str() == kid)
     }
 
     /// The realm a kid belongs to, if any. For diagnostics (the audit reason) only: never use
@@ -287,7 +288,7 @@ impl VerifyingKeys {
     pub fn owner_of(&self, kid: &str) -> Option<&RealmId> {
         self.by_realm
             .iter()
-            .find(|(_, keys)| keys.keys().any(|k| k.as_str() == kid))
+            .find(|(_, keys)| keys.iter().any(|k| k.kid().as_str() == kid))
             .map(|(r, _)| r)
     }
 }
@@ -703,18 +704,16 @@ impl Custody {
         {
             return Ok(keys.clone());
         }
-        let mut by_realm: HashMap<RealmId, HashMap<Kid, Arc<VerifyingKey>>> = HashMap::new();
+        let mut keys = VerifyingKeys::default();
         for record in self.store.list_keys(None)? {
             let kid = record.kid.clone();
             let realm = record.realm.clone();
             match parse_verifying(record) {
-                Some(vk) => {
-                    by_realm.entry(realm).or_default().insert(kid, Arc::new(vk));
-                }
+                Some(vk) => keys.by_realm.entry(realm).or_default().push(Arc::new(vk)),
                 None => tracing::error!(%kid, "stored public key does not parse; ignoring it"),
             }
         }
-        let keys = Arc::new(VerifyingKeys { by_realm });
+        let keys = Arc::new(keys);
         *cache = Some((generation, keys.clone()));
         Ok(keys)
     }

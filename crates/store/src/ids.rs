@@ -31,6 +31,20 @@ macro_rules! string_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// Whether `s` is a valid identifier (what [`Self::new`] checks, without a copy).
+            pub fn is_valid(s: &str) -> bool {
+                let check: fn(&str) -> Result<(), &'static str> = $check;
+                check(s).is_ok()
+            }
+        }
+
+        // Maps keyed by an identifier can be searched with text, without building one; the
+        // identifier hashes and compares as its text.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
         }
 
         impl TryFrom<String> for $name {

@@ -33,7 +33,7 @@ type HashSet<T> = StdHashSet<T, foldhash::fast::RandomState>;
 #[derive(Debug, Clone, Copy)]
 pub struct LedgerFacts<'a> {
     /// The ledger row, if Keypost issued this jti.
-    pub entry: Option<&'a LedgerEntry>,
+    pub entry: Option<&'a Arc<LedgerEntry>>,
     /// The exact token, when this process minted it (the store keeps only its hash).
     pub minted: Option<&'a MintedToken>,
     /// Whether the presented client is registered in the expected realm.
@@ -44,10 +44,11 @@ pub struct LedgerFacts<'a> {
     pub account: Option<&'a AccountState>,
 }
 
-impl<'a> From<&'a LedgerView> for LedgerFacts<'a> {
-    fn from(v: &'a LedgerView) -> Self {
+impl<'a> LedgerFacts<'a> {
+    /// What a store read says, its row (if any) shared as `entry`.
+    fn read(v: &'a LedgerView, entry: Option<&'a Arc<LedgerEntry>>) -> Self {
         Self {
-            entry: v.entry.as_ref(),
+            entry,
             minted: None,
             client_known: v.client_known,
             session: v.session.as_ref(),
@@ -95,23 +96,24 @@ impl MintedToken {
 
 /// A ledger row in the cache, with the exact token when it is an access token minted here.
 struct Remembered {
-    entry: LedgerEntry,
+    /// Shared with the principals of its validations.
+    entry: Arc<LedgerEntry>,
     minted: Option<MintedToken>,
 }
 
-/// The ledger checks' outcome: the token's session, or why it is refused.
-pub type LedgerVerdict = Result<Option<SessionId>, Rejection>;
+/// The ledger checks' outcome: the token's row, or why it is refused.
+pub type LedgerVerdict = Result<Arc<LedgerEntry>, Rejection>;
 
 /// What [`crate::validate`] asks of the ledger: one consultation per validation.
 pub trait Ledger {
     /// Hands what the ledger knows about `jti` (and whether `client` is registered in `realm`)
-    /// to `check`, and returns its verdict. Implementations fail closed: on error, `check`
-    /// sees a ledger that knows nothing.
+    /// to `check`, and returns its verdict. Implementations fail closed: on error, or for ids
+    /// that are not valid ones, `check` sees a ledger that knows nothing.
     fn consult(
         &self,
-        jti: &Jti,
+        jti: &str,
         realm: &RealmId,
-        client: &ClientId,
+        client: &str,
         check: &mut dyn FnMut(LedgerFacts<'_>) -> LedgerVerdict,
     ) -> LedgerVerdict;
 }
@@ -131,25 +133,34 @@ impl StoreLedger {
     fn view(&self, jti: &Jti, realm: &RealmId, client: &ClientId) -> LedgerView {
         self.0.ledger_view(jti, realm, client).unwrap_or_else(|e| {
             tracing::error!(error = %e, "ledger lookup failed; refusing the token");
-            LedgerView {
-                entry: None,
-                client_known: false,
-                session: None,
-                account: None,
-            }
+            nothing_known()
         })
+    }
+}
+
+fn nothing_known() -> LedgerView {
+    LedgerView {
+        entry: None,
+        client_known: false,
+        session: None,
+        account: None,
     }
 }
 
 impl Ledger for StoreLedger {
     fn consult(
         &self,
-        jti: &Jti,
+        jti: &str,
         realm: &RealmId,
-        client: &ClientId,
+        client: &str,
         check: &mut dyn FnMut(LedgerFacts<'_>) -> LedgerVerdict,
     ) -> LedgerVerdict {
-        check((&self.view(jti, realm, client)).into())
+        let mut view = match (Jti::new(jti), ClientId::new(client)) {
+            (Ok(jti), Ok(client)) => self.view(&jti, realm, &client),
+            _ => nothing_known(),
+        };
+        let entry = view.entry.take().map(Arc::new);
+        check(LedgerFacts::read(&view, entry.as_ref()))
     }
 }
 
@@ -236,12 +247,7 @@ impl Known {
     }
 
     /// Everything known about `jti`, if enough is known to answer without the store.
-    fn facts<'a>(
-        &'a self,
-        jti: &Jti,
-        realm: &RealmId,
-        client: &ClientId,
-    ) -> Option<LedgerFacts<'a>> {
+    fn facts<'a>(&'a self, jti: &str, realm: &RealmId, client: &str) -> Option<LedgerFacts<'a>> {
         let Remembered { entry, minted } = &**self.tokens.get(jti)?;
         let client_known = self.clients.get(realm)?.contains(client);
         let session = match &entry.session_id {
@@ -259,16 +265,18 @@ impl Known {
         })
     }
 
+    /// Learns from `view`, a store read whose row is `entry` (taken out of it or not).
     fn learn(
         &mut self,
         realm: &RealmId,
         client: &ClientId,
+        entry: Option<&LedgerEntry>,
         view: &LedgerView,
         evicted: &mut Evicted,
     ) {
         // Only what a validation can rely on later: a registered client (deleting one bumps
         // the generation), and the session and account of a row that exists.
-        let Some(entry) = &view.entry else { return };
+        let Some(entry) = entry else { return };
         if view.client_known {
             bounded_insert(
                 &mut self.clients,
@@ -329,6 +337,7 @@ impl LedgerCache {
                     _ => None,
                 };
                 let jti = entry.jti.clone();
+                let entry = Arc::new(entry);
                 let row = Box::new(Remembered { entry, minted });
                 bounded_insert(&mut known.tokens, jti, row, &mut evicted);
             }
@@ -365,17 +374,19 @@ impl LedgerCache {
         // Before anything is looked at: what is answered was true at this generation.
         let generation = store.generations()?.revocations;
         let remembered =
-            self.answer_from_memory(jti, realm, client, generation, |facts| LedgerView {
-                entry: facts.entry.cloned(),
-                client_known: facts.client_known,
-                session: facts.session.cloned(),
-                account: facts.account.cloned(),
+            self.answer_from_memory(jti.as_str(), realm, client.as_str(), generation, |facts| {
+                LedgerView {
+                    entry: facts.entry.map(|e| LedgerEntry::clone(e)),
+                    client_known: facts.client_known,
+                    session: facts.session.cloned(),
+                    account: facts.account.cloned(),
+                }
             });
         if let Some(view) = remembered {
             return Ok(view);
         }
         let view = store.ledger_view(jti, realm, client)?;
-        self.learn(realm, client, &view, generation);
+        self.learn(realm, client, view.entry.as_ref(), &view, generation);
         Ok(view)
     }
 
@@ -383,9 +394,9 @@ impl LedgerCache {
     /// if that is enough to answer without the store (a hit); `None` otherwise.
     fn answer_from_memory<R>(
         &self,
-        jti: &Jti,
+        jti: &str,
         realm: &RealmId,
-        client: &ClientId,
+        client: &str,
         generation: i64,
         answer: impl FnOnce(LedgerFacts<'_>) -> R,
     ) -> Option<R> {
@@ -404,13 +415,20 @@ impl LedgerCache {
         answered
     }
 
-    /// Remembers what `view` says of `client`, the row's session and its account, if the
-    /// cache is at `generation` (when it was read).
-    fn learn(&self, realm: &RealmId, client: &ClientId, view: &LedgerView, generation: i64) {
+    /// Remembers what `view`, a store read whose row is `entry`, says of `client`, the row's
+    /// session and its account, if the cache is at `generation` (when it was read).
+    fn learn(
+        &self,
+        realm: &RealmId,
+        client: &ClientId,
+        entry: Option<&LedgerEntry>,
+        view: &LedgerView,
+        generation: i64,
+    ) {
         let mut evicted = Evicted::default();
         let mut known = self.lock();
         if known.at(generation, &mut evicted) {
-            known.learn(realm, client, view, &mut evicted);
+            known.learn(realm, client, entry, view, &mut evicted);
         }
         drop(known);
         drop(evicted);
@@ -448,9 +466,9 @@ pub struct CachedLedger<'a> {
 impl Ledger for CachedLedger<'_> {
     fn consult(
         &self,
-        jti: &Jti,
+        jti: &str,
         realm: &RealmId,
-        client: &ClientId,
+        client: &str,
         check: &mut dyn FnMut(LedgerFacts<'_>) -> LedgerVerdict,
     ) -> LedgerVerdict {
         let remembered =
@@ -459,9 +477,15 @@ impl Ledger for CachedLedger<'_> {
         if let Some(verdict) = remembered {
             return verdict;
         }
-        let view = self.store.view(jti, realm, client);
-        let verdict = check((&view).into());
-        self.cache.learn(realm, client, &view, self.generation);
+        let (Ok(jti), Ok(client)) = (Jti::new(jti), ClientId::new(client)) else {
+            return check(LedgerFacts::read(&nothing_known(), None));
+        };
+        let mut view = self.store.view(&jti, realm, &client);
+        let entry = view.entry.take().map(Arc::new);
+        let verdict = check(LedgerFacts::read(&view, entry.as_ref()));
+        let entry = entry.as_deref();
+        self.cache
+            .learn(realm, &client, entry, &view, self.generation);
         verdict
     }
 }

@@ -166,6 +166,9 @@ pub struct VerifyingKey {
     record: KeyRecord,
     alg: Algorithm,
     parsed: ParsedPublicKey,
+    /// For an access-token key: the protected header (base64url) Keypost's access tokens
+    /// signed with it carry.
+    access_header: Option<Box<str>>,
 }
 
 impl std::fmt::Debug for VerifyingKey {
@@ -205,6 +208,11 @@ impl VerifyingKey {
     /// When it was revoked.
     pub fn revoked_at(&self) -> Option<UnixTime> {
         self.record.revoked_at
+    }
+    /// For an access-token key, the protected header (base64url, exactly as written) of the
+    /// access tokens Keypost signs with it: `{"alg":…,"typ":"at+jwt","kid":…}`.
+    pub fn access_header(&self) -> Option<&str> {
+        self.access_header.as_deref()
     }
     /// Verifies a signature over `input` (constant-time library code).
     pub fn verify(&self, input: &[u8], signature: &[u8]) -> bool {
@@ -257,10 +265,13 @@ fn parse_verifying(record: KeyRecord) -> Option<VerifyingKey> {
         return None;
     }
     let parsed = verifying_from(alg, &jwk)?;
+    let access_header = (record.purpose == KeyPurpose::AccessToken)
+        .then(|| crate::remote::jws_header(alg, &record.kid, "at+jwt").into());
     Some(VerifyingKey {
         record,
         alg,
         parsed,
+        access_header,
     })
 }
 
@@ -281,6 +292,16 @@ impl VerifyingKeys {
             .get(realm)?
             .iter()
             .find(|k| k.kid().as_str() == kid)
+    }
+
+    /// The key of `realm` whose access tokens carry exactly the protected header `header`
+    /// (base64url, as presented), if one does: a validator that finds one knows what the
+    /// header says without decoding it.
+    pub fn by_access_header(&self, realm: &RealmId, header: &str) -> Option<&Arc<VerifyingKey>> {
+        self.by_realm
+            .get(realm)?
+            .iter()
+            .find(|k| k.access_header() == Some(header))
     }
 
     /// The realm a kid belongs to, if any. For diagnostics (the audit reason) only: never use

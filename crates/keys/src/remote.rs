@@ -85,8 +85,13 @@ pub trait SignService: Send + Sync + std::fmt::Debug {
     ) -> Result<(SigningKey, Signature)>;
 }
 
-/// The JWS protected header Keypost writes: three plain strings.
+/// The JWS protected header Keypost writes for `key`.
 fn header(key: &SigningKey, typ: &str) -> String {
+    jws_header(key.alg, &key.kid, typ)
+}
+
+/// The JWS protected header Keypost writes, base64url-encoded: three plain strings.
+pub(crate) fn jws_header(alg: Algorithm, kid: &Kid, typ: &str) -> String {
     #[derive(serde::Serialize)]
     struct Header<'a> {
         alg: &'a str,
@@ -94,9 +99,9 @@ fn header(key: &SigningKey, typ: &str) -> String {
         kid: &'a str,
     }
     let h = Header {
-        alg: key.alg.as_str(),
+        alg: alg.as_str(),
         typ,
-        kid: key.kid.as_str(),
+        kid: kid.as_str(),
     };
     B64.encode(serde_json::to_vec(&h).unwrap_or_default())
 }

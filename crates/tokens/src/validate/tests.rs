@@ -236,6 +236,14 @@ fn storm_0558_consumer_key_forging_for_a_tenant_is_key_not_in_realm() {
         f.check("contoso", &forged, NOW).unwrap_err(),
         Rejection::KeyNotInRealm
     );
+    // A token the consumers realm really issued, its header exactly as Keypost writes it, is
+    // not recognised by a tenant realm's key set either.
+    let genuine = f.mint_for("consumers", "app", "mail").access_token;
+    assert!(f.check("consumers", &genuine, NOW).is_ok());
+    assert_eq!(
+        f.check("contoso", &genuine, NOW).unwrap_err(),
+        Rejection::KeyNotInRealm
+    );
 }
 
 #[test]
@@ -466,6 +474,9 @@ fn claim_checks() {
             Rejection::AudienceMismatch,
         ),
         ("client_id", json!("nobody"), Rejection::ClientUnknown),
+        // Not even an id: a jti or client no ledger could hold.
+        ("jti", json!("forged/1"), Rejection::MissingClaim),
+        ("client_id", json!("no body"), Rejection::MissingClaim),
         // Never issued: a forgery first, whatever scope it claims.
         ("scope", json!("openid"), Rejection::NotIssued),
     ];
@@ -615,6 +626,13 @@ fn every_access_token_algorithm_validates_its_tokens_and_refuses_tampering() {
         let (t, other) = (mint(), mint());
         let p = f.check("contoso", &t, NOW + 1);
         assert!(p.is_ok(), "{alg}: {p:?}");
+        // The header Keypost wrote is recognised by its key, and reads as it would parse.
+        let keys = f.custody.verifying_keys().unwrap();
+        let segment = t.split('.').next().unwrap();
+        let key = keys.by_access_header(&realm, segment).expect("recognised");
+        let mut buf = Vec::new();
+        let parsed = crate::jose::parse_compact(&t, &mut buf).unwrap();
+        assert_eq!(parsed.header, written_header(key), "{alg}");
         let (input, _) = t.rsplit_once('.').unwrap();
         let swapped = format!("{input}.{}", other.rsplit('.').next().unwrap());
         assert_eq!(

@@ -5,7 +5,10 @@
 //! The header and claims are read straight into the few members the policy looks at
 //! ([`Header`], [`Claims`]), borrowing their strings; every other member is walked only to
 //! check its nesting and its own objects' member names. Nothing builds a general JSON tree:
-//! parsing is most of what validation costs beyond the signature.
+//! parsing is most of what validation costs beyond the signature. Documents written the way
+//! Keypost writes them take a one-pass path ([`plain`]) that declines everything else to the
+//! general `serde_json` reading; a caller that recognises a header segment by its bytes can
+//! skip it altogether ([`parse_compact_knowing`]).
 
 use std::borrow::Cow;
 

@@ -1,11 +1,11 @@
 //! The validation policy (THREAT-MODEL.md, "The validation policy"): one function, all checks,
 //! in order, with a typed result.
 
-use aws_lc_rs::digest;
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
+use aws_lc_rs::digest;
 use keys::{Algorithm, VerifyingKey, VerifyingKeys};
 use store::{
     AccountId, ClientId, Jti, KeyPurpose, Kid, LedgerEntry, RealmId, SessionId, TokenKind, UnixTime,

@@ -378,15 +378,22 @@ mod tests {
     use super::*;
     use store::{FsBlobStore, SqliteStore};
 
-    /// A backlog far larger than one batch (a busy server between two ticks) is all evaluated
-    /// in one call: the forged token at its end raises its alert now, not after many ticks.
-    #[test]
-    fn one_pass_drains_a_backlog_of_many_batches() {
-        let dir = std::env::temp_dir().join(format!("keypost-detect-{}", std::process::id()));
+    /// A detector over an in-memory store, its audit log, and the blob directory (`tag` names
+    /// it; the caller removes it).
+    fn bed(tag: &str) -> (std::path::PathBuf, Arc<dyn Store>, Detector, AuditLog) {
+        let dir = std::env::temp_dir().join(format!("keypost-detect-{tag}-{}", std::process::id()));
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         let blobs = Arc::new(FsBlobStore::open(&dir).unwrap());
         let detector = Detector::new(store.clone(), Mail::new(store.clone(), blobs), "k.test");
         let log = AuditLog::new(store.clone());
+        (dir, store, detector, log)
+    }
+
+    /// A backlog far larger than one batch (a busy server between two ticks) is all evaluated
+    /// in one call: the forged token at its end raises its alert now, not after many ticks.
+    #[test]
+    fn one_pass_drains_a_backlog_of_many_batches() {
+        let (dir, store, detector, log) = bed("backlog");
         let realm = RealmId::new("contoso").unwrap();
         let reads: Vec<(Event, i64)> = (0..(BATCH * 3 + 7))
             .map(|n| {
@@ -423,12 +430,7 @@ mod tests {
     /// and raises no `forged-token` alert; the same reason for an access token does.
     #[test]
     fn only_refused_signed_tokens_suggest_a_stolen_key() {
-        let dir =
-            std::env::temp_dir().join(format!("keypost-detect-opaque-{}", std::process::id()));
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-        let blobs = Arc::new(FsBlobStore::open(&dir).unwrap());
-        let detector = Detector::new(store.clone(), Mail::new(store.clone(), blobs), "k.test");
-        let log = AuditLog::new(store.clone());
+        let (dir, _store, detector, log) = bed("opaque");
         let realm = RealmId::new("contoso").unwrap();
         let refused = |reason: &str| {
             Event::failure(Operation::TokenRejected)
@@ -454,6 +456,25 @@ mod tests {
             raised.iter().all(|a| a.rule == "forged-token"),
             "{raised:?}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Keypost never issues a token without a claim the policy requires, or with one of the
+    /// wrong type (a string `exp`): an access token refused for that after its signature
+    /// verified was signed outside Keypost, and raises `token-out-of-policy`.
+    #[test]
+    fn a_signed_token_missing_a_claim_is_out_of_policy() {
+        let (dir, _store, detector, log) = bed("claim");
+        let realm = RealmId::new("contoso").unwrap();
+        let refused = Event::failure(Operation::TokenRejected)
+            .realm(&realm)
+            .kid("k1")
+            .detail("reason", "MissingClaim")
+            .detail("token_type", "access_token");
+        log.record(refused, 1_000).unwrap();
+        let raised = detector.run_once(1_001).unwrap();
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0].rule, "token-out-of-policy");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

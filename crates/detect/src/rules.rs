@@ -19,7 +19,8 @@ pub const RULES: [(&str, &str); 8] = [
         "token-out-of-policy",
         "A token crafted outside policy: a lifetime longer than the realm issues, iat in the \
          future, a forbidden algorithm, keys in the header, unknown crit, an ID token presented \
-         as an access token. Tools forging tokens produce these. High; one alert per key or source.",
+         as an access token, a correctly signed token missing a required claim. Tools forging \
+         tokens produce these. High; one alert per key or source.",
     ),
     (
         "new-client",
@@ -272,6 +273,8 @@ impl Context<'_> {
             "HeaderKeyForbidden" => "a key in its header",
             "CritUnsupported" => "an unknown crit extension",
             "TypeMismatch" => "the wrong type (an ID token as an access token)",
+            // Reached only once the signature verified: no token Keypost issues lacks one.
+            "MissingClaim" => "a required claim missing, malformed or of the wrong type",
             _ => return None,
         };
         let key = r

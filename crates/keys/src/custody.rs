@@ -281,7 +281,7 @@ fn parse_verifying(record: KeyRecord) -> Option<VerifyingKey> {
 #[derive(Debug, Default)]
 pub struct VerifyingKeys {
     /// A realm's few keys are searched in turn. foldhash, not SipHash, finds the realm (every
-    /// validation does): only realms from the store go in, so there is no flooding to resist.
+    /// validation does): only the store's realms go in, none a request chooses.
     by_realm: HashMap<RealmId, Vec<Arc<VerifyingKey>>, foldhash::fast::RandomState>,
 }
 

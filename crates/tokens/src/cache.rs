@@ -14,8 +14,9 @@ use aws_lc_rs::digest;
 use keys::VerifyingKeys;
 use store::{Generations, RealmId, UnixTime};
 
+use crate::jose::MAX_TOKEN_LEN;
 use crate::ledger::Ledger;
-use crate::validate::{Expectation, Principal, Rejected, validate};
+use crate::validate::{Digests, Expectation, Principal, Rejected, validate, validate_digested};
 
 struct Cached {
     principal: Principal,
@@ -68,6 +69,10 @@ impl Validator {
         generations: Generations,
         ledger: &dyn Ledger,
     ) -> Result<Principal, Rejected> {
+        if raw.len() > MAX_TOKEN_LEN {
+            // Refused unhashed and uncached, as every refusal is uncached.
+            return validate(raw, expect, now, keys, ledger);
+        }
         let mut hash = [0u8; 32];
         hash.copy_from_slice(digest::digest(&digest::SHA256, raw.as_bytes()).as_ref());
         {
@@ -87,7 +92,9 @@ impl Validator {
                 return Ok(c.principal.clone());
             }
         }
-        let principal = validate(raw, expect, now, keys, ledger)?;
+        // The ledger's check reuses the key's hash of the token.
+        let digests = Digests::with_token(raw, hash);
+        let principal = validate_digested(raw, &digests, expect, now, keys, ledger)?;
         let key_expiry = keys
             .in_realm(expect.realm, principal.kid().as_str())
             .map(|k| k.expires_at() - 1)

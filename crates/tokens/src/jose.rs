@@ -641,6 +641,16 @@ mod tests {
         format!("{}.{}.{}", b64(h), b64(p), b64(b"sig"))
     }
 
+    /// A deterministic stream of pseudo-random numbers (xorshift64).
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
     /// Reads `doc` as claims in a token, through [`parse_compact`] (plain reading first),
     /// after holding the plain reading to the general one on it.
     fn claims(doc: &str) -> Option<Claims<'_>> {
@@ -699,6 +709,32 @@ mod tests {
                 assert_eq!(read.unwrap().sub, Member::Str("a".into()), "{doc}");
             }
         }
+        // At the plain reading's edges: what it accepts, it reads as the general one does
+        // (`claims` checks); what it declines, the general one decides.
+        let plain_ok =
+            |doc: &str| plain::read::<ClaimMembers>(doc, &mut Claims::default()).is_some();
+        for (doc, plain, valid) in [
+            (r#"{"exp":999999999999999999}"#, true, true), // 18 digits
+            (r#"{"exp":1234567890123456789}"#, false, true), // 19: the general reading's
+            (r#"{"exp":-9223372036854775808}"#, false, true),
+            (r#"{"exp":-}"#, false, false),
+            (r#"{"exp":-1}"#, true, true),
+            ("{\"sub\":\"\u{e9}\u{7f}\u{1f600}\"}", true, true),
+            (r#"{"":1}"#, false, true),
+            (r#"{"aud":[]}"#, true, true),
+            (r#"{"aud":["a"]}"#, true, true),
+            (r#"{"aud":["a""b"]}"#, false, false),
+            (r#"{"sub":"a""#, false, false),
+            (r#"{"sub""a"}"#, false, false),
+        ] {
+            assert_eq!(plain_ok(doc), plain, "{doc}");
+            assert_eq!(claims(doc).is_some(), valid, "{doc}");
+        }
+        assert_eq!(
+            claims(r#"{"exp":-9223372036854775808}"#).unwrap().exp,
+            Member::Int(i64::MIN)
+        );
+
         // `crit` is noted even on the plain path; a key offered in the header declines it.
         let mut h = Header::default();
         assert!(
@@ -722,13 +758,7 @@ mod tests {
             r#"{"iss":"https://keypost.test/realms/contoso","sub":"u1","aud":["https://keypost.test/mail"],"exp":1796632420,"iat":1796631820,"nbf":1796631820,"jti":"01a24f99fafbu0svFa8RM41N9A","client_id":"app","scope":"mail","tid":"contoso","sid":"x"}"#,
         ];
         let alphabet = b"{}[]\":,\\ -0123456789.eEaxn";
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let (mut plain, mut general) = (0, 0);
         for i in 0..20_000 {
             let mut doc = seeds[i % seeds.len()].as_bytes().to_vec();
@@ -768,20 +798,14 @@ mod tests {
         let p = b64(br#"{"sub":"a"}"#);
         let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let junk = ["=", "+", "/", " ", "\n", "\u{e9}", "%"];
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut accepted = 0;
         for _ in 0..20_000 {
             let len = 1 + (next() % 90) as usize;
             let segment: String = (0..len)
                 .map(|_| {
                     let r = next();
-                    if r % 200 == 0 {
+                    if r.is_multiple_of(200) {
                         junk[(r / 200) as usize % junk.len()].to_owned()
                     } else {
                         char::from(alphabet[(r >> 8) as usize % 64]).to_string()

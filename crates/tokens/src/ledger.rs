@@ -22,10 +22,11 @@ use store::{
 
 use crate::validate::Rejection;
 
-// The cache's maps hash with foldhash rather than SipHash: a validation looks up four keys,
-// and SipHash was a third of what answering from memory cost. Flooding resistance is not
-// needed here: only the server chooses the keys that go in (jtis it minted, ids it read), and
-// a lookup of any other key costs the same as a miss.
+// The cache's maps hash with foldhash (randomly seeded) rather than SipHash: a validation
+// looks up four keys, and SipHash was a third of what answering from memory cost. No request
+// chooses what goes in — jtis this process minted, and ids of rows the store holds (accounts,
+// sessions, and clients, whose ids administrators choose) — and a lookup of any other key
+// costs what a miss costs; each map also starts over at `CAPACITY` entries.
 type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<T> = StdHashSet<T, foldhash::fast::RandomState>;
 
@@ -34,8 +35,6 @@ type HashSet<T> = StdHashSet<T, foldhash::fast::RandomState>;
 pub struct LedgerFacts<'a> {
     /// The ledger row, if Keypost issued this jti.
     pub entry: Option<&'a Arc<LedgerEntry>>,
-    /// The exact token, when this process minted it (the store keeps only its hash).
-    pub minted: Option<&'a MintedToken>,
     /// Whether the presented client is registered in the expected realm.
     pub client_known: bool,
     /// The row's session, if it has one and it exists.
@@ -49,56 +48,11 @@ impl<'a> LedgerFacts<'a> {
     fn read(v: &'a LedgerView, entry: Option<&'a Arc<LedgerEntry>>) -> Self {
         Self {
             entry,
-            minted: None,
             client_known: v.client_known,
             session: v.session.as_ref(),
             account: v.account.as_ref(),
         }
     }
-}
-
-/// An access token this process minted, as the cache remembers it: the SHA-256 of its signing
-/// input, and its signature. The ledger row holds the SHA-256 of the whole token, but the rest
-/// of the token is the signature's canonical base64url, so the pair names the same bytes — and
-/// comparing it spares every validation of a token minted here hashing its signature's text
-/// again (for RS256, ≈ 340 characters: an eighth of what validation cost beyond the signature
-/// check).
-pub struct MintedToken {
-    input_sha256: [u8; 32],
-    signature: Box<[u8]>,
-}
-
-impl std::fmt::Debug for MintedToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MintedToken")
-    }
-}
-
-impl MintedToken {
-    /// The token whose signing input has SHA-256 `input_sha256` and whose signature is
-    /// `signature`.
-    pub fn new(input_sha256: [u8; 32], signature: &[u8]) -> Self {
-        Self {
-            input_sha256,
-            signature: signature.into(),
-        }
-    }
-
-    /// Whether the presented token is exactly this one (in constant time).
-    pub fn is(&self, input_sha256: &[u8], signature: &[u8]) -> bool {
-        use aws_lc_rs::constant_time::verify_slices_are_equal as same;
-        // Both compared whatever the first says: no early exit to time.
-        let input = same(&self.input_sha256, input_sha256).is_ok();
-        let signature = same(&self.signature, signature).is_ok();
-        input & signature
-    }
-}
-
-/// A ledger row in the cache, with the exact token when it is an access token minted here.
-struct Remembered {
-    /// Shared with the principals of its validations.
-    entry: Arc<LedgerEntry>,
-    minted: Option<MintedToken>,
 }
 
 /// The ledger checks' outcome: the token's row, or why it is refused.
@@ -219,9 +173,9 @@ impl std::fmt::Debug for LedgerCache {
 #[derive(Default)]
 struct Known {
     generation: i64,
-    /// Boxed: a row is ~300 bytes (and an access token's copy of its signature 64 to 512
-    /// more, by algorithm), and the map moves every entry each time it grows.
-    tokens: HashMap<Jti, Box<Remembered>>,
+    /// Shared (with the principals of their validations): a row is ~300 bytes, and the map
+    /// moves every entry each time it grows.
+    tokens: HashMap<Jti, Arc<LedgerEntry>>,
     clients: HashMap<RealmId, HashSet<ClientId>>,
     sessions: HashMap<SessionId, SessionState>,
     /// By subject: `None` records that the subject is no account (a client's own token).
@@ -249,7 +203,7 @@ impl Known {
 
     /// Everything known about `jti`, if enough is known to answer without the store.
     fn facts<'a>(&'a self, jti: &str, realm: &RealmId, client: &str) -> Option<LedgerFacts<'a>> {
-        let Remembered { entry, minted } = &**self.tokens.get(jti)?;
+        let entry = self.tokens.get(jti)?;
         let client_known = self.clients.get(realm)?.contains(client);
         let session = match &entry.session_id {
             Some(s) => Some(self.sessions.get(s)?),
@@ -259,7 +213,6 @@ impl Known {
         // Only a known client is remembered, so "unknown" here is not an answer.
         client_known.then_some(LedgerFacts {
             entry: Some(entry),
-            minted: minted.as_ref(),
             client_known,
             session,
             account,
@@ -319,28 +272,16 @@ where
 
 impl LedgerCache {
     /// Records access and refresh tokens whose ledger rows are now durable (ID-token rows are
-    /// never presented, so not kept), with `access`, the exact access token among them.
-    /// `generation` is the revocation generation read *before* they were written: nothing
-    /// that happened before that read can concern rows that did not exist yet, and anything
-    /// after it bumps it.
-    pub fn issued(
-        &self,
-        entries: impl IntoIterator<Item = LedgerEntry>,
-        mut access: Option<MintedToken>,
-        generation: i64,
-    ) {
+    /// never presented, so not kept). `generation` is the revocation generation read *before*
+    /// they were written: nothing that happened before that read can concern rows that did
+    /// not exist yet, and anything after it bumps it.
+    pub fn issued(&self, entries: impl IntoIterator<Item = LedgerEntry>, generation: i64) {
         let mut evicted = Evicted::default();
         let mut known = self.lock();
         if known.at(generation, &mut evicted) {
             for entry in entries.into_iter().filter(|e| e.kind != TokenKind::Id) {
-                let minted = match entry.kind {
-                    TokenKind::Access => access.take(),
-                    _ => None,
-                };
                 let jti = entry.jti.clone();
-                let entry = Arc::new(entry);
-                let row = Box::new(Remembered { entry, minted });
-                bounded_insert(&mut known.tokens, jti, row, &mut evicted);
+                bounded_insert(&mut known.tokens, jti, Arc::new(entry), &mut evicted);
             }
         }
         drop(known);

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::Error;
 use crate::claims::{AccessClaims, issuer_for};
 use crate::jose::b64;
-use crate::ledger::{LedgerCache, MintedToken};
+use crate::ledger::LedgerCache;
 
 /// SHA-256 of a token string, as the ledger stores it.
 pub fn token_hash(token: &str) -> Vec<u8> {
@@ -223,7 +223,7 @@ impl Minter {
         };
         let (issued, durable) = self.queue(plan, req, now, access, id, audit);
         durable.completion.wait()?;
-        self.remember(req, durable.entries, durable.access, durable.generation);
+        self.remember(req, durable.entries, durable.generation);
         Ok(issued)
     }
 
@@ -257,26 +257,20 @@ impl Minter {
         };
         let (issued, durable) = self.queue(plan, req, now, access, id, audit);
         durable.completion.await?;
-        self.remember(req, durable.entries, durable.access, durable.generation);
+        self.remember(req, durable.entries, durable.generation);
         Ok(issued)
     }
 
     /// Records durable tokens in the ledger cache — unless the revocation generation moved
     /// while they were written (something may have revoked them since: only the store can
     /// say). The refresh token this issuance rotated is forgotten either way.
-    fn remember(
-        &self,
-        req: &MintRequest,
-        entries: Vec<LedgerEntry>,
-        access: MintedToken,
-        before: i64,
-    ) {
+    fn remember(&self, req: &MintRequest, entries: Vec<LedgerEntry>, before: i64) {
         if let Some(rotated) = &req.rotates {
             self.ledger_cache.consumed(rotated);
         }
         let after = self.store.generations().map_or(-1, |g| g.revocations);
         if before >= 0 && after == before {
-            self.ledger_cache.issued(entries, Some(access), before);
+            self.ledger_cache.issued(entries, before);
         }
     }
 
@@ -291,7 +285,7 @@ impl Minter {
         id: Option<Signed>,
         audit: impl FnOnce(&Issued) -> Vec<AuditRecord>,
     ) -> (Issued, Durable) {
-        let entry = |jti: &Jti, kind, kid: Option<store::Kid>, exp, token_hash| LedgerEntry {
+        let entry = |jti: &Jti, kind, kid: Option<store::Kid>, exp, token: &str| LedgerEntry {
             jti: jti.clone(),
             realm: req.realm.clone(),
             kind,
@@ -304,31 +298,30 @@ impl Minter {
             audience: req.audience.join(" "),
             issued_at: now,
             expires_at: exp,
-            token_hash,
+            token_hash: token_hash(token),
             revoked_at: None,
             used_at: None,
         };
         let mut entries = Vec::with_capacity(3);
-        let (access_token, kid, access_hash, minted) = compact(access);
+        let (access_token, kid) = compact(access);
         entries.push(entry(
             &plan.access_jti,
             TokenKind::Access,
             Some(kid.clone()),
             now + req.access_ttl,
-            access_hash,
+            &access_token,
         ));
         let id_token = match (id, &plan.id, &req.id_token) {
             (Some(signed), Some((jti, _, _)), Some(idr)) => {
-                let (tok, id_kid, hash, _) = compact(signed);
-                entries.push(entry(jti, TokenKind::Id, Some(id_kid), now + idr.ttl, hash));
+                let (tok, id_kid) = compact(signed);
+                entries.push(entry(jti, TokenKind::Id, Some(id_kid), now + idr.ttl, &tok));
                 Some(tok)
             }
             _ => None,
         };
         let refresh_token = match (&plan.refresh, &req.refresh) {
             (Some((jti, tok)), Some(ttl)) => {
-                let hash = token_hash(tok);
-                entries.push(entry(jti, TokenKind::Refresh, None, now + ttl, hash));
+                entries.push(entry(jti, TokenKind::Refresh, None, now + ttl, tok));
                 Some(tok.to_string())
             }
             _ => None,
@@ -356,7 +349,6 @@ impl Minter {
             Durable {
                 completion,
                 entries,
-                access: minted,
                 generation,
             },
         )
@@ -367,27 +359,14 @@ impl Minter {
 struct Durable {
     completion: store::Completion,
     entries: Vec<LedgerEntry>,
-    /// The exact access token.
-    access: MintedToken,
     generation: i64,
 }
 
 /// A signer's answer: the key, the signing input, the signature.
 type Signed = (keys::SigningKey, String, keys::Signature);
 
-/// The compact token, its kid, its SHA-256 for the ledger and the same token as the ledger
-/// cache compares it (one pass over the signing input serves both).
-fn compact((key, input, sig): Signed) -> (String, store::Kid, Vec<u8>, MintedToken) {
-    let token = format!("{input}.{}", b64(&sig.0));
-    let mut hasher = digest::Context::new(&digest::SHA256);
-    hasher.update(input.as_bytes());
-    let mut input_sha256 = [0u8; 32];
-    input_sha256.copy_from_slice(hasher.clone().finish().as_ref());
-    hasher.update(&token.as_bytes()[input.len()..]);
-    let hash = hasher.finish().as_ref().to_vec();
-    debug_assert_eq!(hash, token_hash(&token));
-    let minted = MintedToken::new(input_sha256, &sig.0);
-    (token, key.kid, hash, minted)
+fn compact((key, input, sig): Signed) -> (String, store::Kid) {
+    (format!("{input}.{}", b64(&sig.0)), key.kid)
 }
 
 /// Everything about a mint decided before anything is signed: ids, claims, the refresh

@@ -11,8 +11,8 @@ use store::{
     AccountId, ClientId, Jti, KeyPurpose, Kid, LedgerEntry, RealmId, SessionId, TokenKind, UnixTime,
 };
 
-use crate::jose::{CompactJws, Header, Member, parse_compact_knowing};
-use crate::ledger::{Ledger, LedgerFacts, LedgerVerdict, MintedToken};
+use crate::jose::{CompactJws, Header, MAX_TOKEN_LEN, Member, parse_compact_knowing};
+use crate::ledger::{Ledger, LedgerFacts, LedgerVerdict};
 
 /// Why a token was refused. Variants are alphabetical; each has a stable code for the audit
 /// log ([`Rejection::code`]). Clients only ever see RFC 6750's `invalid_token` or
@@ -52,7 +52,8 @@ pub enum Rejection {
     KeyRevoked,
     /// The header has no `kid`.
     KidMissing,
-    /// The ledger has the jti, but for a different token, subject, client, key or kind.
+    /// The ledger has the jti, but for a different token, realm, subject, client, scope, key
+    /// or kind.
     LedgerMismatch,
     /// `exp - iat` exceeds what the realm issues.
     LifetimeExceedsPolicy,
@@ -187,7 +188,7 @@ struct LedgerHit(());
 
 /// A validated access token. Only [`validate`] constructs one, so holding a `Principal` means
 /// every check passed.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Principal {
     /// The key that signed it: of the expected realm, so its realm and kid are the token's.
     key: Arc<VerifyingKey>,
@@ -196,6 +197,22 @@ pub struct Principal {
     row: Arc<LedgerEntry>,
     expires_at: UnixTime,
     _proofs: (SignatureValid, LedgerHit),
+}
+
+/// What the token says, not the rest of its ledger row (its hash, family, audience).
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("realm", self.realm())
+            .field("kid", self.kid())
+            .field("subject", &self.subject())
+            .field("client_id", self.client_id())
+            .field("scope", &self.row.scope)
+            .field("jti", self.jti())
+            .field("session", &self.session())
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 impl Principal {
@@ -256,6 +273,73 @@ pub fn validate(
     keys: &VerifyingKeys,
     ledger: &dyn Ledger,
 ) -> Result<Principal, Rejected> {
+    if raw.len() > MAX_TOKEN_LEN {
+        // Refused before anything is hashed (`parse_compact` would refuse it too).
+        return Err(Rejected {
+            reason: Rejection::Malformed,
+            presented: Box::default(),
+        });
+    }
+    validate_digested(raw, &Digests::of(raw), expect, now, keys, ledger)
+}
+
+/// The two SHA-256s a validation needs: of the token's signing input (what ES256, RS256 and
+/// PS256 sign) and of the whole token (what the ledger row holds, and the verified-token
+/// cache's key).
+pub(crate) struct Digests {
+    input: digest::Digest,
+    /// The signing input's length: it ends at the token's last dot.
+    input_len: usize,
+    token: [u8; 32],
+}
+
+impl Digests {
+    /// Both, from one pass over `raw`.
+    pub(crate) fn of(raw: &str) -> Self {
+        let bytes = raw.as_bytes();
+        let input_len = signing_input_len(bytes);
+        let mut context = digest::Context::new(&digest::SHA256);
+        context.update(&bytes[..input_len]);
+        let input = context.clone().finish();
+        context.update(&bytes[input_len..]);
+        let mut token = [0u8; 32];
+        token.copy_from_slice(context.finish().as_ref());
+        Self {
+            input,
+            input_len,
+            token,
+        }
+    }
+
+    /// Both, given the token's: only the signing input is hashed. (The verified-token cache
+    /// hashes the whole token first, for its key: one pass for both would cost every repeat
+    /// of a token, the common case, more than a second pass costs its first sight.)
+    pub(crate) fn with_token(raw: &str, token: [u8; 32]) -> Self {
+        let bytes = raw.as_bytes();
+        let input_len = signing_input_len(bytes);
+        Self {
+            input: digest::digest(&digest::SHA256, &bytes[..input_len]),
+            input_len,
+            token,
+        }
+    }
+}
+
+/// Where a token's signing input ends: at its last dot. (A well-formed token has exactly two,
+/// as parsing checks; for any other, the split is never used.)
+fn signing_input_len(token: &[u8]) -> usize {
+    memchr::memrchr(b'.', token).unwrap_or(token.len())
+}
+
+/// [`validate`], given the token's [`Digests`].
+pub(crate) fn validate_digested(
+    raw: &str,
+    digests: &Digests,
+    expect: &Expectation<'_>,
+    now: UnixTime,
+    keys: &VerifyingKeys,
+    ledger: &dyn Ledger,
+) -> Result<Principal, Rejected> {
     // 1. Shape. The header Keypost writes for one of the realm's access-token keys is known
     // by its bytes; any other is decoded and read.
     let mut buf = Vec::with_capacity(raw.len());
@@ -270,7 +354,7 @@ pub fn validate(
         });
     };
     // What the token presented is only gathered for a refusal's audit record.
-    checks(&jws, raw, expect, now, keys, ledger).map_err(|reason| Rejected {
+    checks(&jws, digests, expect, now, keys, ledger).map_err(|reason| Rejected {
         reason,
         presented: Box::new(Presented {
             kid: bounded(&jws.header.kid),
@@ -298,7 +382,7 @@ fn written_header(key: &VerifyingKey) -> Header<'_> {
 /// Steps 2 to 7 of the policy on a well-formed token.
 fn checks(
     jws: &CompactJws<'_>,
-    raw: &str,
+    digests: &Digests,
     expect: &Expectation<'_>,
     now: UnixTime,
     keys: &VerifyingKeys,
@@ -355,12 +439,12 @@ fn checks(
         reject!(Rejection::AlgorithmMismatch);
     }
 
-    // 4. Signature. The ledger check (6) compares the signing input's SHA-256 (see `Exact`);
-    // where the algorithm signs that SHA-256 too (ES256, RS256, PS256), one pass serves both.
+    // 4. Signature. Where the algorithm signs the input's SHA-256 (ES256, RS256, PS256), the
+    // pass that hashed the token for the ledger (6) hashed the input on its way.
     let input = jws.signing_input.as_bytes();
-    let input_digest = digest::digest(&digest::SHA256, input);
+    debug_assert_eq!(digests.input_len, input.len(), "digests of another token");
     let verified = if key.signs_sha256() {
-        key.verify_sha256(&input_digest, jws.signature)
+        key.verify_sha256(&digests.input, jws.signature)
     } else {
         key.verify(input, jws.signature)
     };
@@ -415,11 +499,6 @@ fn checks(
         reject!(Rejection::MissingClaim)
     }
     // One consultation of the ledger serves the client check here and every step of 6.
-    let presented = Exact {
-        input_digest: &input_digest,
-        signature: jws.signature,
-        token: raw,
-    };
     let claimed = Claimed {
         sub,
         client_id,
@@ -428,7 +507,7 @@ fn checks(
     };
     let row = ledger
         .consult(jti, expect.realm, client_id, &mut |facts| {
-            ledger_checks(facts, &presented, &claimed, expect, now)
+            ledger_checks(facts, &digests.token, &claimed, expect, now)
         })
         // A jti that is not one cannot be in the ledger: asked about only when the ledger
         // does not have it (checking every token's first cost more than the lookup).
@@ -465,32 +544,11 @@ struct Claimed<'a> {
     kid: &'a str,
 }
 
-/// The presented token, as the ledger's record of it is compared with it.
-struct Exact<'a> {
-    /// SHA-256 of the signing input (step 4's).
-    input_digest: &'a digest::Digest,
-    signature: &'a [u8],
-    /// The whole token, hashed (`crate::token_hash`) only when the ledger's answer holds
-    /// nothing better: when it comes from the store, whose read costs some 20 times more.
-    token: &'a str,
-}
-
-impl Exact<'_> {
-    /// Whether this is the very token the ledger row (and, if this process minted it, the
-    /// cache's copy) describes, compared in constant time.
-    fn is(&self, entry: &LedgerEntry, minted: Option<&MintedToken>) -> bool {
-        if let Some(minted) = minted {
-            return minted.is(self.input_digest.as_ref(), self.signature);
-        }
-        verify_slices_are_equal(&entry.token_hash, &crate::token_hash(self.token)).is_ok()
-    }
-}
-
 /// Steps 5 (client) and 6 of the policy, on what the ledger knows: this exact token was
 /// issued, for this subject, client, key and realm, and nothing it depends on was revoked.
 fn ledger_checks(
     facts: LedgerFacts<'_>,
-    presented: &Exact<'_>,
+    token_sha256: &[u8; 32],
     claimed: &Claimed<'_>,
     expect: &Expectation<'_>,
     now: UnixTime,
@@ -501,7 +559,8 @@ fn ledger_checks(
     let Some(entry) = facts.entry else {
         return Err(Rejection::NotIssued);
     };
-    if !presented.is(entry, facts.minted)
+    let same_token = verify_slices_are_equal(&entry.token_hash, token_sha256).is_ok();
+    if !same_token
         || entry.kind != TokenKind::Access
         || &entry.realm != expect.realm
         || entry.subject != claimed.sub

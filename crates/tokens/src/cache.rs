@@ -16,7 +16,7 @@ use store::{Generations, RealmId, UnixTime};
 
 use crate::jose::MAX_TOKEN_LEN;
 use crate::ledger::Ledger;
-use crate::validate::{Digests, Expectation, Principal, Rejected, validate, validate_digested};
+use crate::validate::{Expectation, Principal, Rejected, validate, validate_hashed};
 
 struct Cached {
     principal: Principal,
@@ -93,8 +93,7 @@ impl Validator {
             }
         }
         // The ledger's check reuses the key's hash of the token.
-        let digests = Digests::with_token(raw, hash);
-        let principal = validate_digested(raw, &digests, expect, now, keys, ledger)?;
+        let principal = validate_hashed(raw, hash, expect, now, keys, ledger)?;
         let key_expiry = keys
             .in_realm(expect.realm, principal.kid().as_str())
             .map(|k| k.expires_at() - 1)

@@ -286,7 +286,7 @@ pub fn validate(
 /// The two SHA-256s a validation needs: of the token's signing input (what ES256, RS256 and
 /// PS256 sign) and of the whole token (what the ledger row holds, and the verified-token
 /// cache's key).
-pub(crate) struct Digests {
+struct Digests {
     input: digest::Digest,
     /// The signing input's length: it ends at the token's last dot.
     input_len: usize,
@@ -295,7 +295,7 @@ pub(crate) struct Digests {
 
 impl Digests {
     /// Both, from one pass over `raw`.
-    pub(crate) fn of(raw: &str) -> Self {
+    fn of(raw: &str) -> Self {
         let bytes = raw.as_bytes();
         let input_len = signing_input_len(bytes);
         let mut context = digest::Context::new(&digest::SHA256);
@@ -311,10 +311,8 @@ impl Digests {
         }
     }
 
-    /// Both, given the token's: only the signing input is hashed. (The verified-token cache
-    /// hashes the whole token first, for its key: one pass for both would cost every repeat
-    /// of a token, the common case, more than a second pass costs its first sight.)
-    pub(crate) fn with_token(raw: &str, token: [u8; 32]) -> Self {
+    /// Both, given the token's: only the signing input is hashed.
+    fn with_token(raw: &str, token: [u8; 32]) -> Self {
         let bytes = raw.as_bytes();
         let input_len = signing_input_len(bytes);
         Self {
@@ -331,8 +329,30 @@ fn signing_input_len(token: &[u8]) -> usize {
     memchr::memrchr(b'.', token).unwrap_or(token.len())
 }
 
-/// [`validate`], given the token's [`Digests`].
-pub(crate) fn validate_digested(
+/// [`validate`] for a caller that has hashed the whole token already: `token_sha256` must be
+/// the SHA-256 of `raw` (the ledger compares it with the row's). The signing input is hashed
+/// here, from `raw` itself. (The verified-token cache hashes the token for its key before it
+/// knows whether it will hit: one pass for both there would cost every repeat of a token, the
+/// common case, more than this second pass costs its first sight.)
+pub(crate) fn validate_hashed(
+    raw: &str,
+    token_sha256: [u8; 32],
+    expect: &Expectation<'_>,
+    now: UnixTime,
+    keys: &VerifyingKeys,
+    ledger: &dyn Ledger,
+) -> Result<Principal, Rejected> {
+    debug_assert_eq!(
+        token_sha256.as_slice(),
+        digest::digest(&digest::SHA256, raw.as_bytes()).as_ref(),
+        "the hash of another token"
+    );
+    let digests = Digests::with_token(raw, token_sha256);
+    validate_digested(raw, &digests, expect, now, keys, ledger)
+}
+
+/// [`validate`], given the token's [`Digests`] (made from `raw`, here only).
+fn validate_digested(
     raw: &str,
     digests: &Digests,
     expect: &Expectation<'_>,
@@ -439,10 +459,13 @@ fn checks(
         reject!(Rejection::AlgorithmMismatch);
     }
 
-    // 4. Signature. Where the algorithm signs the input's SHA-256 (ES256, RS256, PS256), the
-    // pass that hashed the token for the ledger (6) hashed the input on its way.
+    // 4. Signature. Where the algorithm signs the input's SHA-256 (ES256, RS256, PS256), it
+    // is among the digests (see `Digests`), made from this very token.
     let input = jws.signing_input.as_bytes();
-    debug_assert_eq!(digests.input_len, input.len(), "digests of another token");
+    if digests.input_len != input.len() {
+        // Cannot happen (both end at the second and last dot); refused rather than trusted.
+        reject!(Rejection::Malformed);
+    }
     let verified = if key.signs_sha256() {
         key.verify_sha256(&digests.input, jws.signature)
     } else {

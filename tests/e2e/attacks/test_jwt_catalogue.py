@@ -39,7 +39,7 @@ ALERTS = {
     "AlgorithmNotAllowed": "token-out-of-policy", "AlgorithmMismatch": "token-out-of-policy",
     "HeaderKeyForbidden": "token-out-of-policy", "CritUnsupported": "token-out-of-policy",
     "LifetimeExceedsPolicy": "token-out-of-policy", "IssuedInFuture": "token-out-of-policy",
-    "TypeMismatch": "token-out-of-policy",
+    "TypeMismatch": "token-out-of-policy", "MissingClaim": "token-out-of-policy",
 }
 
 
@@ -88,6 +88,10 @@ def refused(keypost, victim, token, reasons):
     record = after[-1]
     assert record["details"]["reason"] in reasons, record
     rule = ALERTS.get(record["details"]["reason"])
+    if not record.get("realm"):
+        # Refused before any realm's key was tried (no `iss` to name one): garbage, not a
+        # crafted token, and no alert.
+        rule = None
     keypost.cli("alerts", "scan")
     raised = {a["rule"] for a in keypost.cli("alerts", "list", "--limit", "1000", json=True)
               if record["id"] in a["evidence"]}

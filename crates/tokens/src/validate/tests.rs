@@ -162,6 +162,24 @@ impl Fx {
                     "the ledger cache's {look} look disagrees with the store"
                 );
             }
+            // And as a resource server asks, through a verified-token cache seeing the token
+            // for the first time (it hashes the token itself and hands the hash on).
+            let generations = self.store.generations().unwrap();
+            let gate = crate::Validator::new(16)
+                .validate(
+                    token,
+                    expect,
+                    now,
+                    &keys,
+                    generations,
+                    &cache.ledger(&store, generation),
+                )
+                .map_err(|r| r.reason);
+            assert_eq!(
+                gate.as_ref().map(Principal::jti),
+                from_store.as_ref().map(Principal::jti),
+                "the verified-token cache's path disagrees with the store"
+            );
             from_store
         })
     }
@@ -331,8 +349,9 @@ fn the_ledger_cache_answers_from_memory_only_until_a_revocation() {
     assert!(f.check("contoso", &t.access_token, NOW).is_ok());
     assert_eq!(
         cache.hits(),
-        hits + 2,
-        "both looks at a fresh token answered from memory"
+        hits + 3,
+        "all three looks at a fresh token (two direct, one through a verified-token cache) \
+         answered from memory"
     );
 
     f.store.revoke_token(&t.access_jti, NOW).unwrap();

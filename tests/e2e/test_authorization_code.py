@@ -14,6 +14,7 @@ from authlib.integrations.requests_client import OAuth2Session
 
 from conftest import (
     HTTP_TIMEOUT_S,
+    login_form,
     query_of,
     random_state,
     s256,
@@ -229,3 +230,33 @@ def test_login_form_posted_from_another_site_is_refused(keypost, world, webapp):
     assert forged.status_code == 400, f"{forged.status_code} {forged.headers}"
     assert "Location" not in forged.headers
     assert "code=" not in forged.text
+
+
+def test_single_sign_on_takes_the_browsers_cookie_not_a_tokens_sid(keypost, world, webapp):
+    """A browser that signed in gets its next code without the form. The session's id, which
+    every token minted under the session carries as `sid`, signs nobody in when presented as
+    the cookie: otherwise any client holding one of the user's tokens would hold their sign-in."""
+    browser = requests.Session()
+    verifier = secrets.token_urlsafe(48)
+    params = dict(client_id=CLIENT, response_type="code", redirect_uri=REDIRECT, scope="openid email",
+                  code_challenge=s256(verifier), code_challenge_method="S256")
+    page = authorize(keypost, browser, state=random_state(), **params)
+    done = submit_login(browser, page, world.alice.email, world.alice.password)
+    assert done.status_code == 303, done.text
+    cookie_name = f"kp_sid_{REALM}"
+    cookie = browser.cookies.get(cookie_name)
+    assert cookie, done.headers
+    tokens = exchange(keypost, query_of(done.headers["Location"])["code"], verifier).json()
+    sid = verify_id_token(keypost, REALM, tokens["id_token"], CLIENT)["sid"]
+    assert sid and sid != cookie
+
+    again = authorize(keypost, browser, state=random_state(), **params)
+    assert again.status_code in (302, 303), again.text
+    assert query_of(again.headers["Location"]).get("code"), again.headers["Location"]
+
+    url = keypost.endpoint(REALM, "authorization_endpoint") + "?" + urlencode(
+        dict(params, state=random_state()))
+    replayed = requests.get(url, headers={"Cookie": f"{cookie_name}={sid}"},
+                            allow_redirects=False, timeout=HTTP_TIMEOUT_S)
+    assert replayed.status_code == 200, replayed.headers
+    assert login_form(replayed.text), "the sign-in form, not a code"

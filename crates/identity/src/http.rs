@@ -15,6 +15,7 @@ use base64::Engine;
 use serde_json::json;
 use store::RealmId;
 use tokens::Audience;
+use zeroize::Zeroizing;
 
 use crate::service::{AuthorizeError, Decision, Identity, SCOPES};
 use crate::{Error, OAuthError, html, now};
@@ -401,7 +402,7 @@ async fn authorize(
         // asked for a fresh sign-in.
         if ap.prompt.as_deref() != Some("login")
             && let Some((session, _)) =
-                session_cookie(&headers, &realm).and_then(|sid| id.live_session(&realm, &sid, t))
+                session_cookie(&headers, &realm).and_then(|c| id.live_session(&realm, &c, t))
         {
             return match id.issue_code(&req, &session, t) {
                 Ok(code) => code_redirect(&id, &req, &code),
@@ -525,17 +526,17 @@ async fn login(
         };
         let result = id
             .new_session(&realm, &account.id, t)
-            .and_then(|s| Ok((id.issue_code(&req, &s, t)?, s)));
+            .and_then(|(s, cookie)| Ok((id.issue_code(&req, &s, t)?, cookie)));
         match result {
-            Ok((code, session)) => {
+            Ok((code, session_cookie)) => {
                 let mut r = code_redirect(&id, &req, &code);
                 let secure = secure_attr(&id);
-                let cookie = format!(
+                let cookie = Zeroizing::new(format!(
                     "{}={}; Path=/realms/{realm}; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
                     cookie_name(&realm),
-                    session.id,
+                    session_cookie.value(),
                     id.config().session_ttl
-                );
+                ));
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
                     r.headers_mut().insert(header::SET_COOKIE, v);
                 }

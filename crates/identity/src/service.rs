@@ -132,6 +132,29 @@ pub(crate) fn sha256(s: &[u8]) -> Vec<u8> {
     digest::digest(&digest::SHA256, s).as_ref().to_vec()
 }
 
+/// What a browser holds for its sign-in session: the secret in its cookie. The session's id is
+/// this secret's SHA-256 ([`session_id_of`]), so the id — which tokens carry as `sid`, and the
+/// audit log and admin API show — does not sign anyone in if replayed as the cookie.
+pub(crate) struct SessionCookie(Zeroizing<String>);
+
+impl SessionCookie {
+    /// The cookie's value.
+    pub(crate) fn value(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SessionCookie {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionCookie(..)")
+    }
+}
+
+/// The id of the session whose cookie holds `secret`.
+fn session_id_of(secret: &str) -> Option<SessionId> {
+    SessionId::new(B64.encode(sha256(secret.as_bytes()))).ok()
+}
+
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
@@ -821,15 +844,18 @@ impl Identity {
         })
     }
 
+    /// A new sign-in session, and the cookie that proves it to a browser.
     pub(crate) fn new_session(
         &self,
         realm: &RealmId,
         account: &AccountId,
         now: UnixTime,
-    ) -> Result<Session, Error> {
+    ) -> Result<(Session, SessionCookie), Error> {
+        // 256 bits of secret, in the cookie only.
+        let secret = Zeroizing::new(random_b64(32)?);
+        let id = session_id_of(&secret).ok_or_else(|| Error::Invalid("session id".into()))?;
         let s = Session {
-            // 256 bits: the id doubles as the browser cookie value.
-            id: SessionId::new(random_b64(32)?).map_err(|e| Error::Invalid(e.to_string()))?,
+            id,
             realm: realm.clone(),
             account: account.clone(),
             auth_time: now,
@@ -837,17 +863,17 @@ impl Identity {
             revoked_at: None,
         };
         self.store.create_session(&s)?;
-        Ok(s)
+        Ok((s, SessionCookie(secret)))
     }
 
-    /// A live session of `realm` by id (from the browser cookie).
+    /// The live session of `realm` whose browser cookie holds `cookie`.
     pub(crate) fn live_session(
         &self,
         realm: &RealmId,
-        sid: &str,
+        cookie: &str,
         now: UnixTime,
     ) -> Option<(Session, Account)> {
-        let sid = SessionId::new(sid).ok()?;
+        let sid = session_id_of(cookie)?;
         let s = self.store.get_session(&sid).ok()??;
         if &s.realm != realm || s.revoked_at.is_some() || s.expires_at <= now {
             return None;
@@ -1146,7 +1172,8 @@ impl Identity {
                 "the password is temporary and must be changed first: sign in through the browser",
             ));
         }
-        let session = self.new_session(realm, &account.id, now)?;
+        // No browser here: the session's cookie is never handed out.
+        let (session, _) = self.new_session(realm, &account.id, now)?;
         self.issue(
             realm,
             client,
@@ -1776,20 +1803,18 @@ impl Identity {
         Ok(())
     }
 
-    /// Ends a session (by cookie, or by the `sid` of an ID token we issued).
+    /// Ends a session (by its browser cookie, or by the `sid` of an ID token we issued).
     pub(crate) fn end_session(
         &self,
         realm: &RealmId,
-        cookie_sid: Option<&str>,
+        cookie: Option<&str>,
         id_token_hint: Option<&str>,
         source: &Source,
         now: UnixTime,
     ) -> Result<Option<Client>, OAuthError> {
         let mut sids = Vec::new();
         let mut hinted_client = None;
-        if let Some(s) = cookie_sid.and_then(|s| SessionId::new(s).ok()) {
-            sids.push(s);
-        }
+        sids.extend(cookie.and_then(session_id_of));
         if let Some(hint) = id_token_hint
             && let Ok(j) = tokens::fuzzing::parse_compact(hint, &mut Vec::new())
         {

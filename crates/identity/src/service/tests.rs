@@ -86,7 +86,7 @@ impl Fx {
     /// A fresh code for alice in a session of its own, with an S256 challenge of
     /// [`VERIFIER`] unless `pkce` is false.
     fn code_with(&self, pkce: bool) -> (String, SessionId) {
-        let session = self
+        let (session, _cookie) = self
             .id
             .new_session(&self.realm, &self.alice.id, NOW)
             .unwrap();
@@ -341,4 +341,35 @@ async fn a_code_whose_family_is_revoked_before_the_write_issues_nothing() {
         f.store.search_audit(&issued).unwrap().is_empty(),
         "nothing was issued"
     );
+}
+
+/// The session id is public — every token minted under the session carries it as `sid` — so
+/// it must not work as the browser's cookie; only the cookie's secret, whose SHA-256 the id
+/// is, finds the session, for single sign-on and for signing out.
+#[test]
+fn a_sessions_id_is_not_its_cookie() {
+    let f = fx();
+    let (session, cookie) = f.id.new_session(&f.realm, &f.alice.id, NOW).unwrap();
+    assert_ne!(cookie.value(), session.id.as_str());
+    assert_eq!(
+        session.id.as_str(),
+        B64.encode(sha256(cookie.value().as_bytes()))
+    );
+    let found = f.id.live_session(&f.realm, cookie.value(), NOW);
+    assert_eq!(found.map(|(s, _)| s.id), Some(session.id.clone()));
+    assert!(
+        f.id.live_session(&f.realm, session.id.as_str(), NOW)
+            .is_none(),
+        "the id (a token's sid) replayed as the cookie signs nobody in"
+    );
+    let source = Source::default();
+    f.id.end_session(&f.realm, Some(session.id.as_str()), None, &source, NOW)
+        .unwrap();
+    assert!(
+        f.id.live_session(&f.realm, cookie.value(), NOW).is_some(),
+        "nor signs anyone out"
+    );
+    f.id.end_session(&f.realm, Some(cookie.value()), None, &source, NOW)
+        .unwrap();
+    assert!(f.id.live_session(&f.realm, cookie.value(), NOW).is_none());
 }

@@ -16,11 +16,11 @@ CLIENT = "console"
 REDIRECT = "http://127.0.0.1:9/console"
 
 
-def start_sign_in(keypost, browser):
+def authorize(keypost, browser, realm=REALM, client=CLIENT):
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
     params = dict(
-        client_id=CLIENT,
+        client_id=client,
         response_type="code",
         redirect_uri=REDIRECT,
         scope="openid",
@@ -28,8 +28,12 @@ def start_sign_in(keypost, browser):
         code_challenge=challenge.decode(),
         code_challenge_method="S256",
     )
-    url = keypost.endpoint(REALM, "authorization_endpoint") + "?" + urlencode(params)
-    page = browser.get(url, allow_redirects=False, timeout=HTTP_TIMEOUT_S)
+    url = keypost.endpoint(realm, "authorization_endpoint") + "?" + urlencode(params)
+    return browser.get(url, allow_redirects=False, timeout=HTTP_TIMEOUT_S)
+
+
+def start_sign_in(keypost, browser, realm=REALM, client=CLIENT):
+    page = authorize(keypost, browser, realm, client)
     assert page.status_code == 200, page.text
     return page
 
@@ -79,3 +83,31 @@ def test_admin_reset_with_temporary_password(keypost, world):
     keypost.cli("user", "set-password", user.email, "--temporary", input="temporary-pass-1\n")
     r = keypost.password_grant(user.realm, user.email, "temporary-pass-1")
     assert r.status_code == 400 and "temporary" in r.json()["error_description"], r.text
+
+
+def test_a_new_password_ends_every_session_and_token_made_with_the_old_one(keypost, world):
+    """An administrator resets a password because someone else may know it: whatever was
+    signed in or issued with the old one — a browser's single sign-on, access and refresh
+    tokens — stops working at once."""
+    email, old = "erin@contoso.test", "erins-first-password-1"
+    keypost.create_user(email, old)
+    keypost.create_client("contoso", "reset-app", "--redirect-uri", REDIRECT)
+    tokens = keypost.password_grant("contoso", email, old).json()
+    assert keypost.userinfo("contoso", tokens["access_token"]).status_code == 200
+    browser = requests.Session()
+    page = start_sign_in(keypost, browser, "contoso", "reset-app")
+    assert post_form(browser, page, username=email, password=old).status_code == 303
+    sso = authorize(keypost, browser, "contoso", "reset-app")
+    assert sso.status_code in (302, 303) and query_of(sso.headers["Location"]).get("code"), sso.text
+
+    keypost.cli("user", "set-password", email, input="erins-second-password-2\n")
+
+    assert keypost.userinfo("contoso", tokens["access_token"]).status_code == 401
+    refreshed = keypost.refresh("contoso", tokens["refresh_token"])
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant", refreshed.text
+    again = authorize(keypost, browser, "contoso", "reset-app")
+    assert again.status_code == 200 and "password" in field_names(again), "signed out: the form"
+    (changed,) = [r for r in keypost.cli("audit", "search", "--operation", "PasswordChanged", json=True)
+                  if r["target"] == email]
+    assert changed["details"]["sessions_revoked"] == 2, changed  # the grant's and the browser's
+    assert keypost.password_grant("contoso", email, "erins-second-password-2").status_code == 200

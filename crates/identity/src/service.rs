@@ -606,14 +606,25 @@ impl Identity {
         password::check_policy(pw)?;
         self.store
             .set_password_hash(&a.id, &password::hash(pw)?, temporary)?;
+        let (sessions, tokens) = self.end_everything_of(&a.id, now)?;
         self.audit.record(
             Event::success(Operation::PasswordChanged)
                 .realm(&a.realm)
                 .actor("cli")
-                .target(&a.email),
+                .target(&a.email)
+                .detail("sessions_revoked", sessions)
+                .detail("tokens_revoked", tokens),
             now,
         )?;
         Ok(())
+    }
+
+    /// Ends every session and token of an account whose password just changed: whoever held
+    /// the old password (the reason for an administrator's reset, often) may hold them too.
+    /// Sessions and tokens made after this point are the new password's.
+    fn end_everything_of(&self, account: &AccountId, now: UnixTime) -> Result<(u64, u64), Error> {
+        let scope = store::RevokeScope::Account(account.clone());
+        Ok(self.store.revoke_scope(&scope, now)?)
     }
 
     /// Registers a client. Confidential clients get a 256-bit secret, returned once.
@@ -827,10 +838,13 @@ impl Identity {
         self.store
             .set_password_hash(&account.id, &password::hash(new)?, false)
             .map_err(Error::from)?;
+        let (sessions, tokens) = self.end_everything_of(&account.id, now)?;
         self.audit
             .record(
                 Event::success(Operation::PasswordChanged)
                     .realm(realm)
+                    .detail("sessions_revoked", sessions)
+                    .detail("tokens_revoked", tokens)
                     .actor(account.email.clone())
                     .target(account.email.clone())
                     .source(source)
@@ -879,7 +893,8 @@ impl Identity {
             return None;
         }
         let a = self.store.get_account(&s.account).ok()??;
-        (!a.disabled).then_some((s, a))
+        // A temporary password set since the session began must be replaced first.
+        (!a.disabled && !a.must_change_password).then_some((s, a))
     }
 
     // ---- clients --------------------------------------------------------------------------
@@ -1898,10 +1913,7 @@ fn normalise_domain(d: &str) -> Result<String, Error> {
 }
 
 fn check_redirect_uri(u: &str) -> Result<(), Error> {
-    let ok = (u.starts_with("https://")
-        || u.starts_with("http://127.0.0.1")
-        || u.starts_with("http://localhost")
-        || u.starts_with("http://[::1]"))
+    let ok = (u.starts_with("https://") || is_loopback_http(u))
         && !u.contains('#')
         && !u.chars().any(|c| c.is_whitespace() || c.is_control());
     if !ok {
@@ -1910,6 +1922,23 @@ fn check_redirect_uri(u: &str) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Whether `u` is plain http to this machine (RFC 8252 §7.3): its host exactly `127.0.0.1`,
+/// `[::1]` or `localhost`, a port of digits at most, no user information — not merely a URI
+/// that starts like one (`http://localhost.example.net/`, `http://127.0.0.1@example.net/`).
+fn is_loopback_http(u: &str) -> bool {
+    let Some(rest) = u.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        // `[::1]` holds colons of its own; a port follows its closing bracket.
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    matches!(host, "127.0.0.1" | "[::1]" | "localhost")
+        && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

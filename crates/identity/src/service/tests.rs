@@ -373,3 +373,33 @@ fn a_sessions_id_is_not_its_cookie() {
         .unwrap();
     assert!(f.id.live_session(&f.realm, cookie.value(), NOW).is_none());
 }
+
+/// Plain http is only for this machine, by exact host: a URI that merely starts like a
+/// loopback one names some other host.
+#[test]
+fn only_loopback_hosts_may_take_plain_http_redirects() {
+    for ok in [
+        "https://app.contoso.test/cb",
+        "http://127.0.0.1/cb",
+        "http://127.0.0.1:8123/cb?x=1",
+        "http://localhost:9/cb",
+        "http://localhost",
+        "http://[::1]:8080/cb",
+        "http://[::1]/cb",
+    ] {
+        assert!(check_redirect_uri(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "http://localhost.evil.example/cb",
+        "http://127.0.0.1.evil.example/cb",
+        "http://localhost@evil.example/cb",
+        "http://127.0.0.1:80@evil.example/cb",
+        "http://[::1].evil.example/cb",
+        "http://localhost:/cb",
+        "http://localhost:8o/cb",
+        "http://app.contoso.test/cb",
+        "https://app.contoso.test/cb#frag",
+    ] {
+        assert!(check_redirect_uri(bad).is_err(), "{bad}");
+    }
+}

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod attempts;
 mod error;
 mod html;
 mod http;

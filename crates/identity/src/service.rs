@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use tokens::{Audience, IdTokenRequest, MintRequest, Minter, Principal, RefreshToken, issuer_for};
 use zeroize::Zeroizing;
 
+use crate::attempts::InFlight;
 use crate::{Error, OAuthError, password};
 
 /// Scopes Keypost understands.
@@ -297,6 +298,8 @@ pub struct Identity {
     audit: AuditLog,
     gate: tokens::Gate,
     cfg: IdentityConfig,
+    /// Sign-ins being checked right now, which the throttle counts with recorded failures.
+    signing_in: InFlight,
 }
 
 impl std::fmt::Debug for Identity {
@@ -333,6 +336,7 @@ impl Identity {
             audit,
             gate,
             cfg,
+            signing_in: InFlight::default(),
         }
     }
 
@@ -730,6 +734,10 @@ impl Identity {
         now: UnixTime,
     ) -> Result<Account, OAuthError> {
         let email = username.trim().to_ascii_lowercase();
+        // This attempt counts against the limits from now until it is recorded (or dropped).
+        let mut keys = vec![format!("account:{email}")];
+        keys.extend(source.ip.as_ref().map(|ip| format!("source:{ip}")));
+        let (_attempt, running) = self.signing_in.begin(keys);
         let since = now - self.cfg.throttle_window;
         let failures = |q: AuditQuery| {
             self.audit.count(&AuditQuery {
@@ -742,13 +750,17 @@ impl Identity {
             actor: Some(email.clone()),
             ..Default::default()
         })
-        .map_err(Error::from)?;
+        .map_err(Error::from)?
+            + running[0];
         let per_source = match &source.ip {
-            Some(ip) => failures(AuditQuery {
-                source_ip: Some(ip.clone()),
-                ..Default::default()
-            })
-            .map_err(Error::from)?,
+            Some(ip) => {
+                failures(AuditQuery {
+                    source_ip: Some(ip.clone()),
+                    ..Default::default()
+                })
+                .map_err(Error::from)?
+                    + running[1]
+            }
             None => 0,
         };
         let ev = |op| {

@@ -403,3 +403,49 @@ fn only_loopback_hosts_may_take_plain_http_redirects() {
         assert!(check_redirect_uri(bad).is_err(), "{bad}");
     }
 }
+
+/// Guesses sent at once cannot all pass the throttle on a count read before any of them was
+/// recorded as a failure: no more get their password checked than one after another would.
+#[test]
+fn guesses_sent_at_once_are_throttled_like_guesses_in_turn() {
+    let f = fx();
+    let max = f.id.config().max_failures_per_account;
+    let guesses = 12;
+    let start = Arc::new(std::sync::Barrier::new(guesses));
+    let threads: Vec<_> = (0..guesses)
+        .map(|i| {
+            let (id, realm, start) = (f.id.clone(), f.realm.clone(), start.clone());
+            std::thread::spawn(move || {
+                // Each from its own address: only the account's limit applies.
+                let source = Source {
+                    ip: Some(format!("192.0.2.{i}")),
+                    ..Source::default()
+                };
+                let client = ClientId::new("webapp").unwrap();
+                start.wait();
+                let guess = "not alice's password";
+                id.sign_in(&realm, "alice@contoso.test", guess, &client, &source, NOW)
+                    .unwrap_err()
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let count = |op: &str| {
+        let query = AuditQuery {
+            operation: Some(op.into()),
+            ..AuditQuery::default()
+        };
+        f.store.search_audit(&query).unwrap().len() as u64
+    };
+    assert!(
+        count("SignInFailed") <= max,
+        "{} checked",
+        count("SignInFailed")
+    );
+    assert_eq!(
+        count("SignInFailed") + count("SignInThrottled"),
+        guesses as u64
+    );
+}

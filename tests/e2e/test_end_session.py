@@ -1,12 +1,12 @@
 """RP-initiated logout ends the sign-in session, and every token issued under it dies with it."""
 
 import secrets
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin
 
 import pytest
 import requests
 
-from conftest import HTTP_TIMEOUT_S, query_of, random_state, s256, submit_login
+from conftest import HTTP_TIMEOUT_S, parse_forms, query_of, random_state, s256, submit_login
 
 REALM = "contoso"
 CLIENT = "webapp"
@@ -80,3 +80,45 @@ def test_logout_with_id_token_hint_kills_the_sessions_tokens(keypost, world, web
         assert refreshed.status_code == 400, f"refresh token outlived its session: {refreshed.text}"
         assert refreshed.json()["error"] == "invalid_grant"
 
+
+
+def test_an_id_token_without_its_browser_signs_nobody_out(keypost, world, webapp):
+    """Every application the user signed in to holds their ID token (and hints travel in URLs):
+    presented from anywhere but the browser whose session it names, it ends nothing."""
+    browser, tokens = browser_sign_in(keypost, world.alice)
+    r = requests.get(
+        keypost.endpoint(REALM, "end_session_endpoint"),
+        params={"id_token_hint": tokens["id_token"]},
+        allow_redirects=False,
+        timeout=HTTP_TIMEOUT_S,
+    )
+    assert r.status_code == 200, f"{r.status_code} {r.text}"
+    assert keypost.userinfo(REALM, tokens["access_token"]).status_code == 200, "session still live"
+
+
+def test_a_bare_logout_link_asks_first(keypost, world, webapp):
+    """A sign-out nothing shows the user wants (any site can link here, and the browser sends
+    its cookie along) asks for confirmation; a form posted from elsewhere is asked again."""
+    browser, tokens = browser_sign_in(keypost, world.alice)
+    asked = browser.get(
+        keypost.endpoint(REALM, "end_session_endpoint"),
+        params={"post_logout_redirect_uri": REDIRECT, "client_id": CLIENT, "state": "s1"},
+        allow_redirects=False,
+        timeout=HTTP_TIMEOUT_S,
+    )
+    assert asked.status_code == 200, asked.text
+    (form,) = [f for f in parse_forms(asked.text) if f["method"] == "post"]
+    assert keypost.userinfo(REALM, tokens["access_token"]).status_code == 200, "not yet"
+
+    fields = {i["name"]: i.get("value", "") for i in form["inputs"] if i.get("name")}
+    forged = requests.post(urljoin(asked.url, form["action"]), data=fields,
+                           cookies={f"kp_sid_{REALM}": browser.cookies.get(f"kp_sid_{REALM}")},
+                           allow_redirects=False, timeout=HTTP_TIMEOUT_S)
+    assert forged.status_code == 200 and "Sign out?" in forged.text, "no CSRF cookie: asked again"
+    assert keypost.userinfo(REALM, tokens["access_token"]).status_code == 200
+
+    done = browser.post(urljoin(asked.url, form["action"]), data=fields,
+                        allow_redirects=False, timeout=HTTP_TIMEOUT_S)
+    assert done.status_code == 303, done.text
+    assert done.headers["Location"].startswith(REDIRECT) and query_of(done.headers["Location"])["state"] == "s1"
+    assert keypost.userinfo(REALM, tokens["access_token"]).status_code == 401, "signed out"

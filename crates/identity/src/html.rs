@@ -31,6 +31,20 @@ button{{margin-top:1rem;padding:.5rem 1.5rem}}.error{{color:#b00020}}</style></h
     )
 }
 
+/// Hidden inputs posting `hidden` back as is.
+fn hidden_fields(hidden: &[(String, String)]) -> String {
+    let mut fields = String::new();
+    for (k, v) in hidden {
+        fields.push_str(&format!(
+            r#"<input type="hidden" name="{}" value="{}">"#,
+            esc(k),
+            esc(v)
+        ));
+        fields.push('\n');
+    }
+    fields
+}
+
 /// The sign-in form. `hidden` are the authorization request's parameters, posted back as is.
 /// With `change_password` it also asks for a new password: a temporary password must be
 /// replaced before the sign-in completes.
@@ -42,15 +56,7 @@ pub(crate) fn login(
     error: Option<&str>,
     change_password: bool,
 ) -> String {
-    let mut fields = String::new();
-    for (k, v) in hidden {
-        fields.push_str(&format!(
-            r#"<input type="hidden" name="{}" value="{}">"#,
-            esc(k),
-            esc(v)
-        ));
-        fields.push('\n');
-    }
+    let fields = hidden_fields(hidden);
     let error = error
         .map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, esc(e)))
         .unwrap_or_default();
@@ -89,6 +95,27 @@ pub(crate) fn error(message: &str) -> String {
         &format!(
             r#"<h1>Sign-in error</h1><p class="error">{}</p>"#,
             esc(message)
+        ),
+    )
+}
+
+/// Asks before a sign-out nothing else shows the user wants (a link from anywhere, an ID
+/// token presented without this browser's session). `hidden` are posted back as is.
+pub(crate) fn confirm_sign_out(
+    realm_name: &str,
+    action: &str,
+    hidden: &[(String, String)],
+) -> String {
+    let fields = hidden_fields(hidden);
+    page(
+        "Sign out?",
+        &format!(
+            r#"<h1>Sign out?</h1><p>Sign out of <strong>{realm}</strong> in this browser? Every application you signed in to with it loses its session.</p>
+<form method="post" action="{action}">
+{fields}<button type="submit">Sign out</button>
+</form>"#,
+            realm = esc(realm_name),
+            action = esc(action),
         ),
     )
 }

@@ -17,7 +17,7 @@ use store::RealmId;
 use tokens::Audience;
 use zeroize::Zeroizing;
 
-use crate::service::{AuthorizeError, Decision, Identity, SCOPES};
+use crate::service::{AuthorizeError, Decision, Identity, LogoutOutcome, SCOPES};
 use crate::{Error, OAuthError, html, now};
 
 /// Largest request body any identity endpoint accepts.
@@ -416,17 +416,40 @@ async fn authorize(
             Err(e) => return authorize_error(e.into(), &iss),
         };
         let mut r = login_page(&id, &realm, &params, &csrf, "", None, false, StatusCode::OK);
-        let cookie = format!(
-            "{}={csrf}; Path=/realms/{realm}; HttpOnly; SameSite=Strict; Max-Age=3600{}",
-            csrf_cookie_name(&realm),
-            secure_attr(&id)
-        );
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            r.headers_mut().append(header::SET_COOKIE, v);
-        }
+        set_csrf_cookie(&id, &realm, &csrf, &mut r);
         r
     })
     .await
+}
+
+/// Sends a form's anti-CSRF value as a SameSite=Strict cookie too: a form posted from another
+/// site cannot carry it ([`csrf_ok`]).
+fn set_csrf_cookie(id: &Identity, realm: &RealmId, csrf: &str, r: &mut Response) {
+    let cookie = format!(
+        "{}={csrf}; Path=/realms/{realm}; HttpOnly; SameSite=Strict; Max-Age=3600{}",
+        csrf_cookie_name(realm),
+        secure_attr(id)
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// Whether a posted form carries the anti-CSRF value of its cookie ([`set_csrf_cookie`]).
+fn csrf_ok(headers: &HeaderMap, realm: &RealmId, params: &Params) -> bool {
+    let csrf = params.get("csrf").unwrap_or("");
+    cookie(headers, &csrf_cookie_name(realm)).is_some_and(|c| {
+        !csrf.is_empty() && bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), csrf.as_bytes()))
+    })
+}
+
+/// The realm's display name, for pages.
+fn realm_name(id: &Identity, realm: &RealmId) -> String {
+    id.realm(realm)
+        .ok()
+        .flatten()
+        .map(|r| r.display_name)
+        .unwrap_or_else(|| realm.to_string())
 }
 
 fn secure_attr(id: &Identity) -> &'static str {
@@ -448,12 +471,7 @@ fn login_page(
     change_password: bool,
     status: StatusCode,
 ) -> Response {
-    let name = id
-        .realm(realm)
-        .ok()
-        .flatten()
-        .map(|r| r.display_name)
-        .unwrap_or_else(|| realm.to_string());
+    let name = realm_name(id, realm);
     let mut hidden = AuthorizeParams::hidden(params);
     hidden.push(("csrf".into(), csrf.into()));
     page(
@@ -486,10 +504,7 @@ async fn login(
             Err(e) => return page(StatusCode::BAD_REQUEST, html::error(&e.description)),
         };
         let csrf = params.get("csrf").unwrap_or("");
-        let csrf_ok = cookie(&headers, &csrf_cookie_name(&realm)).is_some_and(|c| {
-            !csrf.is_empty() && bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), csrf.as_bytes()))
-        });
-        if !csrf_ok {
+        if !csrf_ok(&headers, &realm, &params) {
             return page(
                 StatusCode::BAD_REQUEST,
                 html::error("This sign-in form has expired or did not come from this site. Go back to the application and start again."),
@@ -827,23 +842,53 @@ fn logout(
         Err(e) => return page(StatusCode::BAD_REQUEST, html::error(&e.description)),
     };
     let cookie = session_cookie(headers, &realm);
-    let hinted = match id.end_session(
+    // Our own confirmation form, posted back with its anti-CSRF value.
+    let confirmed = p.get("confirm") == Some("yes") && csrf_ok(headers, &realm, &p);
+    let logout = match id.logout(
         &realm,
         cookie.as_deref(),
         p.get("id_token_hint"),
+        confirmed,
         src,
         now(),
     ) {
-        Ok(c) => c,
+        Ok(l) => l,
         Err(e) => return e.into_response(),
     };
     // Redirect only to a URI registered for the client the ID token names (or client_id says).
-    let client = hinted.or_else(|| p.get("client_id").and_then(|c| id.client(&realm, c)));
+    let client = logout
+        .client
+        .or_else(|| p.get("client_id").and_then(|c| id.client(&realm, c)));
     let target = p.get("post_logout_redirect_uri").filter(|u| {
         client
             .as_ref()
             .is_some_and(|c| c.redirect_uris.iter().any(|r| r == u))
     });
+    if logout.outcome == LogoutOutcome::AskFirst {
+        // Asked again with the same destination; the hint is not repeated (the form asks the
+        // user, not the token).
+        let mut hidden = vec![("confirm".to_owned(), "yes".to_owned())];
+        if let (Some(u), Some(c)) = (target, &client) {
+            hidden.push(("post_logout_redirect_uri".into(), u.to_owned()));
+            hidden.push(("client_id".into(), c.client_id.to_string()));
+            hidden.extend(p.get("state").map(|s| ("state".to_owned(), s.to_owned())));
+        }
+        let Ok(csrf) = crate::service::random_b64(32) else {
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                html::error("try again later"),
+            );
+        };
+        hidden.push(("csrf".into(), csrf.clone()));
+        let action = format!("{}/logout", id.issuer(&realm));
+        let name = realm_name(id, &realm);
+        let mut r = page(
+            StatusCode::OK,
+            html::confirm_sign_out(&name, &action, &hidden),
+        );
+        set_csrf_cookie(id, &realm, &csrf, &mut r);
+        return r;
+    }
     let mut r = match target {
         Some(u) => {
             let mut pairs = vec![];

@@ -1830,18 +1830,23 @@ impl Identity {
         Ok(())
     }
 
-    /// Ends a session (by its browser cookie, or by the `sid` of an ID token we issued).
-    pub(crate) fn end_session(
+    /// RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0) for the browser holding
+    /// `cookie`: its session ends if the user `confirmed` (our own form, CSRF-checked), or if
+    /// a valid `id_token_hint` names that very session (the application the user signs out of,
+    /// in the same browser). Anything else would let whoever holds a user's ID token, or any
+    /// site linking here, sign them out of everything: the browser is asked to confirm
+    /// instead, and a hinted session other than the browser's own is never ended here.
+    pub(crate) fn logout(
         &self,
         realm: &RealmId,
         cookie: Option<&str>,
         id_token_hint: Option<&str>,
+        confirmed: bool,
         source: &Source,
         now: UnixTime,
-    ) -> Result<Option<Client>, OAuthError> {
-        let mut sids = Vec::new();
-        let mut hinted_client = None;
-        sids.extend(cookie.and_then(session_id_of));
+    ) -> Result<Logout, OAuthError> {
+        let mut hinted_session = None;
+        let mut client = None;
         if let Some(hint) = id_token_hint
             && let Ok(j) = tokens::fuzzing::parse_compact(hint, &mut Vec::new())
         {
@@ -1851,28 +1856,65 @@ impl Identity {
                 && e.kind == TokenKind::Id
                 && &e.realm == realm
             {
-                sids.extend(e.session_id.clone());
-                hinted_client = self.store.get_client(realm, &e.client_id).ok().flatten();
+                hinted_session = e.session_id.clone();
+                client = self.store.get_client(realm, &e.client_id).ok().flatten();
             }
         }
-        for sid in sids {
-            if let Some(s) = self.store.get_session(&sid).map_err(Error::from)?
-                && &s.realm == realm
-                && self.store.revoke_session(&sid, now).map_err(Error::from)?
-            {
-                self.audit
-                    .record(
-                        Event::success(Operation::SessionEnded)
-                            .realm(realm)
-                            .target(s.account.as_str())
-                            .source(source),
-                        now,
-                    )
-                    .map_err(Error::from)?;
-            }
+        let browser = cookie
+            .and_then(session_id_of)
+            .and_then(|sid| self.store.get_session(&sid).ok().flatten())
+            .filter(|s| &s.realm == realm && s.revoked_at.is_none() && s.expires_at > now);
+        let Some(session) = browser else {
+            return Ok(Logout {
+                client,
+                outcome: LogoutOutcome::NothingToEnd,
+            });
+        };
+        if !confirmed && hinted_session.as_ref() != Some(&session.id) {
+            return Ok(Logout {
+                client,
+                outcome: LogoutOutcome::AskFirst,
+            });
         }
-        Ok(hinted_client)
+        if self
+            .store
+            .revoke_session(&session.id, now)
+            .map_err(Error::from)?
+        {
+            self.audit
+                .record(
+                    Event::success(Operation::SessionEnded)
+                        .realm(realm)
+                        .target(session.account.as_str())
+                        .source(source),
+                    now,
+                )
+                .map_err(Error::from)?;
+        }
+        Ok(Logout {
+            client,
+            outcome: LogoutOutcome::Ended,
+        })
     }
+}
+
+/// What a logout request did.
+#[derive(Debug)]
+pub(crate) struct Logout {
+    /// The client the ID token hint names, if it was one of ours.
+    pub client: Option<Client>,
+    pub outcome: LogoutOutcome,
+}
+
+/// See [`Identity::logout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogoutOutcome {
+    /// The browser's session ended.
+    Ended,
+    /// The browser has a session, but nothing shows the user wants it ended: ask them.
+    AskFirst,
+    /// The browser has no live session here.
+    NothingToEnd,
 }
 
 impl From<Error> for AuthorizeError {

@@ -363,14 +363,25 @@ fn a_sessions_id_is_not_its_cookie() {
         "the id (a token's sid) replayed as the cookie signs nobody in"
     );
     let source = Source::default();
-    f.id.end_session(&f.realm, Some(session.id.as_str()), None, &source, NOW)
+    let out =
+        f.id.logout(
+            &f.realm,
+            Some(session.id.as_str()),
+            None,
+            true,
+            &source,
+            NOW,
+        )
         .unwrap();
+    assert_eq!(out.outcome, LogoutOutcome::NothingToEnd);
     assert!(
         f.id.live_session(&f.realm, cookie.value(), NOW).is_some(),
         "nor signs anyone out"
     );
-    f.id.end_session(&f.realm, Some(cookie.value()), None, &source, NOW)
-        .unwrap();
+    let out =
+        f.id.logout(&f.realm, Some(cookie.value()), None, true, &source, NOW)
+            .unwrap();
+    assert_eq!(out.outcome, LogoutOutcome::Ended);
     assert!(f.id.live_session(&f.realm, cookie.value(), NOW).is_none());
 }
 

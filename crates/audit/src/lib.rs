@@ -17,6 +17,9 @@
 pub mod chain;
 pub mod export;
 pub mod investigate;
+mod proxies;
+
+pub use proxies::TrustedProxies;
 
 use std::sync::Arc;
 

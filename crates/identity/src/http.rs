@@ -74,22 +74,33 @@ fn guard_panics(routes: Router) -> Router {
 
 type St = State<Arc<Identity>>;
 
-/// Where the request came from, for audit and throttling.
+/// Where the request came from, for audit and throttling: the client behind a trusted proxy
+/// (`listen.trusted_proxies`), else the peer.
 pub(crate) struct ClientSource(pub(crate) Source);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientSource {
+impl FromRequestParts<Arc<Identity>> for ClientSource {
     type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
+    async fn from_request_parts(
+        parts: &mut Parts,
+        id: &Arc<Identity>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
-        let user_agent = parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(256).collect());
-        Ok(ClientSource(Source { ip, user_agent }))
+            .map(|c| c.0.ip());
+        let header = |name| {
+            parts
+                .headers
+                .get_all(name)
+                .into_iter()
+                .filter_map(|v| v.to_str().ok())
+        };
+        let user_agent = header(header::USER_AGENT).next();
+        let forwarded = header(header::HeaderName::from_static("x-forwarded-for"));
+        let trusted = &id.config().trusted_proxies;
+        Ok(ClientSource(Source::of_http(
+            peer, forwarded, user_agent, trusted,
+        )))
     }
 }
 

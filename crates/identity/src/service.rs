@@ -59,6 +59,8 @@ pub struct IdentityConfig {
     pub max_failures_per_source: u64,
     /// The throttling window, seconds.
     pub throttle_window: i64,
+    /// Proxies whose `X-Forwarded-For` names the client (audit and throttling).
+    pub trusted_proxies: audit::TrustedProxies,
 }
 
 impl Default for IdentityConfig {
@@ -75,6 +77,7 @@ impl Default for IdentityConfig {
             max_failures_per_account: 5,
             max_failures_per_source: 20,
             throttle_window: 900,
+            trusted_proxies: audit::TrustedProxies::default(),
         }
     }
 }

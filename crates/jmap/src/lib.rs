@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use audit::{AuditLog, Event, Operation, Source};
+use audit::{AuditLog, Event, Operation, Source, TrustedProxies};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -65,6 +65,7 @@ pub struct Jmap {
     store: Arc<dyn Store>,
     audit: AuditLog,
     public_url: String,
+    trusted_proxies: TrustedProxies,
 }
 
 impl std::fmt::Debug for Jmap {
@@ -84,7 +85,14 @@ impl Jmap {
             audit: AuditLog::new(store.clone()),
             store,
             public_url: public_url.trim_end_matches('/').to_owned(),
+            trusted_proxies: TrustedProxies::default(),
         }
+    }
+
+    /// Believes `X-Forwarded-For` from these proxies (`listen.trusted_proxies`).
+    pub fn with_trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted_proxies = trusted;
+        self
     }
 }
 
@@ -211,14 +219,21 @@ fn unauthorized(error: Option<&str>) -> Response {
     r
 }
 
-fn source_of(headers: &HeaderMap, peer: Option<SocketAddr>) -> Source {
-    Source {
-        ip: peer.map(|p| p.ip().to_string()),
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(256).collect()),
-    }
+fn source_of(j: &Jmap, headers: &HeaderMap, peer: Option<SocketAddr>) -> Source {
+    let values = |name| {
+        headers
+            .get_all(name)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+    };
+    let user_agent = values(header::USER_AGENT).next();
+    let forwarded = values(header::HeaderName::from_static("x-forwarded-for"));
+    Source::of_http(
+        peer.map(|p| p.ip()),
+        forwarded,
+        user_agent,
+        &j.trusted_proxies,
+    )
 }
 
 /// Runs the gate. The realm comes from the token's `iss` (a JMAP request does not name a
@@ -322,7 +337,7 @@ async fn with_auth(
     headers: HeaderMap,
     f: impl FnOnce(&Jmap, &Authed) -> Response + Send + 'static,
 ) -> Response {
-    let source = source_of(&headers, peer(connect));
+    let source = source_of(&j, &headers, peer(connect));
     // The events are queued inside the blocking task, so they are written even if this
     // request is dropped (the client went away) while the work runs.
     let done = tokio::task::spawn_blocking(move || match authenticate(&j, &headers, source) {
@@ -498,7 +513,7 @@ async fn eventsource(
     headers: HeaderMap,
 ) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-    let source = source_of(&headers, peer(connect));
+    let source = source_of(&j, &headers, peer(connect));
     let first = {
         let (j, headers, source) = (j.clone(), headers.clone(), source.clone());
         tokio::task::spawn_blocking(move || {

@@ -159,6 +159,10 @@ struct Listen {
     smtp: String,
     submission: String,
     imap: String,
+    /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` names the client of an
+    /// HTTP request, for audit records and sign-in throttling. Empty: the peer is the client.
+    /// `KEYPOST_LISTEN_TRUSTED_PROXIES` takes a comma-separated list.
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,6 +223,7 @@ impl Default for Listen {
             smtp: "127.0.0.1:2525".into(),
             submission: "127.0.0.1:5870".into(),
             imap: "127.0.0.1:1430".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -497,6 +502,8 @@ impl FileConfig {
             max_failures_per_account: self.login.max_failures_per_account,
             max_failures_per_source: self.login.max_failures_per_source,
             throttle_window: secs("login.throttle_window", &self.login.throttle_window)?,
+            trusted_proxies: audit::TrustedProxies::parse(&self.listen.trusted_proxies)
+                .map_err(|e| anyhow::anyhow!("listen.trusted_proxies: {e}"))?,
         };
         let key_policy = keys::KeyPolicy {
             rotation_period: secs("keys.rotation_period", &self.keys.rotation_period)?,

@@ -58,12 +58,10 @@ pub(crate) fn run(config: Config) -> Result<()> {
         )
         .with_ledger_cache(svc.identity.ledger_cache()),
     );
-    let jmap_service = Arc::new(jmap::Jmap::new(
-        gate,
-        mail,
-        svc.store.clone(),
-        &svc.config.public_url,
-    ));
+    let jmap_service = Arc::new(
+        jmap::Jmap::new(gate, mail, svc.store.clone(), &svc.config.public_url)
+            .with_trusted_proxies(svc.config.identity.trusted_proxies.clone()),
+    );
     let Services {
         identity,
         config,

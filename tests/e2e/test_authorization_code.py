@@ -4,6 +4,7 @@ PKCE and redirect rules the server must enforce."""
 import base64
 import hashlib
 import secrets
+import time
 from urllib.parse import urlencode
 
 import jwt
@@ -260,3 +261,35 @@ def test_single_sign_on_takes_the_browsers_cookie_not_a_tokens_sid(keypost, worl
                             allow_redirects=False, timeout=HTTP_TIMEOUT_S)
     assert replayed.status_code == 200, replayed.headers
     assert login_form(replayed.text), "the sign-in form, not a code"
+
+
+def test_prompt_none_and_max_age(keypost, world, webapp):
+    """OpenID Connect's prompt=none never shows a page: a signed-in browser gets its code, any
+    other the error login_required at the client. max_age asks for a sign-in no older than
+    that many seconds, and gets the form otherwise."""
+    browser = requests.Session()
+    verifier = secrets.token_urlsafe(48)
+    params = dict(client_id=CLIENT, response_type="code", redirect_uri=REDIRECT, scope="openid",
+                  code_challenge=s256(verifier), code_challenge_method="S256")
+    silent = authorize(keypost, browser, state="s1", prompt="none", **params)
+    assert silent.status_code == 303, silent.text
+    q = query_of(silent.headers["Location"])
+    assert q.get("error") == "login_required" and q.get("state") == "s1", q
+
+    page = authorize(keypost, browser, state="s2", **params)
+    assert submit_login(browser, page, world.alice.email, world.alice.password).status_code == 303
+    silent = authorize(keypost, browser, state="s3", prompt="none", **params)
+    assert query_of(silent.headers["Location"]).get("code"), silent.headers["Location"]
+    assert authorize(keypost, browser, state="s4", prompt="none login", **params).status_code == 303
+    assert query_of(authorize(keypost, browser, state="s5", prompt="none login", **params)
+                    .headers["Location"]).get("error") == "invalid_request"
+
+    fresh_enough = authorize(keypost, browser, state="s6", max_age="3600", **params)
+    assert query_of(fresh_enough.headers["Location"]).get("code"), "signed in within the hour"
+    time.sleep(1.1)
+    stale = authorize(keypost, browser, state="s7", max_age="0", **params)
+    assert stale.status_code == 200 and login_form(stale.text), "older than 0 s: the form"
+    stale_silent = authorize(keypost, browser, state="s8", max_age="0", prompt="none", **params)
+    assert query_of(stale_silent.headers["Location"]).get("error") == "login_required"
+    bad = authorize(keypost, browser, state="s9", max_age="soon", **params)
+    assert query_of(bad.headers["Location"]).get("error") == "invalid_request"

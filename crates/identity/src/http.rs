@@ -17,7 +17,7 @@ use store::RealmId;
 use tokens::Audience;
 use zeroize::Zeroizing;
 
-use crate::service::{AuthorizeError, Decision, Identity, LogoutOutcome, SCOPES};
+use crate::service::{AuthRequest, AuthorizeError, Decision, Identity, LogoutOutcome, SCOPES};
 use crate::{Error, OAuthError, html, now};
 
 /// Largest request body any identity endpoint accepts.
@@ -185,10 +185,11 @@ pub(crate) struct AuthorizeParams {
     pub(crate) code_challenge: Option<String>,
     pub(crate) code_challenge_method: Option<String>,
     pub(crate) prompt: Option<String>,
+    pub(crate) max_age: Option<String>,
     pub(crate) resource: Vec<String>,
 }
 
-const AUTHORIZE_FIELDS: [&str; 9] = [
+const AUTHORIZE_FIELDS: [&str; 10] = [
     "client_id",
     "redirect_uri",
     "response_type",
@@ -198,6 +199,7 @@ const AUTHORIZE_FIELDS: [&str; 9] = [
     "code_challenge",
     "code_challenge_method",
     "prompt",
+    "max_age",
 ];
 
 impl AuthorizeParams {
@@ -213,6 +215,7 @@ impl AuthorizeParams {
             code_challenge: g("code_challenge"),
             code_challenge_method: g("code_challenge_method"),
             prompt: g("prompt"),
+            max_age: g("max_age"),
             resource: p.all("resource"),
         }
     }
@@ -356,6 +359,16 @@ async fn jwks(State(id): St, Path(realm): Path<String>) -> Response {
 
 // ---- authorization code flow ----------------------------------------------------------------
 
+/// An error for the client, sent back to its (already checked) redirect URI.
+fn redirect_error(req: &AuthRequest, error: &'static str, description: &str) -> AuthorizeError {
+    AuthorizeError::Redirect {
+        redirect_uri: req.redirect_uri.clone(),
+        error,
+        description: description.to_owned(),
+        state: req.state.clone(),
+    }
+}
+
 fn authorize_error(e: AuthorizeError, iss: &str) -> Response {
     match e {
         AuthorizeError::Page(msg) => page(StatusCode::BAD_REQUEST, html::error(msg)),
@@ -409,16 +422,54 @@ async fn authorize(
             Err(e) => return authorize_error(e, &iss),
         };
         let t = now();
+        // OpenID Connect Core §3.1.2.1: `prompt` is a list ("none" alone); `max_age` bounds
+        // how long ago the user last entered their password.
+        let prompts: Vec<&str> = ap
+            .prompt
+            .as_deref()
+            .unwrap_or("")
+            .split(' ')
+            .filter(|p| !p.is_empty())
+            .collect();
+        let silent = prompts.contains(&"none");
+        let max_age = match ap.max_age.as_deref().map(str::parse::<i64>) {
+            None => None,
+            Some(Ok(m)) if m >= 0 => Some(m),
+            Some(_) => {
+                return authorize_error(
+                    redirect_error(
+                        &req,
+                        "invalid_request",
+                        "max_age must be a number of seconds",
+                    ),
+                    &iss,
+                );
+            }
+        };
+        if silent && prompts.len() > 1 {
+            return authorize_error(
+                redirect_error(&req, "invalid_request", "prompt=none stands alone"),
+                &iss,
+            );
+        }
         // Single sign-on: an existing session of this realm skips the form unless the client
-        // asked for a fresh sign-in.
-        if ap.prompt.as_deref() != Some("login")
-            && let Some((session, _)) =
-                session_cookie(&headers, &realm).and_then(|c| id.live_session(&realm, &c, t))
-        {
+        // asked for a fresh sign-in, or one more recent than the session's.
+        let session = (!prompts.contains(&"login"))
+            .then(|| session_cookie(&headers, &realm).and_then(|c| id.live_session(&realm, &c, t)))
+            .flatten()
+            .filter(|(s, _)| max_age.is_none_or(|m| t - s.auth_time <= m));
+        if let Some((session, _)) = session {
             return match id.issue_code(&req, &session, t) {
                 Ok(code) => code_redirect(&id, &req, &code),
                 Err(e) => authorize_error(e.into(), &iss),
             };
+        }
+        if silent {
+            // The client asked not to show the user anything: it learns it must.
+            return authorize_error(
+                redirect_error(&req, "login_required", "the user must sign in"),
+                &iss,
+            );
         }
         // A fresh anti-CSRF value per form: the POST must carry it both as a field and as a
         // SameSite=Strict cookie, which a cross-site form post (login CSRF) cannot do.

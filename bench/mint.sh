@@ -90,7 +90,7 @@ run() {
   "$BIN" tenant create bench --domain bench.test >/dev/null
   echo 'bench-password-1' | "$BIN" user create user@bench.test >/dev/null
   local SECRET
-  SECRET="$("$BIN" client create bench loadgen --confidential --grant client_credentials --json \
+  SECRET="$("$BIN" client create bench loadgen --confidential --grant client_credentials --scope mail --json \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')"
   export CLIENT_AUTH="Basic $(printf 'loadgen:%s' "$SECRET" | base64 -w0)"
 

@@ -293,3 +293,19 @@ def test_prompt_none_and_max_age(keypost, world, webapp):
     assert query_of(stale_silent.headers["Location"]).get("error") == "login_required"
     bad = authorize(keypost, browser, state="s9", max_age="soon", **params)
     assert query_of(bad.headers["Location"]).get("error") == "invalid_request"
+
+
+def test_an_application_reads_mail_only_if_registered_to(keypost, world, webapp):
+    """A sign-in application (registered without scopes) asking for mail gets invalid_scope at
+    its redirect URI, before anyone signs in; one registered with --scope mail gets it."""
+    verifier = secrets.token_urlsafe(48)
+    params = dict(response_type="code", redirect_uri=REDIRECT, scope="openid mail",
+                  code_challenge=s256(verifier), code_challenge_method="S256")
+    refused = authorize(keypost, None, client_id=CLIENT, state="m1", **params)
+    assert refused.status_code == 303, refused.text
+    q = query_of(refused.headers["Location"])
+    assert q.get("error") == "invalid_scope" and q.get("state") == "m1", q
+
+    keypost.create_client(REALM, "mail-reader", "--redirect-uri", REDIRECT, "--scope", "openid email mail")
+    page = authorize(keypost, requests.Session(), client_id="mail-reader", state="m2", **params)
+    assert page.status_code == 200 and login_form(page.text), "the sign-in form"

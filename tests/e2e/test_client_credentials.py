@@ -11,7 +11,7 @@ REALM = "contoso"
 @pytest.fixture(scope="module")
 def backend(keypost, world):
     out = keypost.create_client(
-        REALM, "backend", "--confidential", "--grant", "client_credentials"
+        REALM, "backend", "--confidential", "--grant", "client_credentials", "--scope", "mail"
     )
     assert out.get("client_secret"), f"no client_secret printed: {out}"
     return "backend", out["client_secret"]

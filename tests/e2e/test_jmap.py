@@ -175,7 +175,8 @@ def test_forged_token_from_a_consumer_key_reads_nothing(keypost, world, alice, t
 
 
 def test_tokens_without_a_mailbox_or_the_mail_scope_are_refused(keypost, world, alice):
-    out = keypost.create_client("contoso", "jmap-backend", "--confidential", "--grant", "client_credentials")
+    out = keypost.create_client("contoso", "jmap-backend", "--confidential", "--grant", "client_credentials",
+                                "--scope", "mail")
     cc = requests.post(keypost.endpoint("contoso", "token_endpoint"), auth=("jmap-backend", out["client_secret"]),
                        data={"grant_type": "client_credentials", "scope": "mail"}, timeout=HTTP_TIMEOUT_S).json()
     assert session(keypost, cc["access_token"]).status_code == 403, "a client acting for itself has no mailbox"

@@ -31,6 +31,11 @@ pub const SCOPES: [&str; 6] = [
     "audit",
 ];
 const DEFAULT_SCOPE: &str = "openid profile email mail";
+/// What a client that is not first-party may be granted unless it was registered for more:
+/// who the user is, and staying signed in. Reading mail (`mail`) and the audit log (`audit`)
+/// are grants an administrator makes at registration (`--scope`), never a default: otherwise
+/// any application users sign in to could read their mailbox.
+const THIRD_PARTY_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 /// The first-party client every realm has, for Keypost's own CLI and apps.
 pub const CLI_CLIENT: &str = "keypost-cli";
 
@@ -101,6 +106,9 @@ pub struct NewClient {
     pub grant_types: Vec<String>,
     /// ID-token algorithm, if not RS256.
     pub id_token_alg: Option<Algorithm>,
+    /// The scopes it may be granted; `None`: any for a first-party client, else
+    /// `openid profile email offline_access`.
+    pub scopes: Option<Vec<String>>,
 }
 
 /// A registered client, and its secret (shown once, never stored).
@@ -441,6 +449,7 @@ impl Identity {
             first_party: true,
             id_token_alg: None,
             created_at: now,
+            scopes: None,
         })?;
         Ok(())
     }
@@ -669,6 +678,25 @@ impl Identity {
                 "authorization_code needs at least one --redirect-uri".into(),
             ));
         }
+        let scopes = match new.scopes {
+            Some(list) => {
+                let mut out: Vec<String> = Vec::new();
+                for s in list.iter().flat_map(|s| s.split_ascii_whitespace()) {
+                    if !SCOPES.contains(&s) {
+                        return Err(Error::Invalid(format!(
+                            "unknown scope {s:?} (one of {})",
+                            SCOPES.join(", ")
+                        )));
+                    }
+                    if !out.iter().any(|o| o == s) {
+                        out.push(s.to_owned());
+                    }
+                }
+                Some(out)
+            }
+            None if new.first_party => None,
+            None => Some(THIRD_PARTY_SCOPES.map(String::from).to_vec()),
+        };
         let secret = if new.confidential {
             Some(Zeroizing::new(format!("kps_{}", random_b64(32)?)))
         } else {
@@ -684,6 +712,7 @@ impl Identity {
             first_party: new.first_party,
             id_token_alg: new.id_token_alg.map(|a| a.as_str().to_owned()),
             created_at: now,
+            scopes,
         };
         self.store.create_client(&client).map_err(|e| match e {
             store::Error::Conflict(_) => {
@@ -939,7 +968,9 @@ impl Identity {
 
     // ---- grants ---------------------------------------------------------------------------
 
-    fn scope(&self, requested: Option<&str>) -> Result<String, OAuthError> {
+    /// The scope `client` asked for (or the default), checked: scopes Keypost knows, each
+    /// registered for the client.
+    fn scope(&self, client: &Client, requested: Option<&str>) -> Result<String, OAuthError> {
         let requested = requested
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -948,6 +979,11 @@ impl Identity {
         for s in requested.split_ascii_whitespace() {
             if !SCOPES.contains(&s) {
                 return Err(OAuthError::invalid_scope(format!("unknown scope {s:?}")));
+            }
+            if !client.may_have(s) {
+                return Err(OAuthError::invalid_scope(format!(
+                    "the client is not registered for the scope {s:?}"
+                )));
             }
             if !out.contains(&s) {
                 out.push(s);
@@ -1194,7 +1230,7 @@ impl Identity {
             ));
         }
         Self::require_grant(client, "password")?;
-        let scope = self.scope(scope)?;
+        let scope = self.scope(client, scope)?;
         let audience = self.audience(resources)?;
         let account = self.sign_in(realm, username, pw, &client.client_id, source, now)?;
         if account.must_change_password {
@@ -1234,7 +1270,7 @@ impl Identity {
             ));
         }
         Self::require_grant(client, "client_credentials")?;
-        let scope = self.scope(Some(scope.unwrap_or("mail")))?;
+        let scope = self.scope(client, Some(scope.unwrap_or("mail")))?;
         if scope
             .split(' ')
             .any(|s| matches!(s, "openid" | "offline_access" | "profile" | "email"))
@@ -1313,7 +1349,7 @@ impl Identity {
             _ => {}
         }
         let scope = self
-            .scope(p.scope.as_deref())
+            .scope(&client, p.scope.as_deref())
             .map_err(|e| redirect("invalid_scope", &e.description))?;
         self.audience(&p.resource)
             .map_err(|e| redirect("invalid_target", &e.description))?;
@@ -1614,7 +1650,7 @@ impl Identity {
         let granted: Vec<&str> = e.scope.split(' ').collect();
         let scope = match scope {
             Some(s) if !s.trim().is_empty() => {
-                let s = self.scope(Some(s))?;
+                let s = self.scope(client, Some(s))?;
                 if s.split(' ').any(|x| !granted.contains(&x)) {
                     return Err(OAuthError::invalid_scope("a refresh cannot add scopes"));
                 }

@@ -167,6 +167,12 @@ pub(crate) enum ClientCmd {
         /// ID-token algorithm if not RS256 (ES256, PS256, EdDSA).
         #[arg(long)]
         id_token_alg: Option<String>,
+        /// A scope the client may be granted (openid, profile, email, offline_access, mail,
+        /// audit); repeat, or give several separated by spaces. Default: any for a
+        /// first-party client, else openid profile email offline_access — reading mail must
+        /// be granted here.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -1047,6 +1053,7 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             redirect_uris,
             grants,
             id_token_alg,
+            scopes,
             out,
         }) => {
             let svc = services(config)?;
@@ -1062,6 +1069,7 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
                     redirect_uris,
                     grant_types: grants,
                     id_token_alg,
+                    scopes: (!scopes.is_empty()).then_some(scopes),
                 },
                 now,
             )?;
@@ -1088,7 +1096,14 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
                 return print_json(&clients);
             }
             table(
-                &["CLIENT", "KIND", "FIRST-PARTY", "GRANTS", "REDIRECT URIS"],
+                &[
+                    "CLIENT",
+                    "KIND",
+                    "FIRST-PARTY",
+                    "GRANTS",
+                    "SCOPES",
+                    "REDIRECT URIS",
+                ],
                 clients
                     .into_iter()
                     .map(|c| {
@@ -1102,6 +1117,7 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
                             kind.into(),
                             c.first_party.to_string(),
                             c.grant_types.join(","),
+                            c.scopes.as_ref().map_or("any".into(), |s| s.join(",")),
                             c.redirect_uris.join(" "),
                         ]
                     })

@@ -147,6 +147,18 @@ pub struct Client {
     pub id_token_alg: Option<String>,
     /// When the client was registered.
     pub created_at: UnixTime,
+    /// The scopes it may be granted; `None`: any (first-party clients, and clients registered
+    /// before scopes were set per client).
+    pub scopes: Option<Vec<String>>,
+}
+
+impl Client {
+    /// Whether the client may be granted `scope`.
+    pub fn may_have(&self, scope: &str) -> bool {
+        self.scopes
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|s| s == scope))
+    }
 }
 
 /// A signing key's public half, sealed private half and lifecycle timestamps.

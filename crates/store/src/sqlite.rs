@@ -460,6 +460,11 @@ BEGIN INSERT OR IGNORE INTO revoked_families(family_id, revoked_at)
 DROP INDEX ledger_family;
 DROP INDEX ledger_revoked_families;
 "#,
+    // 19: the scopes a client may be granted (JSON array); NULL for clients registered before,
+    // which keep being granted any scope.
+    r#"
+ALTER TABLE clients ADD COLUMN scopes TEXT;
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).
@@ -1179,7 +1184,7 @@ impl AccountStore for SqliteStore {
 
 // ---- clients --------------------------------------------------------------------------------
 
-const CLIENT_COLS: &str = "realm, client_id, name, secret_hash, redirect_uris, grant_types, first_party, id_token_alg, created_at";
+const CLIENT_COLS: &str = "realm, client_id, name, secret_hash, redirect_uris, grant_types, first_party, id_token_alg, created_at, scopes";
 
 type ClientRow = (
     String,
@@ -1191,6 +1196,7 @@ type ClientRow = (
     bool,
     Option<String>,
     i64,
+    Option<String>,
 );
 
 fn client_row(r: &Row<'_>) -> rusqlite::Result<ClientRow> {
@@ -1204,6 +1210,7 @@ fn client_row(r: &Row<'_>) -> rusqlite::Result<ClientRow> {
         r.get(6)?,
         r.get(7)?,
         r.get(8)?,
+        r.get(9)?,
     ))
 }
 
@@ -1218,6 +1225,7 @@ fn finish_client(
         first_party,
         id_token_alg,
         created_at,
+        scopes,
     ): ClientRow,
 ) -> Result<Client> {
     Ok(Client {
@@ -1230,13 +1238,14 @@ fn finish_client(
         first_party,
         id_token_alg,
         created_at,
+        scopes: scopes.as_deref().map(from_json).transpose()?,
     })
 }
 
 impl ClientStore for SqliteStore {
     fn create_client(&self, c: &Client) -> Result<()> {
         self.conn()?.execute(
-            &format!("INSERT INTO clients({CLIENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?)"),
+            &format!("INSERT INTO clients({CLIENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)"),
             params![
                 c.realm.as_str(),
                 c.client_id.as_str(),
@@ -1246,7 +1255,8 @@ impl ClientStore for SqliteStore {
                 json(&c.grant_types)?,
                 c.first_party,
                 c.id_token_alg,
-                c.created_at
+                c.created_at,
+                c.scopes.as_ref().map(json).transpose()?
             ],
         )?;
         Ok(())

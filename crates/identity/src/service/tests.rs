@@ -77,6 +77,7 @@ fn public_client(realm: &RealmId, id: &str) -> NewClient {
         redirect_uris: vec![REDIRECT.into()],
         grant_types: vec![],
         id_token_alg: None,
+        scopes: Some(vec!["openid offline_access mail".into()]),
     }
 }
 
@@ -459,4 +460,74 @@ fn guesses_sent_at_once_are_throttled_like_guesses_in_turn() {
         count("SignInFailed") + count("SignInThrottled"),
         guesses as u64
     );
+}
+
+/// A client that is not first-party gets who the user is (and refresh tokens) unless it was
+/// registered for more: it cannot ask its way into a user's mail. First-party clients, and
+/// clients registered with the scope, can.
+#[test]
+fn a_client_gets_only_the_scopes_it_was_registered_for() {
+    let f = fx();
+    let register = |id: &str, scopes: Option<Vec<String>>, first_party: bool| {
+        let new = NewClient {
+            scopes,
+            first_party,
+            ..public_client(&f.realm, id)
+        };
+        f.id.create_client(new, NOW).unwrap().client
+    };
+    let plain = register("signin-app", None, false);
+    assert_eq!(
+        plain.scopes.as_deref(),
+        Some(&THIRD_PARTY_SCOPES.map(String::from)[..])
+    );
+    assert_eq!(
+        register("own-app", None, true).scopes,
+        None,
+        "first-party: any"
+    );
+    register(
+        "mail-app",
+        Some(vec!["openid".into(), "email mail".into()]),
+        false,
+    );
+
+    let ask = |client: &str, scope: &str| {
+        let params = crate::http::AuthorizeParams {
+            client_id: Some(client.into()),
+            redirect_uri: Some(REDIRECT.into()),
+            response_type: Some("code".into()),
+            scope: Some(scope.into()),
+            code_challenge: Some(B64.encode(sha256(VERIFIER.as_bytes()))),
+            code_challenge_method: Some("S256".into()),
+            ..Default::default()
+        };
+        match f.id.check_authorize(&f.realm, &params) {
+            Ok(req) => Ok(req.scope),
+            Err(AuthorizeError::Redirect { error, .. }) => Err(error),
+            Err(AuthorizeError::Page(p)) => panic!("{p}"),
+        }
+    };
+    assert_eq!(
+        ask("signin-app", "openid email offline_access"),
+        Ok("openid email offline_access".into())
+    );
+    assert_eq!(ask("signin-app", "openid mail"), Err("invalid_scope"));
+    assert_eq!(ask("signin-app", "openid audit"), Err("invalid_scope"));
+    assert_eq!(ask("mail-app", "openid mail"), Ok("openid mail".into()));
+    assert_eq!(
+        ask("mail-app", "openid offline_access"),
+        Err("invalid_scope")
+    );
+    assert_eq!(
+        ask("own-app", "openid mail audit"),
+        Ok("openid mail audit".into())
+    );
+
+    let unknown = NewClient {
+        scopes: Some(vec!["openid everything".into()]),
+        ..public_client(&f.realm, "greedy")
+    };
+    let err = f.id.create_client(unknown, NOW).unwrap_err();
+    assert!(err.to_string().contains("everything"), "{err}");
 }

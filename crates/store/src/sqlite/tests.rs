@@ -24,6 +24,7 @@ fn client(realm: &RealmId, id: &ClientId) -> Client {
         first_party: false,
         id_token_alg: None,
         created_at: 1,
+        scopes: None,
     }
 }
 

@@ -82,6 +82,7 @@ impl Bed {
                 first_party: false,
                 id_token_alg: None,
                 created_at: t,
+                scopes: None,
             })
             .unwrap();
         let user = AccountId::new("u1").unwrap();

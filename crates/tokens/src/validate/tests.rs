@@ -71,6 +71,7 @@ fn fx() -> Fx {
                 first_party: false,
                 id_token_alg: None,
                 created_at: NOW,
+                scopes: None,
             })
             .unwrap();
     }

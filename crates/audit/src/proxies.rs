@@ -39,6 +39,16 @@ impl TrustedProxies {
                     .filter(|p| *p <= max)
                     .ok_or_else(|| format!("{entry:?} has no valid prefix length"))?,
             };
+            // An IPv4-mapped network is the IPv4 network it maps (addresses are compared so).
+            let (addr, prefix) = match canonical(addr) {
+                v4 @ IpAddr::V4(_) if addr.is_ipv6() => {
+                    let p = prefix
+                        .checked_sub(96)
+                        .ok_or_else(|| format!("{entry:?} is wider than the IPv4-mapped range"))?;
+                    (v4, p)
+                }
+                same => (same, prefix),
+            };
             nets.push((addr, prefix));
         }
         Ok(Self(nets))
@@ -75,7 +85,7 @@ impl TrustedProxies {
         let hops: Vec<&str> = forwarded_for.flat_map(|v| v.split(',')).collect();
         let mut client = peer;
         for hop in hops.iter().rev() {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            let Some(ip) = hop_address(hop.trim()) else {
                 break;
             };
             client = ip;
@@ -85,6 +95,19 @@ impl TrustedProxies {
         }
         client
     }
+}
+
+/// The address of one `X-Forwarded-For` entry: bare, or with a port (`203.0.113.7:51234`,
+/// `[2001:db8::7]:443`) or brackets, as some proxies write them.
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            hop.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .and_then(|h| h.parse().ok())
+        })
 }
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.
@@ -143,6 +166,10 @@ mod tests {
                 .unwrap()
                 .contains(ip("203.0.113.9"))
         );
+        // An IPv4-mapped network is its IPv4 network.
+        let mapped = TrustedProxies::parse(&["::ffff:10.0.0.0/104"]).unwrap();
+        assert!(mapped.contains(ip("10.20.30.40")) && !mapped.contains(ip("11.0.0.1")));
+        assert!(TrustedProxies::parse(&["::ffff:10.0.0.0/64"]).is_err());
         for bad in ["localhost", "10.0.0.0/33", "10.0.0.0/x", "fd00::/129", ""] {
             let err = TrustedProxies::parse(&[bad]).unwrap_err();
             assert!(err.contains(&format!("{:?}", bad.trim())), "{err}");
@@ -175,6 +202,10 @@ mod tests {
         // No header, or garbage where the proxy should have written: the proxy itself.
         assert_eq!(client("127.0.0.1", &[]), "127.0.0.1");
         assert_eq!(client("127.0.0.1", &["unknown"]), "127.0.0.1");
+        // Entries with ports or brackets, as some proxies write them.
+        assert_eq!(client("127.0.0.1", &["198.51.100.7:51234"]), "198.51.100.7");
+        assert_eq!(client("127.0.0.1", &["[2001:db8::7]:443"]), "2001:db8::7");
+        assert_eq!(client("127.0.0.1", &["[2001:db8::7]"]), "2001:db8::7");
         // Only trusted hops: the left-most of them.
         assert_eq!(client("127.0.0.1", &["10.2.2.2, 10.1.1.1"]), "10.2.2.2");
         // Nobody trusted: the peer, whatever the header says.

@@ -3,15 +3,16 @@
 //! The throttle counts recorded failures; a guess is recorded as one only after its password
 //! hash was checked (tens of milliseconds). Guesses sent in parallel would all read the count
 //! from before any of them failed — hundreds of guesses per window instead of five — so the
-//! attempts still running count too. Per process: with several nodes, each admits its own
-//! share, still bounded.
+//! attempts still running count too, and one that would exceed the limit waits for them.
+//! Per process: with several nodes, each admits its own share, still bounded.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
-/// Attempts in progress, by key.
+/// Attempts in progress, by key; a waiter is woken whenever one finishes.
 #[derive(Debug, Default)]
-pub(crate) struct InFlight(Mutex<HashMap<String, u64>>);
+pub(crate) struct InFlight(Mutex<HashMap<String, u64>>, Condvar);
 
 impl InFlight {
     /// Registers an attempt under each of `keys` until the returned guard is dropped, with how
@@ -28,6 +29,12 @@ impl InFlight {
             .collect();
         drop(map);
         (Attempt { set: self, keys }, busy)
+    }
+
+    /// Waits until some attempt finishes, or `timeout`.
+    pub(crate) fn wait(&self, timeout: Duration) {
+        let map = self.lock();
+        let _ = self.1.wait_timeout(map, timeout);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
@@ -53,6 +60,8 @@ impl Drop for Attempt<'_> {
                 }
             }
         }
+        drop(map);
+        self.set.1.notify_all();
     }
 }
 

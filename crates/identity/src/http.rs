@@ -265,8 +265,19 @@ fn session_cookie(headers: &HeaderMap, realm: &RealmId) -> Option<String> {
     cookie(headers, &cookie_name(realm))
 }
 
-fn csrf_cookie_name(realm: &RealmId) -> String {
-    format!("kp_csrf_{realm}")
+/// The forms that carry an anti-CSRF value, each under its own cookie (so one open in another
+/// tab does not spoil the other).
+#[derive(Clone, Copy)]
+enum Form {
+    SignIn,
+    SignOut,
+}
+
+fn csrf_cookie_name(realm: &RealmId, form: Form) -> String {
+    match form {
+        Form::SignIn => format!("kp_csrf_{realm}"),
+        Form::SignOut => format!("kp_csrf_out_{realm}"),
+    }
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -478,7 +489,7 @@ async fn authorize(
             Err(e) => return authorize_error(e.into(), &iss),
         };
         let mut r = login_page(&id, &realm, &params, &csrf, "", None, false, StatusCode::OK);
-        set_csrf_cookie(&id, &realm, &csrf, &mut r);
+        set_csrf_cookie(&id, &realm, Form::SignIn, &csrf, &mut r);
         r
     })
     .await
@@ -486,10 +497,10 @@ async fn authorize(
 
 /// Sends a form's anti-CSRF value as a SameSite=Strict cookie too: a form posted from another
 /// site cannot carry it ([`csrf_ok`]).
-fn set_csrf_cookie(id: &Identity, realm: &RealmId, csrf: &str, r: &mut Response) {
+fn set_csrf_cookie(id: &Identity, realm: &RealmId, form: Form, csrf: &str, r: &mut Response) {
     let cookie = format!(
         "{}={csrf}; Path=/realms/{realm}; HttpOnly; SameSite=Strict; Max-Age=3600{}",
-        csrf_cookie_name(realm),
+        csrf_cookie_name(realm, form),
         secure_attr(id)
     );
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -498,9 +509,9 @@ fn set_csrf_cookie(id: &Identity, realm: &RealmId, csrf: &str, r: &mut Response)
 }
 
 /// Whether a posted form carries the anti-CSRF value of its cookie ([`set_csrf_cookie`]).
-fn csrf_ok(headers: &HeaderMap, realm: &RealmId, params: &Params) -> bool {
+fn csrf_ok(headers: &HeaderMap, realm: &RealmId, form: Form, params: &Params) -> bool {
     let csrf = params.get("csrf").unwrap_or("");
-    cookie(headers, &csrf_cookie_name(realm)).is_some_and(|c| {
+    cookie(headers, &csrf_cookie_name(realm, form)).is_some_and(|c| {
         !csrf.is_empty() && bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), csrf.as_bytes()))
     })
 }
@@ -566,7 +577,7 @@ async fn login(
             Err(e) => return page(StatusCode::BAD_REQUEST, html::error(&e.description)),
         };
         let csrf = params.get("csrf").unwrap_or("");
-        if !csrf_ok(&headers, &realm, &params) {
+        if !csrf_ok(&headers, &realm, Form::SignIn, &params) {
             return page(
                 StatusCode::BAD_REQUEST,
                 html::error("This sign-in form has expired or did not come from this site. Go back to the application and start again."),
@@ -905,7 +916,7 @@ fn logout(
     };
     let cookie = session_cookie(headers, &realm);
     // Our own confirmation form, posted back with its anti-CSRF value.
-    let confirmed = p.get("confirm") == Some("yes") && csrf_ok(headers, &realm, &p);
+    let confirmed = p.get("confirm") == Some("yes") && csrf_ok(headers, &realm, Form::SignOut, &p);
     let logout = match id.logout(
         &realm,
         cookie.as_deref(),
@@ -948,7 +959,7 @@ fn logout(
             StatusCode::OK,
             html::confirm_sign_out(&name, &action, &hidden),
         );
-        set_csrf_cookie(id, &realm, &csrf, &mut r);
+        set_csrf_cookie(id, &realm, Form::SignOut, &csrf, &mut r);
         return r;
     }
     let mut r = match target {

@@ -31,6 +31,9 @@ pub const SCOPES: [&str; 6] = [
     "audit",
 ];
 const DEFAULT_SCOPE: &str = "openid profile email mail";
+/// How long a sign-in waits for others on the same account or source to finish before it is
+/// counted as one too many.
+const SIGN_IN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 /// What a client that is not first-party may be granted unless it was registered for more:
 /// who the user is, and staying signed in. Reading mail (`mail`) and the audit log (`audit`)
 /// are grants an administrator makes at registration (`--scope`), never a default: otherwise
@@ -160,6 +163,20 @@ impl std::fmt::Debug for SessionCookie {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SessionCookie(..)")
     }
+}
+
+/// `scopes` without repeats, if each is one Keypost knows; else the first that is not.
+fn known_scopes<'a>(scopes: impl Iterator<Item = &'a str>) -> Result<Vec<&'a str>, &'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for s in scopes {
+        if !SCOPES.contains(&s) {
+            return Err(s);
+        }
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    Ok(out)
 }
 
 /// The id of the session whose cookie holds `secret`.
@@ -679,22 +696,26 @@ impl Identity {
             ));
         }
         let scopes = match new.scopes {
-            Some(list) => {
-                let mut out: Vec<String> = Vec::new();
-                for s in list.iter().flat_map(|s| s.split_ascii_whitespace()) {
-                    if !SCOPES.contains(&s) {
-                        return Err(Error::Invalid(format!(
+            Some(list) => Some(
+                known_scopes(list.iter().flat_map(|s| s.split_ascii_whitespace()))
+                    .map_err(|s| {
+                        Error::Invalid(format!(
                             "unknown scope {s:?} (one of {})",
                             SCOPES.join(", ")
-                        )));
-                    }
-                    if !out.iter().any(|o| o == s) {
-                        out.push(s.to_owned());
-                    }
-                }
-                Some(out)
-            }
+                        ))
+                    })?
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            ),
             None if new.first_party => None,
+            // A backend acting as itself has no user scope to fall back on: what it may read
+            // is its registration's to say.
+            None if grants.iter().any(|g| g == "client_credentials") => {
+                return Err(Error::Invalid(
+                    "a client_credentials client needs its scopes registered (--scope mail, --scope audit)".into(),
+                ));
+            }
             None => Some(THIRD_PARTY_SCOPES.map(String::from).to_vec()),
         };
         let secret = if new.confidential {
@@ -769,7 +790,6 @@ impl Identity {
         // This attempt counts against the limits from now until it is recorded (or dropped).
         let mut keys = vec![format!("account:{email}")];
         keys.extend(source.ip.as_ref().map(|ip| format!("source:{ip}")));
-        let (_attempt, running) = self.signing_in.begin(keys);
         let since = now - self.cfg.throttle_window;
         let failures = |q: AuditQuery| {
             self.audit.count(&AuditQuery {
@@ -778,22 +798,43 @@ impl Identity {
                 ..q
             })
         };
-        let per_account = failures(AuditQuery {
-            actor: Some(email.clone()),
-            ..Default::default()
-        })
-        .map_err(Error::from)?
-            + running[0];
-        let per_source = match &source.ip {
-            Some(ip) => {
-                failures(AuditQuery {
+        let recorded = || -> Result<(u64, u64), Error> {
+            let account = failures(AuditQuery {
+                actor: Some(email.clone()),
+                ..Default::default()
+            })?;
+            let source = match &source.ip {
+                Some(ip) => failures(AuditQuery {
                     source_ip: Some(ip.clone()),
                     ..Default::default()
-                })
-                .map_err(Error::from)?
-                    + running[1]
+                })?,
+                None => 0,
+            };
+            Ok((account, source))
+        };
+        let limits = [
+            self.cfg.max_failures_per_account,
+            self.cfg.max_failures_per_source,
+        ];
+        // While the attempts in progress could still use up what the limits allow, this one
+        // waits for them (a short while) and reads the failures again: guesses sent at once
+        // are checked no faster than in turn, and correct passwords sent at once are only
+        // delayed, not refused.
+        let patience = std::time::Instant::now();
+        let (_attempt, per_account, per_source) = loop {
+            // Registered before the failures are read: an attempt that ends in between has
+            // recorded its failure by then (it records, then ends), so nothing is missed.
+            let (attempt, running) = self.signing_in.begin(keys.clone());
+            let (account, source_failures) = recorded().map_err(OAuthError::from)?;
+            let recorded = [account, source_failures];
+            let exhausted = (0..keys.len()).any(|i| recorded[i] >= limits[i]);
+            let room = (0..keys.len()).all(|i| recorded[i] + running[i] < limits[i]);
+            if exhausted || room || patience.elapsed() >= SIGN_IN_PATIENCE {
+                let [a, s] = [0, 1].map(|i| recorded[i] + running.get(i).copied().unwrap_or(0));
+                break (attempt, a, s);
             }
-            None => 0,
+            drop(attempt);
+            self.signing_in.wait(SIGN_IN_PATIENCE / 20);
         };
         let ev = |op| {
             Event::failure(op)
@@ -968,26 +1009,22 @@ impl Identity {
 
     // ---- grants ---------------------------------------------------------------------------
 
-    /// The scope `client` asked for (or the default), checked: scopes Keypost knows, each
-    /// registered for the client.
+    /// The scope `client` asked for, checked: scopes Keypost knows, each registered for the
+    /// client. Asking for none gets the default, as far as the client is registered for it.
     fn scope(&self, client: &Client, requested: Option<&str>) -> Result<String, OAuthError> {
-        let requested = requested
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .unwrap_or(DEFAULT_SCOPE);
-        let mut out: Vec<&str> = Vec::new();
-        for s in requested.split_ascii_whitespace() {
-            if !SCOPES.contains(&s) {
-                return Err(OAuthError::invalid_scope(format!("unknown scope {s:?}")));
-            }
-            if !client.may_have(s) {
-                return Err(OAuthError::invalid_scope(format!(
-                    "the client is not registered for the scope {s:?}"
-                )));
-            }
-            if !out.contains(&s) {
-                out.push(s);
-            }
+        let Some(requested) = requested.map(str::trim).filter(|s| !s.is_empty()) else {
+            let default: Vec<&str> = DEFAULT_SCOPE
+                .split(' ')
+                .filter(|s| client.may_have(s))
+                .collect();
+            return Ok(default.join(" "));
+        };
+        let out = known_scopes(requested.split_ascii_whitespace())
+            .map_err(|s| OAuthError::invalid_scope(format!("unknown scope {s:?}")))?;
+        if let Some(s) = out.iter().find(|s| !client.may_have(s)) {
+            return Err(OAuthError::invalid_scope(format!(
+                "the client is not registered for the scope {s:?}"
+            )));
         }
         Ok(out.join(" "))
     }
@@ -1915,20 +1952,24 @@ impl Identity {
                 outcome: LogoutOutcome::AskFirst,
             });
         }
-        if self
-            .store
-            .revoke_session(&session.id, now)
-            .map_err(Error::from)?
-        {
-            self.audit
-                .record(
-                    Event::success(Operation::SessionEnded)
-                        .realm(realm)
-                        .target(session.account.as_str())
-                        .source(source),
-                    now,
-                )
-                .map_err(Error::from)?;
+        // The application's own session too, if the hint names another of the same user
+        // (one this browser signed in to before a fresh sign-in replaced its cookie).
+        let hinted_too = hinted_session
+            .filter(|h| h != &session.id)
+            .and_then(|h| self.store.get_session(&h).ok().flatten())
+            .filter(|h| &h.realm == realm && h.account == session.account);
+        for s in std::iter::once(&session).chain(hinted_too.as_ref()) {
+            if self.store.revoke_session(&s.id, now).map_err(Error::from)? {
+                self.audit
+                    .record(
+                        Event::success(Operation::SessionEnded)
+                            .realm(realm)
+                            .target(s.account.as_str())
+                            .source(source),
+                        now,
+                    )
+                    .map_err(Error::from)?;
+            }
         }
         Ok(Logout {
             client,

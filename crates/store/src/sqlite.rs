@@ -465,6 +465,12 @@ DROP INDEX ledger_revoked_families;
     r#"
 ALTER TABLE clients ADD COLUMN scopes TEXT;
 "#,
+    // 20: a session's browser cookie is no longer its id (identity::SessionCookie): sessions
+    // from before would outlive their browsers' cookies — no sign-out could find them — so
+    // they end here, and with them the tokens issued under them. Everyone signs in again.
+    r#"
+UPDATE sessions SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER) WHERE revoked_at IS NULL;
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).

@@ -43,16 +43,7 @@ fn fx() -> Fx {
         )
         .unwrap()
         .id;
-    let alice = id
-        .create_user(
-            "alice@contoso.test",
-            None,
-            "a long enough password",
-            Role::User,
-            false,
-            NOW,
-        )
-        .unwrap();
+    let alice = user(&id, "alice@contoso.test");
     let client = id
         .create_client(public_client(&realm, "webapp"), NOW)
         .unwrap()
@@ -64,6 +55,13 @@ fn fx() -> Fx {
         client,
         alice,
     }
+}
+
+/// A user of the tenant with the password "a long enough password".
+fn user(id: &Identity, email: &str) -> Account {
+    let password = "a long enough password";
+    id.create_user(email, None, password, Role::User, false, NOW)
+        .unwrap()
 }
 
 /// A public client of `realm` that may use the code grant, redirecting to [`REDIRECT`].
@@ -416,15 +414,11 @@ fn only_loopback_hosts_may_take_plain_http_redirects() {
     }
 }
 
-/// Guesses sent at once cannot all pass the throttle on a count read before any of them was
-/// recorded as a failure: no more get their password checked than one after another would.
-#[test]
-fn guesses_sent_at_once_are_throttled_like_guesses_in_turn() {
-    let f = fx();
-    let max = f.id.config().max_failures_per_account;
-    let guesses = 12;
-    let start = Arc::new(std::sync::Barrier::new(guesses));
-    let threads: Vec<_> = (0..guesses)
+/// Sign-ins of one account sent at once, `password` each, from addresses of their own: how
+/// many succeeded, and the fixture.
+fn sign_in_at_once(f: &Fx, password: &'static str, n: usize) -> usize {
+    let start = Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
         .map(|i| {
             let (id, realm, start) = (f.id.clone(), f.realm.clone(), start.clone());
             std::thread::spawn(move || {
@@ -435,15 +429,41 @@ fn guesses_sent_at_once_are_throttled_like_guesses_in_turn() {
                 };
                 let client = ClientId::new("webapp").unwrap();
                 start.wait();
-                let guess = "not alice's password";
-                id.sign_in(&realm, "alice@contoso.test", guess, &client, &source, NOW)
-                    .unwrap_err()
+                id.sign_in(
+                    &realm,
+                    "alice@contoso.test",
+                    password,
+                    &client,
+                    &source,
+                    NOW,
+                )
+                .is_ok()
             })
         })
         .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    threads
+        .into_iter()
+        .map(|t| usize::from(t.join().unwrap()))
+        .sum()
+}
+
+/// The right password sent many times at once (a client retrying, tabs restoring) is let
+/// through in turn, not counted as guessing.
+#[test]
+fn the_right_password_sent_at_once_is_delayed_not_refused() {
+    let f = fx();
+    let n = 3 * f.id.config().max_failures_per_account as usize;
+    assert_eq!(sign_in_at_once(&f, "a long enough password", n), n);
+}
+
+/// Guesses sent at once cannot all pass the throttle on a count read before any of them was
+/// recorded as a failure: no more get their password checked than one after another would.
+#[test]
+fn guesses_sent_at_once_are_throttled_like_guesses_in_turn() {
+    let f = fx();
+    let max = f.id.config().max_failures_per_account;
+    let guesses = 12;
+    assert_eq!(sign_in_at_once(&f, "not alice's password", guesses), 0);
     let count = |op: &str| {
         let query = AuditQuery {
             operation: Some(op.into()),
@@ -524,10 +544,72 @@ fn a_client_gets_only_the_scopes_it_was_registered_for() {
         Ok("openid mail audit".into())
     );
 
+    // Asking for nothing gets the default, as far as the client is registered for it.
+    assert_eq!(ask("signin-app", ""), Ok("openid profile email".into()));
+    assert_eq!(ask("own-app", ""), Ok("openid profile email mail".into()));
+    // A backend acting as itself must be registered for what it may read.
+    let backend = |scopes| NewClient {
+        confidential: true,
+        redirect_uris: vec![],
+        grant_types: vec!["client_credentials".into()],
+        scopes,
+        ..public_client(&f.realm, "backend")
+    };
+    assert!(f.id.create_client(backend(None), NOW).is_err());
+    assert!(
+        f.id.create_client(backend(Some(vec!["mail".into()])), NOW)
+            .is_ok()
+    );
+
     let unknown = NewClient {
         scopes: Some(vec!["openid everything".into()]),
         ..public_client(&f.realm, "greedy")
     };
     let err = f.id.create_client(unknown, NOW).unwrap_err();
     assert!(err.to_string().contains("everything"), "{err}");
+}
+
+/// A confirmed sign-out ends the browser's session and, when the ID token hint names another
+/// session of the same user (one the browser signed in to before a fresh sign-in replaced its
+/// cookie), that one too — never another user's.
+#[tokio::test]
+async fn signing_out_ends_the_browsers_session_and_the_hinted_one_of_the_same_user() {
+    let f = fx();
+    let (code, first) = f.code_with(true);
+    let issue = f.exchange(&code, Some(VERIFIER)).unwrap();
+    let tokens = f.id.finish(issue).await.unwrap();
+    let id_token = tokens.id_token.unwrap();
+    let (second, cookie) = f.id.new_session(&f.realm, &f.alice.id, NOW).unwrap();
+    let bob = user(&f.id, "bob@contoso.test");
+    let (bobs, bobs_cookie) = f.id.new_session(&f.realm, &bob.id, NOW).unwrap();
+    let source = Source::default();
+
+    // Bob's browser presenting alice's ID token ends bob's session only.
+    let hint = Some(id_token.as_str());
+    let out =
+        f.id.logout(
+            &f.realm,
+            Some(bobs_cookie.value()),
+            hint,
+            true,
+            &source,
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(out.outcome, LogoutOutcome::Ended);
+    let revoked = |id: &SessionId| {
+        f.store
+            .get_session(id)
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    };
+    assert!(revoked(&bobs.id) && !revoked(&first) && !revoked(&second.id));
+
+    let out =
+        f.id.logout(&f.realm, Some(cookie.value()), hint, true, &source, NOW)
+            .unwrap();
+    assert_eq!(out.outcome, LogoutOutcome::Ended);
+    assert!(revoked(&first) && revoked(&second.id));
 }

@@ -260,6 +260,16 @@ impl Principal {
     }
 }
 
+impl Rejected {
+    /// Not a token at all: nothing it presented can be read.
+    fn malformed() -> Self {
+        Rejected {
+            reason: Rejection::Malformed,
+            presented: Box::default(),
+        }
+    }
+}
+
 fn bounded(v: &Member) -> Option<String> {
     v.as_str().map(|s| s.chars().take(256).collect())
 }
@@ -275,10 +285,7 @@ pub fn validate(
 ) -> Result<Principal, Rejected> {
     if raw.len() > MAX_TOKEN_LEN {
         // Refused before anything is hashed (`parse_compact` would refuse it too).
-        return Err(Rejected {
-            reason: Rejection::Malformed,
-            presented: Box::default(),
-        });
+        return Err(Rejected::malformed());
     }
     validate_digested(raw, &Digests::of(raw), expect, now, keys, ledger)
 }
@@ -368,10 +375,7 @@ fn validate_digested(
             .map(|key| written_header(key))
     });
     let Ok(jws) = parsed else {
-        return Err(Rejected {
-            reason: Rejection::Malformed,
-            presented: Box::default(),
-        });
+        return Err(Rejected::malformed());
     };
     // What the token presented is only gathered for a refusal's audit record.
     checks(&jws, digests, expect, now, keys, ledger).map_err(|reason| Rejected {

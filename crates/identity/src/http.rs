@@ -245,16 +245,50 @@ fn see_other(location: &str) -> Response {
 }
 
 fn page(status: StatusCode, body: String) -> Response {
+    form_page(status, body, None)
+}
+
+/// A page whose form, once posted here, redirects to `then` (an application's registered
+/// redirect URI, already checked). Chrome and Safari hold the redirect that answers a form to
+/// `form-action` as well (w3c/webappsec-csp#8): with `'self'` alone the sign-in would end on
+/// a blocked page, so that URI's origin is allowed too — and nothing else.
+fn form_page(status: StatusCode, body: String, then: Option<&str>) -> Response {
     let mut r = (status, Html(body)).into_response();
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Our pages are never framed (clickjacking on the login form) and load nothing foreign.
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    let targets = match then.and_then(origin_of) {
+        Some(origin) => format!("'self' {origin}"),
+        None => "'self'".into(),
+    };
+    let csp = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; form-action {targets}; frame-ancestors 'none'"
     );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
     r
+}
+
+/// `scheme://host[:port]` of an http(s) URI, as a CSP source; `None` for anything with a byte a
+/// source expression may not carry (nothing then widens the policy).
+fn origin_of(uri: &str) -> Option<&str> {
+    let scheme_end = uri.find("://")? + 3;
+    let scheme = &uri[..scheme_end];
+    if scheme != "https://" && scheme != "http://" {
+        return None;
+    }
+    let len = uri[scheme_end..]
+        .find(['/', '?', '#'])
+        .unwrap_or(uri.len() - scheme_end);
+    let origin = &uri[..scheme_end + len];
+    let authority = &origin[scheme_end..];
+    let plain = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    plain.then_some(origin)
 }
 
 fn cookie_name(realm: &RealmId) -> String {
@@ -547,7 +581,10 @@ fn login_page(
     let name = realm_name(id, realm);
     let mut hidden = AuthorizeParams::hidden(params);
     hidden.push(("csrf".into(), csrf.into()));
-    page(
+    // Every caller rendered this for an authorization request it checked: the redirect URI
+    // is one the client registered.
+    let then = params.get("redirect_uri");
+    form_page(
         status,
         html::login(
             &name,
@@ -557,6 +594,7 @@ fn login_page(
             error,
             change_password,
         ),
+        then,
     )
 }
 
@@ -955,9 +993,10 @@ fn logout(
         hidden.push(("csrf".into(), csrf.clone()));
         let action = format!("{}/logout", id.issuer(&realm));
         let name = realm_name(id, &realm);
-        let mut r = page(
+        let mut r = form_page(
             StatusCode::OK,
             html::confirm_sign_out(&name, &action, &hidden),
+            target,
         );
         set_csrf_cookie(id, &realm, Form::SignOut, &csrf, &mut r);
         return r;
@@ -993,6 +1032,46 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    /// The origin a form page lets its redirect reach: scheme, host and port, nothing a CSP
+    /// source could be bent with.
+    #[test]
+    fn only_a_plain_origin_widens_form_action() {
+        assert_eq!(
+            origin_of("https://app.example/cb?x=1"),
+            Some("https://app.example")
+        );
+        assert_eq!(
+            origin_of("http://127.0.0.1:8123/cb"),
+            Some("http://127.0.0.1:8123")
+        );
+        assert_eq!(origin_of("http://[::1]:9/cb"), Some("http://[::1]:9"));
+        assert_eq!(
+            origin_of("https://app.example"),
+            Some("https://app.example")
+        );
+        for bad in [
+            "https://a.example;script-src *",
+            "https://a.example 'unsafe-inline'/cb",
+            "javascript://x",
+            "https:///cb",
+            "app.example/cb",
+        ] {
+            assert_eq!(origin_of(bad), None, "{bad}");
+        }
+        let r = form_page(
+            StatusCode::OK,
+            String::new(),
+            Some("https://app.example/cb"),
+        );
+        let csp = r.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        assert!(
+            csp.contains("form-action 'self' https://app.example;"),
+            "{csp}"
+        );
+    }
 
     /// A bug that panics in a handler still gets the client an answer in OAuth's form.
     #[tokio::test]

@@ -161,6 +161,12 @@ impl From<Error> for OAuthError {
             Error::Invalid(m) => OAuthError::invalid_request(m),
             Error::NotFound(m) => OAuthError::invalid_request(format!("{m} not found")),
             Error::Conflict(m) => OAuthError::invalid_request(m),
+            // A password reset or a disabled account committed between the sign-in's check
+            // and the write of its session or tokens: nothing was created.
+            Error::Store(store::Error::CredentialsChanged(_))
+            | Error::Tokens(tokens::Error::Ledger(store::Error::CredentialsChanged(_))) => {
+                OAuthError::invalid_grant("the account's credentials changed; sign in again")
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 OAuthError::unavailable()

@@ -651,7 +651,7 @@ async fn login(
             }
         };
         let result = id
-            .new_session(&realm, &account.id, t)
+            .new_session(&realm, &account, t)
             .and_then(|(s, cookie)| Ok((id.issue_code(&req, &s, t)?, cookie)));
         match result {
             Ok((code, session_cookie)) => {

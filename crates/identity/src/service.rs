@@ -580,6 +580,7 @@ impl Identity {
             role,
             created_at: now,
             must_change_password: temporary,
+            credential_epoch: 0,
         };
         self.store.create_account(&account).map_err(|e| match e {
             store::Error::Conflict(_) => Error::Conflict(format!("account {email}")),
@@ -637,27 +638,22 @@ impl Identity {
     ) -> Result<(), Error> {
         let a = self.user(email)?;
         password::check_policy(pw)?;
-        self.store
-            .set_password_hash(&a.id, &password::hash(pw)?, temporary)?;
-        let (sessions, tokens) = self.end_everything_of(&a.id, now)?;
+        // The store ends every session and token of the account in the same transaction:
+        // whoever held the old password (the reason for an administrator's reset, often) may
+        // hold them too, and a sign-in that checked the old password just before gets nothing.
+        let change = self
+            .store
+            .set_password_hash(&a.id, &password::hash(pw)?, temporary, now)?;
         self.audit.record(
             Event::success(Operation::PasswordChanged)
                 .realm(&a.realm)
                 .actor("cli")
                 .target(&a.email)
-                .detail("sessions_revoked", sessions)
-                .detail("tokens_revoked", tokens),
+                .detail("sessions_revoked", change.sessions)
+                .detail("tokens_revoked", change.tokens),
             now,
         )?;
         Ok(())
-    }
-
-    /// Ends every session and token of an account whose password just changed: whoever held
-    /// the old password (the reason for an administrator's reset, often) may hold them too.
-    /// Sessions and tokens made after this point are the new password's.
-    fn end_everything_of(&self, account: &AccountId, now: UnixTime) -> Result<(u64, u64), Error> {
-        let scope = store::RevokeScope::Account(account.clone());
-        Ok(self.store.revoke_scope(&scope, now)?)
     }
 
     /// Registers a client. Confidential clients get a 256-bit secret, returned once.
@@ -920,16 +916,16 @@ impl Identity {
             ));
         }
         password::check_policy(new).map_err(|e| OAuthError::invalid_request(e.to_string()))?;
-        self.store
-            .set_password_hash(&account.id, &password::hash(new)?, false)
+        let change = self
+            .store
+            .set_password_hash(&account.id, &password::hash(new)?, false, now)
             .map_err(Error::from)?;
-        let (sessions, tokens) = self.end_everything_of(&account.id, now)?;
         self.audit
             .record(
                 Event::success(Operation::PasswordChanged)
                     .realm(realm)
-                    .detail("sessions_revoked", sessions)
-                    .detail("tokens_revoked", tokens)
+                    .detail("sessions_revoked", change.sessions)
+                    .detail("tokens_revoked", change.tokens)
                     .actor(account.email.clone())
                     .target(account.email.clone())
                     .source(source)
@@ -939,15 +935,18 @@ impl Identity {
             .map_err(Error::from)?;
         Ok(Account {
             must_change_password: false,
+            credential_epoch: change.epoch,
             ..account
         })
     }
 
-    /// A new sign-in session, and the cookie that proves it to a browser.
+    /// A new sign-in session for `account` as its sign-in found it, and the cookie that
+    /// proves it to a browser. Refused ([`store::Error::CredentialsChanged`]) if the
+    /// account's password changed or it was disabled since.
     pub(crate) fn new_session(
         &self,
         realm: &RealmId,
-        account: &AccountId,
+        account: &Account,
         now: UnixTime,
     ) -> Result<(Session, SessionCookie), Error> {
         // 256 bits of secret, in the cookie only.
@@ -956,10 +955,11 @@ impl Identity {
         let s = Session {
             id,
             realm: realm.clone(),
-            account: account.clone(),
+            account: account.id.clone(),
             auth_time: now,
             expires_at: now + self.cfg.session_ttl,
             revoked_at: None,
+            credential_epoch: account.credential_epoch,
         };
         self.store.create_session(&s)?;
         Ok((s, SessionCookie(secret)))
@@ -978,8 +978,10 @@ impl Identity {
             return None;
         }
         let a = self.store.get_account(&s.account).ok()??;
-        // A temporary password set since the session began must be replaced first.
-        (!a.disabled && !a.must_change_password).then_some((s, a))
+        // A temporary password set since the session began must be replaced first; a
+        // session from before the account's last credential change vouches for nothing.
+        (!a.disabled && !a.must_change_password && a.credential_epoch == s.credential_epoch)
+            .then_some((s, a))
     }
 
     // ---- clients --------------------------------------------------------------------------
@@ -1276,7 +1278,7 @@ impl Identity {
             ));
         }
         // No browser here: the session's cookie is never handed out.
-        let (session, _) = self.new_session(realm, &account.id, now)?;
+        let (session, _) = self.new_session(realm, &account, now)?;
         self.issue(
             realm,
             client,

@@ -44,6 +44,7 @@ fn fx(name: &str) -> Fx {
             role: Role::User,
             created_at: 1,
             must_change_password: false,
+            credential_epoch: 0,
         })
         .unwrap();
     let blobs = Arc::new(FsBlobStore::open(&dir.join("blobs")).unwrap());

@@ -23,6 +23,11 @@ pub enum Error {
     /// disabled): nothing of that write was stored.
     #[error("token family revoked: {0}")]
     FamilyRevoked(String),
+    /// A write under a sign-in session found the account's credentials changed since that
+    /// sign-in (a new password, the account disabled), or the session ended: nothing of that
+    /// write was stored. Whoever authenticated with the old credentials gets nothing more.
+    #[error("credentials changed since the sign-in: {0}")]
+    CredentialsChanged(String),
     /// The backend failed.
     #[error("database error: {0}")]
     Backend(String),

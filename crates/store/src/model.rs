@@ -109,6 +109,13 @@ pub struct Account {
     /// new one at the next sign-in, before any token is issued.
     #[serde(default)]
     pub must_change_password: bool,
+    /// Moves on whenever what vouches for the account changes: a new password, the account
+    /// disabled or enabled. A session remembers the epoch its sign-in checked, and nothing is
+    /// created or issued under a session whose epoch is no longer the account's — decided in
+    /// the very transaction that writes it, so a sign-in that checked the old password just
+    /// before a reset cannot slip its session in just after.
+    #[serde(skip)]
+    pub credential_epoch: u64,
 }
 
 impl std::fmt::Debug for Account {
@@ -239,6 +246,19 @@ pub struct Session {
     pub expires_at: UnixTime,
     /// When it was revoked (sign-out, admin action), if it was.
     pub revoked_at: Option<UnixTime>,
+    /// The account's [`Account::credential_epoch`] when the user authenticated.
+    pub credential_epoch: u64,
+}
+
+/// What a password change did, in its one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialChange {
+    /// The account's new credential epoch.
+    pub epoch: u64,
+    /// Sessions it ended.
+    pub sessions: u64,
+    /// Tokens it revoked.
+    pub tokens: u64,
 }
 
 /// An authorization code waiting to be exchanged.

@@ -471,6 +471,15 @@ ALTER TABLE clients ADD COLUMN scopes TEXT;
     r#"
 UPDATE sessions SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER) WHERE revoked_at IS NULL;
 "#,
+    // 21: credential epochs (Account::credential_epoch). Sessions from before are at epoch 0,
+    // like their accounts, so they stay valid. A new epoch is a revocation: whatever a cache
+    // remembers of the account's sessions must be read again.
+    r#"
+ALTER TABLE accounts ADD COLUMN credential_epoch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN credential_epoch INTEGER NOT NULL DEFAULT 0;
+CREATE TRIGGER credentials_changed AFTER UPDATE OF credential_epoch ON accounts
+BEGIN UPDATE meta SET value = value + 1 WHERE name = 'revocation_generation'; END;
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).
@@ -1045,7 +1054,7 @@ fn finish_realm(
 
 // ---- accounts -------------------------------------------------------------------------------
 
-const ACCOUNT_COLS: &str = "id, realm, email, display_name, password_hash, disabled, role, created_at, must_change_password";
+const ACCOUNT_COLS: &str = "id, realm, email, display_name, password_hash, disabled, role, created_at, must_change_password, credential_epoch";
 
 fn account_row(r: &Row<'_>) -> rusqlite::Result<AccountRow> {
     Ok((
@@ -1058,6 +1067,7 @@ fn account_row(r: &Row<'_>) -> rusqlite::Result<AccountRow> {
         r.get(6)?,
         r.get(7)?,
         r.get(8)?,
+        r.get(9)?,
     ))
 }
 
@@ -1071,6 +1081,7 @@ type AccountRow = (
     String,
     i64,
     bool,
+    i64,
 );
 
 fn finish_account(
@@ -1084,6 +1095,7 @@ fn finish_account(
         role,
         created_at,
         must_change_password,
+        credential_epoch,
     ): AccountRow,
 ) -> Result<Account> {
     Ok(Account {
@@ -1096,13 +1108,14 @@ fn finish_account(
         role: role.parse()?,
         created_at,
         must_change_password,
+        credential_epoch: u64::try_from(credential_epoch).unwrap_or(0),
     })
 }
 
 impl AccountStore for SqliteStore {
     fn create_account(&self, a: &Account) -> Result<()> {
         self.conn()?.execute(
-            &format!("INSERT INTO accounts({ACCOUNT_COLS}) VALUES (?,?,?,?,?,?,?,?,?)"),
+            &format!("INSERT INTO accounts({ACCOUNT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)"),
             params![
                 a.id.as_str(),
                 a.realm.as_str(),
@@ -1112,7 +1125,8 @@ impl AccountStore for SqliteStore {
                 a.disabled,
                 a.role.as_str(),
                 a.created_at,
-                a.must_change_password
+                a.must_change_password,
+                a.credential_epoch as i64
             ],
         )?;
         Ok(())
@@ -1159,7 +1173,7 @@ impl AccountStore for SqliteStore {
 
     fn set_account_disabled(&self, id: &AccountId, disabled: bool) -> Result<()> {
         let n = self.conn()?.execute(
-            "UPDATE accounts SET disabled = ? WHERE id = ?",
+            "UPDATE accounts SET disabled = ?, credential_epoch = credential_epoch + 1 WHERE id = ?",
             params![disabled, id.as_str()],
         )?;
         if n == 0 {
@@ -1168,15 +1182,33 @@ impl AccountStore for SqliteStore {
         Ok(())
     }
 
-    fn set_password_hash(&self, id: &AccountId, hash: &str, must_change: bool) -> Result<()> {
-        let n = self.conn()?.execute(
-            "UPDATE accounts SET password_hash = ?, must_change_password = ? WHERE id = ?",
-            params![hash, must_change, id.as_str()],
-        )?;
-        if n == 0 {
+    fn set_password_hash(
+        &self,
+        id: &AccountId,
+        hash: &str,
+        must_change: bool,
+        at: UnixTime,
+    ) -> Result<CredentialChange> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let epoch: Option<i64> = tx
+            .query_row(
+                "UPDATE accounts SET password_hash = ?, must_change_password = ?, \
+                 credential_epoch = credential_epoch + 1 WHERE id = ? RETURNING credential_epoch",
+                params![hash, must_change, id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(epoch) = epoch else {
             return Err(Error::NotFound(format!("account {id}")));
-        }
-        Ok(())
+        };
+        let (sessions, tokens) = revoke_in(&tx, &RevokeScope::Account(id.clone()), at)?;
+        tx.commit()?;
+        Ok(CredentialChange {
+            epoch: u64::try_from(epoch).unwrap_or(0),
+            sessions,
+            tokens,
+        })
     }
 
     fn count_accounts_with_role(&self, role: Role) -> Result<u64> {
@@ -1615,51 +1647,11 @@ impl LedgerStore for SqliteStore {
     }
 
     fn revoke_scope(&self, scope: &RevokeScope, at: UnixTime) -> Result<(u64, u64)> {
-        // A ledger row still live (`?1` is the time): unrevoked by itself and through its
-        // family, unexpired. Rows revoked through their family are neither marked nor counted
-        // again, so the count is what this revocation newly stopped.
-        macro_rules! live_token {
-            () => {
-                "revoked_at IS NULL AND expires_at > ?1 AND NOT EXISTS \
-                 (SELECT 1 FROM revoked_families f WHERE f.family_id = ledger.family_id)"
-            };
-        }
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let (sessions, tokens) = match scope {
-            RevokeScope::Account(a) => (
-                tx.execute(
-                    "UPDATE sessions SET revoked_at = ?1 WHERE account = ?2 AND revoked_at IS NULL AND expires_at > ?1",
-                    params![at, a.as_str()],
-                )?,
-                tx.execute(
-                    concat!("UPDATE ledger SET revoked_at = ?1 WHERE subject = ?2 AND ", live_token!()),
-                    params![at, a.as_str()],
-                )?,
-            ),
-            RevokeScope::Realm(r) => (
-                tx.execute(
-                    "UPDATE sessions SET revoked_at = ?1 WHERE realm = ?2 AND revoked_at IS NULL AND expires_at > ?1",
-                    params![at, r.as_str()],
-                )?,
-                tx.execute(
-                    concat!("UPDATE ledger SET revoked_at = ?1 WHERE realm = ?2 AND ", live_token!()),
-                    params![at, r.as_str()],
-                )?,
-            ),
-            RevokeScope::Client(r, c) => (
-                0,
-                tx.execute(
-                    concat!(
-                        "UPDATE ledger SET revoked_at = ?1 WHERE realm = ?2 AND client_id = ?3 AND ",
-                        live_token!()
-                    ),
-                    params![at, r.as_str(), c.as_str()],
-                )?,
-            ),
-        };
+        let counts = revoke_in(&tx, scope, at)?;
         tx.commit()?;
-        Ok((sessions as u64, tokens as u64))
+        Ok(counts)
     }
 
     fn generations(&self) -> Result<Generations> {
@@ -1796,33 +1788,100 @@ impl SqliteStore {
     }
 }
 
+/// [`LedgerStore::revoke_scope`] inside the caller's transaction.
+fn revoke_in(tx: &Connection, scope: &RevokeScope, at: UnixTime) -> Result<(u64, u64)> {
+    // A ledger row still live (`?1` is the time): unrevoked by itself and through its
+    // family, unexpired. Rows revoked through their family are neither marked nor counted
+    // again, so the count is what this revocation newly stopped.
+    macro_rules! live_token {
+        () => {
+            "revoked_at IS NULL AND expires_at > ?1 AND NOT EXISTS \
+             (SELECT 1 FROM revoked_families f WHERE f.family_id = ledger.family_id)"
+        };
+    }
+    let (sessions, tokens) = match scope {
+        RevokeScope::Account(a) => (
+            tx.execute(
+                "UPDATE sessions SET revoked_at = ?1 WHERE account = ?2 AND revoked_at IS NULL AND expires_at > ?1",
+                params![at, a.as_str()],
+            )?,
+            tx.execute(
+                concat!("UPDATE ledger SET revoked_at = ?1 WHERE subject = ?2 AND ", live_token!()),
+                params![at, a.as_str()],
+            )?,
+        ),
+        RevokeScope::Realm(r) => (
+            tx.execute(
+                "UPDATE sessions SET revoked_at = ?1 WHERE realm = ?2 AND revoked_at IS NULL AND expires_at > ?1",
+                params![at, r.as_str()],
+            )?,
+            tx.execute(
+                concat!("UPDATE ledger SET revoked_at = ?1 WHERE realm = ?2 AND ", live_token!()),
+                params![at, r.as_str()],
+            )?,
+        ),
+        RevokeScope::Client(r, c) => (
+            0,
+            tx.execute(
+                concat!(
+                    "UPDATE ledger SET revoked_at = ?1 WHERE realm = ?2 AND client_id = ?3 AND ",
+                    live_token!()
+                ),
+                params![at, r.as_str(), c.as_str()],
+            )?,
+        ),
+    };
+    Ok((sessions as u64, tokens as u64))
+}
+
 // ---- sessions and codes ---------------------------------------------------------------------
 
 impl SessionStore for SqliteStore {
     fn create_session(&self, s: &Session) -> Result<()> {
-        self.conn()?.execute(
-            "INSERT INTO sessions(id, realm, account, auth_time, expires_at, revoked_at) VALUES (?,?,?,?,?,?)",
-            params![s.id.as_str(), s.realm.as_str(), s.account.as_str(), s.auth_time, s.expires_at, s.revoked_at],
+        // The epoch is compared by the insert itself: a password reset committed after the
+        // sign-in checked the old password leaves this insert with nothing to insert.
+        let n = self.conn()?.execute(
+            "INSERT INTO sessions(id, realm, account, auth_time, expires_at, revoked_at, credential_epoch) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS(SELECT 1 FROM accounts \
+                 WHERE id = ?3 AND credential_epoch = ?7 AND disabled = 0)",
+            params![
+                s.id.as_str(),
+                s.realm.as_str(),
+                s.account.as_str(),
+                s.auth_time,
+                s.expires_at,
+                s.revoked_at,
+                s.credential_epoch as i64
+            ],
         )?;
+        if n == 0 {
+            return Err(Error::CredentialsChanged(format!(
+                "account {} (disabled, or its password changed since the sign-in)",
+                s.account
+            )));
+        }
         Ok(())
     }
 
     fn get_session(&self, id: &SessionId) -> Result<Option<Session>> {
-        let row: Option<(String, String, String, i64, i64, Option<i64>)> = self
+        let row: Option<(String, String, String, i64, i64, Option<i64>, i64)> = self
             .lookup_reader()?
-            .prepare_cached("SELECT id, realm, account, auth_time, expires_at, revoked_at FROM sessions WHERE id = ?")?
-            .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .prepare_cached("SELECT id, realm, account, auth_time, expires_at, revoked_at, credential_epoch FROM sessions WHERE id = ?")?
+            .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
             .optional()?;
-        row.map(|(id, realm, account, auth_time, expires_at, revoked_at)| {
-            Ok(Session {
-                id: parse_id(id)?,
-                realm: parse_id(realm)?,
-                account: parse_id(account)?,
-                auth_time,
-                expires_at,
-                revoked_at,
-            })
-        })
+        row.map(
+            |(id, realm, account, auth_time, expires_at, revoked_at, epoch)| {
+                Ok(Session {
+                    id: parse_id(id)?,
+                    realm: parse_id(realm)?,
+                    account: parse_id(account)?,
+                    auth_time,
+                    expires_at,
+                    revoked_at,
+                    credential_epoch: u64::try_from(epoch).unwrap_or(0),
+                })
+            },
+        )
         .transpose()
     }
 
@@ -2200,6 +2259,32 @@ fn revoked_family<'e>(conn: &Connection, entries: &'e [LedgerEntry]) -> Result<O
     Ok(None)
 }
 
+/// The first sign-in session of `entries` that no longer vouches for its account: ended,
+/// expired, its account disabled or at another credential epoch than the sign-in checked.
+/// Decided here, in the transaction that writes the tokens, so no check made before (a
+/// password verified, a code looked up) can be outrun by a reset committed in between.
+fn stale_session<'e>(
+    conn: &Connection,
+    entries: &'e [LedgerEntry],
+) -> Result<Option<&'e SessionId>> {
+    let mut sessions: Vec<(&SessionId, UnixTime)> = entries
+        .iter()
+        .filter_map(|e| e.session_id.as_ref().map(|s| (s, e.issued_at)))
+        .collect();
+    sessions.dedup_by(|a, b| a.0 == b.0);
+    let mut live = conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM sessions s JOIN accounts a ON a.id = s.account \
+         WHERE s.id = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 \
+         AND a.disabled = 0 AND a.credential_epoch = s.credential_epoch)",
+    )?;
+    for (session, at) in sessions {
+        if !live.query_row(params![session.as_str(), at], |r| r.get::<_, bool>(0))? {
+            return Ok(Some(session));
+        }
+    }
+    Ok(None)
+}
+
 impl SqliteStore {
     /// Hands `write` to the group committer. The committer thread takes every queued write,
     /// applies them in one transaction, commits once, and then answers each write's
@@ -2339,9 +2424,12 @@ impl Writer {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A rotation refused for a revocation is proof of one that another process may have
         // made less than `GENERATIONS_STALE_AFTER` ago: this process's validations see it now.
-        let proved_revoked = results
-            .iter()
-            .any(|(_, r)| matches!(r, Err(Error::FamilyRevoked(_) | Error::Consumed(_))));
+        let proved_revoked = results.iter().any(|(_, r)| {
+            matches!(
+                r,
+                Err(Error::FamilyRevoked(_) | Error::Consumed(_) | Error::CredentialsChanged(_))
+            )
+        });
         if proved_revoked {
             self.changed();
         }
@@ -2371,6 +2459,9 @@ fn issue(
 ) -> Result<Result<Vec<i64>>> {
     if let Some(family) = revoked_family(tx, entries)? {
         return Ok(Err(Error::FamilyRevoked(family.to_owned())));
+    }
+    if let Some(session) = stale_session(tx, entries)? {
+        return Ok(Err(Error::CredentialsChanged(format!("session {session}"))));
     }
     if let Some((jti, at)) = rotates {
         // The token must still be live when it is consumed, not only when the grant read it

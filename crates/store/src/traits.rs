@@ -34,10 +34,22 @@ pub trait AccountStore: Send + Sync {
     fn find_account_by_email(&self, email: &str) -> Result<Option<Account>>;
     /// Accounts, optionally of one realm, ordered by email.
     fn list_accounts(&self, realm: Option<&RealmId>) -> Result<Vec<Account>>;
-    /// Enables or disables an account.
+    /// Enables or disables an account, moving its credential epoch on: a sign-in that
+    /// checked the account before cannot create a session or get tokens after.
     fn set_account_disabled(&self, id: &AccountId, disabled: bool) -> Result<()>;
-    /// Replaces an account's password hash, and whether it must be changed at next sign-in.
-    fn set_password_hash(&self, id: &AccountId, hash: &str, must_change: bool) -> Result<()>;
+    /// Replaces an account's password hash (and whether it must be changed at the next
+    /// sign-in) and, in the same transaction, moves its credential epoch on and ends every
+    /// session and token of the account: whoever held the old password (often the reason for
+    /// the reset) holds nothing after this returns, and a sign-in that checked the old
+    /// password can no longer create a session ([`SessionStore::create_session`]) or have
+    /// tokens issued ([`LedgerStore::submit_issuance`]).
+    fn set_password_hash(
+        &self,
+        id: &AccountId,
+        hash: &str,
+        must_change: bool,
+        at: UnixTime,
+    ) -> Result<CredentialChange>;
     /// Number of accounts with a role.
     fn count_accounts_with_role(&self, role: Role) -> Result<u64>;
 }
@@ -93,7 +105,9 @@ pub trait LedgerStore: Send + Sync {
     /// a refresh family revoked before the write are not written either, nor are those of a
     /// rotation whose token is no longer live — revoked, its session ended, its account
     /// disabled ([`Error::FamilyRevoked`](crate::Error::FamilyRevoked)): the write decides,
-    /// whatever the caller read before.
+    /// whatever the caller read before. Tokens issued under a sign-in session are written only
+    /// while that session is live and its account enabled and at the session's credential
+    /// epoch ([`Error::CredentialsChanged`](crate::Error::CredentialsChanged) otherwise).
     fn submit_issuance(
         &self,
         entries: &[LedgerEntry],
@@ -142,7 +156,9 @@ pub trait LedgerStore: Send + Sync {
 
 /// Sign-in sessions and authorization codes.
 pub trait SessionStore: Send + Sync {
-    /// Creates a session.
+    /// Creates a session, if its account is enabled and still at the session's
+    /// `credential_epoch` when the write commits; otherwise
+    /// [`Error::CredentialsChanged`](crate::Error::CredentialsChanged) and nothing is stored.
     fn create_session(&self, session: &Session) -> Result<()>;
     /// A session by id. Like [`LedgerStore::get_token`], called on async tasks.
     fn get_session(&self, id: &SessionId) -> Result<Option<Session>>;

@@ -85,10 +85,7 @@ impl Fx {
     /// A fresh code for alice in a session of its own, with an S256 challenge of
     /// [`VERIFIER`] unless `pkce` is false.
     fn code_with(&self, pkce: bool) -> (String, SessionId) {
-        let (session, _cookie) = self
-            .id
-            .new_session(&self.realm, &self.alice.id, NOW)
-            .unwrap();
+        let (session, _cookie) = self.id.new_session(&self.realm, &self.alice, NOW).unwrap();
         let req = AuthRequest {
             realm: self.realm.clone(),
             client: self.client.clone(),
@@ -348,7 +345,7 @@ async fn a_code_whose_family_is_revoked_before_the_write_issues_nothing() {
 #[test]
 fn a_sessions_id_is_not_its_cookie() {
     let f = fx();
-    let (session, cookie) = f.id.new_session(&f.realm, &f.alice.id, NOW).unwrap();
+    let (session, cookie) = f.id.new_session(&f.realm, &f.alice, NOW).unwrap();
     assert_ne!(cookie.value(), session.id.as_str());
     assert_eq!(
         session.id.as_str(),
@@ -579,9 +576,9 @@ async fn signing_out_ends_the_browsers_session_and_the_hinted_one_of_the_same_us
     let issue = f.exchange(&code, Some(VERIFIER)).unwrap();
     let tokens = f.id.finish(issue).await.unwrap();
     let id_token = tokens.id_token.unwrap();
-    let (second, cookie) = f.id.new_session(&f.realm, &f.alice.id, NOW).unwrap();
+    let (second, cookie) = f.id.new_session(&f.realm, &f.alice, NOW).unwrap();
     let bob = user(&f.id, "bob@contoso.test");
-    let (bobs, bobs_cookie) = f.id.new_session(&f.realm, &bob.id, NOW).unwrap();
+    let (bobs, bobs_cookie) = f.id.new_session(&f.realm, &bob, NOW).unwrap();
     let source = Source::default();
 
     // Bob's browser presenting alice's ID token ends bob's session only.
@@ -612,4 +609,34 @@ async fn signing_out_ends_the_browsers_session_and_the_hinted_one_of_the_same_us
             .unwrap();
     assert_eq!(out.outcome, LogoutOutcome::Ended);
     assert!(revoked(&first) && revoked(&second.id));
+}
+
+/// A sign-in that checked the old password just before a reset cannot start a session after
+/// it: the session carries the credential epoch its sign-in saw, and the store compares it.
+#[test]
+fn a_sign_in_racing_a_password_reset_gets_no_session() {
+    let f = fx();
+    let source = Source::default();
+    let checked =
+        f.id.sign_in(
+            &f.realm,
+            &f.alice.email,
+            "a long enough password",
+            &f.client.client_id,
+            &source,
+            NOW,
+        )
+        .unwrap();
+    f.id.set_password(&f.alice.email, "another long password", false, NOW)
+        .unwrap();
+    let late = f.id.new_session(&f.realm, &checked, NOW);
+    assert!(
+        matches!(late, Err(Error::Store(store::Error::CredentialsChanged(_)))),
+        "{late:?}"
+    );
+    let refusal = OAuthError::from(late.unwrap_err());
+    assert_eq!(refusal.code, "invalid_grant");
+    // The new password's sign-in gets one.
+    let fresh = f.store.get_account(&f.alice.id).unwrap().unwrap();
+    f.id.new_session(&f.realm, &fresh, NOW).unwrap();
 }

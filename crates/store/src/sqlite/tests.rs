@@ -57,6 +57,7 @@ fn account_u1() -> Account {
         display_name: "u".into(),
         password_hash: "x".into(),
         must_change_password: false,
+        credential_epoch: 0,
         disabled: false,
         role: Role::User,
         created_at: 1,
@@ -297,6 +298,7 @@ fn a_rotation_refuses_a_token_no_longer_live() {
         auth_time: 1,
         expires_at,
         revoked_at: None,
+        credential_epoch: 0,
     };
     let mut rows = Vec::new();
     for (jti, family, sid) in [("r1", "f1", "s1"), ("r2", "f2", "s2"), ("r3", "f3", "s3")] {
@@ -633,6 +635,7 @@ fn revocations_bump_the_revocation_generation() {
         .unwrap();
     s.revoke_family("f2", 1).unwrap();
     bumped("revoke_family");
+    s.create_account(&account_u1()).unwrap();
     let sess = Session {
         id: SessionId::new("s1").unwrap(),
         realm: RealmId::new("contoso").unwrap(),
@@ -640,11 +643,15 @@ fn revocations_bump_the_revocation_generation() {
         auth_time: 1,
         expires_at: 100,
         revoked_at: None,
+        credential_epoch: 0,
     };
     s.create_session(&sess).unwrap();
     s.revoke_session(&sess.id, 2).unwrap();
     bumped("revoke_session");
-    s.create_account(&account_u1()).unwrap();
+    // Even with no session or token to end, a new password is a revocation.
+    s.set_password_hash(&AccountId::new("u1").unwrap(), "y", false, 3)
+        .unwrap();
+    bumped("set_password_hash");
     s.set_account_disabled(&AccountId::new("u1").unwrap(), true)
         .unwrap();
     bumped("set_account_disabled");
@@ -678,23 +685,25 @@ fn ledger_view_joins_session_account_and_client() {
     );
 
     s.create_client(&client(&r, &app)).unwrap();
-    s.create_account(&Account {
-        disabled: true,
-        ..account_u1()
-    })
-    .unwrap();
+    s.create_account(&account_u1()).unwrap();
+    let sid = SessionId::new("s1").unwrap();
     s.create_session(&Session {
-        id: SessionId::new("s1").unwrap(),
+        id: sid.clone(),
         realm: r.clone(),
         account: AccountId::new("u1").unwrap(),
         auth_time: 1,
         expires_at: 100,
-        revoked_at: Some(3),
+        revoked_at: None,
+        credential_epoch: 0,
     })
     .unwrap();
     let mut e = entry("t1", TokenKind::Access, None);
-    e.session_id = Some(SessionId::new("s1").unwrap());
+    e.session_id = Some(sid.clone());
     s.record_tokens(&[e.clone()]).unwrap();
+    // Ended and disabled after the token was issued.
+    s.revoke_session(&sid, 3).unwrap();
+    s.set_account_disabled(&AccountId::new("u1").unwrap(), true)
+        .unwrap();
     let v = s.ledger_view(&e.jti, &r, &app).unwrap();
     assert_eq!(v.entry, Some(e));
     assert!(v.client_known);
@@ -1150,4 +1159,96 @@ fn every_generation_trigger_is_in_place() {
             "trigger {t} is missing: {present:?}"
         );
     }
+}
+
+/// A sign-in session of `u1` at `epoch`, live until 100.
+fn session_u1(id: &str, epoch: u64) -> Session {
+    Session {
+        id: SessionId::new(id).unwrap(),
+        realm: RealmId::new("contoso").unwrap(),
+        account: AccountId::new("u1").unwrap(),
+        auth_time: 1,
+        expires_at: 100,
+        revoked_at: None,
+        credential_epoch: epoch,
+    }
+}
+
+/// An access token of `u1` under the sign-in session `sid`.
+fn entry_under(jti: &str, sid: &str) -> LedgerEntry {
+    let mut e = entry(jti, TokenKind::Access, None);
+    e.session_id = Some(SessionId::new(sid).unwrap());
+    e
+}
+
+/// A password reset ends everything of the account in its own transaction, and a sign-in
+/// that checked the old password before it — whose session or tokens reach the store after —
+/// gets nothing: the writes themselves compare the credential epoch.
+#[test]
+fn a_sign_in_from_before_a_password_reset_gets_no_session_and_no_tokens() {
+    let s = store_with_u1();
+    let u1 = AccountId::new("u1").unwrap();
+    let before = s.get_account(&u1).unwrap().unwrap();
+    assert_eq!(before.credential_epoch, 0);
+    s.create_session(&session_u1("s1", before.credential_epoch))
+        .unwrap();
+    s.record_tokens(&[entry_under("t1", "s1")]).unwrap();
+
+    let change = s.set_password_hash(&u1, "new", false, 5).unwrap();
+    assert_eq!((change.epoch, change.sessions, change.tokens), (1, 1, 1));
+    assert_eq!(s.get_account(&u1).unwrap().unwrap().credential_epoch, 1);
+    assert_eq!(
+        s.get_token(&Jti::new("t1").unwrap())
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(5)
+    );
+
+    // The racing sign-in: it checked the old password (epoch 0) and writes now.
+    let late = s.create_session(&session_u1("s2", before.credential_epoch));
+    assert!(
+        matches!(late, Err(Error::CredentialsChanged(_))),
+        "{late:?}"
+    );
+    assert!(
+        s.get_session(&SessionId::new("s2").unwrap())
+            .unwrap()
+            .is_none()
+    );
+    // Its tokens, under the session it had created before the reset, are not written.
+    let late = s.record_tokens(&[entry_under("t2", "s1")]);
+    assert!(
+        matches!(late, Err(Error::CredentialsChanged(_))),
+        "{late:?}"
+    );
+    assert!(s.get_token(&Jti::new("t2").unwrap()).unwrap().is_none());
+
+    // The new password's sign-ins work.
+    s.create_session(&session_u1("s3", 1)).unwrap();
+    s.record_tokens(&[entry_under("t3", "s3")]).unwrap();
+}
+
+/// Disabling an account moves its epoch on too: nothing is issued under the sessions of
+/// before, even once the account is enabled again.
+#[test]
+fn disabling_an_account_ends_what_its_sessions_may_issue() {
+    let s = store_with_u1();
+    let u1 = AccountId::new("u1").unwrap();
+    s.create_session(&session_u1("s1", 0)).unwrap();
+    s.set_account_disabled(&u1, true).unwrap();
+    let refused = s.create_session(&session_u1("s2", 1));
+    assert!(
+        matches!(refused, Err(Error::CredentialsChanged(_))),
+        "{refused:?}"
+    );
+    s.set_account_disabled(&u1, false).unwrap();
+    let refused = s.record_tokens(&[entry_under("t1", "s1")]);
+    assert!(
+        matches!(refused, Err(Error::CredentialsChanged(_))),
+        "{refused:?}"
+    );
+    let epoch = s.get_account(&u1).unwrap().unwrap().credential_epoch;
+    s.create_session(&session_u1("s3", epoch)).unwrap();
+    s.record_tokens(&[entry_under("t2", "s3")]).unwrap();
 }

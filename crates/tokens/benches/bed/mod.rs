@@ -94,6 +94,7 @@ impl Bed {
                 display_name: "a".into(),
                 password_hash: "x".into(),
                 must_change_password: false,
+                credential_epoch: 0,
                 disabled: false,
                 role: Role::User,
                 created_at: t,

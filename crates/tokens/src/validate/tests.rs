@@ -37,6 +37,7 @@ fn account(id: &AccountId, name: &str) -> Account {
         display_name: name.into(),
         password_hash: "x".into(),
         must_change_password: false,
+        credential_epoch: 0,
         disabled: false,
         role: Role::User,
         created_at: NOW,

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import time
 import json
+import shutil
 import sqlite3
 import struct
 
@@ -50,9 +51,19 @@ def activity(keypost: Keypost, world):
 
 
 def tampered_copy(keypost: Keypost, tmp_path, sql: str | None = None, fn=None):
-    """A copy of the live database, changed the way someone with file access would."""
+    """A copy of the live database, changed the way someone with file access would. The
+    key-encryption key and the signer's record of the heads it signed (beside the KEK, out of
+    the intruder's reach) are copied as they were, first: the copy's signer must not share the
+    live one's record, or a pass over the copy would change what the live signer remembers."""
     data = tmp_path / "copy"
     data.mkdir(parents=True)
+    kek = keypost.data_dir.with_name(keypost.data_dir.name + ".kek")
+    copied_kek = tmp_path / "copy.kek"
+    heads = kek.with_name(kek.name + ".audit-heads")
+    for src, dst in ((heads, copied_kek.with_name(copied_kek.name + ".audit-heads")), (kek, copied_kek)):
+        if src.exists():
+            shutil.copyfile(src, dst)
+            dst.chmod(0o600)
     src = sqlite3.connect(keypost.data_dir / "keypost.db")
     dst = sqlite3.connect(data / "keypost.db")
     src.backup(dst)
@@ -65,8 +76,7 @@ def tampered_copy(keypost: Keypost, tmp_path, sql: str | None = None, fn=None):
         fn(dst)
     dst.commit()
     dst.close()
-    env = {**keypost.env, "KEYPOST_DATA_DIR": str(data),
-           "KEYPOST_KEYS_KEK_FILE": str(keypost.data_dir.with_name(keypost.data_dir.name + ".kek"))}
+    env = {**keypost.env, "KEYPOST_DATA_DIR": str(data), "KEYPOST_KEYS_KEK_FILE": str(copied_kek)}
     return env
 
 
@@ -251,9 +261,10 @@ def test_a_planted_audit_key_cannot_vouch_for_a_rewritten_chain(activity, tmp_pa
         db.execute("DROP TRIGGER audit_checkpoints_no_delete")
         db.execute("DELETE FROM audit_checkpoints WHERE chain = 'contoso'")
         t = int(time.time()) + 5
-        message = f"keypost-audit-checkpoint-v1\ncontoso\n{seq}\n{prev.hex()}\n{t}".encode()
-        db.execute("INSERT INTO audit_checkpoints VALUES ('contoso', ?, ?, ?, 'mallory', ?)",
-                   (seq, prev, t, mallory.sign(message)))
+        zeros = bytes(32)
+        message = f"keypost-audit-checkpoint-v2\ncontoso\n1\n{seq}\n{prev.hex()}\n{t}\n{zeros.hex()}".encode()
+        db.execute("INSERT INTO audit_checkpoints(chain, seq, link, time, kid, signature, number, prev) "
+                   "VALUES ('contoso', ?, ?, ?, 'mallory', ?, 1, ?)", (seq, prev, t, mallory.sign(message), zeros))
 
     env = tampered_copy(activity, tmp_path, fn=plant)
     code, report = verify(activity, env)

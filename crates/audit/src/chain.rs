@@ -12,6 +12,9 @@ use keys::{Algorithm, Custody, SignService};
 use store::chain::{self, ChainedRecord, Checkpoint, GENESIS, Link, Tombstone};
 use store::{KeyPurpose, RealmId, Store, UnixTime};
 
+use crate::signed_heads::{HeadsError, HeadsGuard, SignedHead, SignedHeads};
+use crate::{AuditLog, Event, Operation};
+
 /// What the verifier found wrong, and where.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
@@ -34,6 +37,19 @@ pub enum Problem {
     HeadMismatch { head_seq: u64, last_seq: u64 },
     /// A retention tombstone whose signature does not verify: records were removed by hand.
     BadTombstone { through_seq: u64, kid: String },
+    /// Checkpoints with these numbers are missing between the ones that are there.
+    CheckpointsMissing { from_number: u64, to_number: u64 },
+    /// A checkpoint does not name the one before it: checkpoints were replaced.
+    CheckpointUnlinked { number: u64 },
+    /// The signer's own record says it signed this checkpoint, and the database no longer
+    /// holds it: the newest checkpoints were removed (with whatever they covered).
+    SignedCheckpointMissing { number: u64, seq: u64 },
+    /// A published checkpoint (`verify --against`) the database does not hold.
+    PublishedMissing { number: u64, seq: u64 },
+    /// A published checkpoint whose number the database holds with other content.
+    PublishedMismatch { number: u64 },
+    /// A published checkpoint whose signature does not verify with the realm's audit keys.
+    PublishedBadSignature { number: u64, kid: String },
 }
 
 impl fmt::Display for Problem {
@@ -80,6 +96,33 @@ impl fmt::Display for Problem {
                 f,
                 "the chain head says position {head_seq} but the last record is at {last_seq}"
             ),
+            Problem::CheckpointsMissing {
+                from_number,
+                to_number,
+            } => write!(
+                f,
+                "checkpoints {from_number}..={to_number} are missing (removed from the database)"
+            ),
+            Problem::CheckpointUnlinked { number } => write!(
+                f,
+                "checkpoint {number} does not name the checkpoint before it (checkpoints replaced)"
+            ),
+            Problem::SignedCheckpointMissing { number, seq } => write!(
+                f,
+                "the signer signed checkpoint {number} (position {seq}) and the database no longer holds it"
+            ),
+            Problem::PublishedMissing { number, seq } => write!(
+                f,
+                "published checkpoint {number} (position {seq}) is not in the database"
+            ),
+            Problem::PublishedMismatch { number } => write!(
+                f,
+                "published checkpoint {number} differs from the database's checkpoint {number}"
+            ),
+            Problem::PublishedBadSignature { number, kid } => write!(
+                f,
+                "published checkpoint {number} has a bad signature (key {kid})"
+            ),
         }
     }
 }
@@ -110,6 +153,9 @@ pub enum ChainError {
     /// Signing failed (no audit key, ...).
     #[error(transparent)]
     Keys(#[from] keys::Error),
+    /// The signer's own record of signed heads could not be used.
+    #[error(transparent)]
+    Heads(#[from] HeadsError),
 }
 
 /// The realm whose audit key signs a chain.
@@ -134,12 +180,21 @@ fn audit_signed(
     }))
 }
 
+/// Whether checkpoint `c` of `chain` carries a signature the sealed audit keys vouch for.
+fn checkpoint_signed(custody: &Custody, chain: &str, c: &Checkpoint) -> Result<bool, ChainError> {
+    match c.message() {
+        Some(m) => audit_signed(custody, chain, c.kid.as_str(), &m, &c.signature, c.time),
+        None => Ok(false),
+    }
+}
+
 /// Where the trusted part of a chain ends: its latest checkpoint or tombstone whose signature
 /// holds (position and link), or the genesis.
 fn trusted_start(
     store: &dyn Store,
     custody: &Custody,
     name: &str,
+    checkpoints: &[Checkpoint],
 ) -> Result<(u64, Link), ChainError> {
     let mut start = (0, GENESIS);
     if let Some(t) = store.tombstone(name)?
@@ -155,19 +210,12 @@ fn trusted_start(
     {
         start = (t.through_seq, link);
     }
-    for c in store.checkpoints(name)?.iter().rev() {
+    for c in checkpoints.iter().rev() {
         if c.seq <= start.0 {
             break;
         }
         if let Ok(link) = <Link>::try_from(c.link.as_slice())
-            && audit_signed(
-                custody,
-                name,
-                c.kid.as_str(),
-                &chain::checkpoint_message(name, c.seq, &link, c.time),
-                &c.signature,
-                c.time,
-            )?
+            && checkpoint_signed(custody, name, c)?
         {
             start = (c.seq, link);
             break;
@@ -216,45 +264,208 @@ fn recompute(
     Ok(Some((prev, at_cut)))
 }
 
-/// Signs a checkpoint of every chain whose head moved since its last checkpoint, after
-/// recomputing everything appended since the last trusted point: a chain edited or relinked
-/// in the meantime is refused (and logged), never blessed. Returns the checkpoints made.
+/// Why the signer would not checkpoint a chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    /// The chain.
+    pub chain: String,
+    /// What was wrong: `checkpoint_removed`, `checkpoint_forged`, `truncated` or `rewritten`.
+    pub problem: &'static str,
+    /// For people.
+    pub detail: String,
+}
+
+/// One checkpointing pass: what was signed, and what was refused.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// Checkpoints signed.
+    pub made: Vec<Checkpoint>,
+    /// Chains refused, each audited as `AuditChainRefused` (which the detection rules raise
+    /// as a critical alert).
+    pub refused: Vec<Refusal>,
+}
+
+/// Where a new checkpoint of a chain starts from: the trusted position and link, and the
+/// number and `prev` the new checkpoint takes.
+struct Anchor {
+    start: (u64, Link),
+    number: u64,
+    prev: Link,
+}
+
+/// The anchor of `name` when the signer has a record of it: the checkpoint it last signed
+/// must still be in the database, unchanged, followed only by checkpoints that extend it
+/// (signed, numbered on, naming their predecessor: made by a pass whose record was not
+/// written). Anything else is tampering.
+fn anchor_from_record(
+    custody: &Custody,
+    name: &str,
+    known: &SignedHead,
+    checkpoints: &[Checkpoint],
+) -> Result<Result<Anchor, Refusal>, ChainError> {
+    let refuse = |problem, detail: String| {
+        Ok(Err(Refusal {
+            chain: name.to_owned(),
+            problem,
+            detail,
+        }))
+    };
+    let Some(pos) = checkpoints.iter().position(|c| known.is(c)) else {
+        return refuse(
+            "checkpoint_removed",
+            format!(
+                "checkpoint {} (position {}), which the signer signed, is no longer in the database",
+                known.number, known.seq
+            ),
+        );
+    };
+    let mut last = &checkpoints[pos];
+    for c in &checkpoints[pos + 1..] {
+        let extends = c.number == last.number + 1
+            && c.prev.is_some()
+            && c.prev == last.digest()
+            && checkpoint_signed(custody, name, c)?;
+        if !extends {
+            return refuse(
+                "checkpoint_forged",
+                format!(
+                    "checkpoint {} does not extend checkpoint {}, the signer's last",
+                    c.number, last.number
+                ),
+            );
+        }
+        last = c;
+    }
+    let (Ok(link), Some(prev)) = (<Link>::try_from(last.link.as_slice()), last.digest()) else {
+        return refuse("checkpoint_forged", "a checkpoint link is malformed".into());
+    };
+    Ok(Ok(Anchor {
+        start: (last.seq, link),
+        number: last.number + 1,
+        prev,
+    }))
+}
+
+/// Signs a checkpoint of every chain whose head moved since its last checkpoint. The chain
+/// must extend the last head the signer itself signed (its record, `heads`, kept beside the
+/// key-encryption key where the database's writers cannot reach): everything appended since
+/// is recomputed, and the checkpoint the signer last signed must still be in the database.
+/// A chain that fails is refused — audited as `AuditChainRefused` and logged — never blessed.
+/// A chain the record does not know yet (new, or first seen after an upgrade) starts from
+/// its latest checkpoint whose signature holds.
 pub fn checkpoint(
     store: &dyn Store,
     custody: &Custody,
+    heads: &SignedHeads,
     now: UnixTime,
-) -> Result<Vec<Checkpoint>, ChainError> {
+) -> Result<Pass, ChainError> {
     let signer = custody.signer();
-    let mut made = Vec::new();
+    let mut record = heads.lock()?;
+    let mut pass = Pass::default();
     for (name, seq, link) in store.audit_heads()? {
-        let start = trusted_start(store, custody, &name)?;
-        if start.0 >= seq {
-            continue;
-        }
-        match recompute(store, &name, start, seq, None)? {
-            Some((computed, _)) if computed == link => {}
-            _ => {
-                tracing::error!(target: "keypost::security", chain = %name,
-                    "audit chain does not recompute since its last checkpoint: not signing (run keypost audit verify)");
+        let checkpoints = store.checkpoints(&name)?;
+        let anchor = match record.get(&name) {
+            Some(known) => anchor_from_record(custody, &name, known, &checkpoints)?,
+            None => {
+                let start = trusted_start(store, custody, &name, &checkpoints)?;
+                let last = checkpoints.last();
+                Ok(Anchor {
+                    start,
+                    number: last.map_or(1, |c| c.number + 1),
+                    prev: last.and_then(Checkpoint::digest).unwrap_or(GENESIS),
+                })
+            }
+        };
+        let anchor = match anchor {
+            Ok(a) => a,
+            Err(refusal) => {
+                refuse(store, &refusal, now);
+                pass.refused.push(refusal);
                 continue;
             }
+        };
+        let (start_seq, start_link) = anchor.start;
+        let problem = if seq < start_seq {
+            Some((
+                "truncated",
+                format!("the chain ends at {seq}, before the checkpoint at {start_seq}"),
+            ))
+        } else if seq == start_seq {
+            (link != start_link).then(|| {
+                (
+                    "rewritten",
+                    format!("the head at {seq} is not the checkpointed one"),
+                )
+            })
+        } else {
+            match recompute(store, &name, anchor.start, seq, None)? {
+                Some((computed, _)) if computed == link => None,
+                _ => Some((
+                    "rewritten",
+                    format!("the chain does not recompute from position {start_seq} to {seq}"),
+                )),
+            }
+        };
+        if let Some((problem, detail)) = problem {
+            let refusal = Refusal {
+                chain: name,
+                problem,
+                detail,
+            };
+            refuse(store, &refusal, now);
+            pass.refused.push(refusal);
+            continue;
+        }
+        if seq == start_seq {
+            continue;
         }
         let realm = signing_realm(&name)?;
-        let message = chain::checkpoint_message(&name, seq, &link, now);
+        let message =
+            chain::checkpoint_message(&name, anchor.number, seq, &link, now, &anchor.prev);
         let (key, signature) =
             signer.sign_raw(&realm, KeyPurpose::Audit, Algorithm::EdDSA, &message, now)?;
         let c = Checkpoint {
             chain: name,
+            number: anchor.number,
+            prev: Some(anchor.prev),
             seq,
             link: link.to_vec(),
             time: now,
             kid: key.kid,
             signature: signature.0,
         };
+        // The database first: should the record's write fail, the next pass finds this
+        // checkpoint extending the recorded one and adopts it.
         store.add_checkpoint(&c)?;
-        made.push(c);
+        remember(&mut record, &c)?;
+        pass.made.push(c);
     }
-    Ok(made)
+    Ok(pass)
+}
+
+fn remember(record: &mut HeadsGuard<'_>, c: &Checkpoint) -> Result<(), ChainError> {
+    if let Some(head) = SignedHead::of(c) {
+        record.set(&c.chain, head)?;
+    }
+    Ok(())
+}
+
+/// Audits and logs a refused chain. The record goes into the chain's own realm, where the
+/// detection rules raise it to the tenant's admins as a critical alert.
+fn refuse(store: &dyn Store, r: &Refusal, now: UnixTime) {
+    tracing::error!(target: "keypost::security", chain = %r.chain, problem = r.problem,
+        detail = %r.detail, "audit chain refused: not signing a rewritten log (run keypost audit verify)");
+    let mut ev = Event::failure(Operation::AuditChainRefused)
+        .actor("keypost-signer")
+        .detail("chain", r.chain.clone())
+        .detail("problem", r.problem)
+        .detail("detail", r.detail.clone());
+    if let Ok(realm) = RealmId::new(&r.chain) {
+        ev = ev.realm(&realm);
+    }
+    if let Err(e) = store.append_audit(&[AuditLog::prepare(ev, now)]) {
+        tracing::error!(target: "keypost::security", error = %e, "auditing a refused audit chain failed");
+    }
 }
 
 /// Walks one chain in append order, recomputing links.
@@ -322,13 +533,89 @@ impl Walk {
     }
 }
 
+/// What [`verify`] holds the database to, besides its own records.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Evidence<'a> {
+    /// The signer's own record of what it signed, where this process can read it (it lives
+    /// beside the key-encryption key).
+    pub signed_heads: Option<&'a SignedHeads>,
+    /// Checkpoints published before (`/realms/{realm}/audit-checkpoints`) and kept by an
+    /// auditor or a second site: each must be in the database as published.
+    pub published: &'a [Checkpoint],
+}
+
+/// Checks `checkpoints` (one chain's, in number order) among themselves: numbered without
+/// gaps and each naming its predecessor, from the first of the numbered format on.
+fn checkpoint_sequence(checkpoints: &[Checkpoint], problems: &mut Vec<Problem>) {
+    let mut previous: Option<&Checkpoint> = None;
+    for c in checkpoints {
+        let expected = previous.map_or(1, |p| p.number + 1);
+        if c.prev.is_some() {
+            if c.number > expected {
+                problems.push(Problem::CheckpointsMissing {
+                    from_number: expected,
+                    to_number: c.number - 1,
+                });
+            } else if c.number < expected {
+                problems.push(Problem::CheckpointUnlinked { number: c.number });
+            }
+            let named = previous.and_then(Checkpoint::digest).unwrap_or(GENESIS);
+            if c.number == expected && c.prev != Some(named) {
+                problems.push(Problem::CheckpointUnlinked { number: c.number });
+            }
+        }
+        previous = Some(c);
+    }
+}
+
+/// Holds one chain's checkpoints to the signer's record and to what was published.
+fn checkpoint_evidence(
+    custody: &Custody,
+    name: &str,
+    checkpoints: &[Checkpoint],
+    evidence: &Evidence<'_>,
+    record: Option<&HeadsGuard<'_>>,
+    problems: &mut Vec<Problem>,
+) -> Result<(), ChainError> {
+    if let Some(known) = record.and_then(|r| r.get(name))
+        && !checkpoints.iter().any(|c| known.is(c))
+    {
+        problems.push(Problem::SignedCheckpointMissing {
+            number: known.number,
+            seq: known.seq,
+        });
+    }
+    for p in evidence.published.iter().filter(|p| p.chain == name) {
+        if !checkpoint_signed(custody, name, p)? {
+            problems.push(Problem::PublishedBadSignature {
+                number: p.number,
+                kid: p.kid.to_string(),
+            });
+            continue;
+        }
+        match checkpoints.iter().find(|c| c.number == p.number) {
+            None => problems.push(Problem::PublishedMissing {
+                number: p.number,
+                seq: p.seq,
+            }),
+            Some(c) if c.digest() != p.digest() => {
+                problems.push(Problem::PublishedMismatch { number: p.number })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Verifies every chain (or one), with the checkpoints' signatures checked against the audit
-/// keys `custody` knows.
+/// keys `custody` knows, their numbering and links among themselves, and the `evidence`.
 pub fn verify(
     store: &dyn Store,
     custody: &Custody,
     only: Option<&str>,
+    evidence: &Evidence<'_>,
 ) -> Result<Vec<ChainReport>, ChainError> {
+    let record = evidence.signed_heads.map(SignedHeads::lock).transpose()?;
     const PAGE: u64 = 10_000;
     let heads = store.audit_heads()?;
     let mut names: Vec<String> = heads.iter().map(|(c, _, _)| c.clone()).collect();
@@ -398,16 +685,17 @@ pub fn verify(
             });
         }
         let checkpoints = store.checkpoints(&name)?;
+        checkpoint_sequence(&checkpoints, &mut walk.problems);
+        checkpoint_evidence(
+            custody,
+            &name,
+            &checkpoints,
+            evidence,
+            record.as_ref(),
+            &mut walk.problems,
+        )?;
         for c in &checkpoints {
-            let message = c
-                .link
-                .as_slice()
-                .try_into()
-                .map(|l: Link| chain::checkpoint_message(&name, c.seq, &l, c.time));
-            let signed = match &message {
-                Ok(m) => audit_signed(custody, &name, c.kid.as_str(), m, &c.signature, c.time)?,
-                Err(_) => false,
-            };
+            let signed = checkpoint_signed(custody, &name, c)?;
             // Positions a tombstone expired are gone; their checkpoints have nothing to match.
             if expired_through.is_some_and(|through| c.seq < through) {
                 if !signed {

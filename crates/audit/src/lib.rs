@@ -18,6 +18,8 @@ pub mod chain;
 pub mod export;
 pub mod investigate;
 mod proxies;
+pub mod published;
+pub mod signed_heads;
 
 pub use proxies::TrustedProxies;
 
@@ -38,6 +40,10 @@ pub enum Operation {
     AlertUpdated,
     /// An account was disabled.
     AccountDisabled,
+    /// The signer would not checkpoint an audit chain: it no longer extends the last head the
+    /// signer signed for it, or a checkpoint it signed is gone (`details.problem`). Someone
+    /// rewrote the log in the database.
+    AuditChainRefused,
     /// An authorization code was presented a second time (its tokens are revoked).
     AuthCodeReused,
     /// An OAuth client was registered.
@@ -116,6 +122,7 @@ impl Operation {
             SessionsRevoked => "SessionsRevoked",
             SettingsChanged => "SettingsChanged",
             SigningRefused => "SigningRefused",
+            AuditChainRefused => "AuditChainRefused",
             SignInFailed => "SignInFailed",
             SignInThrottled => "SignInThrottled",
             SignInSucceeded => "SignInSucceeded",

@@ -219,6 +219,7 @@ impl Context<'_> {
             // still count as attempts on it.
             "SignInThrottled" => out.extend(self.credential_stuffing(r)?),
             "SigningRefused" => out.extend(self.signer_refused(r)),
+            "AuditChainRefused" => out.push(audit_chain_refused(r)),
             _ => {}
         }
         Ok(out)
@@ -498,6 +499,29 @@ impl Context<'_> {
     }
 }
 
+/// The signer found an audit chain rewritten: always critical, never switched off (the
+/// tenant's own log is what lets it see every other rule's evidence).
+fn audit_chain_refused(r: &AuditRecord) -> Finding {
+    let problem = r
+        .details
+        .get("problem")
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown");
+    let chain = r
+        .details
+        .get("chain")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    Finding {
+        rule: "audit-chain-tampered",
+        severity: Severity::Critical,
+        title: format!("The audit log was rewritten in the database: {problem}"),
+        dedup_key: format!("{chain}:{problem}"),
+        details: json!({"chain": chain, "problem": problem,
+            "detail": r.details.get("detail")}),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::network_of;
@@ -509,3 +533,4 @@ mod tests {
         assert_eq!(network_of("not an address"), "not an address");
     }
 }
+

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use audit::Source;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, RawQuery, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, RawQuery, State,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -37,6 +39,7 @@ pub fn router(identity: Arc<Identity>) -> Router {
         )
         .route("/realms/{realm}/jwks", get(jwks))
         .route("/realms/{realm}/key-history", get(key_history))
+        .route("/realms/{realm}/audit-checkpoints", get(audit_checkpoints))
         .route("/realms/{realm}/authorize", get(authorize))
         .route("/realms/{realm}/login", post(login))
         .route("/realms/{realm}/token", post(token))
@@ -394,6 +397,62 @@ async fn key_history(State(id): St, Path(realm): Path<String>) -> Response {
     public_keys(id, realm, |id, realm| {
         let keys = id.custody().history(realm, now())?;
         Ok(serde_json::json!({"realm": realm, "keys": keys}))
+    })
+    .await
+}
+
+/// The realm's signed audit checkpoints, oldest first, a page at a time (`?after=N`, the
+/// `next` of the previous page; `&limit=`; `&chain=provider` on `consumers` for the provider's
+/// chain, which the consumer realm's audit key signs). Public, like a transparency log's signed
+/// tree heads: an auditor or a second site mirrors them, and `keypost audit verify --against`
+/// later proves the log still holds every one of them. They say how many records a chain
+/// holds and when it grew, nothing of what the records say.
+async fn audit_checkpoints(
+    State(id): St,
+    Path(realm): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    blocking(move || {
+        let realm = match realm_of(&id, &realm) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        };
+        let number = |k: &str| q.get(k).map(|v| v.parse::<u64>());
+        let (after, limit) = match (number("after"), number("limit")) {
+            (Some(Err(_)), _) | (_, Some(Err(_))) => {
+                return OAuthError::invalid_request("after and limit are whole numbers")
+                    .into_response();
+            }
+            (a, l) => (
+                a.and_then(Result::ok).unwrap_or(0),
+                l.and_then(Result::ok)
+                    .unwrap_or(audit::published::PAGE_LIMIT)
+                    .clamp(1, audit::published::PAGE_LIMIT),
+            ),
+        };
+        let chain = match q.get("chain").map(String::as_str) {
+            None => realm.as_str(),
+            Some("provider") if realm.as_str() == "consumers" => "",
+            Some(_) => {
+                return OAuthError::invalid_request("chain=provider is served by consumers only")
+                    .into_response();
+            }
+        };
+        // One more than asked for says whether there is a next page.
+        match id.store().checkpoints_after(chain, after, limit + 1) {
+            Ok(mut page) => {
+                let more = page.len() as u64 > limit;
+                page.truncate(limit as usize);
+                let mut r =
+                    Json(audit::published::page(realm.as_str(), &page, more)).into_response();
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=60"),
+                );
+                r
+            }
+            Err(e) => OAuthError::from(Error::from(e)).into_response(),
+        }
     })
     .await
 }

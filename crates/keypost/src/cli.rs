@@ -456,6 +456,11 @@ pub(crate) enum AuditCmd {
         /// Only this realm's chain.
         #[arg(long)]
         realm: Option<String>,
+        /// Also prove the log consistent with checkpoints published before: a file holding
+        /// what `/realms/{realm}/audit-checkpoints` served (a page, or an array of its
+        /// entries), or that URL itself (http://, every page is fetched). Repeatable.
+        #[arg(long, value_name = "FILE|URL")]
+        against: Vec<String>,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -1467,13 +1472,27 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
             let radius = audit::investigate::investigate(&*svc.store, &subject, since)?;
             print_blast_radius(&svc, &what, &radius, args.subjects, args.out.json)
         }
-        Command::Audit(AuditCmd::Verify { realm: r, out }) => {
+        Command::Audit(AuditCmd::Verify {
+            realm: r,
+            against,
+            out,
+        }) => {
             let svc = services(config)?;
             let only = r.as_deref().map(realm).transpose()?;
+            let mut published = Vec::new();
+            for source in &against {
+                published.extend(crate::published::read(source)?);
+            }
+            let heads = svc.config.signed_heads();
+            let evidence = audit::chain::Evidence {
+                signed_heads: Some(&heads),
+                published: &published,
+            };
             let reports = audit::chain::verify(
                 &*svc.store,
                 &svc.custody,
                 only.as_ref().map(RealmId::as_str),
+                &evidence,
             )?;
             let broken = reports.iter().filter(|c| !c.problems.is_empty()).count();
             if out.json {
@@ -1540,20 +1559,40 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
         }
         Command::Audit(AuditCmd::Checkpoint) => {
             let svc = services(config)?;
-            let made = audit::chain::checkpoint(&*svc.store, &svc.custody, now)?;
-            for c in &made {
-                let name = if c.chain.is_empty() {
-                    "(provider)"
+            let heads = svc.config.signed_heads();
+            let pass = audit::chain::checkpoint(&*svc.store, &svc.custody, &heads, now)?;
+            let shown = |chain: &str| {
+                if chain.is_empty() {
+                    "(provider)".to_owned()
                 } else {
-                    c.chain.as_str()
-                };
+                    chain.to_owned()
+                }
+            };
+            for c in &pass.made {
                 println!(
-                    "checkpoint {name} at position {} signed by {}",
-                    c.seq, c.kid
+                    "checkpoint {} number {} at position {} signed by {}",
+                    shown(&c.chain),
+                    c.number,
+                    c.seq,
+                    c.kid
                 );
             }
-            if made.is_empty() {
+            for r in &pass.refused {
+                println!(
+                    "REFUSED {}: {} ({}): run keypost audit verify",
+                    shown(&r.chain),
+                    r.problem,
+                    r.detail
+                );
+            }
+            if pass.made.is_empty() && pass.refused.is_empty() {
                 println!("every chain already has a checkpoint at its head");
+            }
+            if !pass.refused.is_empty() {
+                bail!(
+                    "{} audit chain(s) no longer extend what the signer signed",
+                    pass.refused.len()
+                );
             }
             Ok(())
         }

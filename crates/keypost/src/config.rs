@@ -420,6 +420,12 @@ fn overlay_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<()> 
 }
 
 impl Config {
+    /// Where the signer keeps its own record of the audit heads it signed: beside the
+    /// key-encryption key, out of the database's reach.
+    pub(crate) fn signed_heads(&self) -> audit::signed_heads::SignedHeads {
+        audit::signed_heads::SignedHeads::beside(&self.kek_file)
+    }
+
     /// Loads `explicit` (must exist), else `./keypost.toml` if present, else defaults; then the
     /// environment on top.
     pub(crate) fn load(explicit: Option<&Path>) -> Result<Self> {

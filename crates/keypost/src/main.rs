@@ -16,6 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cli;
 mod config;
 mod forward;
+mod published;
 mod serve;
 mod signer;
 

@@ -68,6 +68,7 @@ pub(crate) fn run(svc: Services, listen: Listen) -> Result<()> {
         }
     };
     let retention = svc.config.audit_retention;
+    let heads = svc.config.signed_heads();
     let identity = svc.identity.clone();
     let realm_ids =
         move |identity: &Identity, before: &[String]| match identity.store().list_realms() {
@@ -79,7 +80,7 @@ pub(crate) fn run(svc: Services, listen: Listen) -> Result<()> {
         };
     // The first pass before answering anyone, so every existing realm can sign at once.
     let mut realms: Vec<String> = realm_ids(&identity, &[]);
-    key_schedule_step(&identity, retention);
+    key_schedule_step(&identity, &heads, retention);
     std::thread::spawn(move || {
         // A full pass every interval, and at once when a realm appears (`serve`'s first start,
         // a tenant created elsewhere), so a new realm can sign within a second.
@@ -88,7 +89,7 @@ pub(crate) fn run(svc: Services, listen: Listen) -> Result<()> {
             std::thread::sleep(REALM_WATCH_INTERVAL);
             let now_realms = realm_ids(&identity, &realms);
             if now_realms != realms || last_pass.elapsed() >= KEY_SCHEDULE_INTERVAL {
-                key_schedule_step(&identity, retention);
+                key_schedule_step(&identity, &heads, retention);
                 realms = now_realms;
                 last_pass = Instant::now();
             }
@@ -161,7 +162,11 @@ fn audit_refusals(identity: Arc<Identity>) -> keys::RefusalHook {
 /// One pass of automatic rotation over every realm, then a signed checkpoint of every audit
 /// chain that grew, and the expiry of records older than `retention` seconds. Failures are
 /// logged loudly and retried on the next tick; they never stop the signer.
-fn key_schedule_step(identity: &Arc<Identity>, retention: i64) {
+fn key_schedule_step(
+    identity: &Arc<Identity>,
+    heads: &audit::signed_heads::SignedHeads,
+    retention: i64,
+) {
     let now = identity::now();
     match identity.realms() {
         Ok(realms) => {
@@ -192,7 +197,8 @@ fn key_schedule_step(identity: &Arc<Identity>, retention: i64) {
         tracing::error!(target: "keypost::security", error = %e, "destroying revoked HSM keys failed");
     }
     let custody = identity.custody();
-    if let Err(e) = audit::chain::checkpoint(identity.store(), custody, now) {
+    // Refused chains are logged and audited by the pass itself.
+    if let Err(e) = audit::chain::checkpoint(identity.store(), custody, heads, now) {
         tracing::error!(target: "keypost::security", error = %e, "audit checkpoint failed");
     }
     match audit::chain::expire(

@@ -60,16 +60,47 @@ pub fn link(prev: &Link, seq: u64, record: &AuditRecord, details_text: &str) -> 
     ] {
         field(&mut m, v);
     }
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &m);
+    sha256(&m)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256(m: &[u8]) -> Link {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, m);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
 }
 
-/// What a checkpoint signs: the chain, the position and link of its head, and the time.
-pub fn checkpoint_message(chain: &str, seq: u64, head: &Link, time: i64) -> Vec<u8> {
-    let hex: String = head.iter().map(|b| format!("{b:02x}")).collect();
-    format!("keypost-audit-checkpoint-v1\n{chain}\n{seq}\n{hex}\n{time}").into_bytes()
+/// What a checkpoint signs: the chain, the checkpoint's number in it, the position and link of
+/// the chain's head, the time, and the SHA-256 of the previous checkpoint's signed message
+/// (32 zero bytes before the first), so checkpoints form a chain of their own.
+pub fn checkpoint_message(
+    chain: &str,
+    number: u64,
+    seq: u64,
+    head: &Link,
+    time: i64,
+    prev: &Link,
+) -> Vec<u8> {
+    format!(
+        "keypost-audit-checkpoint-v2\n{chain}\n{number}\n{seq}\n{}\n{time}\n{}",
+        hex(head),
+        hex(prev)
+    )
+    .into_bytes()
+}
+
+/// The first format, which named neither the checkpoint's number nor its predecessor; still
+/// verified for checkpoints made before the second.
+fn checkpoint_message_v1(chain: &str, seq: u64, head: &Link, time: i64) -> Vec<u8> {
+    format!(
+        "keypost-audit-checkpoint-v1\n{chain}\n{seq}\n{}\n{time}",
+        hex(head)
+    )
+    .into_bytes()
 }
 
 /// A record as the chain holds it: the record, its position, its link, and its details
@@ -88,11 +119,17 @@ pub struct ChainedRecord {
     pub details_text: String,
 }
 
-/// A signed statement that a chain's head was `link` at `seq`.
+/// A signed statement that a chain's head was `link` at `seq`: the chain's `number`th
+/// checkpoint, naming the one before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     /// The chain.
     pub chain: String,
+    /// Its place among the chain's checkpoints, from 1.
+    pub number: u64,
+    /// SHA-256 of the previous checkpoint's signed message (zeros for the first); `None` for a
+    /// checkpoint of the first format, which named no predecessor (its number is its place).
+    pub prev: Option<Link>,
     /// Position of the head.
     pub seq: u64,
     /// Link of the head.
@@ -101,14 +138,35 @@ pub struct Checkpoint {
     pub time: i64,
     /// The audit key that signed it.
     pub kid: crate::Kid,
-    /// Signature over [`checkpoint_message`].
+    /// Signature over [`Checkpoint::message`].
     pub signature: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// The exact bytes its signature covers; `None` if the stored link is not 32 bytes.
+    pub fn message(&self) -> Option<Vec<u8>> {
+        let link: Link = self.link.as_slice().try_into().ok()?;
+        Some(match &self.prev {
+            Some(prev) => {
+                checkpoint_message(&self.chain, self.number, self.seq, &link, self.time, prev)
+            }
+            None => checkpoint_message_v1(&self.chain, self.seq, &link, self.time),
+        })
+    }
+
+    /// SHA-256 of [`Checkpoint::message`]: what the next checkpoint names as its `prev`.
+    pub fn digest(&self) -> Option<Link> {
+        self.message().map(|m| sha256(&m))
+    }
 }
 
 /// What a tombstone signs: that a chain's records up to `seq` (whose link was `link`) expired.
 pub fn tombstone_message(chain: &str, seq: u64, link: &Link, time: i64) -> Vec<u8> {
-    let hex: String = link.iter().map(|b| format!("{b:02x}")).collect();
-    format!("keypost-audit-tombstone-v1\n{chain}\n{seq}\n{hex}\n{time}").into_bytes()
+    format!(
+        "keypost-audit-tombstone-v1\n{chain}\n{seq}\n{}\n{time}",
+        hex(link)
+    )
+    .into_bytes()
 }
 
 /// A signed statement that a chain's records through `through_seq` were expired by retention;

@@ -480,6 +480,19 @@ ALTER TABLE sessions ADD COLUMN credential_epoch INTEGER NOT NULL DEFAULT 0;
 CREATE TRIGGER credentials_changed AFTER UPDATE OF credential_epoch ON accounts
 BEGIN UPDATE meta SET value = value + 1 WHERE name = 'revocation_generation'; END;
 "#,
+    // 22: checkpoints are numbered and each names the one before it (crate::chain::Checkpoint),
+    // so a checkpoint removed from the database shows. Those from before are numbered in order
+    // of position and keep their first-format signatures (`prev` NULL).
+    r#"
+ALTER TABLE audit_checkpoints ADD COLUMN number INTEGER;
+ALTER TABLE audit_checkpoints ADD COLUMN prev BLOB;
+DROP TRIGGER audit_checkpoints_no_update;
+UPDATE audit_checkpoints SET number = (SELECT count(*) FROM audit_checkpoints c
+    WHERE c.chain = audit_checkpoints.chain AND c.seq <= audit_checkpoints.seq);
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE UNIQUE INDEX audit_checkpoints_number ON audit_checkpoints(chain, number);
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).

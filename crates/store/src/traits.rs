@@ -266,8 +266,16 @@ pub trait AuditChainStore: Send + Sync {
     ) -> Result<Vec<crate::chain::ChainedRecord>>;
     /// Stores a signed checkpoint (a second one for the same position is ignored).
     fn add_checkpoint(&self, checkpoint: &crate::chain::Checkpoint) -> Result<()>;
-    /// A chain's checkpoints, oldest first.
+    /// A chain's checkpoints, in number order.
     fn checkpoints(&self, chain: &str) -> Result<Vec<crate::chain::Checkpoint>>;
+    /// At most `limit` of a chain's checkpoints numbered after `after`, in number order (the
+    /// published pages).
+    fn checkpoints_after(
+        &self,
+        chain: &str,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<crate::chain::Checkpoint>>;
     /// Where retention would cut `chain`: the last position (and its link) of the records
     /// older than `before`, and how many there are; `None` if none are.
     fn expiry_point(

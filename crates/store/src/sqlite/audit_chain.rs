@@ -241,9 +241,18 @@ impl crate::traits::AuditChainStore for SqliteStore {
 
     fn add_checkpoint(&self, c: &Checkpoint) -> Result<()> {
         self.conn()?.execute(
-            "INSERT INTO audit_checkpoints(chain, seq, link, time, kid, signature) VALUES (?,?,?,?,?,?) \
-             ON CONFLICT(chain, seq) DO NOTHING",
-            params![c.chain, c.seq as i64, c.link, c.time, c.kid.as_str(), c.signature],
+            "INSERT INTO audit_checkpoints(chain, seq, link, time, kid, signature, number, prev) \
+             VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(chain, seq) DO NOTHING",
+            params![
+                c.chain,
+                c.seq as i64,
+                c.link,
+                c.time,
+                c.kid.as_str(),
+                c.signature,
+                c.number as i64,
+                c.prev.as_ref().map(|p| p.as_slice())
+            ],
         )?;
         Ok(())
     }
@@ -340,27 +349,50 @@ impl crate::traits::AuditChainStore for SqliteStore {
     }
 
     fn checkpoints(&self, chain: &str) -> Result<Vec<Checkpoint>> {
+        self.checkpoints_after(chain, 0, u64::MAX)
+    }
+
+    fn checkpoints_after(&self, chain: &str, after: u64, limit: u64) -> Result<Vec<Checkpoint>> {
+        type Row = (
+            String,
+            i64,
+            Vec<u8>,
+            i64,
+            String,
+            Vec<u8>,
+            Option<i64>,
+            Option<Vec<u8>>,
+        );
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // A checkpoint written by hand without a number sorts first (as 0), where the
+        // verifier's numbering check finds it.
         let rows = self
             .reader()?
             .prepare_cached(
-                "SELECT chain, seq, link, time, kid, signature FROM audit_checkpoints \
-                 WHERE chain = ? ORDER BY seq",
+                "SELECT chain, seq, link, time, kid, signature, number, prev FROM audit_checkpoints \
+                 WHERE chain = ?1 AND (?2 = 0 OR number > ?2) \
+                 ORDER BY ifnull(number, 0), seq LIMIT ?3",
             )?
-            .query_map([chain], |r| {
+            .query_map(params![chain, after, limit], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, Vec<u8>>(5)?,
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
                 ))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<rusqlite::Result<Vec<Row>>>()?;
         rows.into_iter()
-            .map(|(chain, seq, link, time, kid, signature)| {
+            .map(|(chain, seq, link, time, kid, signature, number, prev)| {
                 Ok(Checkpoint {
                     chain,
+                    number: number.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                    prev: prev.map(to_link).transpose()?,
                     seq: u64::try_from(seq).unwrap_or(0),
                     link,
                     time,

@@ -533,4 +533,3 @@ mod tests {
         assert_eq!(network_of("not an address"), "not an address");
     }
 }
-

@@ -15,7 +15,7 @@ use serde_json::json;
 use store::{AlertStatus, AuditQuery, RealmId, Role};
 use tokens::Audience;
 
-use crate::http::{ClientSource, bearer, blocking, no_store};
+use crate::http::{ClientSource, authorization, blocking, no_store};
 use crate::{Identity, OAuthError, now};
 
 /// Most records or alerts one page returns.
@@ -28,11 +28,14 @@ fn scope_of(
     src: &audit::Source,
     asked: Option<&str>,
 ) -> Result<Option<RealmId>, OAuthError> {
-    let public_url = &id.config().public_url;
-    let token = bearer(headers).ok_or_else(|| OAuthError::no_token("admin"))?;
-    let realm =
-        tokens::realm_hint(&token, public_url).map_err(|_| OAuthError::invalid_token("admin"))?;
-    let p = id.authorize_bearer(&realm, &token, Audience::Admin, Some("audit"), src, now())?;
+    let access = tokens::Access {
+        resource: tokens::Resource::OfIssuer,
+        audience: Audience::Admin,
+        scope: Some("audit"),
+        source: src,
+        now: now(),
+    };
+    let p = id.authenticate(authorization(headers), &access, "admin")?;
     let account = p
         .account()
         .and_then(|a| id.store().get_account(&a).ok().flatten())

@@ -915,12 +915,14 @@ async fn token(
 
 // ---- resource-side endpoints ----------------------------------------------------------------
 
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+/// The `Authorization` header, as the token edge takes it.
+pub(crate) fn authorization(headers: &HeaderMap) -> tokens::Presentation<'_> {
+    // A header that is not visible ASCII is presented as nothing readable: malformed.
+    tokens::Presentation::Authorization(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("\u{0}")),
+    )
 }
 
 async fn userinfo(
@@ -932,15 +934,14 @@ async fn userinfo(
     blocking(move || {
         let result = (|| {
             let realm = realm_of(&id, &realm)?;
-            let token = bearer(&headers).ok_or_else(|| OAuthError::no_token(realm.as_str()))?;
-            let p = id.authorize_bearer(
-                &realm,
-                &token,
-                Audience::Userinfo,
-                Some("openid"),
-                &src,
-                now(),
-            )?;
+            let access = tokens::Access {
+                resource: tokens::Resource::Realm(&realm),
+                audience: Audience::Userinfo,
+                scope: Some("openid"),
+                source: &src,
+                now: now(),
+            };
+            let p = id.authenticate(authorization(&headers), &access, realm.as_str())?;
             id.userinfo(&p)
         })();
         no_store(match result {

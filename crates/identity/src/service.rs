@@ -1812,29 +1812,26 @@ impl Identity {
 
     // ---- resource side --------------------------------------------------------------------
 
-    /// Validates a bearer token for a resource of `realm` through the [`tokens::Gate`] (which
-    /// audits refusals), in OAuth's error form.
-    pub fn authorize_bearer(
+    /// The one token edge ([`tokens::Gate::authenticate`], which audits every refusal), in
+    /// OAuth's error form: `challenge` names the protected resource in `WWW-Authenticate`.
+    pub(crate) fn authenticate(
         &self,
-        realm: &RealmId,
-        token: &str,
-        audience: Audience,
-        scope: Option<&str>,
-        source: &Source,
-        now: UnixTime,
+        presented: tokens::Presentation<'_>,
+        access: &tokens::Access<'_>,
+        challenge: &str,
     ) -> Result<Principal, OAuthError> {
-        self.gate
-            .authorize(realm, token, audience, scope, source, now)
-            .map_err(|e| match e {
-                tokens::GateError::Rejected(tokens::Rejection::InsufficientScope) => {
-                    OAuthError::insufficient_scope(realm.as_str(), scope.unwrap_or_default())
-                }
-                tokens::GateError::Rejected(_) => OAuthError::invalid_token(realm.as_str()),
-                other => {
-                    tracing::error!(error = %other, "bearer validation unavailable");
-                    OAuthError::unavailable()
-                }
-            })
+        match self.gate.authenticate(presented, access) {
+            Ok(a) => Ok(a.principal),
+            Err(tokens::GateError::NoCredential) => Err(OAuthError::no_token(challenge)),
+            Err(tokens::GateError::Rejected(tokens::Rejection::InsufficientScope)) => Err(
+                OAuthError::insufficient_scope(challenge, access.scope.unwrap_or_default()),
+            ),
+            Err(tokens::GateError::Rejected(_)) => Err(OAuthError::invalid_token(challenge)),
+            Err(other) => {
+                tracing::error!(error = %other, "bearer validation unavailable");
+                Err(OAuthError::unavailable())
+            }
+        }
     }
 
     /// OIDC userinfo for a validated principal.

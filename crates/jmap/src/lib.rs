@@ -8,7 +8,7 @@
 //! [`tokens::Gate`], and a principal only ever sees its own account.
 //!
 //! ```text
-//!   Bearer token ──realm_hint(iss)──> Gate::authorize(realm, Mail, "mail") ──> Principal
+//!   Authorization ──Gate::authenticate(OfIssuer, Mail, "mail")──> Principal
 //!        │                                   │ refusal: 401 + audited TokenRejected
 //!        └── /.well-known/jmap   /jmap/api [methodCalls] ──> mail ──> audit   /jmap/download
 //! ```
@@ -236,69 +236,59 @@ fn source_of(j: &Jmap, headers: &HeaderMap, peer: Option<SocketAddr>) -> Source 
     )
 }
 
-/// Runs the gate. The realm comes from the token's `iss` (a JMAP request does not name a
-/// realm); the principal's account must then belong to that realm.
+/// A refusal of the token edge in JMAP's form: RFC 6750's 401 and 403 with their
+/// challenges, a problem document when validation could not run.
+fn refusal(e: GateError) -> Response {
+    match e {
+        GateError::NoCredential => unauthorized(None),
+        GateError::Rejected(tokens::Rejection::InsufficientScope) => {
+            let mut r = (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": "insufficient_scope"})),
+            )
+                .into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(
+                    "Bearer realm=\"jmap\", error=\"insufficient_scope\", scope=\"mail\"",
+                ),
+            );
+            r
+        }
+        GateError::Rejected(_) => unauthorized(Some("invalid_token")),
+        other => {
+            tracing::error!(error = %other, "token validation unavailable");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serverUnavailable",
+                "try again later",
+            )
+        }
+    }
+}
+
+/// Runs the token edge. The realm comes from the token's `iss` (a JMAP request does not name
+/// a realm); the principal's account must then belong to that realm.
 // Refusals come back as the finished response; it is built once per refused request, so its
 // size does not matter.
 #[allow(clippy::result_large_err)]
 fn authenticate(j: &Jmap, headers: &HeaderMap, source: Source) -> Result<Authed, Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned())
-        .ok_or_else(|| unauthorized(None))?;
-    let t = now();
-    let realm = match tokens::realm_hint(&token, &j.public_url) {
-        Ok(realm) => realm,
-        Err(rejection) => {
-            // Not a token, or not one of our issuers: no realm's keys could even be consulted.
-            let (reason, code) = rejection.code();
-            let ev = Event::failure(Operation::TokenRejected)
-                .source(&source)
-                .detail("reason", reason)
-                .detail("code", code)
-                .detail("audience", "mail");
-            if let Err(e) = j.audit.record(ev, t) {
-                tracing::error!(error = %e, "audit write failed");
-                return Err(problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "serverUnavailable",
-                    "try again later",
-                ));
-            }
-            return Err(unauthorized(Some("invalid_token")));
-        }
+    let presented = tokens::Presentation::Authorization(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("\u{0}")),
+    );
+    let access = tokens::Access {
+        resource: tokens::Resource::OfIssuer,
+        audience: Audience::Mail,
+        scope: Some("mail"),
+        source: &source,
+        now: now(),
     };
-    let principal = j
-        .gate
-        .authorize(&realm, &token, Audience::Mail, Some("mail"), &source, t)
-        .map_err(|e| match e {
-            GateError::Rejected(tokens::Rejection::InsufficientScope) => {
-                let mut r = (
-                    StatusCode::FORBIDDEN,
-                    Json(json!({"error": "insufficient_scope"})),
-                )
-                    .into_response();
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(
-                        "Bearer realm=\"jmap\", error=\"insufficient_scope\", scope=\"mail\"",
-                    ),
-                );
-                r
-            }
-            GateError::Rejected(_) => unauthorized(Some("invalid_token")),
-            other => {
-                tracing::error!(error = %other, "token validation unavailable");
-                problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "serverUnavailable",
-                    "try again later",
-                )
-            }
-        })?;
+    let principal = match j.gate.authenticate(presented, &access) {
+        Ok(a) => a.principal,
+        Err(e) => return Err(refusal(e)),
+    };
     let forbidden = || {
         problem(
             StatusCode::FORBIDDEN,

@@ -1,8 +1,12 @@
-//! The gate: what every Keypost resource server (userinfo today; JMAP, IMAP, SMTP and the web
-//! app as they land) calls to turn a bearer token into a [`Principal`]. It wires the one
-//! validation policy to the store, the key set and the verified-token cache, and audits every
-//! refusal as `TokenRejected` with its reason and what the token presented. Protocol crates map
-//! a [`GateError`] to their own wire form (401 + `WWW-Authenticate`, IMAP `NO`, SMTP `535`).
+//! The gate: the one authenticated edge of every Keypost resource server (JMAP, userinfo and
+//! the admin API today; SMTP and IMAP AUTH next). [`Gate::authenticate`] takes a credential as
+//! its protocol framed it ([`Presentation`]) and what the request is for ([`Access`]), takes the
+//! token out of its framing, finds the realm whose keys may be consulted, runs the one
+//! validation policy against the store, the key set and the verified-token cache, and audits
+//! every refusal as `TokenRejected` with its reason and what the token presented — including
+//! tokens too broken to name a realm. Protocols map a [`GateError`] to their own wire form in
+//! one place each (401 + `WWW-Authenticate`, IMAP `NO`, SMTP `535`) and never read a bearer
+//! token themselves.
 
 use std::sync::Arc;
 
@@ -10,20 +14,62 @@ use audit::{AuditLog, Event, Operation, Source};
 use keys::Custody;
 use store::{RealmId, Store, UnixTime};
 
-use crate::claims::{Audience, issuer_for};
-use crate::validate::{Expectation, Principal, Rejection};
+use crate::claims::{Audience, issuer_for, realm_hint};
+use crate::credential::{CredentialError, Presentation};
+use crate::validate::{Expectation, Presented, Principal, Rejection};
 use crate::{LedgerCache, StoreLedger, Validator};
 
 /// Why the gate did not let a request through.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GateError {
+    /// Nothing presented (or another scheme than bearer): the client should be asked for a
+    /// token (RFC 6750 §3: a challenge without an error code). Not audited: no token was
+    /// refused.
+    #[error("no bearer token presented")]
+    NoCredential,
     /// The token was refused (and the refusal audited). Clients learn only RFC 6750's codes.
     #[error("token refused: {}", .0.name())]
     Rejected(Rejection),
     /// Validation could not run (storage or audit failure): nothing was let through.
     #[error("token validation unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Which realm's resource a request is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Resource<'a> {
+    /// A resource of this realm: the request names it (userinfo's URL).
+    Realm(&'a RealmId),
+    /// A resource that does not name its realm (a JMAP session, IMAP or SMTP AUTH, the admin
+    /// API): the token's `iss` chooses *which realm's key set* is checked — never the `kid`,
+    /// never a union of key sets — and the protocol must keep the principal to that realm.
+    OfIssuer,
+}
+
+/// What a request asks of the gate.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    /// Whose resource.
+    pub resource: Resource<'a>,
+    /// The service.
+    pub audience: Audience,
+    /// The scope the request needs, if any.
+    pub scope: Option<&'a str>,
+    /// Where the request came from (for the audit).
+    pub source: &'a Source,
+    /// The time.
+    pub now: UnixTime,
+}
+
+/// A request the gate let through.
+#[derive(Debug)]
+pub struct Authenticated<'p> {
+    /// Who.
+    pub principal: Principal,
+    /// The user the credential's framing named (SASL's authorization identity, XOAUTH2's
+    /// `user=`): the protocol must refuse it unless it is the principal's own address.
+    pub named_user: Option<&'p str>,
 }
 
 /// The bearer-token gate for resource servers.
@@ -77,17 +123,57 @@ impl Gate {
         self
     }
 
-    /// Validates `token` for a resource of `realm` served as `audience`, requiring `scope` if
-    /// given. Refusals are audited before this returns.
-    pub fn authorize(
+    /// The one edge: the bearer token in `presented`, validated for `access`. Every refusal
+    /// is audited before this returns (a missing credential is not a refusal).
+    pub fn authenticate<'p>(
+        &self,
+        presented: Presentation<'p>,
+        access: &Access<'_>,
+    ) -> Result<Authenticated<'p>, GateError> {
+        let known_realm = match access.resource {
+            Resource::Realm(r) => Some(r),
+            Resource::OfIssuer => None,
+        };
+        let bearer = match presented.bearer() {
+            Ok(b) => b,
+            Err(CredentialError::Missing | CredentialError::NotBearer) => {
+                return Err(GateError::NoCredential);
+            }
+            Err(CredentialError::Malformed) => {
+                return Err(self.refuse(
+                    known_realm,
+                    Rejection::Malformed,
+                    &Presented::default(),
+                    access,
+                ));
+            }
+        };
+        let realm = match access.resource {
+            Resource::Realm(r) => r.clone(),
+            // Not a token, or not one of our issuers: no realm's keys could even be consulted.
+            Resource::OfIssuer => match realm_hint(bearer.token, &self.public_url) {
+                Ok(r) => r,
+                Err(rej) => {
+                    let presented = Presented::of(bearer.token);
+                    return Err(self.refuse(None, rej, &presented, access));
+                }
+            },
+        };
+        let principal = self.authorize(&realm, bearer.token, access)?;
+        Ok(Authenticated {
+            principal,
+            named_user: bearer.user,
+        })
+    }
+
+    /// Validates `token` for a resource of `realm`. Refusals are audited before this returns.
+    fn authorize(
         &self,
         realm: &RealmId,
         token: &str,
-        audience: Audience,
-        scope: Option<&str>,
-        source: &Source,
-        now: UnixTime,
+        access: &Access<'_>,
     ) -> Result<Principal, GateError> {
+        let (audience, scope, now) = (access.audience, access.scope, access.now);
         let unavailable = |e: &dyn std::fmt::Display| GateError::Unavailable(e.to_string());
         let issuer = issuer_for(&self.public_url, realm);
         let aud = audience.uri(&self.public_url);
@@ -115,16 +201,29 @@ impl Gate {
             Ok(p) => return Ok(p),
             Err(rej) => rej,
         };
-        let (name, code) = rej.reason.code();
-        let p = &rej.presented;
+        Err(self.refuse(Some(realm), rej.reason, &rej.presented, access))
+    }
+
+    /// Audits a refusal and returns the error to answer with (unavailable if the audit write
+    /// failed: nothing is let through, and nothing is refused unrecorded).
+    fn refuse(
+        &self,
+        realm: Option<&RealmId>,
+        reason: Rejection,
+        p: &Presented,
+        access: &Access<'_>,
+    ) -> GateError {
+        let (name, code) = reason.code();
         let mut ev = Event::failure(Operation::TokenRejected)
-            .realm(realm)
-            .source(source)
+            .source(access.source)
             .detail("token_type", "access_token")
             .detail("reason", name)
             .detail("code", code)
-            .detail("audience", aud.clone())
-            .detail("critical", rej.reason.suggests_key_compromise());
+            .detail("audience", access.audience.uri(&self.public_url))
+            .detail("critical", reason.suggests_key_compromise());
+        if let Some(realm) = realm {
+            ev = ev.realm(realm);
+        }
         if let Some(k) = &p.kid {
             ev = ev.kid(k.clone());
         }
@@ -142,11 +241,13 @@ impl Gate {
         if let Some(s) = &p.sub {
             ev = ev.actor(s.clone());
         }
-        self.audit.record(ev, now).map_err(|e| unavailable(&e))?;
-        if rej.reason.suggests_key_compromise() {
-            tracing::warn!(target: "keypost::security", reason = name, %realm, kid = ?p.kid,
-                "token refused: signing key may be compromised");
+        if let Err(e) = self.audit.record(ev, access.now) {
+            return GateError::Unavailable(e.to_string());
         }
-        Err(GateError::Rejected(rej.reason))
+        if reason.suggests_key_compromise() {
+            tracing::warn!(target: "keypost::security", reason = name, realm = ?realm.map(RealmId::as_str),
+                kid = ?p.kid, "token refused: signing key may be compromised");
+        }
+        GateError::Rejected(reason)
     }
 }

@@ -23,6 +23,7 @@
 
 mod cache;
 mod claims;
+mod credential;
 mod error;
 mod gate;
 mod jose;
@@ -33,8 +34,9 @@ mod validate;
 
 pub use cache::Validator;
 pub use claims::{AccessClaims, Audience, issuer_for, realm_hint};
+pub use credential::{Bearer, CredentialError, Presentation};
 pub use error::Error;
-pub use gate::{Gate, GateError};
+pub use gate::{Access, Authenticated, Gate, GateError, Resource};
 pub use ledger::{CachedLedger, Ledger, LedgerCache, LedgerFacts, LedgerVerdict, StoreLedger};
 pub use mint::{IdTokenRequest, Issued, MintRequest, Minter, RefreshToken, token_hash};
 pub use validate::{Expectation, Presented, Principal, Rejected, Rejection, validate};

@@ -380,15 +380,30 @@ fn validate_digested(
     // What the token presented is only gathered for a refusal's audit record.
     checks(&jws, digests, expect, now, keys, ledger).map_err(|reason| Rejected {
         reason,
-        presented: Box::new(Presented {
+        presented: Box::new(Presented::of_jws(&jws)),
+    })
+}
+
+impl Presented {
+    fn of_jws(jws: &CompactJws<'_>) -> Self {
+        Presented {
             kid: bounded(&jws.header.kid),
             alg: bounded(&jws.header.alg),
             iss: bounded(&jws.claims.iss),
             sub: bounded(&jws.claims.sub),
             client_id: bounded(&jws.claims.client_id),
             jti: bounded(&jws.claims.jti),
-        }),
-    })
+        }
+    }
+
+    /// What `token` presents, as far as it parses (nothing if it does not): for refusals
+    /// made before any realm's policy could run (an issuer Keypost does not have).
+    pub fn of(token: &str) -> Self {
+        let mut buf = Vec::new();
+        crate::jose::parse_compact(token, &mut buf)
+            .map(|jws| Self::of_jws(&jws))
+            .unwrap_or_default()
+    }
 }
 
 /// What the access-token header Keypost writes for `key` reads as: the same members the

@@ -180,6 +180,10 @@ def test_wrong_code_verifier_is_invalid_grant(keypost, world, webapp):
     # Audited with its reason, as every refused token is (a PKCE failure is what an
     # intercepted code looks like).
     assert code_refusals(keypost) == before + ["PkceFailed"]
+    # Whoever intercepted the code could not burn it: the client it was issued to, with its
+    # verifier, still gets its tokens.
+    good = exchange(keypost, code, verifier)
+    assert good.status_code == 200, good.text
 
 
 def test_authorization_code_works_only_once(keypost, world, webapp):

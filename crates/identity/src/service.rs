@@ -1464,25 +1464,16 @@ impl Identity {
                 Err(e) => Error::from(e).into(),
             }
         };
-        let hash = sha256(code.as_bytes());
-        let consumed = self
-            .store
-            .consume_auth_code(&hash, now)
-            .map_err(Error::from)?;
-        let Some(c) = consumed else {
-            return Err(refuse("CodeUnknown", None, bad()));
-        };
-        // Another realm's code is, to this realm, no code at all: refused as unknown here,
-        // naming nobody. What it means is recorded in the realm whose user it was, under the
-        // code's own client (the presenter's belongs to another tenant).
-        let elsewhere = &c.realm != realm;
-        if c.used_at.is_some() {
-            // RFC 6749 §4.1.2: a replayed code revokes what it issued, wherever it is
-            // presented: whoever presents it holds a copy.
-            if let Some(f) = &c.family_id {
-                self.store.revoke_family(f, now).map_err(Error::from)?;
+        // RFC 6749 §4.1.2: a replayed code revokes what it issued, wherever it is presented:
+        // whoever presents it holds a copy. Through another tenant, the code's own client is
+        // named (not the presenter), and the presenter learns only that the code is unknown.
+        let replayed = |c: &AuthCode| -> OAuthError {
+            let elsewhere = &c.realm != realm;
+            if let Some(f) = &c.family_id
+                && let Err(e) = self.store.revoke_family(f, now)
+            {
+                return Error::from(e).into();
             }
-            // Through another tenant, the code's own client is named (not the presenter).
             let named = if elsewhere {
                 &c.client_id
             } else {
@@ -1494,12 +1485,27 @@ impl Identity {
                 .source(source)
                 .target(c.account.as_str())
                 .detail("presented_elsewhere", elsewhere);
-            self.audit.record(ev, now).map_err(Error::from)?;
-            return Err(if elsewhere {
+            if let Err(e) = self.audit.record(ev, now) {
+                return Error::from(e).into();
+            }
+            if elsewhere {
                 refuse("CodeUnknown", None, bad())
             } else {
                 bad()
-            });
+            }
+        };
+        let hash = sha256(code.as_bytes());
+        // Read, not used up: a code whose client or PKCE check fails stays good for the
+        // client it was issued to (whoever holds a copy must not be able to burn it).
+        let Some(c) = self.store.get_auth_code(&hash).map_err(Error::from)? else {
+            return Err(refuse("CodeUnknown", None, bad()));
+        };
+        // Another realm's code is, to this realm, no code at all: refused as unknown here,
+        // naming nobody. What it means is recorded in the realm whose user it was, under the
+        // code's own client (the presenter's belongs to another tenant).
+        let elsewhere = &c.realm != realm;
+        if c.used_at.is_some() {
+            return Err(replayed(&c));
         }
         if elsewhere {
             let ev = refused_grant_event(
@@ -1569,10 +1575,22 @@ impl Identity {
             return Err(refuse("AccountDisabled", account, bad()));
         };
         let audience = self.audience(&c.resource)?;
+        // Used up now, with the family its tokens will join recorded in the same write: a
+        // replay from here on revokes that family, and a replay that won the race makes this
+        // exchange the replay.
         let family = random_b64(16).map_err(OAuthError::from)?;
-        self.store
-            .set_auth_code_family(&hash, &family)
-            .map_err(Error::from)?;
+        if !self
+            .store
+            .consume_auth_code(&hash, now, &family)
+            .map_err(Error::from)?
+        {
+            let c = self
+                .store
+                .get_auth_code(&hash)
+                .map_err(Error::from)?
+                .unwrap_or(c);
+            return Err(replayed(&c));
+        }
         self.issue(
             realm,
             client,

@@ -1918,9 +1918,7 @@ impl SessionStore for SqliteStore {
         Ok(())
     }
 
-    fn consume_auth_code(&self, code_hash: &[u8], at: UnixTime) -> Result<Option<AuthCode>> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    fn get_auth_code(&self, code_hash: &[u8]) -> Result<Option<AuthCode>> {
         type CodeRow = (
             String,
             String,
@@ -1936,12 +1934,12 @@ impl SessionStore for SqliteStore {
             Option<i64>,
             Option<String>,
         );
-        let row: Option<CodeRow> = tx
-            .query_row(
+        let row: Option<CodeRow> = self
+            .lookup_reader()?
+            .prepare_cached(
                 "SELECT realm, client_id, account, session_id, redirect_uri, scope, nonce, code_challenge, resource, created_at, expires_at, used_at, family_id FROM auth_codes WHERE code_hash = ?",
-                [code_hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?)),
-            )
+            )?
+            .query_row([code_hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?)))
             .optional()?;
         let Some((
             realm,
@@ -1961,13 +1959,6 @@ impl SessionStore for SqliteStore {
         else {
             return Ok(None);
         };
-        if used_at.is_none() {
-            tx.execute(
-                "UPDATE auth_codes SET used_at = ? WHERE code_hash = ?",
-                params![at, code_hash],
-            )?;
-        }
-        tx.commit()?;
         Ok(Some(AuthCode {
             code_hash: code_hash.to_vec(),
             realm: parse_id(realm)?,
@@ -1986,12 +1977,12 @@ impl SessionStore for SqliteStore {
         }))
     }
 
-    fn set_auth_code_family(&self, code_hash: &[u8], family_id: &str) -> Result<()> {
-        self.conn()?.execute(
-            "UPDATE auth_codes SET family_id = ? WHERE code_hash = ?",
-            params![family_id, code_hash],
+    fn consume_auth_code(&self, code_hash: &[u8], at: UnixTime, family_id: &str) -> Result<bool> {
+        let n = self.conn()?.execute(
+            "UPDATE auth_codes SET used_at = ?, family_id = ? WHERE code_hash = ? AND used_at IS NULL",
+            params![at, family_id, code_hash],
         )?;
-        Ok(())
+        Ok(n == 1)
     }
 }
 

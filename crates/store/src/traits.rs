@@ -166,11 +166,13 @@ pub trait SessionStore: Send + Sync {
     fn revoke_session(&self, id: &SessionId, at: UnixTime) -> Result<bool>;
     /// Stores an authorization code.
     fn create_auth_code(&self, code: &AuthCode) -> Result<()>;
-    /// Marks a code used and returns it as it was before. Atomic: the caller sees
-    /// `used_at: Some(..)` if somebody exchanged it first.
-    fn consume_auth_code(&self, code_hash: &[u8], at: UnixTime) -> Result<Option<AuthCode>>;
-    /// Records the refresh family an exchanged code started.
-    fn set_auth_code_family(&self, code_hash: &[u8], family_id: &str) -> Result<()>;
+    /// A code by its hash, as it is (read only: checking a code must not use it up, or
+    /// whoever holds a copy could burn it for its rightful client).
+    fn get_auth_code(&self, code_hash: &[u8]) -> Result<Option<AuthCode>>;
+    /// Marks a code used and records the refresh family its exchange starts, in one write;
+    /// `false` if it was used already (a replay raced this exchange). A replay seen after this
+    /// returns finds the family to revoke.
+    fn consume_auth_code(&self, code_hash: &[u8], at: UnixTime, family_id: &str) -> Result<bool>;
 }
 
 /// The audit log. There is deliberately no update or delete.

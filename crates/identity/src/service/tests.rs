@@ -284,10 +284,10 @@ fn another_realms_code_names_nobody_there() {
         f.store.search_audit(&query).unwrap()
     };
     assert!(replays().is_empty());
-    // The code is spent: its own client's exchange is now a replay (nothing issued yet, so
-    // nothing to revoke).
-    assert!(f.exchange(&code, Some(VERIFIER)).is_err());
-    assert_eq!(replays().len(), 1);
+    // The code is not spent by whoever presented a copy elsewhere: its own client's exchange
+    // still works.
+    assert!(f.exchange(&code, Some(VERIFIER)).is_ok());
+    assert!(replays().is_empty());
 
     // A code already exchanged and replayed at another tenant's endpoint revokes what it
     // issued all the same, recorded at home.
@@ -639,4 +639,45 @@ fn a_sign_in_racing_a_password_reset_gets_no_session() {
     // The new password's sign-in gets one.
     let fresh = f.store.get_account(&f.alice.id).unwrap().unwrap();
     f.id.new_session(&f.realm, &fresh, NOW).unwrap();
+}
+
+/// Whoever holds a copy of a code cannot burn it for its client: a failed client or PKCE
+/// check leaves it good for the exchange it was issued for.
+#[test]
+fn a_failed_check_does_not_use_the_code_up() {
+    let f = fx();
+    let code = f.code();
+    let other = f.other_client(&f.realm);
+    assert!(
+        f.exchange_at(&f.realm, &other, &code, Some(VERIFIER), NOW)
+            .is_err()
+    );
+    let wrong = "a-wrong-pkce-verifier-of-at-least-forty-three-characters-000000";
+    assert!(f.exchange(&code, Some(wrong)).is_err());
+    assert!(f.exchange(&code, None).is_err());
+    assert!(f.exchange(&code, Some(VERIFIER)).is_ok());
+    // Once exchanged, a second exchange is a replay.
+    assert!(f.exchange(&code, Some(VERIFIER)).is_err());
+}
+
+/// The family a code starts is recorded when the code is used up, in the same write: a
+/// replay right after (before any token is minted) revokes it, and nothing is then issued
+/// into it.
+#[tokio::test]
+async fn a_replay_right_after_the_exchange_revokes_its_family() {
+    let f = fx();
+    let code = f.code();
+    let issue = f.exchange(&code, Some(VERIFIER)).unwrap();
+    let family = issue.req.family.clone().unwrap();
+    assert!(f.exchange(&code, Some(VERIFIER)).is_err());
+    let revoked: bool = f
+        .store
+        .revoke_family(&family, NOW)
+        .map(|newly| !newly)
+        .unwrap();
+    assert!(revoked, "the replay had revoked the family already");
+    assert!(
+        f.id.finish(issue).await.is_err(),
+        "nothing is issued into a revoked family"
+    );
 }

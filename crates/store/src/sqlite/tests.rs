@@ -540,11 +540,27 @@ fn auth_codes_are_consumed_once() {
         family_id: None,
     };
     s.create_auth_code(&code).unwrap();
-    let first = s.consume_auth_code(&[7; 32], 5).unwrap().unwrap();
-    assert_eq!(first.used_at, None);
-    let second = s.consume_auth_code(&[7; 32], 6).unwrap().unwrap();
-    assert_eq!(second.used_at, Some(5));
-    assert!(s.consume_auth_code(&[8; 32], 6).unwrap().is_none());
+    // Reading a code does not use it up.
+    assert_eq!(s.get_auth_code(&[7; 32]).unwrap(), Some(code.clone()));
+    assert_eq!(s.get_auth_code(&[7; 32]).unwrap(), Some(code));
+    assert!(s.consume_auth_code(&[7; 32], 5, "f1").unwrap());
+    // The family is there from the moment the code is used: a replay finds it.
+    let used = s.get_auth_code(&[7; 32]).unwrap().unwrap();
+    assert_eq!(
+        (used.used_at, used.family_id.as_deref()),
+        (Some(5), Some("f1"))
+    );
+    assert!(!s.consume_auth_code(&[7; 32], 6, "f2").unwrap());
+    assert_eq!(
+        s.get_auth_code(&[7; 32])
+            .unwrap()
+            .unwrap()
+            .family_id
+            .as_deref(),
+        Some("f1")
+    );
+    assert!(!s.consume_auth_code(&[8; 32], 6, "f3").unwrap());
+    assert!(s.get_auth_code(&[8; 32]).unwrap().is_none());
 }
 
 #[test]

@@ -249,9 +249,23 @@ impl Detector {
                 }
             }
         }
+        let alerts: Vec<Alert> = found.iter().map(|(a, _)| a.clone()).collect();
+        let Some(outcome) = self
+            .store
+            .raise_alerts(&alerts, DEDUP_WINDOW, CURSOR, cursor, last)?
+        else {
+            // Another detector took this batch (and counted it): what this one fed its
+            // in-memory windows from it is forgotten, and the next pass starts from there.
+            tracing::debug!(cursor, "another detector took this batch");
+            self.volumes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            *self.left_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return Ok((Vec::new(), true));
+        };
         let mut raised = Vec::new();
-        for (alert, rule) in found {
-            let (id, new) = self.store.raise_alert(&alert, DEDUP_WINDOW)?;
+        for ((alert, rule), (id, new)) in found.into_iter().zip(outcome) {
             if new {
                 let alert = Alert { id, ..alert };
                 // Claimed before it is sent, in the store, so `serve` and `keypost alerts
@@ -291,7 +305,6 @@ impl Detector {
             }
             raised.push(Raised { id, new, rule });
         }
-        self.store.set_cursor(CURSOR, last)?;
         *self.left_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
         let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
         if volumes.len() > 10_000 {

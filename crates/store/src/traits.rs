@@ -205,6 +205,19 @@ pub trait AlertStore: Send + Sync {
     /// Returns the alert's id and whether it is new. An attack that keeps going is one alert;
     /// one that comes back after a quiet `window` is news again.
     fn raise_alert(&self, alert: &Alert, window: i64) -> Result<(i64, bool)>;
+    /// What a detector pass writes, in one transaction: each of `alerts` raised or counted as
+    /// [`Self::raise_alert`] does, and the consumer `cursor` moved from `from` to `to`. If the
+    /// cursor is no longer at `from` (another detector — `serve`, `keypost alerts scan` —
+    /// took this batch), nothing is written and the answer is `None`: every audit record is
+    /// counted on its alert exactly once.
+    fn raise_alerts(
+        &self,
+        alerts: &[Alert],
+        window: i64,
+        cursor: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<Vec<(i64, bool)>>>;
     /// Alerts with ids above `after_id`, oldest first, at most `limit`: how a consumer (the
     /// webhook) walks every alert once, in order.
     fn alerts_after(&self, after_id: i64, limit: u32) -> Result<Vec<Alert>>;

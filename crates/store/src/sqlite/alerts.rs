@@ -48,73 +48,112 @@ fn alert(r: &Row<'_>) -> rusqlite::Result<Result<Alert>> {
     })())
 }
 
+/// [`AlertStore::raise_alert`] inside the caller's transaction.
+fn raise(tx: &rusqlite::Transaction<'_>, a: &Alert, window: i64) -> Result<(i64, bool)> {
+    let realm = a.realm.as_ref().map(RealmId::as_str);
+    let open: Option<(i64, String, String)> = tx
+        .query_row(
+            "SELECT id, evidence, details FROM alerts WHERE realm IS ? AND rule = ? \
+             AND dedup_key = ? AND status <> 'resolved' AND last_seen >= ? \
+             ORDER BY id DESC LIMIT 1",
+            params![
+                realm,
+                a.rule,
+                a.dedup_key,
+                a.first_seen.saturating_sub(window)
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(match open {
+        Some((id, evidence, details)) => {
+            let mut ev: Vec<i64> = from_json(&evidence)?;
+            merge_evidence(&mut ev, &a.evidence);
+            let mut details: serde_json::Value = from_json(&details)?;
+            merge_alert_details(&mut details, &a.details);
+            tx.execute(
+                "UPDATE alerts SET last_seen = max(last_seen, ?), count = count + ?, evidence = ?, \
+                 details = ?, updated_at = ? WHERE id = ?",
+                params![
+                    a.last_seen,
+                    i64::try_from(a.count.max(1)).unwrap_or(i64::MAX),
+                    json(&ev)?,
+                    json(&details)?,
+                    a.last_seen,
+                    id
+                ],
+            )?;
+            (id, false)
+        }
+        None => {
+            let mut ev = a.evidence.clone();
+            ev.truncate(ALERT_EVIDENCE);
+            let mut details = serde_json::Value::Object(Default::default());
+            merge_alert_details(&mut details, &a.details);
+            tx.execute(
+                "INSERT INTO alerts(realm, rule, severity, title, dedup_key, first_seen, last_seen, \
+                 count, evidence, details, status, status_by, updated_at) \
+                 VALUES (?,?,?,?,?,?,?,?,?,?,'open',NULL,?)",
+                params![
+                    realm,
+                    a.rule,
+                    a.severity.as_str(),
+                    a.title,
+                    a.dedup_key,
+                    a.first_seen,
+                    a.last_seen,
+                    i64::try_from(a.count.max(1)).unwrap_or(i64::MAX),
+                    json(&ev)?,
+                    json(if a.details.is_object() { &details } else { &a.details })?,
+                    a.first_seen
+                ],
+            )?;
+            (tx.last_insert_rowid(), true)
+        }
+    })
+}
+
 impl AlertStore for SqliteStore {
     fn raise_alert(&self, a: &Alert, window: i64) -> Result<(i64, bool)> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let realm = a.realm.as_ref().map(RealmId::as_str);
-        let open: Option<(i64, String, String)> = tx
-            .query_row(
-                "SELECT id, evidence, details FROM alerts WHERE realm IS ? AND rule = ? \
-                 AND dedup_key = ? AND status <> 'resolved' AND last_seen >= ? \
-                 ORDER BY id DESC LIMIT 1",
-                params![
-                    realm,
-                    a.rule,
-                    a.dedup_key,
-                    a.first_seen.saturating_sub(window)
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let result = match open {
-            Some((id, evidence, details)) => {
-                let mut ev: Vec<i64> = from_json(&evidence)?;
-                merge_evidence(&mut ev, &a.evidence);
-                let mut details: serde_json::Value = from_json(&details)?;
-                merge_alert_details(&mut details, &a.details);
-                tx.execute(
-                    "UPDATE alerts SET last_seen = max(last_seen, ?), count = count + ?, evidence = ?, \
-                     details = ?, updated_at = ? WHERE id = ?",
-                    params![
-                        a.last_seen,
-                        i64::try_from(a.count.max(1)).unwrap_or(i64::MAX),
-                        json(&ev)?,
-                        json(&details)?,
-                        a.last_seen,
-                        id
-                    ],
-                )?;
-                (id, false)
-            }
-            None => {
-                let mut ev = a.evidence.clone();
-                ev.truncate(ALERT_EVIDENCE);
-                let mut details = serde_json::Value::Object(Default::default());
-                merge_alert_details(&mut details, &a.details);
-                tx.execute(
-                    "INSERT INTO alerts(realm, rule, severity, title, dedup_key, first_seen, last_seen, \
-                     count, evidence, details, status, status_by, updated_at) \
-                     VALUES (?,?,?,?,?,?,?,?,?,?,'open',NULL,?)",
-                    params![
-                        realm,
-                        a.rule,
-                        a.severity.as_str(),
-                        a.title,
-                        a.dedup_key,
-                        a.first_seen,
-                        a.last_seen,
-                        i64::try_from(a.count.max(1)).unwrap_or(i64::MAX),
-                        json(&ev)?,
-                        json(if a.details.is_object() { &details } else { &a.details })?,
-                        a.first_seen
-                    ],
-                )?;
-                (tx.last_insert_rowid(), true)
-            }
-        };
+        let result = raise(&tx, a, window)?;
         tx.commit()?;
         Ok(result)
+    }
+
+    fn raise_alerts(
+        &self,
+        alerts: &[Alert],
+        window: i64,
+        cursor: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<Vec<(i64, bool)>>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let at: i64 = tx
+            .query_row(
+                "SELECT value FROM detector_state WHERE name = ?",
+                [cursor],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if at != from {
+            return Ok(None);
+        }
+        let raised = alerts
+            .iter()
+            .map(|a| raise(&tx, a, window))
+            .collect::<Result<Vec<_>>>()?;
+        tx.execute(
+            "INSERT INTO detector_state(name, value) VALUES (?, ?) \
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            params![cursor, to],
+        )?;
+        tx.commit()?;
+        Ok(Some(raised))
     }
 
     fn alerts_after(&self, after_id: i64, limit: u32) -> Result<Vec<Alert>> {

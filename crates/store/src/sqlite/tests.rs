@@ -1349,3 +1349,37 @@ fn live_accounts_with_a_role_are_found_by_role_and_realm() {
         ["boss@fabrikam.test"]
     );
 }
+
+/// A detector's pass is written with its cursor move, and only if no other detector moved
+/// the cursor since the pass read it: a batch is counted once, whoever runs it.
+#[test]
+fn a_batch_of_alerts_is_raised_once_with_its_cursor() {
+    let s = SqliteStore::in_memory().unwrap();
+    let batch = [
+        new_alert(Some("contoso"), "ip", 10, &["a"]),
+        new_alert(Some("contoso"), "ip2", 10, &[]),
+    ];
+    let raised = s
+        .raise_alerts(&batch, 60, "detector", 0, 7)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        raised.iter().map(|(_, new)| *new).collect::<Vec<_>>(),
+        [true, true]
+    );
+    assert_eq!(s.cursor("detector").unwrap(), 7);
+    // The same batch, by a second detector that read the cursor before the first moved it.
+    assert_eq!(s.raise_alerts(&batch, 60, "detector", 0, 7).unwrap(), None);
+    let a = s.get_alert(raised[0].0).unwrap().unwrap();
+    assert_eq!(
+        (a.count, s.cursor("detector").unwrap()),
+        (1, 7),
+        "nothing written"
+    );
+    let again = s
+        .raise_alerts(&batch[..1], 60, "detector", 7, 9)
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, [(raised[0].0, false)]);
+    assert_eq!(s.get_alert(raised[0].0).unwrap().unwrap().count, 2);
+}

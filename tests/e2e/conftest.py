@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import jwt  # PyJWT
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -456,6 +457,25 @@ def verify_id_token(kp: Keypost, realm: str, token: str, client_id: str) -> dict
         issuer=kp.discovery(realm)["issuer"],
         options={"require": ["iss", "sub", "aud", "exp", "iat"]},
     )
+
+
+class FromAddress(HTTPAdapter):
+    """Connects from a given local address: any of 127.0.0.0/8 stands for another client."""
+
+    def __init__(self, source):
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def session_from(source: str) -> requests.Session:
+    """A requests session whose connections come from `source` (a loopback address)."""
+    s = requests.Session()
+    s.mount("http://", FromAddress(source))
+    return s
 
 
 def new_ed25519_pem(directory: Path, name: str = "key.pem") -> tuple[Ed25519PrivateKey, Path]:

@@ -9,30 +9,11 @@ import time
 
 import pytest
 import requests
-from requests.adapters import HTTPAdapter
 
-from conftest import CLI_CLIENT, HTTP_TIMEOUT_S, forge_access_token, new_ed25519_pem, unverified
+from conftest import CLI_CLIENT, HTTP_TIMEOUT_S, forge_access_token, new_ed25519_pem, session_from, unverified
 from jmap_client import Client, api, auth
 
 ADMIN = ("secops@contoso.test", "secops-correct-horse-battery-9")
-
-
-class FromAddress(HTTPAdapter):
-    """Connects from a given local address."""
-
-    def __init__(self, source):
-        self.source = source
-        super().__init__()
-
-    def init_poolmanager(self, *args, **kwargs):
-        kwargs["source_address"] = (self.source, 0)
-        super().init_poolmanager(*args, **kwargs)
-
-
-def session_from(source):
-    s = requests.Session()
-    s.mount("http://", FromAddress(source))
-    return s
 
 
 def alerts(keypost, rule=None, realm="contoso"):
@@ -94,9 +75,9 @@ def test_the_replay_is_refused_alerted_to_the_tenant_admin_and_investigated(keyp
     r = api(keypost, forged, [["Email/query", {"accountId": sub}, "q"]])
     assert r.status_code == 401
     started = time.monotonic()
-    (alert,) = wait_for_alert(keypost, "forged-token", lambda a: a["dedup_key"] == kid)
+    (alert,) = wait_for_alert(keypost, "forged-token", lambda a: kid in a["details"]["kids"])
     assert alert["severity"] == "critical" and alert["status"] == "open"
-    assert alert["details"]["reason"] == "KeyNotInRealm"
+    assert alert["details"]["reasons"] == ["KeyNotInRealm"] and alert["dedup_key"] == "127.0.0.1"
 
     deadline = time.monotonic() + 10
     while True:
@@ -110,12 +91,12 @@ def test_the_replay_is_refused_alerted_to_the_tenant_admin_and_investigated(keyp
     assert kid in mail["subject"] and mail["keywords"].get("$flagged")
     assert list(mail["mailboxIds"]) == [admin.mailbox("inbox")]
     body = next(iter(mail["bodyValues"].values()))["value"]
-    assert f"keypost investigate --kid {kid}" in body
+    assert f"keypost investigate --kid='{kid}'" in body and "keypost investigate --ip='127.0.0.1'" in body
     assert time.monotonic() - started < 10
 
     # A second attempt with the same key is counted on the same alert, not mailed again.
     api(keypost, forge_access_token(keypost, key, kid, "contoso", sub, scope="openid email mail"), [["Email/query", {"accountId": sub}, "q"]])
-    wait_for_alert(keypost, "forged-token", lambda a: a["dedup_key"] == kid and a["count"] == 2)
+    wait_for_alert(keypost, "forged-token", lambda a: kid in a["details"]["kids"] and a["count"] == 2)
     assert len(admin.one("Email/query", {"filter": {"subject": kid}})["ids"]) == 1
 
     radius = keypost.cli("investigate", "--kid", kid, json=True)
@@ -129,6 +110,43 @@ def test_the_replay_is_refused_alerted_to_the_tenant_admin_and_investigated(keyp
     assert revoked["blast_radius"]["items_read"] == 0, "revocation reports the blast radius"
 
 
+def test_forged_tokens_with_made_up_kids_from_one_source_are_one_alert_and_one_mail(keypost, world, admin, reader, tmp_path):
+    """Issue 17, findings 6 and 12: twenty forged tokens from one address, each with a
+    made-up kid (the first full of newlines, a fake header and shell metacharacters), are one
+    critical alert that counts them, and one mail, in which the kid is shown escaped and never
+    offered as a command."""
+    key, _ = new_ed25519_pem(tmp_path)
+    source = "127.0.5.1"
+    evil = "x\n\nSubject: y'; rm -rf / #"
+    kids = [evil] + [f"made-up-{n}-{time.time_ns()}" for n in range(19)]
+    for kid in kids:
+        token = forge_access_token(keypost, key, kid, "contoso", reader.account, scope="openid mail")
+        r = session_from(source).post(f"{keypost.url}/jmap/api", headers=auth(token), timeout=HTTP_TIMEOUT_S,
+                                      json={"using": ["urn:ietf:params:jmap:core"], "methodCalls": []})
+        assert r.status_code == 401
+    settle(keypost)
+    (alert,) = [a for a in alerts(keypost, "forged-token") if a["dedup_key"] == source]
+    assert alert["count"] == 20 and alert["details"]["reasons"] == ["UnknownKid"]
+    assert alert["details"]["kids"] == kids, "all twenty, in order (the list keeps the first 20)"
+
+    deadline = time.monotonic() + 10
+    while True:
+        found = admin.one("Email/query", {"filter": {"subject": source}})["ids"]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(found) == 1, "one mail for the twenty"
+    (mail,) = admin.one("Email/get", {"ids": found, "properties": ["subject", "bodyValues", "textBody"],
+                                      "fetchTextBodyValues": True})["list"]
+    body = next(iter(mail["bodyValues"].values()))["value"]
+    escaped = r"x\n\nSubject: y'; rm -rf / #"
+    assert escaped in mail["subject"] and "\n" not in mail["subject"]
+    assert f"kids: {escaped}, made-up-0-" in body, body
+    assert "\nSubject: y" not in body and "--kid='x" not in body, body
+    assert "(a --kid value holds characters shown escaped above" in body, body
+    assert f"keypost investigate --ip='{source}'" in body
+
+
 def test_a_crafted_token_raises_out_of_policy_and_an_expired_one_does_not(keypost, reader):
     sub = reader.account
     header = '{"alg":"none","typ":"at+jwt","kid":"x"}'
@@ -139,7 +157,7 @@ def test_a_crafted_token_raises_out_of_policy_and_an_expired_one_does_not(keypos
     none_token = b64(header) + "." + b64(jsonlib.dumps({"sub": sub, "iss": keypost.issuer("contoso")})) + ".AAAA"
     before = len(alerts(keypost, "token-out-of-policy"))
     assert api(keypost, none_token, [["Email/query", {"accountId": sub}, "q"]]).status_code == 401
-    wait_for_alert(keypost, "token-out-of-policy", lambda a: a["details"]["reason"] == "AlgorithmNotAllowed")
+    wait_for_alert(keypost, "token-out-of-policy", lambda a: "AlgorithmNotAllowed" in a["details"]["reasons"])
     # Benign: a garbled token is refused (Malformed) but is not a crafted token.
     assert api(keypost, "not-a-token", [["Email/query", {"accountId": sub}, "q"]]).status_code == 401
     settle(keypost)

@@ -98,8 +98,8 @@ def test_audit_records_go_to_syslog_and_alerts_to_the_signed_webhook(kp, receive
     kid = kp.import_key("consumers", pem)
     sub = unverified(token)[1]["sub"]
     assert api(kp, forge_access_token(kp, key, kid, "contoso", sub, scope="openid mail"), []).status_code == 401
-    assert wait(lambda: any(json.loads(b)["alert"]["dedup_key"] == kid for _, b in Hook.received)), Hook.received
-    headers, body = next((h, b) for h, b in Hook.received if json.loads(b)["alert"]["dedup_key"] == kid)
+    assert wait(lambda: any(kid in json.loads(b)["alert"]["details"]["kids"] for _, b in Hook.received)), Hook.received
+    headers, body = next((h, b) for h, b in Hook.received if kid in json.loads(b)["alert"]["details"]["kids"])
     expected = "sha256=" + hmac.new(SECRET.encode(), headers["x-keypost-timestamp"].encode() + b"." + body,
                                     hashlib.sha256).hexdigest()
     assert headers["x-keypost-signature"] == expected

@@ -73,3 +73,16 @@ def test_a_good_token_passes_the_edge_of_each_service(keypost, world):
     auth = {"Authorization": f"Bearer {token}"}
     assert requests.get(endpoints(keypost)["jmap"], headers=auth, timeout=HTTP_TIMEOUT_S).status_code == 200
     assert requests.get(endpoints(keypost)["userinfo"], headers=auth, timeout=HTTP_TIMEOUT_S).status_code == 200
+
+
+def test_a_made_up_realm_in_iss_is_a_foreign_issuer_and_gets_no_chain_of_its_own(keypost, world):
+    marker = uuid.uuid4().hex[:12]
+    token = forge_access_token(keypost, Ed25519PrivateKey.generate(), f"kid-{marker}", "contoso",
+                               "someone", iss=f"{keypost.url}/realms/madeup{marker}")
+    r = requests.get(endpoints(keypost)["jmap"], headers={"Authorization": f"Bearer {token}"},
+                     timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 401
+    (record,) = refusals_with(keypost, marker)
+    assert record["realm"] is None and record["details"]["reason"] == "IssuerMismatch", record
+    chains = {c["chain"] for c in keypost.cli("audit", "verify", json=True)}
+    assert f"madeup{marker}" not in chains, chains

@@ -9,22 +9,27 @@
 //!
 //! ```text
 //!   audit log ──(id > cursor)──> rules::Context::evaluate ──Finding──> AlertStore::raise_alert
-//!                                                                     └─ new: email to admins,
-//!                                                                        AlertRaised audited
+//!                                                                     └─ new: claim_alert_mail
+//!                                              under the hourly cap: email to admins ┘  │ over:
+//!                                                     AlertRaised audited either way    held
+//!   each pass: held alerts of an hour gone by ──> one summary email per tenant ("N more")
 //! ```
+//!
+//! Whoever can send a request can make Keypost record a refusal, so nothing an alert costs may
+//! grow with the requests: repeats are counted on one alert per source (not per made-up kid),
+//! mail is capped per tenant and hour, and recipients are looked up by role.
 #![forbid(unsafe_code)]
 
+mod message;
 pub mod rules;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use audit::{AuditLog, Event, Operation};
-use mail::{Draft, Mail};
+use mail::Mail;
 use serde_json::Value;
-use store::{
-    Account, Alert, AlertStatus, AuditQuery, EmailAddress, RealmId, Role, Severity, Store, UnixTime,
-};
+use store::{Account, Alert, AlertStatus, AuditQuery, RealmId, Role, Severity, Store, UnixTime};
 
 pub use rules::{Finding, RULES, Setting};
 
@@ -35,6 +40,17 @@ pub const CURSOR: &str = "detector";
 const BATCH: u32 = 500;
 /// At most this many batches per [`Detector::run_once`] (100,000 records).
 const MAX_BATCHES_PER_RUN: usize = 200;
+/// A repeat counts on the open alert it repeats while it keeps coming: at most this long
+/// after the alert was last seen. After a quiet day it is news again, and mailed.
+pub const DEDUP_WINDOW: i64 = 24 * 3600;
+/// Alert mails per tenant (and for the provider's own alerts) per clock hour, by default;
+/// the alerts beyond it are stored and named in one summary mail after the hour.
+pub const DEFAULT_MAIL_CAP: u32 = 20;
+/// Admins one alert is mailed to, at most, per role (bounded like every output).
+const MAX_RECIPIENTS: u32 = 200;
+/// Held alerts summarized per pass (the rest in the next: each page is one mail per tenant).
+const SUMMARY_PAGE: u32 = 1_000;
+const HOUR: i64 = 3600;
 
 /// Detection failed to run (not: found something).
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +91,8 @@ pub struct Detector {
     /// Where this detector left the cursor: if another detector (`keypost alerts scan`) moved
     /// it since, the in-memory windows missed records and are rebuilt from the log.
     left_at: std::sync::Mutex<Option<i64>>,
+    /// Alert mails per tenant and clock hour.
+    mail_cap: u32,
 }
 
 impl std::fmt::Debug for Detector {
@@ -102,7 +120,15 @@ impl Detector {
             volumes: Default::default(),
             seen: Default::default(),
             left_at: Default::default(),
+            mail_cap: DEFAULT_MAIL_CAP,
         }
+    }
+
+    /// Mails at most `cap` alerts per tenant and clock hour (at least one); the rest are
+    /// named in one summary mail once the hour is over.
+    pub fn with_mail_cap(mut self, cap: u32) -> Self {
+        self.mail_cap = cap.max(1);
+        self
     }
 
     /// Evaluates every audit record appended since the last pass, a batch at a time, raising
@@ -121,6 +147,7 @@ impl Detector {
                 break;
             }
         }
+        self.summarize_held(now)?;
         Ok(raised)
     }
 
@@ -169,61 +196,96 @@ impl Detector {
             volumes: &self.volumes,
             seen: &self.seen,
         };
+        // A refusal naming a realm that does not exist (a made-up `iss` path) belongs to no
+        // tenant: its alert is the provider's. Otherwise each made-up realm name would be an
+        // alert, a mail cap and an audit chain of its own.
+        let known: std::cell::RefCell<HashMap<RealmId, bool>> = Default::default();
+        let tenant = |realm: &Option<RealmId>| -> Result<Option<RealmId>, Error> {
+            let Some(realm) = realm else { return Ok(None) };
+            let cached = known.borrow().get(realm).copied();
+            let exists = match cached {
+                Some(e) => e,
+                None => {
+                    let e = self.store.get_realm(realm)?.is_some();
+                    known.borrow_mut().insert(realm.clone(), e);
+                    e
+                }
+            };
+            Ok(exists.then(|| realm.clone()))
+        };
         // Findings of one pass are gathered per alert first: a rule that keeps firing (a user
         // reading in bulk, a spray) costs one write per pass, not one per record.
         let mut found: Vec<(Alert, &'static str)> = Vec::new();
         for r in &records {
             for f in ctx.evaluate(r)? {
-                let same = |(a, _): &&mut (Alert, &'static str)| {
-                    a.realm == r.realm && a.rule == f.rule && a.dedup_key == f.dedup_key
-                };
-                if let Some((a, _)) = found.iter_mut().find(same) {
-                    a.count += 1;
-                    a.last_seen = a.last_seen.max(r.time);
-                    if a.evidence.len() < 50 {
-                        a.evidence.push(r.id);
-                    }
-                    continue;
+                let realm = tenant(&r.realm)?;
+                let mut details = f.details;
+                if realm.is_none()
+                    && let (Some(claimed), Value::Object(m)) = (&r.realm, &mut details)
+                {
+                    m.insert("realm_claimed".into(), claimed.as_str().into());
                 }
-                found.push((
-                    Alert {
-                        id: 0,
-                        realm: r.realm.clone(),
-                        rule: f.rule.to_owned(),
-                        severity: f.severity,
-                        title: f.title,
-                        dedup_key: f.dedup_key,
-                        first_seen: r.time,
-                        last_seen: r.time,
-                        count: 1,
-                        evidence: vec![r.id],
-                        details: f.details,
-                        status: AlertStatus::Open,
-                        status_by: None,
-                    },
-                    f.rule,
-                ));
+                let alert = Alert {
+                    id: 0,
+                    realm,
+                    rule: f.rule.to_owned(),
+                    severity: f.severity,
+                    title: f.title,
+                    dedup_key: f.dedup_key,
+                    first_seen: r.time,
+                    last_seen: r.time,
+                    count: 1,
+                    evidence: vec![r.id],
+                    details,
+                    status: AlertStatus::Open,
+                    status_by: None,
+                };
+                let same = |(a, _): &&mut (Alert, &'static str)| {
+                    a.realm == alert.realm && a.rule == alert.rule && a.dedup_key == alert.dedup_key
+                };
+                match found.iter_mut().find(same) {
+                    Some((a, _)) => a.absorb(&alert),
+                    None => found.push((alert, f.rule)),
+                }
             }
         }
+        let alerts: Vec<Alert> = found.iter().map(|(a, _)| a.clone()).collect();
+        let Some(outcome) = self
+            .store
+            .raise_alerts(&alerts, DEDUP_WINDOW, CURSOR, cursor, last)?
+        else {
+            // Another detector took this batch (and counted it): what this one fed its
+            // in-memory windows from it is forgotten, and the next pass starts from there.
+            tracing::debug!(cursor, "another detector took this batch");
+            self.volumes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            *self.left_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return Ok((Vec::new(), true));
+        };
         let mut raised = Vec::new();
-        for (alert, rule) in found {
-            let (id, new) = self.store.raise_alert(&alert)?;
+        for ((alert, rule), (id, new)) in found.into_iter().zip(outcome) {
             if new {
+                let alert = Alert { id, ..alert };
+                // Claimed before it is sent, in the store, so `serve` and `keypost alerts
+                // scan` share one cap.
+                let mailed = self
+                    .store
+                    .claim_alert_mail(id, hour_of(now), self.mail_cap, now)?;
                 // The alert is stored whatever happens to the mail: a failed delivery is
                 // logged and the alert stays visible (CLI, admin API, webhook, syslog).
-                let delivered = match self.deliver(
-                    &Alert {
-                        id,
-                        ..alert.clone()
-                    },
-                    now,
-                ) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::error!(target: "keypost::security", alert = id, error = %e,
-                            "alert not delivered by mail");
-                        Vec::new()
+                let delivered = if mailed {
+                    match self.deliver(&alert, now) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::error!(target: "keypost::security", alert = id, error = %e,
+                                "alert not delivered by mail");
+                            Vec::new()
+                        }
                     }
+                } else {
+                    Vec::new()
                 };
                 let mut ev = Event::success(Operation::AlertRaised)
                     .actor("keypost-detect")
@@ -232,17 +294,17 @@ impl Detector {
                     .detail("severity", alert.severity.as_str())
                     .detail("title", alert.title.clone())
                     .detail("evidence", alert.evidence.clone())
+                    .detail("mail", if mailed { "sent" } else { "held" })
                     .detail("delivered_to", delivered);
                 if let Some(realm) = &alert.realm {
                     ev = ev.realm(realm);
                 }
                 self.audit.record(ev, now)?;
                 tracing::warn!(target: "keypost::security", alert = id, rule,
-                    severity = alert.severity.as_str(), "{}", alert.title);
+                    severity = alert.severity.as_str(), mailed, "{}", alert.title);
             }
             raised.push(Raised { id, new, rule });
         }
-        self.store.set_cursor(CURSOR, last)?;
         *self.left_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
         let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
         if volumes.len() > 10_000 {
@@ -251,52 +313,80 @@ impl Detector {
         Ok((raised, full))
     }
 
-    /// Who hears of an alert: the tenant's admins (the provider admins for the consumer realm
-    /// or a tenant without one), and the provider admins too when it is high or critical.
-    fn recipients(&self, alert: &Alert) -> Result<Vec<Account>, Error> {
-        let all = self.store.list_accounts(None)?;
-        let live = |a: &&Account| !a.disabled;
-        let providers: Vec<&Account> = all
-            .iter()
-            .filter(live)
-            .filter(|a| a.role == Role::ProviderAdmin)
-            .collect();
-        let mut out: Vec<&Account> = all
-            .iter()
-            .filter(live)
-            .filter(|a| a.role == Role::TenantAdmin && Some(&a.realm) == alert.realm.as_ref())
-            .collect();
-        if out.is_empty() || matches!(alert.severity, Severity::High | Severity::Critical) {
-            out.extend(providers);
+    /// Who hears of an alert of `realm` (`None`: the provider's own): the tenant's admins (the
+    /// provider admins for the consumer realm or a tenant without one), and the provider
+    /// admins too when it is high or critical. Asked of the store by role: the platform's
+    /// accounts are never all read for one alert.
+    fn recipients(
+        &self,
+        realm: Option<&RealmId>,
+        severity: Severity,
+    ) -> Result<Vec<Account>, Error> {
+        let mut out = match realm {
+            Some(r) => {
+                self.store
+                    .live_accounts_with_role(Role::TenantAdmin, Some(r), MAX_RECIPIENTS)?
+            }
+            None => Vec::new(),
+        };
+        if out.is_empty() || matches!(severity, Severity::High | Severity::Critical) {
+            out.extend(self.store.live_accounts_with_role(
+                Role::ProviderAdmin,
+                None,
+                MAX_RECIPIENTS,
+            )?);
         }
         out.sort_by(|a, b| a.email.cmp(&b.email));
         out.dedup_by(|a, b| a.id == b.id);
-        Ok(out.into_iter().cloned().collect())
+        Ok(out)
     }
 
     /// Puts the alert in each recipient's Inbox; returns their addresses.
     fn deliver(&self, alert: &Alert, now: UnixTime) -> Result<Vec<String>, Error> {
+        let flagged = alert.severity == Severity::Critical;
+        self.send(
+            alert.realm.as_ref(),
+            alert.severity,
+            flagged,
+            |admin| message::alert(alert, admin, &self.sender_domain),
+            ("Alert", vec![alert.id]),
+            now,
+        )
+    }
+
+    /// Puts `draft(admin)` in the Inbox of each admin who hears of alerts of `realm` at
+    /// `severity`, audited as `MailDelivered` `via` what it is about; returns their addresses.
+    fn send(
+        &self,
+        realm: Option<&RealmId>,
+        severity: Severity,
+        flagged: bool,
+        draft: impl Fn(&Account) -> mail::Draft,
+        (via, alerts): (&str, Vec<i64>),
+        now: UnixTime,
+    ) -> Result<Vec<String>, Error> {
         let mut delivered = Vec::new();
-        for admin in self.recipients(alert)? {
-            let raw = self.message(alert, &admin).write()?;
+        for admin in self.recipients(realm, severity)? {
+            let raw = draft(&admin).write()?;
             let inbox = self.mail.mailbox_by_role(&admin.id, "inbox")?;
-            let keywords = if alert.severity == Severity::Critical {
+            let keywords = if flagged {
                 vec!["$flagged".to_owned()]
             } else {
                 Vec::new()
             };
             match self.mail.deliver(&admin.id, &raw, &inbox.id, keywords, now) {
                 Ok(d) => {
-                    self.audit.record(
-                        Event::success(Operation::MailDelivered)
-                            .realm(&admin.realm)
-                            .actor("keypost-detect")
-                            .target(admin.email.clone())
-                            .detail("items", vec![d.id.to_string()])
-                            .detail("via", "Alert")
-                            .detail("alert", alert.id),
-                        now,
-                    )?;
+                    let mut ev = Event::success(Operation::MailDelivered)
+                        .realm(&admin.realm)
+                        .actor("keypost-detect")
+                        .target(admin.email.clone())
+                        .detail("items", vec![d.id.to_string()])
+                        .detail("via", via);
+                    ev = match alerts.as_slice() {
+                        [one] => ev.detail("alert", *one),
+                        many => ev.detail("alerts", many.to_vec()),
+                    };
+                    self.audit.record(ev, now)?;
                     delivered.push(admin.email.clone());
                 }
                 // A full mailbox must not stop the alert reaching the others.
@@ -309,179 +399,59 @@ impl Detector {
         Ok(delivered)
     }
 
-    fn message(&self, alert: &Alert, to: &Account) -> Draft {
-        let description = RULES
-            .iter()
-            .find(|(id, _)| *id == alert.rule)
-            .map_or("", |(_, d)| d);
-        let tenant = alert.realm.as_ref().map_or("(provider)", RealmId::as_str);
-        let mut observed = String::new();
-        if let Value::Object(m) = &alert.details {
-            for (k, v) in m.iter().filter(|(_, v)| !v.is_null()) {
-                let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-                observed.push_str(&format!("  {k}: {v}\n"));
+    /// Mails, per tenant, one summary of the alerts the cap held back in hours now over, and
+    /// marks them summarized: every alert reaches a mailbox, one by one or in a summary.
+    fn summarize_held(&self, now: UnixTime) -> Result<(), Error> {
+        let held = self.store.held_alerts(hour_of(now), SUMMARY_PAGE)?;
+        let mut by_realm: Vec<(Option<RealmId>, Vec<Alert>)> = Vec::new();
+        for a in held {
+            match by_realm.iter_mut().find(|(r, _)| *r == a.realm) {
+                Some((_, list)) => list.push(a),
+                None => by_realm.push((a.realm.clone(), vec![a])),
             }
         }
-        let d = &alert.details;
-        let investigate = [
-            ("kid", "--kid"),
-            ("source_ip", "--ip"),
-            ("client_id", "--client"),
-        ]
-        .iter()
-        .find_map(|(k, flag)| {
-            d.get(*k)
-                .and_then(Value::as_str)
-                .map(|v| format!("keypost investigate {flag} {v}"))
-        })
-        .unwrap_or_else(|| "keypost audit search --realm ".to_owned() + tenant);
-        let body = format!(
-            "{title}\n\nSeverity: {severity}\nRule: {rule}\n  {description}\nTenant: {tenant}\nAlert: {id}\n\n\
-             What was observed:\n{observed}\nEvidence: audit records {evidence:?}\n\n\
-             Next steps:\n  {investigate}\n  keypost alerts ack {id}    (then: keypost alerts resolve {id})\n",
-            title = alert.title,
-            severity = alert.severity,
-            rule = alert.rule,
-            id = alert.id,
-            evidence = alert.evidence,
-        );
-        Draft {
-            from: vec![EmailAddress {
-                name: Some("Keypost Security".into()),
-                email: format!("security@{}", self.sender_domain),
-            }],
-            to: vec![EmailAddress {
-                name: Some(to.display_name.clone()),
-                email: to.email.clone(),
-            }],
-            subject: Some(format!(
-                "[Keypost] {} alert: {}",
-                alert.severity.as_str().to_uppercase(),
-                alert.title
-            )),
-            sent_at: Some(alert.first_seen),
-            headers: vec![
-                ("X-Keypost-Alert".into(), alert.id.to_string()),
-                ("X-Keypost-Rule".into(), alert.rule.clone()),
-                ("Auto-Submitted".into(), "auto-generated".into()),
-            ],
-            text: Some(body),
-            ..Default::default()
+        for (realm, alerts) in by_realm {
+            let Some(worst) = alerts
+                .iter()
+                .map(|a| a.severity)
+                .max_by_key(|s| message::rank(*s))
+            else {
+                continue;
+            };
+            let ids: Vec<i64> = alerts.iter().map(|a| a.id).collect();
+            let sent = self.send(
+                realm.as_ref(),
+                worst,
+                worst == Severity::Critical,
+                |admin| {
+                    message::summary(
+                        realm.as_ref(),
+                        &alerts,
+                        self.mail_cap,
+                        admin,
+                        &self.sender_domain,
+                        now,
+                    )
+                },
+                ("AlertSummary", ids.clone()),
+                now,
+            );
+            // Marked either way: a summary that cannot be delivered is logged, not retried
+            // every 200 ms; the alerts themselves stay listed and open.
+            if let Err(e) = sent {
+                tracing::error!(target: "keypost::security", alerts = ids.len(), error = %e,
+                    "alert summary not delivered by mail");
+            }
+            self.store.set_alerts_summarized(&ids)?;
         }
+        Ok(())
     }
+}
+
+/// The start of the clock hour `now` is in: the mail cap counts per clock hour.
+fn hour_of(now: UnixTime) -> UnixTime {
+    now - now.rem_euclid(HOUR)
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-    use store::{FsBlobStore, SqliteStore};
-
-    /// A detector over an in-memory store, its audit log, and the blob directory (`tag` names
-    /// it; the caller removes it).
-    fn bed(tag: &str) -> (std::path::PathBuf, Arc<dyn Store>, Detector, AuditLog) {
-        let dir = std::env::temp_dir().join(format!("keypost-detect-{tag}-{}", std::process::id()));
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-        let blobs = Arc::new(FsBlobStore::open(&dir).unwrap());
-        let detector = Detector::new(store.clone(), Mail::new(store.clone(), blobs), "k.test");
-        let log = AuditLog::new(store.clone());
-        (dir, store, detector, log)
-    }
-
-    /// A backlog far larger than one batch (a busy server between two ticks) is all evaluated
-    /// in one call: the forged token at its end raises its alert now, not after many ticks.
-    #[test]
-    fn one_pass_drains_a_backlog_of_many_batches() {
-        let (dir, store, detector, log) = bed("backlog");
-        let realm = RealmId::new("contoso").unwrap();
-        let reads: Vec<(Event, i64)> = (0..(BATCH * 3 + 7))
-            .map(|n| {
-                let ev = Event::success(Operation::MailItemsAccessed)
-                    .realm(&realm)
-                    .actor("alice@contoso.test")
-                    .client("app")
-                    .detail("items", vec![format!("M{n}")]);
-                (ev, 1_000)
-            })
-            .collect();
-        let records: Vec<_> = reads
-            .into_iter()
-            .map(|(e, t)| AuditLog::prepare(e, t))
-            .collect();
-        store.append_audit(&records).unwrap();
-        let forged = Event::failure(Operation::TokenRejected)
-            .realm(&realm)
-            .kid("stolen-kid")
-            .detail("reason", "KeyNotInRealm");
-        log.record(forged, 1_001).unwrap();
-
-        let raised = detector.run_once(1_002).unwrap();
-        assert!(
-            raised.iter().any(|r| r.rule == "forged-token" && r.new),
-            "{raised:?}"
-        );
-        assert!(detector.run_once(1_003).unwrap().is_empty(), "caught up");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// A refresh token or authorization code refused at the token endpoint is an opaque
-    /// secret nobody signed: `NotIssued` there is a made-up token, not a stolen signing key,
-    /// and raises no `forged-token` alert; the same reason for an access token does.
-    #[test]
-    fn only_refused_signed_tokens_suggest_a_stolen_key() {
-        let (dir, _store, detector, log) = bed("opaque");
-        let realm = RealmId::new("contoso").unwrap();
-        let refused = |reason: &str| {
-            Event::failure(Operation::TokenRejected)
-                .realm(&realm)
-                .detail("reason", reason)
-        };
-        for (token_type, reason) in [
-            ("refresh_token", "NotIssued"),
-            ("refresh_token", "LedgerMismatch"),
-            ("authorization_code", "CodeUnknown"),
-        ] {
-            log.record(refused(reason).detail("token_type", token_type), 1_000)
-                .unwrap();
-        }
-        assert!(detector.run_once(1_001).unwrap().is_empty());
-        // As the gate records a refused access token, and as records made before it said so.
-        let access = refused("NotIssued").detail("token_type", "access_token");
-        log.record(access.kid("k1"), 1_002).unwrap();
-        log.record(refused("NotIssued").kid("k2"), 1_002).unwrap();
-        let raised = detector.run_once(1_003).unwrap();
-        assert_eq!(raised.len(), 2, "{raised:?}");
-        assert!(
-            raised.iter().all(|a| a.rule == "forged-token"),
-            "{raised:?}"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// Keypost never issues a token without a claim the policy requires, or with one of the
-    /// wrong type (a string `exp`): an access token refused for that after its signature
-    /// verified was signed outside Keypost, and raises `token-out-of-policy`.
-    #[test]
-    fn a_signed_token_missing_a_claim_is_out_of_policy() {
-        let (dir, _store, detector, log) = bed("claim");
-        // As JMAP records a token whose `iss` could not even name a realm (no key was tried):
-        // garbage, not a crafted token.
-        let unread = Event::failure(Operation::TokenRejected)
-            .detail("reason", "MissingClaim")
-            .detail("audience", "mail");
-        log.record(unread, 999).unwrap();
-        assert!(detector.run_once(1_000).unwrap().is_empty());
-        let realm = RealmId::new("contoso").unwrap();
-        let refused = Event::failure(Operation::TokenRejected)
-            .realm(&realm)
-            .kid("k1")
-            .detail("reason", "MissingClaim")
-            .detail("token_type", "access_token");
-        log.record(refused, 1_001).unwrap();
-        let raised = detector.run_once(1_002).unwrap();
-        assert_eq!(raised.len(), 1, "{raised:?}");
-        assert_eq!(raised[0].rule, "token-out-of-policy");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+mod tests;

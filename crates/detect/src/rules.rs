@@ -7,20 +7,38 @@
 use serde_json::{Value, json};
 use store::{AuditColumn, AuditQuery, AuditRecord, RealmId, Severity, Store};
 
+use crate::message::{SHOWN, shown};
+
 /// Every rule, with its id (used in settings and alerts) and what it catches.
-pub const RULES: [(&str, &str); 8] = [
+pub const RULES: [(&str, &str); 10] = [
     (
         "forged-token",
         "A token whose signature belongs to another realm's key, an unknown key or a revoked \
          key, or a correctly signed token Keypost never issued: someone holds a signing key \
-         (the Storm-0558 pattern). Critical; one alert per key.",
+         (the Storm-0558 pattern). Critical; one alert per source address, counting its \
+         attempts and listing the kids it presented.",
     ),
     (
         "token-out-of-policy",
         "A token crafted outside policy: a lifetime longer than the realm issues, iat in the \
          future, a forbidden algorithm, keys in the header, unknown crit, an ID token presented \
          as an access token, a correctly signed token missing a required claim. Tools forging \
-         tokens produce these. High; one alert per key or source.",
+         tokens produce these. High; one alert per source address.",
+    ),
+    (
+        "misdirected-token",
+        "A token whose signature verified with one of the realm's own keys, refused because it \
+         names another tenant (tid), another issuer or another service (aud), or is signed by \
+         a key of another purpose (an ID-token key). Keypost issues none of these: someone \
+         holds a real key or a real token and is trying it where it does not belong. High; \
+         one alert per source address.",
+    ),
+    (
+        "unknown-issuer",
+        "A token naming an issuer that is none of Keypost's realms (another identity \
+         provider's, or a look-alike of a realm's), refused before any key was consulted: \
+         someone probing for realms, or a client sent to the wrong place. Tied to no tenant, \
+         so the provider's admins hear of it. Medium; one alert per source address.",
     ),
     (
         "new-client",
@@ -145,6 +163,29 @@ fn reason(r: &AuditRecord) -> &str {
         .unwrap_or("")
 }
 
+/// How much of a presented kid a title shows (all of it is in the details).
+const TITLE_KID: usize = 64;
+
+/// What the refused-token rules de-duplicate on: the source address as recorded. A flood of
+/// tokens with made-up kids from one source is one alert that counts them, not one each.
+fn source(r: &AuditRecord) -> String {
+    r.source_ip.clone().unwrap_or_else(|| "(no source)".into())
+}
+
+fn source_shown(r: &AuditRecord) -> String {
+    shown(&source(r), SHOWN)
+}
+
+/// What a refused token presented, as an alert keeps it: the lists (`reasons`, `kids`) grow
+/// with each repeat, bounded (`store::merge_alert_details`); the rest is the first attempt's.
+fn presented(r: &AuditRecord) -> Value {
+    let details = |k: &str| r.details.get(k).cloned().unwrap_or(Value::Null);
+    json!({"reasons": [reason(r)], "kids": r.kid.iter().collect::<Vec<_>>(),
+        "iss": details("iss"), "sub": details("sub"), "alg": details("alg"),
+        "audience": details("audience"), "client_id": r.client_id,
+        "source_ip": r.source_ip, "user_agent": r.user_agent})
+}
+
 /// The network a source address is in, as a prefix of its text: IPv4 /24, IPv6 /48.
 pub fn network_of(ip: &str) -> String {
     if let Ok(std::net::IpAddr::V4(v4)) = ip.parse() {
@@ -205,6 +246,8 @@ impl Context<'_> {
             "TokenRejected" if signed_token(r) => {
                 out.extend(self.forged_token(r));
                 out.extend(self.out_of_policy(r));
+                out.extend(self.misdirected(r));
+                out.extend(self.unknown_issuer(r));
             }
             "MailItemsAccessed" if r.result == "success" => {
                 out.extend(self.new_client(r)?);
@@ -235,15 +278,64 @@ impl Context<'_> {
             "UnknownKid" => "signed by a key no realm has",
             _ => return None,
         };
-        let kid = r.kid.clone().unwrap_or_else(|| "(none)".into());
         let realm = r.realm.as_ref().map_or("", RealmId::as_str);
+        let kid = r
+            .kid
+            .as_deref()
+            .map_or_else(|| "(none)".to_owned(), |k| shown(k, TITLE_KID));
         Some(Finding {
             rule: "forged-token",
             severity: Severity::Critical,
-            title: format!("Forged token refused in {realm}: {why} (kid {kid})"),
-            dedup_key: kid.clone(),
-            details: json!({"reason": reason(r), "kid": kid, "iss": r.details.get("iss"),
-                "sub": r.details.get("sub"), "source_ip": r.source_ip, "user_agent": r.user_agent}),
+            title: format!(
+                "Forged token refused in {realm} from {}: {why} (kid {kid})",
+                source_shown(r)
+            ),
+            dedup_key: source(r),
+            details: presented(r),
+        })
+    }
+
+    /// A refusal that comes only after the signature verified with one of the realm's keys
+    /// (`tokens::validate` checks these claims and the key's purpose after the signature).
+    fn misdirected(&self, r: &AuditRecord) -> Option<Finding> {
+        // Without a realm no key was consulted: that is `unknown-issuer`'s.
+        r.realm.as_ref()?;
+        self.setting(r, "misdirected-token")?;
+        let why = match reason(r) {
+            "TenantMismatch" => "it names another tenant (tid)",
+            "IssuerMismatch" => "it names another issuer",
+            "AudienceMismatch" => "it is for another service (aud)",
+            "WrongKeyPurpose" => "it is signed by a key for another kind of token",
+            _ => return None,
+        };
+        let realm = r.realm.as_ref().map_or("", RealmId::as_str);
+        Some(Finding {
+            rule: "misdirected-token",
+            severity: Severity::High,
+            title: format!(
+                "Token signed by a key of {realm} refused from {}: {why}",
+                source_shown(r)
+            ),
+            dedup_key: source(r),
+            details: presented(r),
+        })
+    }
+
+    /// A refusal recorded without a realm because the token's `iss` names none of Keypost's
+    /// (a token without an `iss`, or not a token at all, is garbage and alerts nobody).
+    fn unknown_issuer(&self, r: &AuditRecord) -> Option<Finding> {
+        if r.realm.is_some() || reason(r) != "IssuerMismatch" {
+            return None;
+        }
+        Some(Finding {
+            rule: "unknown-issuer",
+            severity: Severity::Medium,
+            title: format!(
+                "Token naming an issuer Keypost does not have refused from {}",
+                source_shown(r)
+            ),
+            dedup_key: source(r),
+            details: presented(r),
         })
     }
 
@@ -256,7 +348,10 @@ impl Context<'_> {
         Some(Finding {
             rule: "signer-refused",
             severity: Severity::Critical,
-            title: format!("The signer refused a signing request: {why}"),
+            title: format!(
+                "The signer refused a signing request: {}",
+                shown(why, SHOWN)
+            ),
             dedup_key: why.to_owned(),
             details: json!({"reason": why, "op": r.details.get("op"),
                 "purpose": r.details.get("purpose"), "alg": r.details.get("alg"),
@@ -278,18 +373,12 @@ impl Context<'_> {
             "MissingClaim" => "a required claim missing, malformed or of the wrong type",
             _ => return None,
         };
-        let key = r
-            .kid
-            .clone()
-            .or_else(|| r.source_ip.clone())
-            .unwrap_or_default();
         Some(Finding {
             rule: "token-out-of-policy",
             severity: Severity::High,
-            title: format!("Crafted token refused: {why}"),
-            dedup_key: format!("{}|{key}", reason(r)),
-            details: json!({"reason": reason(r), "kid": r.kid, "source_ip": r.source_ip,
-                "alg": r.details.get("alg"), "sub": r.details.get("sub")}),
+            title: format!("Crafted token refused from {}: {why}", source_shown(r)),
+            dedup_key: source(r),
+            details: presented(r),
         })
     }
 
@@ -320,7 +409,11 @@ impl Context<'_> {
         Ok(Some(Finding {
             rule: "new-client",
             severity: Severity::Medium,
-            title: format!("Mail of {actor} read by a client never seen for them: {client}"),
+            title: format!(
+                "Mail of {} read by a client never seen for them: {}",
+                shown(actor, SHOWN),
+                shown(client, SHOWN)
+            ),
             dedup_key: format!("{actor}|{client}"),
             details: json!({"actor": actor, "client_id": client, "new_for_tenant": tenant_new,
                 "source_ip": r.source_ip}),
@@ -348,7 +441,11 @@ impl Context<'_> {
         Ok(Some(Finding {
             rule: "new-network",
             severity: Severity::Medium,
-            title: format!("Mail of {actor} read from a network never seen for them: {ip}"),
+            title: format!(
+                "Mail of {} read from a network never seen for them: {}",
+                shown(actor, SHOWN),
+                shown(ip, SHOWN)
+            ),
             dedup_key: format!("{actor}|{network}"),
             details: json!({"actor": actor, "source_ip": ip, "network": network, "client_id": r.client_id}),
         }))
@@ -431,7 +528,8 @@ impl Context<'_> {
             rule: "mail-volume",
             severity: Severity::High,
             title: format!(
-                "{actor} read {last_hour} mail items in an hour (baseline {hourly_baseline}/hour)"
+                "{} read {last_hour} mail items in an hour (baseline {hourly_baseline}/hour)",
+                shown(actor, SHOWN)
             ),
             dedup_key: format!("{actor}|{}", r.time / HOUR),
             details: json!({"actor": actor, "items_last_hour": last_hour,
@@ -462,7 +560,8 @@ impl Context<'_> {
             rule: "password-spray",
             severity: Severity::High,
             title: format!(
-                "Password spraying from {ip}: failed sign-ins on {accounts} accounts in 15 minutes"
+                "Password spraying from {}: failed sign-ins on {accounts} accounts in 15 minutes",
+                shown(ip, SHOWN)
             ),
             dedup_key: ip.clone(),
             details: json!({"source_ip": ip, "accounts": accounts, "threshold": threshold}),
@@ -492,7 +591,10 @@ impl Context<'_> {
         Ok(Some(Finding {
             rule: "credential-stuffing",
             severity: Severity::High,
-            title: format!("Failed sign-ins on {actor} from {sources} addresses in 15 minutes"),
+            title: format!(
+                "Failed sign-ins on {} from {sources} addresses in 15 minutes",
+                shown(actor, SHOWN)
+            ),
             dedup_key: actor.clone(),
             details: json!({"actor": actor, "sources": sources, "threshold": threshold}),
         }))

@@ -624,7 +624,8 @@ fn alerts(config: Config, cmd: AlertsCmd, now: i64) -> Result<()> {
                 svc.store.clone(),
                 mail,
                 &svc.config.identity.consumer_domain,
-            );
+            )
+            .with_mail_cap(svc.config.alert_mail_per_hour);
             let mut raised = Vec::new();
             loop {
                 let pass = detector.run_once(now)?;

@@ -89,14 +89,27 @@ impl Default for AuditSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct AlertsSection {
-    /// New alerts are POSTed here as JSON (http:// only).
+    /// Every alert is POSTed here as JSON (http:// only).
     webhook: String,
     /// The key of the webhook's HMAC-SHA256 signature (`X-Keypost-Signature`); required with
     /// `webhook`. Prefer `KEYPOST_ALERTS_WEBHOOK_SECRET` to writing it in the file.
     webhook_secret: Secret,
+    /// Alert mails per tenant (and for the provider's own alerts) per clock hour; the alerts
+    /// beyond are stored and named in one summary mail after the hour.
+    mail_per_hour: u32,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        Self {
+            webhook: String::new(),
+            webhook_secret: Secret::default(),
+            mail_per_hour: detect::DEFAULT_MAIL_CAP,
+        }
+    }
 }
 
 /// A secret read from the configuration: zeroized on drop, never printed (`keypost config`
@@ -282,8 +295,10 @@ pub(crate) struct Config {
     pub(crate) ledger_retention: i64,
     /// Where audit records are also sent.
     pub(crate) syslog: Option<crate::forward::SyslogTarget>,
-    /// Where new alerts are posted, and the signing key.
+    /// Where alerts are posted, and the signing key.
     pub(crate) webhook: Option<(hyper::Uri, Secret)>,
+    /// Alert mails per tenant and clock hour.
+    pub(crate) alert_mail_per_hour: u32,
     /// The PKCS#11 token that holds some realms' keys.
     pub(crate) hsm: Option<HsmSettings>,
     /// A signer elsewhere, reached over mutual TLS (`None`: a child on a Unix socket).
@@ -552,6 +567,10 @@ impl FileConfig {
                         self.alerts.webhook_secret.clone(),
                     ))
                 }
+            },
+            alert_mail_per_hour: match self.alerts.mail_per_hour {
+                0 => bail!("alerts.mail_per_hour must be at least 1"),
+                n => n,
             },
             hsm: self.hsm.validate()?,
             signer_tls: self.signer.tls_files()?,

@@ -41,11 +41,14 @@ pub(crate) fn run(config: Config) -> Result<()> {
         crate::cli::web_services(config.clone(), remote.clone())?
     };
     let mail = crate::cli::open_mail(&svc)?;
-    let detector = Arc::new(detect::Detector::new(
-        svc.store.clone(),
-        mail.clone(),
-        &svc.config.identity.consumer_domain,
-    ));
+    let detector = Arc::new(
+        detect::Detector::new(
+            svc.store.clone(),
+            mail.clone(),
+            &svc.config.identity.consumer_domain,
+        )
+        .with_mail_cap(svc.config.alert_mail_per_hour),
+    );
     // JMAP gets its own gate (and verified-token cache) over the same store and keys, and
     // shares the ledger cache the token endpoint fills.
     let gate = Arc::new(

@@ -539,8 +539,9 @@ pub struct Alert {
     pub severity: Severity,
     /// One line for humans.
     pub title: String,
-    /// Repeats with the same rule, realm and key while the alert is not resolved are counted
-    /// on it instead of raising new alerts.
+    /// Repeats with the same rule, realm and key while the alert is not resolved (and keeps
+    /// being seen: see [`crate::AlertStore::raise_alert`]) are counted on it instead of raising
+    /// new alerts.
     pub dedup_key: String,
     /// When it was first and last seen.
     pub first_seen: UnixTime,
@@ -556,6 +557,69 @@ pub struct Alert {
     pub status: AlertStatus,
     /// Who last changed the status.
     pub status_by: Option<String>,
+}
+
+/// Audit record ids an alert keeps as evidence: the first ones, where an investigator starts.
+pub const ALERT_EVIDENCE: usize = 50;
+/// Distinct values an alert keeps in each list of its details (the kids a source presented,
+/// the reasons it was refused for): the first ones. The count says how many attempts there were.
+pub const ALERT_DETAIL_VALUES: usize = 20;
+
+impl Alert {
+    /// Counts `repeat`, a later sighting of the same alert, on this one: its count added, the
+    /// last sighting moved on, its evidence appended and its details merged (both bounded, see
+    /// [`merge_alert_details`]). What was first observed stays.
+    pub fn absorb(&mut self, repeat: &Alert) {
+        self.count = self.count.saturating_add(repeat.count.max(1));
+        self.last_seen = self.last_seen.max(repeat.last_seen);
+        merge_evidence(&mut self.evidence, &repeat.evidence);
+        merge_alert_details(&mut self.details, &repeat.details);
+    }
+}
+
+/// Appends to `evidence` the ids of `more` it lacks, up to [`ALERT_EVIDENCE`].
+pub fn merge_evidence(evidence: &mut Vec<i64>, more: &[i64]) {
+    for e in more {
+        if evidence.len() >= ALERT_EVIDENCE {
+            break;
+        }
+        if !evidence.contains(e) {
+            evidence.push(*e);
+        }
+    }
+}
+
+/// Merges the details of a repeat into an alert's: each list is a set (the values `more`
+/// adds are appended, up to [`ALERT_DETAIL_VALUES`]); every other member keeps its first
+/// value, and members only `more` has are added. Bounded whatever the repeats hold, so an
+/// attacker who varies what it presents grows a list to its bound, never the alert beyond.
+pub fn merge_alert_details(details: &mut serde_json::Value, more: &serde_json::Value) {
+    use serde_json::Value;
+    let (Value::Object(into), Value::Object(from)) = (details, more) else {
+        return;
+    };
+    for (k, v) in from {
+        match (into.get_mut(k), v) {
+            (Some(Value::Array(have)), Value::Array(add)) => {
+                for x in add {
+                    if have.len() >= ALERT_DETAIL_VALUES {
+                        break;
+                    }
+                    if !have.contains(x) {
+                        have.push(x.clone());
+                    }
+                }
+            }
+            (Some(_), _) => {}
+            (None, v) => {
+                let mut v = v.clone();
+                if let Value::Array(a) = &mut v {
+                    a.truncate(ALERT_DETAIL_VALUES);
+                }
+                into.insert(k.clone(), v);
+            }
+        }
+    }
 }
 
 /// An account's storage limit.

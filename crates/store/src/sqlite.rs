@@ -493,6 +493,26 @@ CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
     BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 CREATE UNIQUE INDEX audit_checkpoints_number ON audit_checkpoints(chain, number);
 "#,
+    // 23: alert delivery. Whether each new alert was mailed or held back by the per-tenant
+    // hourly cap (and later named in a summary), so the cap and the summary survive a restart;
+    // the webhook's durable retry queue; alert recipients found by role, not by reading every
+    // account of the platform.
+    r#"
+ALTER TABLE alerts ADD COLUMN mail TEXT;
+ALTER TABLE alerts ADD COLUMN mail_at INTEGER;
+CREATE INDEX alerts_mail ON alerts(realm, mail, mail_at);
+CREATE INDEX alerts_held ON alerts(mail_at) WHERE mail = 'held';
+CREATE TABLE alert_retries (
+    consumer TEXT NOT NULL,
+    alert INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_at INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    PRIMARY KEY (consumer, alert)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX alert_retries_due ON alert_retries(consumer, next_at);
+CREATE INDEX accounts_role ON accounts(role, realm, email);
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).
@@ -1230,6 +1250,33 @@ impl AccountStore for SqliteStore {
             [role.as_str()],
             |r| r.get(0),
         )?)
+    }
+
+    fn live_accounts_with_role(
+        &self,
+        role: Role,
+        realm: Option<&RealmId>,
+        limit: u32,
+    ) -> Result<Vec<Account>> {
+        let conn = self.reader()?;
+        // Two statements, so each walks `accounts_role` (role, realm, email) by its prefix.
+        let rows = match realm {
+            Some(realm) => conn
+                .prepare_cached(&format!(
+                    "SELECT {ACCOUNT_COLS} FROM accounts WHERE role = ? AND realm = ? \
+                     AND disabled = 0 ORDER BY email LIMIT ?"
+                ))?
+                .query_map(params![role.as_str(), realm.as_str(), limit], account_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+            None => conn
+                .prepare_cached(&format!(
+                    "SELECT {ACCOUNT_COLS} FROM accounts WHERE role = ? AND disabled = 0 \
+                     ORDER BY email LIMIT ?"
+                ))?
+                .query_map(params![role.as_str(), limit], account_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        };
+        rows.into_iter().map(finish_account).collect()
     }
 }
 

@@ -52,6 +52,14 @@ pub trait AccountStore: Send + Sync {
     ) -> Result<CredentialChange>;
     /// Number of accounts with a role.
     fn count_accounts_with_role(&self, role: Role) -> Result<u64>;
+    /// The enabled accounts with `role`, of one realm (or any), ordered by email, at most
+    /// `limit`: whom an alert goes to, found without reading every account of the platform.
+    fn live_accounts_with_role(
+        &self,
+        role: Role,
+        realm: Option<&RealmId>,
+        limit: u32,
+    ) -> Result<Vec<Account>>;
 }
 
 /// OAuth clients.
@@ -209,10 +217,58 @@ pub enum AuditColumn {
 
 /// Alerts and the detector's position in the audit log.
 pub trait AlertStore: Send + Sync {
-    /// Raises `alert`, or, if one with the same realm, rule and dedup key is not resolved,
-    /// counts it there (evidence appended, bounded). Returns the alert's id and whether it is
-    /// new.
-    fn raise_alert(&self, alert: &Alert) -> Result<(i64, bool)>;
+    /// Raises `alert`, or, if one with the same realm, rule and dedup key is not resolved and
+    /// was last seen at most `window` seconds before `alert.first_seen`, counts it there (as
+    /// [`Alert::absorb`] does: count added, evidence appended and details merged, bounded).
+    /// Returns the alert's id and whether it is new. An attack that keeps going is one alert;
+    /// one that comes back after a quiet `window` is news again.
+    fn raise_alert(&self, alert: &Alert, window: i64) -> Result<(i64, bool)>;
+    /// What a detector pass writes, in one transaction: each of `alerts` raised or counted as
+    /// [`Self::raise_alert`] does, and the consumer `cursor` moved from `from` to `to`. If the
+    /// cursor is no longer at `from` (another detector — `serve`, `keypost alerts scan` —
+    /// took this batch), nothing is written and the answer is `None`: every audit record is
+    /// counted on its alert exactly once.
+    fn raise_alerts(
+        &self,
+        alerts: &[Alert],
+        window: i64,
+        cursor: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<Vec<(i64, bool)>>>;
+    /// Alerts with ids above `after_id`, oldest first, at most `limit`: how a consumer (the
+    /// webhook) walks every alert once, in order.
+    fn alerts_after(&self, after_id: i64, limit: u32) -> Result<Vec<Alert>>;
+    /// Decides whether the new alert `id` is mailed: yes while fewer than `cap` alerts of its
+    /// realm (or of the provider, for none) were mailed since `since`; otherwise it is held
+    /// for the summary ([`Self::held_alerts`]). One transaction, so two detectors (`serve`
+    /// and `keypost alerts scan`) never both take the last place. Recorded at `at`.
+    fn claim_alert_mail(&self, id: i64, since: UnixTime, cap: u32, at: UnixTime) -> Result<bool>;
+    /// Alerts held back from mail before `before` and not yet summarized, oldest first, at
+    /// most `limit`.
+    fn held_alerts(&self, before: UnixTime, limit: u32) -> Result<Vec<Alert>>;
+    /// Records that held alerts were named in a summary mail.
+    fn set_alerts_summarized(&self, ids: &[i64]) -> Result<()>;
+    /// Moves alert `id` into `consumer`'s durable retry queue (attempts counted, next try at
+    /// `next_at`) and, in the same transaction, its cursor past it: an alert is never behind
+    /// the cursor without being delivered or queued here.
+    fn defer_alert_delivery(
+        &self,
+        consumer: &str,
+        id: i64,
+        next_at: UnixTime,
+        error: &str,
+    ) -> Result<()>;
+    /// The alerts in `consumer`'s retry queue due at `now`, oldest alert first, at most
+    /// `limit`, each with the attempts made so far.
+    fn due_alert_retries(
+        &self,
+        consumer: &str,
+        now: UnixTime,
+        limit: u32,
+    ) -> Result<Vec<(Alert, u32)>>;
+    /// Removes a delivered alert from `consumer`'s retry queue.
+    fn alert_retry_done(&self, consumer: &str, id: i64) -> Result<()>;
     /// Alerts, newest first: of one realm (or all), in one status (or any).
     fn list_alerts(
         &self,

@@ -152,7 +152,14 @@ impl Gate {
             Resource::Realm(r) => r.clone(),
             // Not a token, or not one of our issuers: no realm's keys could even be consulted.
             Resource::OfIssuer => match realm_hint(bearer.token, &self.public_url) {
-                Ok(r) => r,
+                Ok(r) if self.realm_exists(&r)? => r,
+                // The shape of one of our issuers naming a realm there is not: refused like
+                // any foreign issuer, and recorded with no realm (a made-up name must not
+                // become an audit chain, a tenant's alerts, anything of its own).
+                Ok(_) => {
+                    let presented = Presented::of(bearer.token);
+                    return Err(self.refuse(None, Rejection::IssuerMismatch, &presented, access));
+                }
                 Err(rej) => {
                     let presented = Presented::of(bearer.token);
                     return Err(self.refuse(None, rej, &presented, access));
@@ -164,6 +171,13 @@ impl Gate {
             principal,
             named_user: bearer.user,
         })
+    }
+
+    fn realm_exists(&self, realm: &RealmId) -> Result<bool, GateError> {
+        self.store
+            .get_realm(realm)
+            .map(|r| r.is_some())
+            .map_err(|e| GateError::Unavailable(e.to_string()))
     }
 
     /// Validates `token` for a resource of `realm`. Refusals are audited before this returns.

@@ -471,9 +471,6 @@ fn checks(
     if now >= key.expires_at() {
         reject!(Rejection::KeyExpired);
     }
-    if key.purpose() != KeyPurpose::AccessToken {
-        reject!(Rejection::WrongKeyPurpose);
-    }
     if key.alg() != alg {
         reject!(Rejection::AlgorithmMismatch);
     }
@@ -494,6 +491,13 @@ fn checks(
         reject!(Rejection::SignatureInvalid);
     }
     let signature_valid = SignatureValid(());
+    // After the signature, like the claims below: a token refused for its key's purpose was
+    // signed by that key (an ID-token key signing an access token, which Keypost never does),
+    // so the refusal is evidence of a key in the wrong hands and is alerted on. Before it,
+    // anyone could have it refused so by naming a published ID-token kid.
+    if key.purpose() != KeyPurpose::AccessToken {
+        reject!(Rejection::WrongKeyPurpose);
+    }
 
     // 5. Claims.
     if claims.iss.as_str() != Some(expect.issuer) {

@@ -15,6 +15,7 @@ key of the right realm); `northwind` is an ES256 realm for the ECDSA cases.
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import time
 import uuid
@@ -26,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import CLI_CLIENT, new_ed25519_pem, unverified
-from jmap_client import api
+from conftest import CLI_CLIENT, HTTP_TIMEOUT_S, new_ed25519_pem, session_from, unverified
+from jmap_client import api, auth
 
 SECRET_SUBJECT = "Quarterly secrets"
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -40,6 +41,9 @@ ALERTS = {
     "HeaderKeyForbidden": "token-out-of-policy", "CritUnsupported": "token-out-of-policy",
     "LifetimeExceedsPolicy": "token-out-of-policy", "IssuedInFuture": "token-out-of-policy",
     "TypeMismatch": "token-out-of-policy", "MissingClaim": "token-out-of-policy",
+    # Refused after the signature verified with one of the realm's keys.
+    "TenantMismatch": "misdirected-token", "IssuerMismatch": "misdirected-token",
+    "AudienceMismatch": "misdirected-token", "WrongKeyPurpose": "misdirected-token",
 }
 
 
@@ -74,12 +78,20 @@ def signed(keypost, victim, key, kid, header=None, **over) -> str:
                       headers={"kid": kid, "typ": "at+jwt", **(header or {})})
 
 
+_sources = itertools.count(1)
+
+
 def refused(keypost, victim, token, reasons):
-    """Presents `token` for the victim's mail and checks the four promises."""
+    """Presents `token` for the victim's mail and checks the four promises. Each case comes
+    from an address of its own: the token alerts count repeats per source, so each case's
+    record is the first evidence of an alert of its own."""
     before = len(keypost.cli("audit", "search", "--operation", "TokenRejected", "--limit", "100000", json=True))
-    r = api(keypost, token, [["Email/query", {"accountId": victim["sub"]}, "q"],
-                             ["Email/get", {"accountId": victim["sub"],
-                                            "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"}}, "g"]])
+    n = next(_sources)
+    r = session_from(f"127.30.{n // 250}.{n % 250 + 1}").post(f"{keypost.url}/jmap/api", headers=auth(token), timeout=HTTP_TIMEOUT_S, json={
+        "using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"],
+        "methodCalls": [["Email/query", {"accountId": victim["sub"]}, "q"],
+                        ["Email/get", {"accountId": victim["sub"],
+                                       "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"}}, "g"]]})
     assert r.status_code == 401, r.text
     assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
     assert SECRET_SUBJECT not in r.text and victim["sub"] not in r.text
@@ -89,9 +101,9 @@ def refused(keypost, victim, token, reasons):
     assert record["details"]["reason"] in reasons, record
     rule = ALERTS.get(record["details"]["reason"])
     if not record.get("realm"):
-        # Refused before any realm's key was tried (no `iss` to name one): garbage, not a
-        # crafted token, and no alert.
-        rule = None
+        # Refused before any realm's key was tried: an `iss` that is none of Keypost's issuers
+        # alerts the provider; no `iss` at all, or no token, is garbage and alerts nobody.
+        rule = "unknown-issuer" if record["details"]["reason"] == "IssuerMismatch" else None
     keypost.cli("alerts", "scan")
     raised = {a["rule"] for a in keypost.cli("alerts", "list", "--limit", "1000", json=True)
               if record["id"] in a["evidence"]}

@@ -1,15 +1,14 @@
-//! [`AlertStore`] for SQLite: alerts with de-duplication, and the detector's cursor and rule
-//! settings.
+//! [`AlertStore`] for SQLite: alerts with de-duplication, the hourly mail cap's bookkeeping,
+//! the consumers' cursors and the webhook's retry queue, and the rule settings.
 
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{SqliteStore, from_json, json, parse_opt};
-use crate::model::{Alert, AlertStatus, UnixTime};
+use crate::model::{
+    ALERT_EVIDENCE, Alert, AlertStatus, UnixTime, merge_alert_details, merge_evidence,
+};
 use crate::traits::AlertStore;
 use crate::{RealmId, Result};
-
-/// Evidence kept per alert: the first records are the ones an investigator starts from.
-const MAX_EVIDENCE: usize = 50;
 
 const ALERT_COLS: &str = "id, realm, rule, severity, title, dedup_key, first_seen, last_seen, \
     count, evidence, details, status, status_by";
@@ -49,60 +48,232 @@ fn alert(r: &Row<'_>) -> rusqlite::Result<Result<Alert>> {
     })())
 }
 
+/// [`AlertStore::raise_alert`] inside the caller's transaction.
+fn raise(tx: &rusqlite::Transaction<'_>, a: &Alert, window: i64) -> Result<(i64, bool)> {
+    let realm = a.realm.as_ref().map(RealmId::as_str);
+    let open: Option<(i64, String, String)> = tx
+        .query_row(
+            "SELECT id, evidence, details FROM alerts WHERE realm IS ? AND rule = ? \
+             AND dedup_key = ? AND status <> 'resolved' AND last_seen >= ? \
+             ORDER BY id DESC LIMIT 1",
+            params![
+                realm,
+                a.rule,
+                a.dedup_key,
+                a.first_seen.saturating_sub(window)
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(match open {
+        Some((id, evidence, details)) => {
+            let mut ev: Vec<i64> = from_json(&evidence)?;
+            merge_evidence(&mut ev, &a.evidence);
+            let mut details: serde_json::Value = from_json(&details)?;
+            merge_alert_details(&mut details, &a.details);
+            tx.execute(
+                "UPDATE alerts SET last_seen = max(last_seen, ?), count = count + ?, evidence = ?, \
+                 details = ?, updated_at = ? WHERE id = ?",
+                params![
+                    a.last_seen,
+                    i64::try_from(a.count.max(1)).unwrap_or(i64::MAX),
+                    json(&ev)?,
+                    json(&details)?,
+                    a.last_seen,
+                    id
+                ],
+            )?;
+            (id, false)
+        }
+        None => {
+            let mut ev = a.evidence.clone();
+            ev.truncate(ALERT_EVIDENCE);
+            let mut details = serde_json::Value::Object(Default::default());
+            merge_alert_details(&mut details, &a.details);
+            tx.execute(
+                "INSERT INTO alerts(realm, rule, severity, title, dedup_key, first_seen, last_seen, \
+                 count, evidence, details, status, status_by, updated_at) \
+                 VALUES (?,?,?,?,?,?,?,?,?,?,'open',NULL,?)",
+                params![
+                    realm,
+                    a.rule,
+                    a.severity.as_str(),
+                    a.title,
+                    a.dedup_key,
+                    a.first_seen,
+                    a.last_seen,
+                    i64::try_from(a.count.max(1)).unwrap_or(i64::MAX),
+                    json(&ev)?,
+                    json(if a.details.is_object() { &details } else { &a.details })?,
+                    a.first_seen
+                ],
+            )?;
+            (tx.last_insert_rowid(), true)
+        }
+    })
+}
+
 impl AlertStore for SqliteStore {
-    fn raise_alert(&self, a: &Alert) -> Result<(i64, bool)> {
+    fn raise_alert(&self, a: &Alert, window: i64) -> Result<(i64, bool)> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let realm = a.realm.as_ref().map(RealmId::as_str);
-        let open: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT id, evidence FROM alerts WHERE realm IS ? AND rule = ? AND dedup_key = ? \
-                 AND status <> 'resolved' ORDER BY id DESC LIMIT 1",
-                params![realm, a.rule, a.dedup_key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let result = match open {
-            Some((id, evidence)) => {
-                let mut ev: Vec<i64> = from_json(&evidence)?;
-                for e in &a.evidence {
-                    if ev.len() < MAX_EVIDENCE && !ev.contains(e) {
-                        ev.push(*e);
-                    }
-                }
-                tx.execute(
-                    "UPDATE alerts SET last_seen = max(last_seen, ?), count = count + ?, evidence = ?, \
-                     updated_at = ? WHERE id = ?",
-                    params![a.last_seen, a.count.max(1) as i64, json(&ev)?, a.last_seen, id],
-                )?;
-                (id, false)
-            }
-            None => {
-                let mut ev = a.evidence.clone();
-                ev.truncate(MAX_EVIDENCE);
-                tx.execute(
-                    "INSERT INTO alerts(realm, rule, severity, title, dedup_key, first_seen, last_seen, \
-                     count, evidence, details, status, status_by, updated_at) \
-                     VALUES (?,?,?,?,?,?,?,?,?,?,'open',NULL,?)",
-                    params![
-                        realm,
-                        a.rule,
-                        a.severity.as_str(),
-                        a.title,
-                        a.dedup_key,
-                        a.first_seen,
-                        a.last_seen,
-                        a.count.max(1) as i64,
-                        json(&ev)?,
-                        json(&a.details)?,
-                        a.first_seen
-                    ],
-                )?;
-                (tx.last_insert_rowid(), true)
-            }
-        };
+        let result = raise(&tx, a, window)?;
         tx.commit()?;
         Ok(result)
+    }
+
+    fn raise_alerts(
+        &self,
+        alerts: &[Alert],
+        window: i64,
+        cursor: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<Vec<(i64, bool)>>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let at: i64 = tx
+            .query_row(
+                "SELECT value FROM detector_state WHERE name = ?",
+                [cursor],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if at != from {
+            return Ok(None);
+        }
+        let raised = alerts
+            .iter()
+            .map(|a| raise(&tx, a, window))
+            .collect::<Result<Vec<_>>>()?;
+        tx.execute(
+            "INSERT INTO detector_state(name, value) VALUES (?, ?) \
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            params![cursor, to],
+        )?;
+        tx.commit()?;
+        Ok(Some(raised))
+    }
+
+    fn alerts_after(&self, after_id: i64, limit: u32) -> Result<Vec<Alert>> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ALERT_COLS} FROM alerts WHERE id > ? ORDER BY id LIMIT ?"
+        ))?;
+        let rows = stmt
+            .query_map(params![after_id, limit], alert)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().collect()
+    }
+
+    fn claim_alert_mail(&self, id: i64, since: UnixTime, cap: u32, at: UnixTime) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let realm: Option<Option<String>> = tx
+            .query_row("SELECT realm FROM alerts WHERE id = ?", [id], |r| r.get(0))
+            .optional()?;
+        let Some(realm) = realm else {
+            return Err(crate::Error::NotFound(format!("alert {id}")));
+        };
+        let sent: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM alerts WHERE realm IS ? AND mail = 'sent' AND mail_at >= ?",
+            params![realm, since],
+            |r| r.get(0),
+        )?;
+        let mailed = sent < i64::from(cap);
+        tx.execute(
+            "UPDATE alerts SET mail = ?, mail_at = ? WHERE id = ?",
+            params![if mailed { "sent" } else { "held" }, at, id],
+        )?;
+        tx.commit()?;
+        Ok(mailed)
+    }
+
+    fn held_alerts(&self, before: UnixTime, limit: u32) -> Result<Vec<Alert>> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ALERT_COLS} FROM alerts INDEXED BY alerts_held \
+             WHERE mail = 'held' AND mail_at < ? ORDER BY mail_at, id LIMIT ?"
+        ))?;
+        let rows = stmt
+            .query_map(params![before, limit], alert)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().collect()
+    }
+
+    fn set_alerts_summarized(&self, ids: &[i64]) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE alerts SET mail = 'summarized' WHERE id = ? AND mail = 'held'",
+            )?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn defer_alert_delivery(
+        &self,
+        consumer: &str,
+        id: i64,
+        next_at: UnixTime,
+        error: &str,
+    ) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Bounded: the error is the receiver's, and only for the operator's eyes.
+        let error: String = error.chars().take(500).collect();
+        tx.execute(
+            "INSERT INTO alert_retries(consumer, alert, attempts, next_at, last_error) \
+             VALUES (?, ?, 1, ?, ?) ON CONFLICT(consumer, alert) DO UPDATE SET \
+             attempts = attempts + 1, next_at = excluded.next_at, last_error = excluded.last_error",
+            params![consumer, id, next_at, error],
+        )?;
+        tx.execute(
+            "INSERT INTO detector_state(name, value) VALUES (?, ?) \
+             ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)",
+            params![consumer, id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn due_alert_retries(
+        &self,
+        consumer: &str,
+        now: UnixTime,
+        limit: u32,
+    ) -> Result<Vec<(Alert, u32)>> {
+        let conn = self.reader()?;
+        let cols = ALERT_COLS
+            .split(", ")
+            .map(|c| format!("a.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {cols}, q.attempts FROM alert_retries q JOIN alerts a ON a.id = q.alert \
+             WHERE q.consumer = ? AND q.next_at <= ? ORDER BY q.alert LIMIT ?"
+        ))?;
+        let rows = stmt
+            .query_map(params![consumer, now, limit], |r| {
+                let attempts: i64 = r.get(13)?;
+                Ok(alert(r)?.map(|a| (a, u32::try_from(attempts).unwrap_or(u32::MAX))))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().collect()
+    }
+
+    fn alert_retry_done(&self, consumer: &str, id: i64) -> Result<()> {
+        self.conn()?.execute(
+            "DELETE FROM alert_retries WHERE consumer = ? AND alert = ?",
+            params![consumer, id],
+        )?;
+        Ok(())
     }
 
     fn list_alerts(

@@ -625,6 +625,13 @@ fn an_id_token_is_not_an_access_token() {
         f.check("contoso", &t, NOW).unwrap_err(),
         Rejection::WrongKeyPurpose
     );
+    // Only a token that key signed is refused for its purpose (and alerted on as one signed
+    // with a real key); naming the published kid with any other signature is not enough.
+    let forged = format!("{input}.{}", b64(&[7; 256]));
+    assert_eq!(
+        f.check("contoso", &forged, NOW).unwrap_err(),
+        Rejection::SignatureInvalid
+    );
 }
 
 /// Every algorithm a realm may pick for access tokens validates its own tokens (for the

@@ -7,6 +7,7 @@ A control run first shows that this machine does write core dumps, so the absenc
 proof, not luck."""
 
 import base64
+import json
 import os
 import resource
 import shutil
@@ -227,6 +228,29 @@ def signer_request(keypost, request: dict) -> dict:
 
 def test_the_signer_refuses_what_the_web_process_must_not_ask_and_audits_it(keypost, world):
     payload = base64.urlsafe_b64encode(b'{"sub":"x"}').rstrip(b"=").decode()
+    now = int(time.time())
+
+    def realm_token(**overrides) -> str:
+        claims = {"iss": keypost.issuer("contoso"), "sub": "x", "tid": "contoso",
+                  "aud": [keypost.mail_audience], "iat": now, "nbf": now, "exp": now + 300,
+                  "jti": "j-custody", "client_id": "keypost-cli", "scope": "mail", **overrides}
+        return base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+
+    def jws(p: str) -> dict:
+        return {"op": "jws", "realm": "contoso", "purpose": "access-token", "alg": "EdDSA",
+                "typ": "at+jwt", "payload": p}
+
+    # Only the realm's own tokens are signed (a compromised web process can ask, not choose).
+    for reason, p in {
+        "payload is not the realm's token": payload,
+        "payload is not the realm's token ": realm_token(iss=keypost.issuer("fabrikam")),
+        "payload is not the realm's token  ": realm_token(tid="fabrikam"),
+        "token audience is not the realm's": realm_token(aud=["https://elsewhere.example/api"]),
+        "token lifetime exceeds the realm's policy": realm_token(exp=now + 365 * 86400),
+    }.items():
+        answer = signer_request(keypost, jws(p))
+        assert answer == {"error": "refused", "detail": reason.strip()}, (reason, answer)
+    payload = realm_token()
     asks = {
         # Checkpoints are signed with the audit key inside the signer only.
         "key is for another purpose": {"op": "jws", "realm": "contoso", "purpose": "audit",
@@ -247,11 +271,13 @@ def test_the_signer_refuses_what_the_web_process_must_not_ask_and_audits_it(keyp
     key = jwks_client(keypost, "contoso").get_signing_key(ok["kid"]).key
     signature = base64.urlsafe_b64encode(ok["signature"]).rstrip(b"=").decode()
     token = f'{ok["header"]}.{payload}.{signature}'
-    assert jwt.api_jws.decode_complete(token, key, algorithms=["EdDSA"])["payload"] == b'{"sub":"x"}'
+    assert jwt.api_jws.decode_complete(token, key, algorithms=["EdDSA"])["payload"] == \
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
 
     records = keypost.audit("SigningRefused")
     reasons = {r["details"]["reason"] for r in records}
-    assert set(asks) <= reasons, records
+    assert set(asks) | {"payload is not the realm's token", "token audience is not the realm's",
+                        "token lifetime exceeds the realm's policy"} <= reasons, records
     audit_ask = next(r for r in records if r["details"]["reason"] == "key is for another purpose")
     assert audit_ask["realm"] == "contoso" and audit_ask["result"] == "failure"
     assert audit_ask["details"]["purpose"] == "audit"

@@ -107,6 +107,77 @@ pub fn die_with_parent() -> Result<(), Error> {
     })
 }
 
+/// Takes `name` out of this process's environment and returns its value, so that a secret
+/// handed over in the environment (`KEYPOST_KEK`) is not left in `/proc/PID/environ`, in what
+/// child processes inherit, or in a crash report. Refused unless the process has a single
+/// thread: changing the environment while another thread may read it is undefined behaviour
+/// in C, so this must run first thing in `main`.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn take_env_var(name: &str) -> Result<Option<String>, Error> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|source| Error::Os {
+        call: "read /proc/self/status",
+        source,
+    })?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    if threads != Some(1) {
+        return Err(Error::Unsupported(
+            "take_env_var once the process has more than one thread",
+        ));
+    }
+    let value = std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+    if value.is_some() {
+        // SAFETY: the process has exactly one thread (checked just above, and this thread
+        // starts no other before the call returns), so no other thread can be reading or
+        // writing the environment while it changes.
+        unsafe { std::env::remove_var(name) };
+        scrub_initial_environment(name)?;
+    }
+    Ok(value)
+}
+
+/// Overwrites `name=value` in the environment block the process was started with, which
+/// `/proc/PID/environ` shows (removing the variable only drops libc's pointer to it). Through
+/// `/proc/self/mem`, so no raw pointer is involved.
+#[cfg(target_os = "linux")]
+fn scrub_initial_environment(name: &str) -> Result<(), Error> {
+    use std::io::{Seek, SeekFrom, Write};
+    let os = |call: &'static str| move |source| Error::Os { call, source };
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(os("read /proc/self/stat"))?;
+    // Fields after the command name (which may hold spaces, inside parentheses) start at 3;
+    // env_start is field 50 (proc(5)).
+    let env_start = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(50 - 3))
+        .and_then(|f| f.parse::<u64>().ok())
+        .ok_or(Error::Unsupported("env_start in /proc/self/stat"))?;
+    let block = std::fs::read("/proc/self/environ").map_err(os("read /proc/self/environ"))?;
+    let entry = format!("{name}=");
+    let mut mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")
+        .map_err(os("open /proc/self/mem"))?;
+    let mut offset = 0;
+    for var in block.split(|&b| b == 0) {
+        if var.starts_with(entry.as_bytes()) {
+            mem.seek(SeekFrom::Start(env_start + offset as u64))
+                .and_then(|_| mem.write_all(&vec![0u8; var.len()]))
+                .map_err(os("write /proc/self/mem"))?;
+        }
+        offset += var.len() + 1;
+    }
+    Ok(())
+}
+
+/// Taking a variable out of the environment (unsupported platform).
+#[cfg(not(target_os = "linux"))]
+pub fn take_env_var(_name: &str) -> Result<Option<String>, Error> {
+    Err(Error::Unsupported("take_env_var"))
+}
+
 /// Parent-death signal (unsupported platform).
 #[cfg(not(target_os = "linux"))]
 pub fn die_with_parent() -> Result<(), Error> {
@@ -121,6 +192,16 @@ pub fn lock_all_memory() -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_environment_is_not_changed_while_other_threads_run() {
+        // The test harness runs tests on threads of their own: never a single thread here.
+        let busy = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        assert!(super::take_env_var("PATH").is_err());
+        assert!(std::env::var_os("PATH").is_some());
+        busy.join().unwrap();
+    }
+
     #[test]
     #[cfg(target_os = "linux")]
     fn a_hardened_process_cannot_dump() {

@@ -794,10 +794,27 @@ pub(crate) fn open_mail(svc: &Services) -> Result<mail::Mail> {
     Ok(mail::Mail::new(svc.store.clone(), blobs).with_default_quota(svc.config.mail_quota))
 }
 
+/// `KEYPOST_KEK`, taken out of the environment at start ([`take_kek_from_env`]).
+static KEK_FROM_ENV: std::sync::OnceLock<Option<Zeroizing<String>>> = std::sync::OnceLock::new();
+
+/// Takes `KEYPOST_KEK` out of this process's environment (only `main` calls it, first).
+pub(crate) fn take_kek_from_env() -> Result<()> {
+    let value = hardening::take_env_var("KEYPOST_KEK")
+        .context("taking KEYPOST_KEK out of the environment")?
+        .map(Zeroizing::new);
+    let _ = KEK_FROM_ENV.set(value);
+    Ok(())
+}
+
+/// The key-encryption key given in `KEYPOST_KEK`, if it was: for the signer child alone.
+pub(crate) fn kek_from_env() -> Option<&'static Zeroizing<String>> {
+    KEK_FROM_ENV.get().and_then(Option::as_ref)
+}
+
 fn load_kek(config: &Config) -> Result<Kek> {
-    match std::env::var("KEYPOST_KEK") {
-        Ok(v) => Ok(Kek::from_base64(&Zeroizing::new(v))?),
-        Err(_) => Ok(Kek::load_or_create(&config.kek_file)?),
+    match kek_from_env() {
+        Some(v) => Ok(Kek::from_base64(v)?),
+        None => Ok(Kek::load_or_create(&config.kek_file)?),
     }
 }
 

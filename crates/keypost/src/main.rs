@@ -38,6 +38,12 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     log_panics_without_their_messages();
+    // Out of the environment first, while this is the only thread: a web process must not
+    // carry the key-encryption key in its environment (it goes to the signer alone).
+    if let Err(e) = cli::take_kek_from_env() {
+        eprintln!("keypost: error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let args = Args::parse();
     init_logging(matches!(
         args.command,

@@ -95,16 +95,26 @@ pub(crate) fn run(svc: Services, listen: Listen) -> Result<()> {
             }
         }
     });
-    let on_refused = audit_refusals(svc.identity.clone());
-    let signer = Arc::new(svc.custody.signer());
+    // Only the realm's own tokens are signed: its issuer and tenant, Keypost's audiences, the
+    // realm's lifetimes (a compromised web process can ask, but not for anything else).
+    let policy = tokens::SigningPolicy {
+        access_ttl: svc.config.identity.access_ttl,
+        id_ttl: svc.config.identity.id_ttl,
+        leeway: svc.config.identity.leeway,
+    };
+    let service = keys::SignerService {
+        signer: Arc::new(svc.custody.signer()),
+        check: tokens::payload_check(&svc.config.public_url, policy),
+        on_refused: audit_refusals(svc.identity.clone()),
+    };
     match bound {
         Bound::Unix(listener) => {
             tracing::info!(socket = ?listener.local_addr().ok(), "signer ready");
-            keys::serve_signer(listener, signer, on_refused).context("signer socket")
+            keys::serve_signer(listener, service).context("signer socket")
         }
         Bound::Tls(listener, config) => {
             tracing::info!(address = ?listener.local_addr().ok(), "signer ready (mutual TLS)");
-            keys::serve_signer_tls(listener, config, signer, on_refused).context("signer listener")
+            keys::serve_signer_tls(listener, config, service).context("signer listener")
         }
     }
 }
@@ -247,6 +257,11 @@ impl Supervisor {
             cmd.arg("--config").arg(path);
         }
         cmd.arg("signer").arg("--socket").arg(socket).arg("--child");
+        // A KEK given in the environment goes to the signer alone (which takes it out of its
+        // own environment at start, as this process did).
+        if let Some(kek) = crate::cli::kek_from_env() {
+            cmd.env("KEYPOST_KEK", kek.as_str());
+        }
         let child: Arc<Mutex<Option<Child>>> = Arc::default();
         let stopping = Arc::new(AtomicBool::new(false));
         let (slot, stop) = (child.clone(), stopping.clone());

@@ -43,8 +43,8 @@ pub use hsm::{Hsm, HsmConfig, HsmRealms};
 pub use kek::Kek;
 pub use material::{Jwk, Jwks};
 pub use remote::{
-    Refusal, RefusalHook, RemoteSigner, SignFuture, SignService, serve as serve_signer,
-    serve_tls as serve_signer_tls,
+    PAYLOAD_REFUSALS, PayloadCheck, Refusal, RefusalHook, RemoteSigner, SignFuture, SignService,
+    SignerService, serve as serve_signer, serve_tls as serve_signer_tls,
 };
 pub use signer::{Signature, Signer, SigningKey};
 pub use store::{KeyPurpose, Kid, RealmId};

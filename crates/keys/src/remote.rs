@@ -161,9 +161,39 @@ pub struct Refusal {
 /// Called with every refusal, in the signer process (it audits them).
 pub type RefusalHook = Arc<dyn Fn(&Refusal) + Send + Sync>;
 
+/// What the signer holds a JWS payload to before it signs it for a realm (`realm, purpose,
+/// typ, payload_b64, now`): the realm's own issuer, tenant, audiences and lifetimes, so that a
+/// compromised web process cannot have it sign a token the realm's issuer would never issue.
+/// The refusal names why (one of the reasons the client knows).
+pub type PayloadCheck = Arc<
+    dyn Fn(&RealmId, KeyPurpose, &str, &str, UnixTime) -> std::result::Result<(), &'static str>
+        + Send
+        + Sync,
+>;
+
+/// The reasons a [`PayloadCheck`] may give (the client maps answers back onto these).
+pub const PAYLOAD_REFUSALS: [&str; 3] = [
+    "payload is not the realm's token",
+    "token lifetime exceeds the realm's policy",
+    "token audience is not the realm's",
+];
+
+/// What the signer process answers with: its keys, the policy it holds payloads to, and where
+/// refusals go.
+#[derive(Clone)]
+pub struct SignerService {
+    /// The signer.
+    pub signer: Arc<Signer>,
+    /// Every token payload's check.
+    pub check: PayloadCheck,
+    /// Every refusal's report.
+    pub on_refused: RefusalHook,
+}
+
 /// Answers the request in `body` with `signer`, by the signer's own clock, appending the
 /// answer frame to `out` and reporting refusals to `on_refused`.
-fn answer(signer: &Signer, body: &[u8], on_refused: &RefusalHook, out: &mut Vec<u8>) {
+fn answer(svc: &SignerService, body: &[u8], out: &mut Vec<u8>) {
+    let (signer, on_refused) = (&*svc.signer, &svc.on_refused);
     let Some(request) = Request::decode(body) else {
         return refuse_malformed(on_refused, out);
     };
@@ -217,8 +247,11 @@ fn answer(signer: &Signer, body: &[u8], on_refused: &RefusalHook, out: &mut Vec<
             realm,
             purpose,
             alg,
-            parse(realm, purpose, alg)
-                .and_then(|(r, p, a)| signer.sign_jws(&r, p, a, typ, payload, now())),
+            parse(realm, purpose, alg).and_then(|(r, p, a)| {
+                let now = now();
+                (svc.check)(&r, p, typ, payload, now).map_err(Error::Refused)?;
+                signer.sign_jws(&r, p, a, typ, payload, now)
+            }),
         ),
     };
     match result {
@@ -281,17 +314,17 @@ fn malformed() -> Refusal {
 /// requests costs one wake-up and one write each way rather than one per request. A frame
 /// announcing more than [`wire::MAX_FRAME`] bytes is answered with a failure and ends the
 /// connection (what follows it cannot be told apart from its body).
-fn converse(stream: impl Read + Write, signer: &Signer, on_refused: &RefusalHook) {
+fn converse(stream: impl Read + Write, svc: &SignerService) {
     let mut conn = BufReader::new(stream);
     let (mut body, mut out) = (Vec::new(), Vec::new());
     loop {
         let last = match wire::read(&mut conn, &mut body) {
             Ok(()) => {
-                answer(signer, &body, on_refused, &mut out);
+                answer(svc, &body, &mut out);
                 false
             }
             Err(e) if wire::is_too_long(&e) => {
-                refuse_malformed(on_refused, &mut out);
+                refuse_malformed(&svc.on_refused, &mut out);
                 true
             }
             Err(_) => return,
@@ -349,14 +382,8 @@ fn each_connection<S: Send + 'static>(
 }
 
 /// Serves signing requests on `listener`: one thread per connection.
-pub fn serve(
-    listener: UnixListener,
-    signer: Arc<Signer>,
-    on_refused: RefusalHook,
-) -> std::io::Result<()> {
-    each_connection(listener.incoming(), move |stream| {
-        converse(stream, &signer, &on_refused)
-    });
+pub fn serve(listener: UnixListener, svc: SignerService) -> std::io::Result<()> {
+    each_connection(listener.incoming(), move |stream| converse(stream, &svc));
     Ok(())
 }
 
@@ -366,9 +393,9 @@ pub fn serve(
 pub fn serve_tls(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-    signer: Arc<Signer>,
-    on_refused: RefusalHook,
+    svc: SignerService,
 ) -> std::io::Result<()> {
+    let on_refused = svc.on_refused.clone();
     // Refused handshakes are audited at most once a second: every port scan and health
     // check is one, and they come from anyone who can reach the port.
     let last_audited = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -404,7 +431,7 @@ pub fn serve_tls(
             }
         }
         let _ = tls.sock.set_read_timeout(None);
-        converse(tls, &signer, &on_refused);
+        converse(tls, &svc);
     });
     Ok(())
 }
@@ -784,6 +811,7 @@ impl RemoteSigner {
             Answer::Refused(detail) => Err(Error::Refused(
                 REASONS
                     .iter()
+                    .chain(PAYLOAD_REFUSALS.iter())
                     .find(|r| **r == detail)
                     .copied()
                     .unwrap_or("refused"),

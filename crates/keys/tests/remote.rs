@@ -45,6 +45,23 @@ fn custody_with_a_key(id: &str) -> (Arc<dyn Store>, RealmId, Custody) {
     (store, r, custody)
 }
 
+/// What the signer process answers with; the token claims check is the binary's (tested in
+/// `tokens`): here it refuses only payloads of `{"forbidden": ...}`, to see a refusal through.
+fn service(signer: Arc<keys::Signer>, hook: keys::RefusalHook) -> keys::SignerService {
+    let forbidden = B64.encode("{\"forbidden\":true}");
+    keys::SignerService {
+        signer,
+        check: Arc::new(move |_, _, _, payload, _| {
+            if payload == forbidden {
+                Err(keys::PAYLOAD_REFUSALS[0])
+            } else {
+                Ok(())
+            }
+        }),
+        on_refused: hook,
+    }
+}
+
 /// A fresh directory for a test's socket.
 fn socket_dir(test: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("keypost-{test}-{}", std::process::id()));
@@ -66,7 +83,7 @@ fn signs_over_the_socket_with_the_realms_own_key_only() {
         let refused = refused.clone();
         Arc::new(move |r: &keys::Refusal| refused.lock().unwrap().push(r.clone()))
     };
-    std::thread::spawn(move || keys::serve_signer(listener, signer, hook));
+    std::thread::spawn(move || keys::serve_signer(listener, service(signer, hook)));
 
     let client = RemoteSigner::new(&path);
     assert!(client.ping());
@@ -90,6 +107,29 @@ fn signs_over_the_socket_with_the_realms_own_key_only() {
     assert!(
         vk.verify(input.as_bytes(), &sig.0),
         "a signature of what was asked, by the named key"
+    );
+
+    // A payload the signer's policy refuses is not signed, and the refusal is reported with
+    // its reason.
+    let refused_payload = B64.encode("{\"forbidden\":true}");
+    let answer = client.sign_jws(
+        &contoso,
+        KeyPurpose::AccessToken,
+        Algorithm::EdDSA,
+        "at+jwt",
+        &refused_payload,
+        0,
+    );
+    assert!(
+        matches!(answer, Err(Error::Refused(why)) if why == keys::PAYLOAD_REFUSALS[0]),
+        "{answer:?}"
+    );
+    assert!(
+        refused
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.reason == keys::PAYLOAD_REFUSALS[0] && r.realm == "contoso")
     );
 
     // The audit key never signs over the socket: a compromised web process cannot forge a
@@ -128,8 +168,9 @@ fn signs_over_the_socket_with_the_realms_own_key_only() {
         Err(Error::NoActiveKey { .. })
     ));
 
-    // Both audit-key asks reached the refusal hook (which the signer process audits); the
-    // realm without a key is not a refusal, and neither was the signed request.
+    // The refused payload and both audit-key asks reached the refusal hook (which the signer
+    // process audits); the realm without a key is not a refusal, and neither was the signed
+    // request.
     let refused = refused.lock().unwrap();
     let seen: Vec<(&str, &str, &str)> = refused
         .iter()
@@ -138,6 +179,7 @@ fn signs_over_the_socket_with_the_realms_own_key_only() {
     assert_eq!(
         seen,
         [
+            ("jws", "access-token", keys::PAYLOAD_REFUSALS[0]),
             ("raw", "audit", "raw signing is not offered over the socket"),
             ("jws", "audit", "key is for another purpose"),
         ]
@@ -182,7 +224,7 @@ fn concurrent_async_requests_get_their_own_answers_and_survive_a_restart() {
             drop(first);
             std::fs::remove_file(&path).unwrap();
             let next = std::os::unix::net::UnixListener::bind(&path).unwrap();
-            std::thread::spawn(move || keys::serve_signer(next, signer, hook));
+            std::thread::spawn(move || keys::serve_signer(next, service(signer, hook)));
             drop(conn);
         })
     };
@@ -270,7 +312,7 @@ fn pipelined_requests_are_answered_in_order() {
         let refused = refused.clone();
         Arc::new(move |r: &keys::Refusal| refused.lock().unwrap().push(r.clone()))
     };
-    std::thread::spawn(move || keys::serve_signer(listener, signer, hook));
+    std::thread::spawn(move || keys::serve_signer(listener, service(signer, hook)));
     let mut ours = std::os::unix::net::UnixStream::connect(&path).unwrap();
     let payload = |n: u32| B64.encode(format!("{{\"n\":{n}}}"));
     let jws = |n: u32| {

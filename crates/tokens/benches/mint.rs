@@ -26,10 +26,8 @@ fn bench(c: &mut Criterion) {
     custody.ensure(realm, now).unwrap();
     let socket = bed.dir().join("signer.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let served = Arc::new(custody.signer());
-    std::thread::spawn(move || {
-        keys::serve_signer(listener, served, Arc::new(|_: &keys::Refusal| {}))
-    });
+    let served = bed::signer_service(custody);
+    std::thread::spawn(move || keys::serve_signer(listener, served));
     let signers: [(&str, Arc<dyn SignService>); 2] = [
         ("in_process", Arc::new(custody.signer())),
         ("signer_process", Arc::new(RemoteSigner::new(&socket))),

@@ -36,10 +36,8 @@ fn main() {
     bed.custody.ensure(&bed.realm, bed.t).unwrap();
     let socket = bed.dir().join("signer.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let served = Arc::new(bed.custody.signer());
-    std::thread::spawn(move || {
-        keys::serve_signer(listener, served, Arc::new(|_: &keys::Refusal| {}))
-    });
+    let served = bed::signer_service(&bed.custody);
+    std::thread::spawn(move || keys::serve_signer(listener, served));
     let minter =
         |signer: Arc<dyn SignService>| Arc::new(Minter::new(signer, bed.store.clone(), bed::URL));
     let in_process = minter(Arc::new(bed.custody.signer()));

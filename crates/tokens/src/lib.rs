@@ -30,6 +30,7 @@ mod jose;
 mod ledger;
 pub mod manual;
 mod mint;
+mod signing_policy;
 mod validate;
 
 pub use cache::Validator;
@@ -39,6 +40,7 @@ pub use error::Error;
 pub use gate::{Access, Authenticated, Gate, GateError, Resource};
 pub use ledger::{CachedLedger, Ledger, LedgerCache, LedgerFacts, LedgerVerdict, StoreLedger};
 pub use mint::{IdTokenRequest, Issued, MintRequest, Minter, RefreshToken, token_hash};
+pub use signing_policy::{SigningPolicy, payload_check};
 pub use validate::{Expectation, Presented, Principal, Rejected, Rejection, validate};
 
 #[doc(hidden)]

@@ -213,3 +213,20 @@ impl Drop for Bed {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// What `keypost signer` answers with: `custody`'s keys, every payload held to the realm's
+/// policy (its cost is part of what the signer-process benches measure).
+pub(crate) fn signer_service(custody: &Custody) -> keys::SignerService {
+    keys::SignerService {
+        signer: Arc::new(custody.signer()),
+        check: tokens::payload_check(
+            URL,
+            tokens::SigningPolicy {
+                access_ttl: 600,
+                id_ttl: 600,
+                leeway: 30,
+            },
+        ),
+        on_refused: Arc::new(|_: &keys::Refusal| {}),
+    }
+}

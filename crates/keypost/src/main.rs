@@ -15,7 +15,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli;
 mod config;
+mod conn_limit;
 mod forward;
+mod http_edge;
 mod serve;
 mod signer;
 

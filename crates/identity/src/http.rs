@@ -26,8 +26,6 @@ use crate::{Error, OAuthError, html, now};
 const BODY_LIMIT: usize = 64 * 1024;
 /// How long a client may take to send its request body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long any request may take in all.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The identity routes, under `/realms/{realm}/...`, plus `/healthz`.
 pub fn router(identity: Arc<Identity>) -> Router {
@@ -49,15 +47,12 @@ pub fn router(identity: Arc<Identity>) -> Router {
         .route("/admin/audit", get(crate::admin::audit_log))
         .route("/admin/alerts", get(crate::admin::alerts))
         // Layers run bottom-up on the way in. Bounded bodies everywhere: the largest legitimate
-        // request is a login form. A client that trickles its body is cut off, and no request
-        // holds a worker longer than REQUEST_TIMEOUT (408).
+        // request is a login form. A client that trickles its body is cut off. How long a
+        // request may take in all is the HTTP edge's one deadline for every route
+        // (`listen.request_timeout`), not each router's.
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             BODY_TIMEOUT,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
         ))
         .with_state(identity);
     guard_panics(routes)

@@ -57,6 +57,9 @@ pub const MAX_CALLS_IN_REQUEST: usize = 32;
 pub const MAX_OBJECTS_IN_GET: usize = 500;
 /// Longest `Email/query` page.
 pub const MAX_QUERY_LIMIT: u64 = 1000;
+/// Where push notifications are streamed (RFC 8620 §7.3): the one route whose response is
+/// meant to stay open, which the HTTP edge bounds by a lifetime instead of the request deadline.
+pub const EVENTSOURCE_PATH: &str = "/jmap/eventsource";
 
 /// The JMAP service.
 pub struct Jmap {
@@ -103,7 +106,7 @@ pub fn router(jmap: Arc<Jmap>) -> Router {
         .route("/jmap/session", get(session))
         .route("/jmap/api", post(api_call))
         .route("/jmap/download/{account}/{blob}/{name}", get(download))
-        .route("/jmap/eventsource", get(eventsource))
+        .route(EVENTSOURCE_PATH, get(eventsource))
         .route("/jmap/upload/{account}/", post(upload))
         .route("/jmap/upload/{account}", post(upload))
         // maxSizeRequest is enforced before the body is read; slow bodies are cut off.

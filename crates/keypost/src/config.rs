@@ -174,8 +174,27 @@ struct Listen {
     imap: String,
     /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` names the client of an
     /// HTTP request, for audit records and sign-in throttling. Empty: the peer is the client.
-    /// `KEYPOST_LISTEN_TRUSTED_PROXIES` takes a comma-separated list.
+    /// `KEYPOST_LISTEN_TRUSTED_PROXIES` takes a comma-separated list. Their connections are
+    /// capped only by `max_connections`, not per source.
     trusted_proxies: Vec<String>,
+    /// How long an HTTP client has to send a request's head: from connecting, or from the
+    /// first byte of a later request on the same connection. Then it is disconnected.
+    header_read_timeout: String,
+    /// How long a kept-alive HTTP connection may wait for its next request, and how long a
+    /// client may leave a response unread (its receive window full), before it is closed.
+    idle_timeout: String,
+    /// Every HTTP request is answered within this, its body's upload included: 408 if the body
+    /// was still arriving, 503 if the server was still working on it.
+    request_timeout: String,
+    /// The longest a JMAP push stream (EventSource) stays open; then it ends and the client
+    /// reconnects. The request timeout covers only its start.
+    push_lifetime: String,
+    /// Open HTTP connections in all; beyond it, new ones wait in the kernel's backlog until one
+    /// closes. Keep it below the open-file limit (`ulimit -n`).
+    max_connections: u64,
+    /// Open HTTP connections from one source (an IPv4 address, an IPv6 /64); more are closed at
+    /// once. 0: no per-source cap.
+    max_connections_per_source: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -237,6 +256,12 @@ impl Default for Listen {
             submission: "127.0.0.1:5870".into(),
             imap: "127.0.0.1:1430".into(),
             trusted_proxies: Vec::new(),
+            header_read_timeout: "10s".into(),
+            idle_timeout: "60s".into(),
+            request_timeout: "60s".into(),
+            push_lifetime: "1h".into(),
+            max_connections: 512,
+            max_connections_per_source: 64,
         }
     }
 }
@@ -284,6 +309,8 @@ pub(crate) struct Config {
     pub(crate) public_url: String,
     pub(crate) data_dir: PathBuf,
     pub(crate) http: std::net::SocketAddr,
+    /// The HTTP listener's deadlines and connection caps.
+    pub(crate) http_limits: crate::http_edge::EdgeLimits,
     pub(crate) identity: identity::IdentityConfig,
     pub(crate) key_policy: keys::KeyPolicy,
     pub(crate) kek_file: PathBuf,
@@ -357,13 +384,17 @@ pub(crate) fn size(name: &str, v: &str) -> Result<Option<u64>> {
         .with_context(|| format!("{name} = {v:?} is too large"))
 }
 
-fn secs(name: &str, v: &str) -> Result<i64> {
+fn duration(name: &str, v: &str) -> Result<Duration> {
     let d: Duration = humantime::parse_duration(v)
         .with_context(|| format!("{name} = {v:?} is not a duration like \"10m\" or \"7d\""))?;
     if d.is_zero() {
         bail!("{name} must be positive");
     }
-    i64::try_from(d.as_secs()).with_context(|| format!("{name} is too large"))
+    Ok(d)
+}
+
+fn secs(name: &str, v: &str) -> Result<i64> {
+    i64::try_from(duration(name, v)?.as_secs()).with_context(|| format!("{name} is too large"))
 }
 
 /// Environment variables that are not configuration keys.
@@ -508,6 +539,7 @@ impl FileConfig {
                 self.listen.http
             )
         })?;
+        let http_limits = self.listen.http_limits()?;
         let t = &self.tokens;
         let access_ttl = secs("tokens.access_token_ttl", &t.access_token_ttl)?;
         let id_ttl = secs("tokens.id_token_ttl", &t.id_token_ttl)?;
@@ -544,6 +576,7 @@ impl FileConfig {
             public_url,
             data_dir: self.data_dir.clone(),
             http,
+            http_limits,
             identity,
             key_policy,
             kek_file,
@@ -586,6 +619,31 @@ impl FileConfig {
                 }
             },
             file: self,
+        })
+    }
+}
+
+impl Listen {
+    fn http_limits(&self) -> Result<crate::http_edge::EdgeLimits> {
+        // Far beyond any machine's file descriptors, and within what a semaphore counts.
+        const MOST: u64 = 1 << 24;
+        let max_connections = u32::try_from(self.max_connections)
+            .ok()
+            .filter(|n| u64::from(*n) <= MOST)
+            .and_then(std::num::NonZeroU32::new)
+            .with_context(|| format!("listen.max_connections must be between 1 and {MOST}"))?;
+        if self.max_connections_per_source > MOST {
+            bail!("listen.max_connections_per_source must be at most {MOST} (0: no cap)");
+        }
+        Ok(crate::http_edge::EdgeLimits {
+            header_read_timeout: duration("listen.header_read_timeout", &self.header_read_timeout)?,
+            idle_timeout: duration("listen.idle_timeout", &self.idle_timeout)?,
+            request_timeout: duration("listen.request_timeout", &self.request_timeout)?,
+            push_lifetime: duration("listen.push_lifetime", &self.push_lifetime)?,
+            max_connections,
+            max_connections_per_source: usize::try_from(self.max_connections_per_source)
+                .ok()
+                .and_then(std::num::NonZeroUsize::new),
         })
     }
 }
@@ -780,6 +838,46 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.identity.max_failures_per_account, 3);
+    }
+
+    #[test]
+    fn listen_limits() {
+        let c = Config::from_parts(None, "k", &[]).unwrap();
+        let l = c.http_limits;
+        assert_eq!(l.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(l.idle_timeout, Duration::from_secs(60));
+        assert_eq!(l.request_timeout, Duration::from_secs(60));
+        assert_eq!(l.push_lifetime, Duration::from_secs(3600));
+        assert_eq!(l.max_connections.get(), 512);
+        assert_eq!(l.max_connections_per_source.map(|n| n.get()), Some(64));
+        let c = Config::from_parts(
+            Some("[listen]\nheader_read_timeout = \"2s\"\nmax_connections_per_source = 0\n"),
+            "k.toml",
+            &env(&[
+                ("KEYPOST_LISTEN_IDLE_TIMEOUT", "500ms"),
+                ("KEYPOST_LISTEN_MAX_CONNECTIONS", "10"),
+            ]),
+        )
+        .unwrap();
+        let l = c.http_limits;
+        assert_eq!(l.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(l.idle_timeout, Duration::from_millis(500));
+        assert_eq!(l.max_connections.get(), 10);
+        assert_eq!(l.max_connections_per_source, None, "0 is no per-source cap");
+        for bad in [
+            ("KEYPOST_LISTEN_MAX_CONNECTIONS", "0"),
+            ("KEYPOST_LISTEN_MAX_CONNECTIONS", "99999999999"),
+            ("KEYPOST_LISTEN_MAX_CONNECTIONS_PER_SOURCE", "99999999999"),
+            ("KEYPOST_LISTEN_REQUEST_TIMEOUT", "0s"),
+            ("KEYPOST_LISTEN_PUSH_LIFETIME", "soon"),
+        ] {
+            let err = Config::from_parts(None, "k", &env(&[bad])).unwrap_err();
+            let key = bad
+                .0
+                .trim_start_matches("KEYPOST_LISTEN_")
+                .to_ascii_lowercase();
+            assert!(format!("{err:#}").contains(&key), "{bad:?}: {err:#}");
+        }
     }
 
     #[test]

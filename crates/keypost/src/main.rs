@@ -15,7 +15,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli;
 mod config;
+mod conn_limit;
 mod forward;
+mod http_edge;
 mod published;
 mod serve;
 mod signer;
@@ -91,8 +93,10 @@ fn log_panics_without_their_messages() {
 
 /// Logs go to stderr; `KEYPOST_LOG` takes a `tracing` target filter such as
 /// `info,keypost::security=debug`. One-shot verbs log warnings only, so their output stays
-/// readable and scriptable.
+/// readable and scriptable. Coloured only on a terminal (and unless `NO_COLOR` is set): a
+/// log file or a journal would keep the escape codes as text.
 fn init_logging(serving: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
     let filter: Targets = std::env::var("KEYPOST_LOG")
@@ -108,12 +112,15 @@ fn init_logging(serving: bool) {
                 .with_default(tracing::Level::WARN)
                 .with_target("keypost", level)
         });
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // The default already honours NO_COLOR; only a terminal may have colour at all.
+    let layer = if std::io::stderr().is_terminal() {
+        layer
+    } else {
+        layer.with_ansi(false)
+    };
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter),
-        )
+        .with(layer.with_filter(filter))
         .init();
 }
 

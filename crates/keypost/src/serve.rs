@@ -2,7 +2,6 @@
 //! signer process (which holds the keys and keeps them on schedule), and serves HTTP until
 //! interrupted. This process holds no private key and no key-encryption key.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,12 +119,12 @@ pub(crate) fn run(config: Config) -> Result<()> {
             tokio::spawn(crate::forward::webhook(store.clone(), uri, secret));
         }
         let app = identity::router(identity).merge(jmap::router(jmap_service));
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown())
-            .await
-            .context("HTTP server failed")
+        let trusted = config.identity.trusted_proxies.clone();
+        crate::http_edge::serve(listener, app, config.http_limits.clone(), trusted, shutdown()).await;
+        anyhow::Ok(())
     });
-    // Every request has been answered. Background passes (detection, ledger pruning) are not
+    // Every request has been answered (or its connection closed at the edge's drain bound,
+    // `listen.request_timeout`). Background passes (detection, ledger pruning) are not
     // waited for beyond this: each works in transactions, so one cut short rolls back and is
     // taken up by the next start (a pruning backlog can take minutes).
     rt.shutdown_timeout(SHUTDOWN_GRACE);

@@ -114,7 +114,7 @@ pub(crate) fn session_object(j: &Jmap, a: &Authed) -> MResult {
         "apiUrl": format!("{base}/jmap/api"),
         "downloadUrl": format!("{base}/jmap/download/{{accountId}}/{{blobId}}/{{name}}?accept={{type}}"),
         "uploadUrl": format!("{base}/jmap/upload/{{accountId}}/"),
-        "eventSourceUrl": format!("{base}/jmap/eventsource?types={{types}}&closeafter={{closeafter}}&ping={{ping}}"),
+        "eventSourceUrl": format!("{base}{}?types={{types}}&closeafter={{closeafter}}&ping={{ping}}", crate::EVENTSOURCE_PATH),
         "state": session_state(j, a)?,
     }))
 }

@@ -35,6 +35,12 @@ type GroupKey = (RealmId, KeyPurpose, String);
 
 struct Loaded {
     generation: i64,
+    /// When it was read.
+    read_at: std::time::Instant,
+    /// A key that is not revoked has no private half here: its HSM object was not found (a
+    /// key another process made a moment ago may not be visible yet) or its sealed half did
+    /// not open. Such a table is read again now and then, not only on the next key change.
+    missing: bool,
     groups: HashMap<GroupKey, Group>,
     /// Where each kid sits: its group and its index there.
     by_kid: HashMap<Kid, (GroupKey, usize)>,
@@ -46,6 +52,13 @@ enum Usable {
     Software(PrivateKey),
     Hsm(Arc<Hsm>, HsmKey),
 }
+
+/// How often a key table with a key missing its private half is read again.
+const RETRY_MISSING: std::time::Duration = std::time::Duration::from_secs(1);
+/// How many times, and how far apart, a signing request that finds no usable key while one is
+/// missing looks again before it fails.
+const MISSING_RETRIES: usize = 5;
+const MISSING_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Signs for realms with their own keys only.
 pub struct Signer {
@@ -77,6 +90,11 @@ impl Signer {
     /// one made by another (the CLI) within `store::GENERATIONS_STALE_AFTER`, which that
     /// command waits out before it returns.
     fn loaded(&self) -> Result<Arc<Loaded>> {
+        self.loaded_unless(|_| false)
+    }
+
+    /// [`Self::loaded`], read again if the table it would give satisfies `stale`.
+    fn loaded_unless(&self, stale: impl Fn(&Loaded) -> bool) -> Result<Arc<Loaded>> {
         // The shared copy of the counters (read at most every 25 ms; a revocation through this
         // process is seen at once, one by the CLI before that command returns), not a read
         // per signature.
@@ -84,9 +102,13 @@ impl Signer {
         let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = slot.as_ref()
             && l.generation == generation
+            && !(l.missing && l.read_at.elapsed() >= RETRY_MISSING)
+            && !stale(l)
         {
             return Ok(l.clone());
         }
+        let read_at = std::time::Instant::now();
+        let mut missing = false;
         let records = self.store.list_keys(None)?;
         let mut keys = HashMap::new();
         for k in &records {
@@ -117,12 +139,14 @@ impl Signer {
                         keys.insert(k.kid.clone(), Usable::Hsm(hsm, key));
                     }
                     None => {
+                        missing = true;
                         tracing::error!(target: "keypost::security", kid = %k.kid, "key is held in an HSM this signer does not reach (or the token lost it)")
                     }
                 }
                 continue;
             }
             let Some(pkcs8) = kek.open(&k.sealed, &aad(&k.kid, &k.realm, k.purpose, &k.alg)) else {
+                missing = true;
                 tracing::error!(target: "keypost::security", kid = %k.kid, "sealed key does not open: wrong key-encryption key or tampered row");
                 continue;
             };
@@ -141,6 +165,8 @@ impl Signer {
         }
         let l = Arc::new(Loaded {
             generation,
+            read_at,
+            missing,
             groups,
             by_kid,
             keys,
@@ -171,8 +197,20 @@ impl Signer {
         now: UnixTime,
         input: impl FnOnce(&SigningKey) -> Vec<u8>,
     ) -> Result<(SigningKey, Vec<u8>, Signature)> {
-        let l = self.loaded()?;
-        let key = Self::current_in(&l, realm, purpose, alg, now)?;
+        let mut l = self.loaded()?;
+        let mut key = Self::current_in(&l, realm, purpose, alg, now);
+        // No usable key while one is missing its private half: a key another process has just
+        // made in the HSM may not be visible to this process's session yet. Looked for again
+        // a few times (a short, bounded wait) before the request fails.
+        for _ in 0..MISSING_RETRIES {
+            if !(key.is_err() && l.missing) {
+                break;
+            }
+            std::thread::sleep(MISSING_RETRY_PAUSE);
+            l = self.loaded_unless(|_| true)?;
+            key = Self::current_in(&l, realm, purpose, alg, now);
+        }
+        let key = key?;
         let bytes = input(&key);
         let sig = Self::sign_in(&l, realm, purpose, &key.kid, &bytes, now)?;
         Ok((key, bytes, sig))

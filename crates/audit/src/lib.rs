@@ -17,10 +17,12 @@
 pub mod chain;
 pub mod export;
 pub mod investigate;
+mod network;
 mod proxies;
 pub mod published;
 pub mod signed_heads;
 
+pub use network::{DEFAULT_V6_PREFIX, network_key, network_of};
 pub use proxies::TrustedProxies;
 
 use std::sync::Arc;

@@ -1830,6 +1830,16 @@ impl Identity {
 
     // ---- resource side --------------------------------------------------------------------
 
+    /// Writes the summaries of refused-token windows that ended ([`tokens::Gate`]).
+    pub fn flush_refusal_summaries(&self, now: UnixTime) -> Result<usize, tokens::GateError> {
+        self.gate.flush_refusal_summaries(now)
+    }
+
+    /// Writes every refused-token summary, ended or not (at shutdown).
+    pub fn flush_all_refusal_summaries(&self, now: UnixTime) -> Result<usize, tokens::GateError> {
+        self.gate.flush_all_refusal_summaries(now)
+    }
+
     /// The one token edge ([`tokens::Gate::authenticate`], which audits every refusal), in
     /// OAuth's error form: `challenge` names the protected resource in `WWW-Authenticate`.
     pub(crate) fn authenticate(

@@ -9,7 +9,7 @@
 //! (the proxy must limit its clients), only by the total.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -23,15 +23,7 @@ pub(crate) struct SourceKey(IpAddr);
 
 impl SourceKey {
     pub(crate) fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => Self(ip),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self(IpAddr::V4(v4)),
-                None => Self(IpAddr::V6(Ipv6Addr::from(
-                    u128::from(v6) & (u128::MAX << 64),
-                ))),
-            },
-        }
+        Self(audit::network_of(ip, audit::DEFAULT_V6_PREFIX))
     }
 }
 

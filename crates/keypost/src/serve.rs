@@ -13,6 +13,8 @@ use crate::config::Config;
 /// How often the detector looks at new audit records: alerts land within about this long
 /// (plus delivery) of the event, and each idle pass costs one indexed read.
 const DETECT_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the refused-token windows that ended are summarised in the audit log.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the ledger is pruned of long-expired tokens (the first pass at start).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
 /// How long a stopping server waits for background passes once every request is answered.
@@ -60,6 +62,7 @@ pub(crate) fn run(config: Config) -> Result<()> {
         )
         .with_ledger_cache(svc.identity.ledger_cache()),
     );
+    let jmap_gate = gate.clone();
     let jmap_service = Arc::new(
         jmap::Jmap::new(gate, mail, svc.store.clone(), &svc.config.public_url)
             .with_trusted_proxies(svc.config.identity.trusted_proxies.clone()),
@@ -90,6 +93,7 @@ pub(crate) fn run(config: Config) -> Result<()> {
             None
         }
     };
+    let at_stop = (identity.clone(), jmap_gate.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -100,6 +104,18 @@ pub(crate) fn run(config: Config) -> Result<()> {
         every(DETECT_INTERVAL, "detection", move || {
             if let Err(e) = detector.run_once(identity::now()) {
                 tracing::error!(target: "keypost::security", error = %e, "detection pass failed");
+            }
+        });
+        // Garbage tokens past a source's budget are counted, not written one by one; each
+        // source's count is written as one record when its window ends.
+        let summariser = identity.clone();
+        every(SUMMARY_INTERVAL, "refused-token summaries", move || {
+            let now = identity::now();
+            let flushed = summariser
+                .flush_refusal_summaries(now)
+                .and_then(|_| jmap_gate.flush_refusal_summaries(now));
+            if let Err(e) = flushed {
+                tracing::error!(error = %e, "writing refused-token summaries failed");
             }
         });
         let pruner = identity.clone();
@@ -128,6 +144,15 @@ pub(crate) fn run(config: Config) -> Result<()> {
     // waited for beyond this: each works in transactions, so one cut short rolls back and is
     // taken up by the next start (a pruning backlog can take minutes).
     rt.shutdown_timeout(SHUTDOWN_GRACE);
+    // What the refused-token budgets counted is written before the process goes.
+    let (identity, jmap_gate) = at_stop;
+    let now = identity::now();
+    let flushed = identity
+        .flush_all_refusal_summaries(now)
+        .and_then(|_| jmap_gate.flush_all_refusal_summaries(now));
+    if let Err(e) = flushed {
+        tracing::error!(error = %e, "writing refused-token summaries at shutdown failed");
+    }
     if let Some(signer) = signer {
         signer.stop();
     }

@@ -16,6 +16,7 @@ use store::{RealmId, Store, UnixTime};
 
 use crate::claims::{Audience, issuer_for, realm_hint};
 use crate::credential::{CredentialError, Presentation};
+use crate::refusal_budget::{self, Admit, RefusalBudget, Summary};
 use crate::validate::{Expectation, Presented, Principal, Rejection};
 use crate::{LedgerCache, StoreLedger, Validator};
 
@@ -83,6 +84,7 @@ pub struct Gate {
     public_url: String,
     access_ttl: i64,
     leeway: i64,
+    budget: RefusalBudget,
 }
 
 impl std::fmt::Debug for Gate {
@@ -113,7 +115,52 @@ impl Gate {
             public_url: public_url.trim_end_matches('/').to_owned(),
             access_ttl,
             leeway,
+            budget: RefusalBudget::default(),
         }
+    }
+
+    /// Writes the summaries of the refused-token windows that ended by `now` (garbage past
+    /// each source's budget, counted rather than written one by one); returns how many. The
+    /// server calls it now and then, so a flood that stopped is still summarised.
+    pub fn flush_refusal_summaries(&self, now: UnixTime) -> Result<usize, GateError> {
+        self.flush_summaries(now, now)
+    }
+
+    /// [`Gate::flush_refusal_summaries`] for every window, ended or not: for a server that
+    /// stops, so what it counted is not lost with it.
+    pub fn flush_all_refusal_summaries(&self, now: UnixTime) -> Result<usize, GateError> {
+        self.flush_summaries(UnixTime::MAX, now)
+    }
+
+    fn flush_summaries(&self, ended_by: UnixTime, now: UnixTime) -> Result<usize, GateError> {
+        let due = self.budget.due(ended_by);
+        let n = due.len();
+        for s in due {
+            self.write_summary(&s, now)?;
+        }
+        Ok(n)
+    }
+
+    fn write_summary(&self, s: &Summary, now: UnixTime) -> Result<(), GateError> {
+        let (realm, network) = &s.key;
+        let mut ev = Event::failure(Operation::TokenRejected)
+            .source(&Source {
+                ip: Some(network.clone()),
+                user_agent: None,
+            })
+            .detail("token_type", "access_token")
+            .detail("reason", "Summarized")
+            .detail("summarized", s.total())
+            .detail("reasons", serde_json::json!(s.reasons))
+            .detail("from", s.from)
+            .detail("until", s.until);
+        if let Some(realm) = realm {
+            ev = ev.realm(realm);
+        }
+        self.audit
+            .record(ev, now)
+            .map(|_| ())
+            .map_err(|e| GateError::Unavailable(e.to_string()))
     }
 
     /// Shares `cache` with the [`crate::Minter`] that fills it, so tokens minted in this
@@ -227,6 +274,24 @@ impl Gate {
         p: &Presented,
         access: &Access<'_>,
     ) -> GateError {
+        // Garbage past its source's budget is counted, not written one by one.
+        if refusal_budget::is_garbage(reason)
+            && let Some(ip) = &access.source.ip
+        {
+            let network =
+                audit::network_key(ip, audit::DEFAULT_V6_PREFIX).unwrap_or_else(|| ip.clone());
+            let (admit, ended) = self
+                .budget
+                .admit((realm.cloned(), network), reason, access.now);
+            if let Some(summary) = ended
+                && let Err(e) = self.write_summary(&summary, access.now)
+            {
+                return e;
+            }
+            if admit == Admit::Counted {
+                return GateError::Rejected(reason);
+            }
+        }
         let (name, code) = reason.code();
         let mut ev = Event::failure(Operation::TokenRejected)
             .source(access.source)

@@ -30,6 +30,7 @@ mod jose;
 mod ledger;
 pub mod manual;
 mod mint;
+mod refusal_budget;
 mod signing_policy;
 mod validate;
 

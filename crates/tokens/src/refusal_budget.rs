@@ -1,0 +1,196 @@
+//! How many refusals of tokens that are not even validly signed one source may have audited one
+//! by one. Anyone who can send a request can send garbage, and every refusal used to be its own
+//! durable audit write: a flood of garbage was a flood of fsyncs and records. Past a budget per
+//! source network and minute, such refusals are counted in memory instead and written as one
+//! summary record per source and window (how many, which reasons, from when to when), so the
+//! log still says everything that happened — nothing is dropped silently.
+//!
+//! Only refusals decided before any signature verified are counted this way. A token whose
+//! signature verified, or that names another realm's key (someone may hold a signing key), is
+//! always audited on its own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use store::{RealmId, UnixTime};
+
+use crate::validate::Rejection;
+
+/// Refusals one source network has audited one by one per window.
+pub(crate) const PER_WINDOW: u32 = 20;
+/// The window (seconds).
+pub(crate) const WINDOW: i64 = 60;
+/// Sources tracked at once; past it, a new source's refusals are audited one by one (the
+/// budget fails towards writing, never towards silence).
+const MAX_SOURCES: usize = 10_000;
+
+/// Whether a refusal was decided before anything about the token was shown genuine.
+pub(crate) fn is_garbage(reason: Rejection) -> bool {
+    use Rejection::*;
+    matches!(
+        reason,
+        Malformed
+            | KidMissing
+            | UnknownKid
+            | AlgorithmNotAllowed
+            | AlgorithmMismatch
+            | HeaderKeyForbidden
+            | CritUnsupported
+            | SignatureInvalid
+    )
+}
+
+/// Whose refusals are counted together: the realm they were recorded in and the source's
+/// network.
+pub(crate) type Key = (Option<RealmId>, String);
+
+#[derive(Debug)]
+struct Window {
+    started: UnixTime,
+    last: UnixTime,
+    audited: u32,
+    counted: BTreeMap<&'static str, u64>,
+}
+
+/// What a source's window held back: to be written as one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub(crate) key: Key,
+    pub(crate) from: UnixTime,
+    pub(crate) until: UnixTime,
+    pub(crate) reasons: BTreeMap<&'static str, u64>,
+}
+
+impl Summary {
+    pub(crate) fn total(&self) -> u64 {
+        self.reasons.values().sum()
+    }
+}
+
+/// What to do with one refusal.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Write it, as every refusal used to be.
+    Audit,
+    /// Counted into its source's summary.
+    Counted,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RefusalBudget {
+    windows: Mutex<HashMap<Key, Window>>,
+}
+
+impl RefusalBudget {
+    /// Admits one garbage refusal of `key` at `now`; also returns the summary of `key`'s
+    /// previous window if it ended.
+    pub(crate) fn admit(
+        &self,
+        key: Key,
+        reason: Rejection,
+        now: UnixTime,
+    ) -> (Admit, Option<Summary>) {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ended = None;
+        if let Some(w) = windows.get(&key)
+            && now - w.started >= WINDOW
+        {
+            ended = windows.remove(&key).and_then(|w| summary(key.clone(), w));
+        }
+        if !windows.contains_key(&key) && windows.len() >= MAX_SOURCES {
+            return (Admit::Audit, ended);
+        }
+        let w = windows.entry(key).or_insert(Window {
+            started: now,
+            last: now,
+            audited: 0,
+            counted: BTreeMap::new(),
+        });
+        w.last = w.last.max(now);
+        if w.audited < PER_WINDOW {
+            w.audited += 1;
+            return (Admit::Audit, ended);
+        }
+        *w.counted.entry(reason.name()).or_default() += 1;
+        (Admit::Counted, ended)
+    }
+
+    /// Takes out every window that ended by `now`, and the summaries of those that held
+    /// anything back.
+    pub(crate) fn due(&self, now: UnixTime) -> Vec<Summary> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let ended: Vec<Key> = windows
+            .iter()
+            .filter(|(_, w)| now - w.started >= WINDOW)
+            .map(|(k, _)| k.clone())
+            .collect();
+        ended
+            .into_iter()
+            .filter_map(|k| windows.remove(&k).and_then(|w| summary(k, w)))
+            .collect()
+    }
+}
+
+fn summary(key: Key, w: Window) -> Option<Summary> {
+    (!w.counted.is_empty()).then_some(Summary {
+        key,
+        from: w.started,
+        until: w.last,
+        reasons: w.counted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(net: &str) -> Key {
+        (None, net.to_owned())
+    }
+
+    #[test]
+    fn past_the_budget_refusals_are_counted_and_summarised_once_the_window_ends() {
+        let b = RefusalBudget::default();
+        for _ in 0..PER_WINDOW {
+            assert_eq!(
+                b.admit(key("a"), Rejection::UnknownKid, 0),
+                (Admit::Audit, None)
+            );
+        }
+        for i in 0..30 {
+            let reason = if i % 3 == 0 {
+                Rejection::Malformed
+            } else {
+                Rejection::UnknownKid
+            };
+            assert_eq!(b.admit(key("a"), reason, 10).0, Admit::Counted);
+        }
+        // Another source has a budget of its own.
+        assert_eq!(b.admit(key("b"), Rejection::Malformed, 10).0, Admit::Audit);
+        assert!(b.due(WINDOW - 1).is_empty(), "the window is still open");
+        let (admit, ended) = b.admit(key("a"), Rejection::Malformed, WINDOW);
+        assert_eq!(admit, Admit::Audit, "a new window, a new budget");
+        let s = ended.unwrap();
+        assert_eq!((s.from, s.until, s.total()), (0, 10, 30));
+        assert_eq!(s.reasons["Malformed"], 10);
+        assert_eq!(s.reasons["UnknownKid"], 20);
+        // b's window held nothing back: it ends without a summary.
+        assert!(b.due(WINDOW + 10).is_empty());
+    }
+
+    #[test]
+    fn refusals_after_a_verified_signature_are_never_garbage() {
+        for r in [
+            Rejection::NotIssued,
+            Rejection::KeyNotInRealm,
+            Rejection::LedgerMismatch,
+            Rejection::TenantMismatch,
+            Rejection::AudienceMismatch,
+            Rejection::WrongKeyPurpose,
+            Rejection::Expired,
+        ] {
+            assert!(!is_garbage(r), "{r:?}");
+        }
+        assert!(is_garbage(Rejection::SignatureInvalid));
+    }
+}

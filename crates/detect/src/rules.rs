@@ -542,11 +542,18 @@ impl Context<'_> {
             return Ok(None);
         };
         let threshold = setting.threshold.unwrap_or(10);
+        // A source is its network (an IPv6 /64) where the sign-in recorded one.
+        let network = r
+            .details
+            .get("source_network")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let accounts = self.store.count_distinct_audit(
             &AuditQuery {
                 realm: r.realm.clone(),
                 operation: Some("SignInFailed".into()),
-                source_ip: Some(ip.clone()),
+                source_ip: network.is_none().then(|| ip.clone()),
+                source_network: network,
                 since: Some(r.time - SPRAY_WINDOW),
                 before_id: Some(r.id + 1),
                 ..Default::default()
@@ -583,7 +590,7 @@ impl Context<'_> {
                 before_id: Some(r.id + 1),
                 ..Default::default()
             },
-            AuditColumn::SourceIp,
+            AuditColumn::SourceNetwork,
         )?;
         if sources < threshold {
             return Ok(None);
@@ -592,7 +599,7 @@ impl Context<'_> {
             rule: "credential-stuffing",
             severity: Severity::High,
             title: format!(
-                "Failed sign-ins on {} from {sources} addresses in 15 minutes",
+                "Failed sign-ins on {} from {sources} networks in 15 minutes",
                 shown(actor, SHOWN)
             ),
             dedup_key: actor.clone(),

@@ -34,6 +34,11 @@ const DEFAULT_SCOPE: &str = "openid profile email mail";
 /// How long a sign-in waits for others on the same account or source to finish before it is
 /// counted as one too many.
 const SIGN_IN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+/// An account's failures from every network together, as a multiple of its per-network limit,
+/// past which networks it never signed in from are slowed down too.
+const ACCOUNT_WIDE_FACTOR: u64 = 4;
+/// How long a successful sign-in makes its network familiar to the account (seconds).
+const FAMILIAR_FOR: i64 = 30 * 86_400;
 /// What a client that is not first-party may be granted unless it was registered for more:
 /// who the user is, and staying signed in. Reading mail (`mail`) and the audit log (`audit`)
 /// are grants an administrator makes at registration (`--scope`), never a default: otherwise
@@ -67,6 +72,8 @@ pub struct IdentityConfig {
     pub max_failures_per_source: u64,
     /// The throttling window, seconds.
     pub throttle_window: i64,
+    /// The IPv6 prefix length that counts as one source for throttling (IPv4: one address).
+    pub ipv6_prefix: u8,
     /// Proxies whose `X-Forwarded-For` names the client (audit and throttling).
     pub trusted_proxies: audit::TrustedProxies,
 }
@@ -85,6 +92,7 @@ impl Default for IdentityConfig {
             max_failures_per_account: 5,
             max_failures_per_source: 20,
             throttle_window: 900,
+            ipv6_prefix: audit::DEFAULT_V6_PREFIX,
             trusted_proxies: audit::TrustedProxies::default(),
         }
     }
@@ -783,76 +791,131 @@ impl Identity {
         now: UnixTime,
     ) -> Result<Account, OAuthError> {
         let email = username.trim().to_ascii_lowercase();
-        // This attempt counts against the limits from now until it is recorded (or dropped).
-        let mut keys = vec![format!("account:{email}")];
-        keys.extend(source.ip.as_ref().map(|ip| format!("source:{ip}")));
+        // A source counts as its network: an IPv4 address, an IPv6 prefix (a /64 unless
+        // configured otherwise), within which an attacker picks new addresses at will.
+        let network = source.ip.as_deref().map(|ip| {
+            audit::network_key(ip, self.cfg.ipv6_prefix).unwrap_or_else(|| ip.to_owned())
+        });
+        // This attempt counts against the limits from now until it is recorded (or dropped):
+        // the account's from this network, and the network's.
+        let keys = vec![
+            format!(
+                "account:{email} network:{}",
+                network.as_deref().unwrap_or("")
+            ),
+            format!("network:{}", network.as_deref().unwrap_or("")),
+            format!("account:{email}"),
+        ];
         let since = now - self.cfg.throttle_window;
-        let failures = |q: AuditQuery| {
-            self.audit.count(&AuditQuery {
-                operation: Some("SignInFailed".into()),
-                since: Some(since),
-                ..q
-            })
+        let failed = |actor: Option<&str>, net: Option<&str>| AuditQuery {
+            operation: Some("SignInFailed".into()),
+            since: Some(since),
+            actor: actor.map(str::to_owned),
+            source_network: net.map(str::to_owned),
+            ..Default::default()
         };
-        let recorded = || -> Result<(u64, u64), Error> {
-            let account = failures(AuditQuery {
-                actor: Some(email.clone()),
-                ..Default::default()
-            })?;
-            let source = match &source.ip {
-                Some(ip) => failures(AuditQuery {
-                    source_ip: Some(ip.clone()),
-                    ..Default::default()
-                })?,
+        let recorded = || -> Result<[u64; 3], Error> {
+            let here = self
+                .audit
+                .count(&failed(Some(&email), network.as_deref()))?;
+            let source = match &network {
+                Some(n) => self.audit.count(&failed(None, Some(n)))?,
                 None => 0,
             };
-            Ok((account, source))
+            let everywhere = self.audit.count(&failed(Some(&email), None))?;
+            Ok([here, source, everywhere])
         };
+        let account_wide = self
+            .cfg
+            .max_failures_per_account
+            .saturating_mul(ACCOUNT_WIDE_FACTOR);
         let limits = [
             self.cfg.max_failures_per_account,
             self.cfg.max_failures_per_source,
+            account_wide,
         ];
         // While the attempts in progress could still use up what the limits allow, this one
         // waits for them (a short while) and reads the failures again: guesses sent at once
         // are checked no faster than in turn, and correct passwords sent at once are only
         // delayed, not refused.
         let patience = std::time::Instant::now();
-        let (_attempt, per_account, per_source) = loop {
+        let (_attempt, [per_account, per_source, everywhere], running) = loop {
             // Registered before the failures are read: an attempt that ends in between has
             // recorded its failure by then (it records, then ends), so nothing is missed.
             let (attempt, running) = self.signing_in.begin(keys.clone());
-            let (account, source_failures) = recorded().map_err(OAuthError::from)?;
-            let recorded = [account, source_failures];
+            let recorded = recorded().map_err(OAuthError::from)?;
             let exhausted = (0..keys.len()).any(|i| recorded[i] >= limits[i]);
             let room = (0..keys.len()).all(|i| recorded[i] + running[i] < limits[i]);
             if exhausted || room || patience.elapsed() >= SIGN_IN_PATIENCE {
-                let [a, s] = [0, 1].map(|i| recorded[i] + running.get(i).copied().unwrap_or(0));
-                break (attempt, a, s);
+                let counted = [0, 1, 2].map(|i| recorded[i] + running[i]);
+                break (attempt, counted, running);
             }
             drop(attempt);
             self.signing_in.wait(SIGN_IN_PATIENCE / 20);
         };
         let ev = |op| {
-            Event::failure(op)
+            let mut e = Event::failure(op)
                 .realm(realm)
                 .actor(email.clone())
                 .source(source)
-                .client(client.as_str())
+                .client(client.as_str());
+            if let Some(n) = &network {
+                e = e.detail("source_network", n.clone());
+            }
+            e
         };
-        if per_account >= self.cfg.max_failures_per_account
-            || per_source >= self.cfg.max_failures_per_source
-        {
+        let throttled = |retry_in: Option<i64>| -> Result<Account, OAuthError> {
             self.audit
                 .record(
                     ev(Operation::SignInThrottled)
                         .detail("account_failures", per_account)
-                        .detail("source_failures", per_source),
+                        .detail("source_failures", per_source)
+                        .detail("retry_in", retry_in),
                     now,
                 )
                 .map_err(Error::from)?;
-            return Err(OAuthError::invalid_grant(
-                "too many failed sign-in attempts; try again later",
-            ));
+            Err(OAuthError::invalid_grant(match retry_in {
+                Some(s) => format!("too many failed sign-in attempts; try again in {s} s"),
+                None => "too many failed sign-in attempts; try again later".to_owned(),
+            }))
+        };
+        // A network that guessed too often is refused outright for the window.
+        if per_source >= self.cfg.max_failures_per_source {
+            return throttled(None);
+        }
+        // An account is never locked for everyone: past its limit, this network may try again
+        // only after a delay that doubles with each further failure from it (one attempt at a
+        // time), while its owner signs in from their own network as usual.
+        let backoff = |count: u64, limit: u64, others: u64, net: Option<&str>| {
+            let excess = count - limit;
+            let delay = (1i64 << excess.min(20)).min(self.cfg.throttle_window);
+            let last = self
+                .store
+                .latest_audit_time(&failed(Some(&email), net))
+                .map_err(Error::from)?
+                .unwrap_or(since);
+            Ok::<_, OAuthError>(
+                (others > 0 || now < last + delay).then(|| (last + delay - now).max(1)),
+            )
+        };
+        if per_account >= self.cfg.max_failures_per_account
+            && let Some(wait) = backoff(
+                per_account,
+                self.cfg.max_failures_per_account,
+                running[0],
+                network.as_deref(),
+            )?
+        {
+            return throttled(Some(wait));
+        }
+        // Guesses spread over many networks meet a limit of the account's as a whole, but
+        // only where the account has not signed in before: from a network it knows, its owner
+        // keeps only that network's own limit.
+        if everywhere >= account_wide
+            && !self.familiar(&email, network.as_deref(), now)?
+            && let Some(wait) = backoff(everywhere, account_wide, running[2], None)?
+        {
+            return throttled(Some(wait));
         }
         let account = self
             .store
@@ -870,17 +933,16 @@ impl Identity {
             Some(a) if !password::verify(pw, &a.password_hash) => "wrong password",
             Some(a) if a.disabled => "account disabled",
             Some(a) => {
-                self.audit
-                    .record(
-                        Event::success(Operation::SignInSucceeded)
-                            .realm(realm)
-                            .actor(email.clone())
-                            .source(source)
-                            .client(client.as_str())
-                            .target(a.id.as_str()),
-                        now,
-                    )
-                    .map_err(Error::from)?;
+                let mut succeeded = Event::success(Operation::SignInSucceeded)
+                    .realm(realm)
+                    .actor(email.clone())
+                    .source(source)
+                    .client(client.as_str())
+                    .target(a.id.as_str());
+                if let Some(n) = &network {
+                    succeeded = succeeded.detail("source_network", n.clone());
+                }
+                self.audit.record(succeeded, now).map_err(Error::from)?;
                 return Ok(a.clone());
             }
         };
@@ -888,6 +950,28 @@ impl Identity {
             .record(ev(Operation::SignInFailed).detail("reason", reason), now)
             .map_err(Error::from)?;
         Err(OAuthError::invalid_grant("invalid username or password"))
+    }
+
+    /// Whether `email` signed in successfully from `network` within [`FAMILIAR_FOR`].
+    fn familiar(
+        &self,
+        email: &str,
+        network: Option<&str>,
+        now: UnixTime,
+    ) -> Result<bool, OAuthError> {
+        let Some(network) = network else {
+            return Ok(false);
+        };
+        Ok(self
+            .store
+            .audit_exists(&AuditQuery {
+                operation: Some("SignInSucceeded".into()),
+                actor: Some(email.to_owned()),
+                source_network: Some(network.to_owned()),
+                since: Some(now - FAMILIAR_FOR),
+                ..Default::default()
+            })
+            .map_err(Error::from)?)
     }
 
     /// Replaces a password at sign-in (a temporary one, or by the user's choice): checks the

@@ -227,6 +227,7 @@ struct Login {
     max_failures_per_account: u64,
     max_failures_per_source: u64,
     throttle_window: String,
+    ipv6_prefix: u8,
 }
 
 impl Default for FileConfig {
@@ -296,6 +297,7 @@ impl Default for Login {
             max_failures_per_account: 5,
             max_failures_per_source: 20,
             throttle_window: "15m".into(),
+            ipv6_prefix: audit::DEFAULT_V6_PREFIX,
         }
     }
 }
@@ -555,6 +557,10 @@ impl FileConfig {
             max_failures_per_account: self.login.max_failures_per_account,
             max_failures_per_source: self.login.max_failures_per_source,
             throttle_window: secs("login.throttle_window", &self.login.throttle_window)?,
+            ipv6_prefix: match self.login.ipv6_prefix {
+                p @ 1..=128 => p,
+                p => anyhow::bail!("login.ipv6_prefix = {p}: expected 1 to 128"),
+            },
             trusted_proxies: audit::TrustedProxies::parse(&self.listen.trusted_proxies)
                 .map_err(|e| anyhow::anyhow!("listen.trusted_proxies: {e}"))?,
         };

@@ -342,6 +342,9 @@ pub struct AuditQuery {
     pub source_ip: Option<String>,
     /// Source addresses starting with this (a network, e.g. `192.0.2.`).
     pub source_prefix: Option<String>,
+    /// Records whose `details.source_network` is this (the network a sign-in's source counts
+    /// as for throttling: an IPv4 address, an IPv6 prefix).
+    pub source_network: Option<String>,
     /// Key id.
     pub kid: Option<String>,
     /// Token id.

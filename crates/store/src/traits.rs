@@ -197,6 +197,8 @@ pub trait AuditStore: Send + Sync {
     /// How many records match a query (ignores `limit` and `after_id`).
     fn count_audit(&self, query: &AuditQuery) -> Result<u64>;
     /// Whether any record matches (cheaper than counting: stops at the first).
+    /// The time of the newest record matching `query`, if any.
+    fn latest_audit_time(&self, query: &AuditQuery) -> Result<Option<UnixTime>>;
     fn audit_exists(&self, query: &AuditQuery) -> Result<bool>;
     /// How many distinct values of `column` the matching records have.
     fn count_distinct_audit(&self, query: &AuditQuery, column: AuditColumn) -> Result<u64>;
@@ -211,6 +213,9 @@ pub enum AuditColumn {
     Actor,
     /// The source address.
     SourceIp,
+    /// The network a sign-in's source counts as (`details.source_network`), or its address
+    /// for records that name none.
+    SourceNetwork,
     /// The client.
     ClientId,
 }

@@ -419,9 +419,9 @@ fn sign_in_at_once(f: &Fx, password: &'static str, n: usize) -> usize {
         .map(|i| {
             let (id, realm, start) = (f.id.clone(), f.realm.clone(), start.clone());
             std::thread::spawn(move || {
-                // Each from its own address: only the account's limit applies.
+                // Each from its own address of one /64: one source, whose limit applies.
                 let source = Source {
-                    ip: Some(format!("192.0.2.{i}")),
+                    ip: Some(format!("2001:db8:7:7::{i}")),
                     ..Source::default()
                 };
                 let client = ClientId::new("webapp").unwrap();
@@ -680,4 +680,104 @@ async fn a_replay_right_after_the_exchange_revokes_its_family() {
         f.id.finish(issue).await.is_err(),
         "nothing is issued into a revoked family"
     );
+}
+
+/// An account's failure limit applies per source network (an IPv6 /64 is one source), with a
+/// delay that doubles past it: whoever guesses cannot lock the owner out, and cannot escape the
+/// limit by walking the addresses of their /64.
+#[test]
+fn failures_from_one_network_slow_it_down_and_never_lock_the_owner_out() {
+    let f = fx();
+    let from = |ip: &str| Source {
+        ip: Some(ip.to_owned()),
+        user_agent: None,
+    };
+    let try_at = |ip: &str, pw: &str, now: UnixTime| {
+        f.id.sign_in(
+            &f.realm,
+            &f.alice.email,
+            pw,
+            &f.client.client_id,
+            &from(ip),
+            now,
+        )
+    };
+    let limit = IdentityConfig::default().max_failures_per_account;
+    for i in 0..limit {
+        let e = try_at(&format!("2001:db8:1:2::{i}"), "wrong", NOW).unwrap_err();
+        assert_eq!(e.description, "invalid username or password");
+    }
+    // Another address of the same /64: the same source, over its limit now.
+    let e = try_at("2001:db8:1:2:ffff::1", "a long enough password", NOW).unwrap_err();
+    assert!(
+        e.description.contains("try again in 1 s"),
+        "{}",
+        e.description
+    );
+    // The owner, elsewhere, is not locked out.
+    try_at("2001:db8:9::1", "a long enough password", NOW).unwrap();
+    try_at("192.0.2.1", "a long enough password", NOW).unwrap();
+    // After the delay, one more guess from the guessing network; the next waits twice as long.
+    assert_eq!(
+        try_at("2001:db8:1:2::1", "wrong", NOW + 1)
+            .unwrap_err()
+            .description,
+        "invalid username or password"
+    );
+    let e = try_at("2001:db8:1:2::1", "wrong", NOW + 1).unwrap_err();
+    assert!(
+        e.description.contains("try again in 2 s"),
+        "{}",
+        e.description
+    );
+    // Throttled attempts are recorded with the network they count for.
+    let throttled = f
+        .store
+        .search_audit(&AuditQuery {
+            operation: Some("SignInThrottled".into()),
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert!(
+        throttled
+            .iter()
+            .all(|r| r.details["source_network"] == "2001:db8:1:2::/64")
+    );
+}
+
+/// Guesses spread over many networks meet the account's own limit, but only networks the
+/// account never signed in from are slowed by it.
+#[test]
+fn guesses_from_many_networks_slow_down_only_unfamiliar_ones() {
+    let f = fx();
+    let home = Source {
+        ip: Some("198.51.100.7".into()),
+        user_agent: None,
+    };
+    let try_from = |source: &Source, pw: &str| {
+        f.id.sign_in(
+            &f.realm,
+            &f.alice.email,
+            pw,
+            &f.client.client_id,
+            source,
+            NOW,
+        )
+    };
+    try_from(&home, "a long enough password").unwrap();
+    let wide = IdentityConfig::default().max_failures_per_account * ACCOUNT_WIDE_FACTOR;
+    for i in 0..wide {
+        let guesser = Source {
+            ip: Some(format!("203.0.113.{i}")),
+            user_agent: None,
+        };
+        assert!(try_from(&guesser, "wrong").is_err());
+    }
+    let fresh = Source {
+        ip: Some("192.0.2.200".into()),
+        user_agent: None,
+    };
+    let e = try_from(&fresh, "a long enough password").unwrap_err();
+    assert!(e.description.contains("try again in"), "{}", e.description);
+    try_from(&home, "a long enough password").unwrap();
 }

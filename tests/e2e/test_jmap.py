@@ -317,7 +317,7 @@ def test_upload_import_and_send_to_another_keypost_account(keypost, world, alice
     assert keypost.audit("MailDelivered", realm="fabrikam")[-1]["target"] == world.bob.email
 
 
-def test_submission_refuses_spoofed_senders_and_unreachable_recipients(keypost, world, alice):
+def test_submission_refuses_spoofed_senders_and_records_unreachable_recipients(keypost, world, alice):
     token, account = alice
     s = session(keypost, token).json()
     def call(*calls):
@@ -336,9 +336,13 @@ def test_submission_refuses_spoofed_senders_and_unreachable_recipients(keypost, 
         "c": {"identityId": "someone-else", "emailId": ids["remote"]},
     }}, "s"])[0][1]
     assert out["notCreated"]["a"]["type"] == "forbiddenFrom"
-    assert out["notCreated"]["b"]["type"] == "invalidRecipients"
-    assert out["notCreated"]["b"]["invalidRecipients"] == ["someone@example.org"]
     assert out["notCreated"]["c"]["type"] == "invalidProperties"
+    # Not refused: recorded as not delivered (outbound SMTP does not exist yet).
+    sid = out["created"]["b"]["id"]
+    (sub,) = call(["EmailSubmission/get", {"accountId": account, "ids": [sid]}, "g"])[0][1]["list"]
+    assert sub["deliveryStatus"]["someone@example.org"]["delivered"] == "no"
+    assert [r["details"]["reason"] for r in keypost.audit("MailSubmissionRefused", realm="contoso")[-2:]] == \
+        ["ForbiddenFrom", "UnknownIdentity"]
 
 
 def test_full_text_search(keypost, world, alice):

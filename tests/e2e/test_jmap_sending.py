@@ -1,7 +1,9 @@
 """Sending as someone (RFC 8621 §6–7) and keeping within a quota (RFC 9425): identities a user
 may add but never with another's address; submissions recorded with each recipient's outcome;
 a full mailbox refuses delivery (552) without losing the sender's copy; quotas set per account
-from the CLI and reported over JMAP."""
+from the CLI and reported over JMAP. What recipients receive: never the Bcc; never a From or
+Sender naming anyone but the sender (refused, and the refusal audited); and the answer for an
+address without an account is the same wherever it is, so submissions cannot list accounts."""
 
 import pytest
 
@@ -208,3 +210,81 @@ def test_compose_with_a_body_structure(users):
     assert e["bodyStructure"]["subParts"][1]["cid"] == "logo@x"
     assert e["bodyValues"][e["textBody"][0]["partId"]]["value"].strip() == "plain words"
     assert frank.download(e["bodyStructure"]["subParts"][1]["blobId"]).content == b"\x89PNG fake"
+
+
+def test_bcc_recipients_are_invisible_to_every_recipient(keypost, world, users):
+    """RFC 5322 §3.6.3: the Bcc field stays in the sender's copy only."""
+    frank, gwen = users
+    bob = Client(keypost, keypost.tokens_for(world.bob)["access_token"])
+    identity = frank.one("Identity/get", {})["list"][0]["id"]
+    out = frank.call(
+        ["Email/set", {"create": {"d": {
+            "mailboxIds": {frank.mailbox("drafts"): True}, "keywords": {"$draft": True},
+            "from": [{"name": "Frank", "email": "frank@contoso.test"}],
+            "to": [{"name": "Gwen", "email": "gwen@contoso.test"}],
+            "bcc": [{"name": "Bob", "email": world.bob.email}],
+            "subject": "Surprise party for Gwen",
+            "textBody": [{"partId": "t", "type": "text/plain"}], "bodyValues": {"t": {"value": "Saturday."}},
+        }}}, "e"],
+        ["EmailSubmission/set", {"create": {"s": {"identityId": identity, "emailId": "#d"}}}, "s"],
+    )
+    assert out["s"]["created"], out["s"]
+    sent = out["e"]["created"]["d"]["id"]
+    for who in (gwen, bob):
+        (got,) = who.one("Email/query", {"filter": {"subject": "surprise party"}})["ids"]
+        (mail,) = who.one("Email/get", {"ids": [got], "properties": ["bcc", "blobId", "header:Bcc"]})["list"]
+        assert mail["bcc"] is None and mail["header:Bcc"] is None, mail
+        raw = who.download(mail["blobId"]).content
+        assert b"Surprise party" in raw
+        assert b"bcc" not in raw.lower() and world.bob.email.encode() not in raw, raw
+    (mine,) = frank.one("Email/get", {"ids": [sent], "properties": ["bcc"]})["list"]
+    assert mine["bcc"] == [{"name": "Bob", "email": world.bob.email}], "the sender's copy keeps it"
+
+
+def test_a_foreign_address_anywhere_in_from_or_sender_is_refused_and_audited(keypost, users):
+    frank, gwen = users
+    identity = frank.one("Identity/get", {})["list"][0]["id"]
+    drafts = {}
+    for name, originator in (
+        ("ceo-first", '"Contoso CEO" <ceo@contoso.test>, Frank <frank@contoso.test>'),
+        ("sender", "Frank <frank@contoso.test>\r\nSender: ceo@contoso.test"),
+        ("second-field", "frank@contoso.test\r\nFROM: ceo@contoso.test"),
+    ):
+        raw = f"From: {originator}\r\nTo: gwen@contoso.test\r\nSubject: Urgent wire {name}\r\n\r\nPay today.\r\n"
+        drafts[name] = frank.import_email(raw.encode(), role="drafts", keywords=["$draft"])
+    out = frank.one("EmailSubmission/set", {"create": {
+        name: {"identityId": identity, "emailId": email} for name, email in drafts.items()}})
+    assert out["created"] is None, out["created"]
+    assert {k: v["type"] for k, v in out["notCreated"].items()} == dict.fromkeys(drafts, "forbiddenFrom")
+    assert gwen.one("Email/query", {"filter": {"subject": "urgent wire"}})["ids"] == [], "nothing was delivered"
+
+    refused = {r["details"]["items"][0]: r for r in keypost.audit("MailSubmissionRefused", realm="contoso")
+               if r["details"].get("items")}
+    for email in drafts.values():
+        r = refused[email]
+        assert r["result"] == "failure" and r["actor"] == "frank@contoso.test" and r["jti"], r
+        assert r["details"]["reason"] == "ForbiddenFrom" and r["details"]["addresses"] == ["ceo@contoso.test"], r
+    assert not [r for r in keypost.audit("MailSent", realm="contoso") if r["details"]["items"][0] in drafts.values()]
+
+
+def test_recipients_without_an_account_are_answered_alike(keypost, users):
+    """Until outbound SMTP exists no address outside Keypost's accounts can be reached: a
+    missing account in a Keypost domain, a disabled one and a remote address all get the same
+    outcome, and the submission is never refused for them (which would list them)."""
+    frank, gwen = users
+    keypost.create_user("ivy@contoso.test", "ivy-correct-horse-battery-8")
+    keypost.cli("user", "disable", "ivy@contoso.test")
+    identity = frank.one("Identity/get", {})["list"][0]["id"]
+    nobody = ["ivy@contoso.test", "nobody@contoso.test", "nobody@fabrikam.test", "someone@example.org"]
+    email = draft(frank, ", ".join(["gwen@contoso.test", *nobody]), "Offsite dates")
+    out = frank.one("EmailSubmission/set", {"create": {"s": {"identityId": identity, "emailId": email}}})
+    assert out["notCreated"] is None and "s" in (out["created"] or {}), out
+    (sub,) = frank.one("EmailSubmission/get", {"ids": [out["created"]["s"]["id"]]})["list"]
+    status = sub["deliveryStatus"]
+    assert status["gwen@contoso.test"]["delivered"] == "yes"
+    remote = status["someone@example.org"]
+    assert remote["delivered"] == "no" and remote["smtpReply"].startswith("5"), remote
+    assert {a: status[a] for a in nobody} == dict.fromkeys(nobody, remote)
+    assert len(gwen.one("Email/query", {"filter": {"subject": "offsite dates"}})["ids"]) == 1
+    (rec,) = [r for r in keypost.audit("MailSent", realm="contoso") if r["details"]["items"] == [email]]
+    assert rec["details"]["undelivered"] == nobody

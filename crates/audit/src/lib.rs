@@ -68,6 +68,9 @@ pub enum Operation {
     MailSent,
     /// A message was delivered into an account.
     MailDelivered,
+    /// A submission was refused (`details.reason`: a spoofed From, an unknown identity, ...);
+    /// nothing was sent.
+    MailSubmissionRefused,
     /// An account's password was changed.
     PasswordChanged,
     /// A refresh token was used twice: the family is revoked.
@@ -118,6 +121,7 @@ impl Operation {
             MailItemsUpdated => "MailItemsUpdated",
             MailSent => "MailSent",
             MailDelivered => "MailDelivered",
+            MailSubmissionRefused => "MailSubmissionRefused",
             PasswordChanged => "PasswordChanged",
             RefreshTokenReused => "RefreshTokenReused",
             SessionEnded => "SessionEnded",

@@ -157,8 +157,13 @@ pub(crate) struct Authed {
 impl Authed {
     /// An audit event about this request, with everything that identifies who made it.
     pub(crate) fn event(&self, op: Operation) -> Event {
+        self.attribute(Event::success(op))
+    }
+
+    /// `ev` with everything that identifies who made this request.
+    fn attribute(&self, ev: Event) -> Event {
         let p = &self.principal;
-        let mut ev = Event::success(op)
+        let mut ev = ev
             .realm(p.realm())
             .actor(self.account.email.clone())
             .target(self.account.id.to_string())
@@ -184,6 +189,17 @@ impl Authed {
     fn flush(&self) -> Option<store::Completion> {
         let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
         (!events.is_empty()).then(|| self.audit.submit_all(events))
+    }
+}
+
+/// What a submission records belongs to this request (`mail::Mail::submit`).
+impl mail::Recorder for Authed {
+    fn attribute(&self, event: Event) -> Event {
+        Authed::attribute(self, event)
+    }
+
+    fn record(&self, event: Event) {
+        Authed::record(self, event);
     }
 }
 

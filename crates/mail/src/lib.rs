@@ -3,8 +3,9 @@
 //! `mail` owns what a mailbox holds and how a message gets there: the default mailboxes with
 //! their JMAP roles, parsing a raw RFC 5322 message for its metadata (with `mail-parser`),
 //! threading by Message-ID/In-Reply-To/References, durable storage (the blob first, then the
-//! metadata, both on disk before `deliver` returns), and importing `.eml` files, Maildirs and
-//! mbox files. It must never authenticate anyone: callers hand it an account that an
+//! metadata, both on disk before `deliver` returns), importing `.eml` files, Maildirs and
+//! mbox files, and submission ([`Mail::submit`]: the sender check, Bcc removal and local
+//! delivery that JMAP and SMTP submission share). It must never authenticate anyone: callers hand it an account that an
 //! already-validated principal (or the operator's CLI) is entitled to.
 //!
 //! ```text
@@ -13,10 +14,12 @@
 #![forbid(unsafe_code)]
 
 mod compose;
+mod headers;
 mod import;
 mod message;
 mod parse;
 mod sending;
+mod submit;
 mod vacation;
 
 use std::sync::Arc;
@@ -33,6 +36,10 @@ pub use compose::{Attachment, Draft, PartSpec, is_free_header};
 pub use import::{ImportReport, ImportSource};
 pub use message::{AddressGroup, Body, HeaderForm, HeaderValue, Message, Part};
 pub use sending::Quota;
+pub use submit::{
+    Envelope, MAX_ADDRESS_LEN, MAX_RECIPIENTS, NOT_DELIVERED, Recorder, Refusal, Submission,
+    SubmitError, record_refusal,
+};
 
 #[doc(hidden)]
 pub mod fuzzing {

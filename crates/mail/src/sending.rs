@@ -1,5 +1,5 @@
 //! What an account sends as (identities), what it sent (submissions), and how much mail it may
-//! keep (quota). Identities and submissions are records only: delivery itself is the caller's.
+//! keep (quota). Identities and submissions are records here; sending is [`crate::Mail::submit`].
 
 use store::{AccountId, Changes, Identity, IdentityId, QuotaSetting, Submission, SubmissionId};
 

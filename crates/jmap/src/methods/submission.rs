@@ -1,15 +1,15 @@
 //! `EmailSubmission/get|set|query|queryChanges` (RFC 8621 §7): sending an email as one of the
 //! account's identities, and the record of each sending.
 //!
-//! Delivery is between Keypost accounts only until outbound SMTP exists: a submission naming
-//! any other recipient is refused as a whole (`invalidRecipients`), never half-sent. Each
-//! delivery's outcome is kept per recipient (a full mailbox is `552 5.2.2`, not a failure of
-//! the whole submission).
+//! Sending itself is [`mail::Mail::submit`], shared with SMTP submission: this module maps the
+//! JMAP arguments to a [`mail::Submission`] and each [`mail::Refusal`] to its RFC 8621 §7.5
+//! SetError (`forbiddenFrom`, `forbiddenMailFrom`, `invalidEmail`, `tooManyRecipients`, ...).
+//! Each recipient's outcome is kept in the submission's `deliveryStatus`; whether a recipient
+//! has an account never changes the answer to the request itself.
 
-use audit::Operation;
-use mail::Message;
+use mail::{Refusal, SubmitError};
 use serde_json::{Map, Value, json};
-use store::{Delivery, EmailId, IdentityId, Submission, SubmissionId};
+use store::{EmailId, IdentityId, Submission, SubmissionId};
 
 use super::{Answer, MResult, MethodError, email_set, null_if_empty, set_error, state, utc};
 use crate::{Authed, Jmap, now};
@@ -268,193 +268,104 @@ pub(super) fn set(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> Answer {
     ))
 }
 
-fn invalid(property: &str, why: &str) -> Value {
-    set_error("invalidProperties", why, &[property])
+/// The JMAP SetError for a refused submission (RFC 8621 §7.5).
+fn refusal_error(r: &Refusal) -> Value {
+    let why = r.to_string();
+    match r {
+        Refusal::Malformed { property, .. } => set_error("invalidProperties", &why, &[property]),
+        Refusal::UnknownIdentity => set_error(
+            "invalidProperties",
+            "unknown identityId (see Identity/get)",
+            &["identityId"],
+        ),
+        Refusal::NoSuchEmail => set_error("invalidProperties", "no such email", &["emailId"]),
+        Refusal::InvalidEmail { property, .. } => set_error("invalidEmail", &why, &[property]),
+        Refusal::ForbiddenFrom { .. } => set_error("forbiddenFrom", &why, &[]),
+        Refusal::ForbiddenMailFrom => set_error("forbiddenMailFrom", &why, &[]),
+        Refusal::InvalidRecipients { addresses } => {
+            let mut e = set_error("invalidRecipients", &why, &[]);
+            e["invalidRecipients"] = json!(addresses);
+            e
+        }
+        Refusal::NoRecipients => set_error("noRecipients", &why, &[]),
+        Refusal::TooManyRecipients { max } => {
+            let mut e = set_error("tooManyRecipients", &why, &[]);
+            e["maxRecipients"] = json!(max);
+            e
+        }
+        // Refusals added to mail later are still refusals.
+        _ => set_error("forbidden", &why, &[]),
+    }
 }
 
-fn submit_one(j: &Jmap, a: &Authed, spec: &Value) -> Result<Submission, Value> {
-    let server = |e: mail::Error| set_error("serverFail", &e.to_string(), &[]);
+fn malformed(property: &'static str, why: &str) -> Refusal {
+    Refusal::Malformed {
+        property,
+        why: why.to_owned(),
+    }
+}
+
+/// The JMAP EmailSubmission object as a [`mail::Submission`].
+fn submission_of<'a>(a: &'a Authed, spec: &Value) -> Result<mail::Submission<'a>, Refusal> {
+    let spec = spec
+        .as_object()
+        .ok_or_else(|| malformed("emailId", "an EmailSubmission is an object"))?;
     let identity = spec
         .get("identityId")
         .and_then(Value::as_str)
-        .and_then(|id| IdentityId::new(id).ok());
-    let identities = j.mail.identities(&a.account.id).map_err(server)?;
-    let identity = identity
-        .and_then(|id| identities.into_iter().find(|i| i.id == id))
-        .ok_or_else(|| invalid("identityId", "unknown identityId (see Identity/get)"))?;
-    let not_found = || invalid("emailId", "no such email");
-    let email_id = spec
+        .ok_or_else(|| malformed("identityId", "identityId is required"))?;
+    // An id that cannot exist is an unknown identity, like any other.
+    let identity = IdentityId::new(identity).map_err(|_| Refusal::UnknownIdentity)?;
+    let email = spec
         .get("emailId")
         .and_then(Value::as_str)
-        .and_then(|e| EmailId::new(e).ok())
-        .ok_or_else(not_found)?;
-    let (email, _) = j
-        .mail
-        .emails(&a.account.id, std::slice::from_ref(&email_id))
-        .map_err(server)?
-        .into_iter()
-        .next()
-        .ok_or_else(not_found)?;
-    // No spoofing: the message is from the identity's address, which is the account's own.
-    if !email
-        .from
-        .iter()
-        .any(|f| f.email.eq_ignore_ascii_case(&identity.email))
-    {
-        return Err(set_error(
-            "forbiddenFrom",
-            "the From address must be the identity's",
-            &[],
-        ));
-    }
-    let (_, raw) = j
-        .mail
-        .blob(&a.account.id, &email.blob_id)
-        .map_err(server)?
-        .ok_or_else(not_found)?;
-    let envelope = spec.get("envelope").filter(|e| !e.is_null());
-    if let Some(from) = envelope
-        .and_then(|e| e.get("mailFrom"))
-        .and_then(|m| m.get("email"))
-        .and_then(Value::as_str)
-        && !from.eq_ignore_ascii_case(&identity.email)
-    {
-        return Err(set_error(
-            "forbiddenMailFrom",
-            "MAIL FROM must be the identity's address",
-            &[],
-        ));
-    }
-    let mut recipients: Vec<String> = match envelope
-        .and_then(|e| e.get("rcptTo"))
-        .and_then(Value::as_array)
-    {
-        Some(list) => list
-            .iter()
-            .filter_map(|r| r.get("email").and_then(Value::as_str))
-            .map(str::to_ascii_lowercase)
-            .collect(),
-        None => {
-            // RFC 8621 §7: To, Cc and Bcc of the message.
-            let bcc = Message::parse(&raw)
-                .ok()
-                .and_then(|m| m.addresses("Bcc"))
-                .unwrap_or_default();
-            email
-                .to
+        .ok_or_else(|| malformed("emailId", "emailId is required"))?;
+    let email = EmailId::new(email).map_err(|_| Refusal::NoSuchEmail)?;
+    let envelope = match spec.get("envelope") {
+        None | Some(Value::Null) => None,
+        Some(e) => {
+            let address = |v: Option<&Value>| {
+                v.and_then(|a| a.get("email"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
+            let mail_from = address(e.get("mailFrom"))
+                .ok_or_else(|| malformed("envelope", "envelope/mailFrom is an Address"))?;
+            let rcpt_to = e
+                .get("rcptTo")
+                .and_then(Value::as_array)
+                .ok_or_else(|| malformed("envelope", "envelope/rcptTo is a list of Addresses"))?
                 .iter()
-                .chain(&email.cc)
-                .chain(&bcc)
-                .map(|r| r.email.to_ascii_lowercase())
-                .collect()
+                .map(|r| address(Some(r)))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| malformed("envelope", "envelope/rcptTo is a list of Addresses"))?;
+            Some(mail::Envelope { mail_from, rcpt_to })
         }
     };
-    recipients.sort();
-    recipients.dedup();
-    if recipients.is_empty() {
-        return Err(set_error(
-            "noRecipients",
-            "the message has no recipients",
-            &[],
-        ));
-    }
-    let mut local = Vec::new();
-    let mut invalid_rcpts = Vec::new();
-    for r in &recipients {
-        match j.store.find_account_by_email(r) {
-            Ok(Some(acc)) if !acc.disabled => local.push(acc),
-            Ok(_) => invalid_rcpts.push(r.clone()),
-            Err(e) => return Err(set_error("serverFail", &e.to_string(), &[])),
+    Ok(mail::Submission {
+        account: &a.account,
+        identity: Some(identity),
+        email,
+        envelope,
+        at: now(),
+        via: "EmailSubmission",
+    })
+}
+
+fn submit_one(j: &Jmap, a: &Authed, spec: &Value) -> Result<Submission, Value> {
+    let submission = match submission_of(a, spec) {
+        Ok(s) => s,
+        Err(r) => {
+            let email = spec
+                .get("emailId")
+                .and_then(Value::as_str)
+                .and_then(|e| EmailId::new(e).ok());
+            mail::record_refusal(a, &r, email.as_ref());
+            return Err(refusal_error(&r));
         }
-    }
-    if !invalid_rcpts.is_empty() {
-        let mut e = set_error(
-            "invalidRecipients",
-            "only Keypost accounts can be reached until outbound SMTP is available",
-            &[],
-        );
-        e["invalidRecipients"] = json!(invalid_rcpts);
-        return Err(e);
-    }
-    let t = now();
-    let mut delivery = Vec::new();
-    for acc in &local {
-        let inbox = j.mail.mailbox_by_role(&acc.id, "inbox").map_err(server)?;
-        let d = match j.mail.deliver(&acc.id, &raw, &inbox.id, Vec::new(), t) {
-            Ok(d) => d,
-            Err(mail::Error::OverQuota { .. }) => {
-                delivery.push(Delivery {
-                    rcpt: acc.email.clone(),
-                    smtp_reply: "552 5.2.2 Mailbox full".into(),
-                    delivered: "no".into(),
-                });
-                continue;
-            }
-            Err(e) => return Err(server(e)),
-        };
-        delivery.push(Delivery {
-            rcpt: acc.email.clone(),
-            smtp_reply: "250 2.1.5 Delivered to mailbox".into(),
-            delivered: "yes".into(),
-        });
-        let ev = audit::Event::success(Operation::MailDelivered)
-            .realm(&acc.realm)
-            .actor(a.account.email.clone())
-            .target(acc.email.clone())
-            .detail("items", vec![d.id.to_string()])
-            .detail("via", "EmailSubmission");
-        a.record(ev);
-        // The recipient's vacation response, if one is due, comes back to the sender.
-        let reply = j
-            .mail
-            .vacation_reply(
-                &acc.id,
-                &acc.email,
-                &acc.display_name,
-                &a.account.email,
-                &raw,
-                t,
-            )
-            .map_err(server)?;
-        if let Some(reply) = reply {
-            let sender_inbox = j
-                .mail
-                .mailbox_by_role(&a.account.id, "inbox")
-                .map_err(server)?;
-            if let Ok(r) = j
-                .mail
-                .deliver(&a.account.id, &reply, &sender_inbox.id, Vec::new(), t)
-            {
-                let ev = audit::Event::success(Operation::MailDelivered)
-                    .realm(&a.account.realm)
-                    .actor(acc.email.clone())
-                    .target(a.account.email.clone())
-                    .detail("items", vec![r.id.to_string()])
-                    .detail("via", "VacationResponse");
-                a.record(ev);
-            }
-        }
-    }
-    let submission = j
-        .mail
-        .record_submission(Submission {
-            id: SubmissionId::new("pending")
-                .map_err(|e| set_error("serverFail", &e.to_string(), &[]))?,
-            account: a.account.id.clone(),
-            identity: identity.id,
-            email: email_id.clone(),
-            thread: email.thread_id.clone(),
-            mail_from: identity.email,
-            rcpt_to: recipients.clone(),
-            send_at: t,
-            delivery,
-        })
-        .map_err(server)?;
-    let ev = a
-        .event(Operation::MailSent)
-        .detail("items", vec![email_id.to_string()])
-        .detail("submission", submission.id.to_string())
-        .detail("recipients", recipients);
-    a.record(ev);
-    Ok(submission)
+    };
+    j.mail.submit(&submission, a).map_err(|e| match e {
+        SubmitError::Refused(r) => refusal_error(&r),
+        SubmitError::Failed(e) => set_error("serverFail", &e.to_string(), &[]),
+    })
 }

@@ -32,6 +32,7 @@ fn account(store: &dyn Store, id: &str, realm: &str, email: &str, disabled: bool
         role: Role::User,
         created_at: 1,
         must_change_password: false,
+        credential_epoch: 0,
     };
     store.create_account(&a).unwrap();
     a

@@ -196,10 +196,12 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn the_environment_is_not_changed_while_other_threads_run() {
         // The test harness runs tests on threads of their own: never a single thread here.
-        let busy = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let busy = std::thread::spawn(move || held.recv());
         assert!(super::take_env_var("PATH").is_err());
         assert!(std::env::var_os("PATH").is_some());
-        busy.join().unwrap();
+        drop(hold);
+        let _ = busy.join().unwrap();
     }
 
     #[test]

@@ -30,11 +30,8 @@ pub use error::{Error, OAuthError};
 pub use http::router;
 pub use service::{CLI_CLIENT, CreatedClient, Identity, IdentityConfig, NewClient, SCOPES};
 
-/// Seconds since the Unix epoch. The one place the identity service reads the clock; every
-/// function below takes the time as an argument so tests can control it.
+/// Seconds since the Unix epoch ([`store::clock::now`]): what the identity service's entry
+/// points read; every function below takes the time as an argument so tests can control it.
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    store::clock::now()
 }

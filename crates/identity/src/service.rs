@@ -442,7 +442,7 @@ impl Identity {
             if n < u64::from(BATCH) {
                 return Ok(pruned);
             }
-            std::thread::sleep(started.elapsed() * 4);
+            store::clock::sleep(started.elapsed() * 4);
         }
     }
 

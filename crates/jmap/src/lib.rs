@@ -135,10 +135,7 @@ fn guard_panics(routes: Router) -> Router {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    store::clock::now()
 }
 
 /// An authenticated request: the principal, its account, where it came from.

@@ -86,7 +86,7 @@ pub(crate) fn run(svc: Services, listen: Listen) -> Result<()> {
         // a tenant created elsewhere), so a new realm can sign within a second.
         let mut last_pass = Instant::now();
         loop {
-            std::thread::sleep(REALM_WATCH_INTERVAL);
+            store::clock::sleep(REALM_WATCH_INTERVAL);
             let now_realms = realm_ids(&identity, &realms);
             if now_realms != realms || last_pass.elapsed() >= KEY_SCHEDULE_INTERVAL {
                 key_schedule_step(&identity, &heads, retention);
@@ -273,7 +273,7 @@ impl Supervisor {
                 }
                 // Wait for it to end, looking up now and then so `stop` can reach it.
                 loop {
-                    std::thread::sleep(Duration::from_millis(200));
+                    store::clock::sleep(Duration::from_millis(200));
                     let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
                     match guard.as_mut().map(Child::try_wait) {
                         Some(Ok(None)) => continue,
@@ -286,7 +286,7 @@ impl Supervisor {
                     *guard = None;
                     break;
                 }
-                std::thread::sleep(Duration::from_secs(1));
+                store::clock::sleep(Duration::from_secs(1));
             }
         });
         let client = keys::RemoteSigner::new(socket);
@@ -298,7 +298,7 @@ impl Supervisor {
                     socket.display()
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            store::clock::sleep(Duration::from_millis(50));
         }
         Ok(Self { child, stopping })
     }

@@ -137,9 +137,7 @@ impl SignService for Signer {
 }
 
 fn now() -> UnixTime {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    store::clock::now()
 }
 
 /// A request the signer refused, for the audit log. The fields are what the request said,
@@ -358,7 +356,7 @@ fn each_connection<S: Send + 'static>(
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "signer: accepting a connection failed");
-                std::thread::sleep(Duration::from_millis(100));
+                store::clock::sleep(Duration::from_millis(100));
                 continue;
             }
         };

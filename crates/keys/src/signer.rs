@@ -206,7 +206,7 @@ impl Signer {
             if !(key.is_err() && l.missing) {
                 break;
             }
-            std::thread::sleep(MISSING_RETRY_PAUSE);
+            store::clock::sleep(MISSING_RETRY_PAUSE);
             l = self.loaded_unless(|_| true)?;
             key = Self::current_in(&l, realm, purpose, alg, now);
         }

@@ -162,12 +162,7 @@ impl Draft {
         if let Some(s) = &self.subject {
             m = m.subject(s.as_str());
         }
-        let now = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        };
-        m = m.date(self.sent_at.unwrap_or_else(now));
+        m = m.date(self.sent_at.unwrap_or_else(store::clock::now));
         let domain = self
             .from
             .first()

@@ -19,6 +19,7 @@
 
 mod blob;
 pub mod chain;
+pub mod clock;
 mod completion;
 mod email_query;
 mod error;

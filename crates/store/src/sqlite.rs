@@ -842,7 +842,7 @@ impl Drop for SqliteStore {
         if let Some(w) = last_write
             && self.checkpointer.is_some()
         {
-            std::thread::sleep(GENERATIONS_STALE_AFTER.saturating_sub(w.elapsed()));
+            crate::clock::sleep(GENERATIONS_STALE_AFTER.saturating_sub(w.elapsed()));
         }
         drop(self.checkpointer.take());
         // The committer drains what is queued, then ends.

@@ -36,9 +36,7 @@ fn random_id(bytes: usize) -> Result<String, Error> {
 /// page (each page rewritten to the WAL in every commit). The id is not a secret: the
 /// ledger matches a token by its hash, not by its jti alone.
 fn new_jti() -> Result<Jti, Error> {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let ms = store::clock::now_millis();
     let mut id = String::with_capacity(12 + 14);
     store::push_jti_time_prefix(&mut id, ms);
     id.push_str(&random_id(10)?);
@@ -462,15 +460,9 @@ mod tests {
 
     #[test]
     fn a_jti_is_the_time_in_hex_then_80_random_bits() {
-        let before = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
+        let before = u128::from(store::clock::now_millis());
         let (a, b) = (new_jti().unwrap(), new_jti().unwrap());
-        let after = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
+        let after = u128::from(store::clock::now_millis());
         for jti in [&a, &b] {
             let (time, random) = jti.as_str().split_at(12);
             assert!(

@@ -18,10 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub(crate) const URL: &str = "https://keypost.test";
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    store::clock::now()
 }
 
 /// Rounds of a paired benchmark: `ROUNDS` from the environment, or `default`.

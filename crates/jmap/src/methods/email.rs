@@ -478,39 +478,40 @@ pub(super) fn email_parse(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MR
             .map(|s| (*s).to_owned())
             .collect();
     }
-    let mut fetched = Vec::new();
-    let mut not_found = Vec::new();
+    // Each blob once, however often it is named, and one at a time: a blob's bytes are
+    // dropped once its Email is built, and the call reads at most `parse_bytes` in all.
+    let mut unique: Vec<&String> = Vec::with_capacity(blob_ids.len());
     for id in &blob_ids {
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
+    }
+    let budget = j.limits.parse_bytes;
+    let mut read = 0usize;
+    let (mut emails, mut blobs) = (Vec::new(), Vec::new());
+    let mut parsed = Map::new();
+    let mut not_parsable = Vec::new();
+    let mut not_found = Vec::new();
+    for id in unique {
         let got = match BlobRef::parse(id) {
             Some(r) => blob::fetch(j, a, &r).map_err(MethodError::server)?,
             None => None,
         };
-        match got {
-            Some(f) => fetched.push((id, f)),
-            None => not_found.push(id),
+        let Some(f) = got else {
+            not_found.push(id);
+            continue;
+        };
+        read = read.saturating_add(f.read);
+        if read > budget {
+            // Refused whole, before any of it is answered: RFC 8621 §4.9 has no way to say
+            // "not parsed this time", and notParsable would tell the client the blob is broken.
+            return Err(MethodError::new(
+                "requestTooLarge",
+                format!("these blobs total more than {budget} bytes; parse fewer at once"),
+            ));
         }
-    }
-    let ev = a
-        .event(Operation::MailItemsAccessed)
-        .detail("operation", "Email/parse")
-        .detail(
-            "items",
-            fetched
-                .iter()
-                .filter_map(|(_, f)| f.email.as_ref().map(|e| e.to_string()))
-                .collect::<Vec<_>>(),
-        )
-        .detail(
-            "blobs",
-            fetched
-                .iter()
-                .map(|(id, _)| id.as_str())
-                .collect::<Vec<_>>(),
-        );
-    a.record(ev);
-    let mut parsed = Map::new();
-    let mut not_parsable = Vec::new();
-    for (id, f) in &fetched {
+        blobs.push(id.as_str());
+        emails.extend(f.email.as_ref().map(|e| e.to_string()));
         let Ok(msg) = Message::parse(&f.bytes) else {
             not_parsable.push(id);
             continue;
@@ -532,8 +533,14 @@ pub(super) fn email_parse(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MR
         {
             o.insert("blobId".into(), json!(id));
         }
-        parsed.insert((*id).clone(), v);
+        parsed.insert(id.clone(), v);
     }
+    let ev = a
+        .event(Operation::MailItemsAccessed)
+        .detail("operation", "Email/parse")
+        .detail("items", emails)
+        .detail("blobs", blobs);
+    a.record(ev);
     Ok(json!({
         "accountId": a.account.id, "parsed": null_if_empty(parsed),
         "notParsable": if not_parsable.is_empty() { Value::Null } else { json!(not_parsable) },

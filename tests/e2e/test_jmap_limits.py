@@ -1,10 +1,14 @@
 """What one JMAP request may make the server do (RFC 8620 §2, §3.6.1, §3.7): a request of a few
 kilobytes whose result references copy earlier responses again and again is answered in a few
-kilobytes, not tens of megabytes; Email/parse reads each blob it is given once."""
+kilobytes, not tens of megabytes; Email/parse reads each blob it is given once. And what an
+account's uploads may take (RFC 8620 §6.1): they count against its quota, and the oldest make
+room for new ones, their files removed from disk."""
 
 import pytest
+import requests
 
-from jmap_client import CORE, Client, api
+from conftest import HTTP_TIMEOUT_S
+from jmap_client import CORE, Client, api, auth
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +68,29 @@ def test_email_parse_reads_each_blob_once(hana):
     out = hana.one("Email/parse", {"blobIds": [blob] * 250 + [missing] * 250, "properties": ["subject"]})
     assert list(out["parsed"]) == [blob] and out["parsed"][blob]["subject"] == "parse me"
     assert out["notFound"] == [missing], "each id is answered once"
+
+
+def test_uploads_count_against_the_quota(keypost, world):
+    keypost.create_user("ines@contoso.test", "ines-correct-horse-battery-9")
+    token = keypost.password_grant("contoso", "ines@contoso.test", "ines-correct-horse-battery-9").json()["access_token"]
+    ines = Client(keypost, token)
+    keypost.cli("mail", "quota", "ines@contoso.test", "300KB")
+    message = lambda n: (f"From: bob@fabrikam.test\r\nTo: ines@contoso.test\r\nSubject: upload {n}\r\n\r\n".encode()
+                         + str(n).encode() * 200_000 + b"\r\n")
+    first = ines.upload(message(1))
+    second = ines.upload(message(2))
+    out = ines.one("Email/parse", {"blobIds": [first, second], "properties": ["subject"]})
+    assert out["notFound"] == [first], "the oldest upload made room for the new one (RFC 8620 §6.1)"
+    assert out["parsed"][second]["subject"] == "upload 2"
+    blob_file = lambda b: keypost.data_dir / "blobs" / b[:2] / b[2:]
+    assert not blob_file(first).exists() and blob_file(second).exists()
+
+    # Imported, the second upload is mail and takes room of its own: a third does not fit.
+    imported = ines.one("Email/import", {"emails": {"e": {"blobId": second, "mailboxIds": {ines.mailbox("inbox"): True}}}})
+    assert imported["created"], imported
+    url = ines.session["uploadUrl"].format(accountId=ines.account)
+    r = requests.post(url, data=message(3), headers={**auth(token), "Content-Type": "message/rfc822"},
+                      timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 507, r.text
+    assert r.json()["type"] == "urn:ietf:params:jmap:error:overQuota"
+    assert blob_file(second).exists(), "the imported message keeps its file"

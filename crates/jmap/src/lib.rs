@@ -556,6 +556,9 @@ async fn upload(
             )
                 .into_response(),
             Err(mail::Error::NotAMessage(why)) => problem(StatusCode::PAYLOAD_TOO_LARGE, "limit", &why),
+            // 507, as WebDAV answers a write over quota (RFC 4331): retrying will not help
+            // until the account has room, which deleting mail makes.
+            Err(e @ mail::Error::OverQuota { .. }) => problem(StatusCode::INSUFFICIENT_STORAGE, "overQuota", &e.to_string()),
             Err(e) => methods::MethodError::server(e).into_response(),
         }
     })

@@ -341,6 +341,32 @@ async fn email_parse_reads_each_blob_once_within_a_budget() {
     assert_eq!(out[0][1]["type"], "requestTooLarge");
 }
 
+/// An upload that does not fit the account's quota, even with no other upload pending, is
+/// refused with an `overQuota` problem; one that fits after the older uploads go is taken.
+#[tokio::test]
+async fn uploads_count_against_the_quota() {
+    let f = fx("upload-quota", None);
+    f.jmap
+        .mail
+        .set_quota(&f.account, store::QuotaSetting::Limit(1000))
+        .unwrap();
+    let path = format!("/jmap/upload/{}/", f.account);
+    let first = f.upload(&[b'a'; 600]).await;
+    let second = f.upload(&[b'b'; 600]).await;
+    assert_ne!(first, second);
+    let (status, body) = f.post(&path, vec![b'c'; 1001]).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["type"], "urn:ietf:params:jmap:error:overQuota");
+    let parse = json!([["Email/parse", {"accountId": f.account, "blobIds": [first, second]}, "p"]]);
+    let out = f.api(parse).await;
+    assert_eq!(
+        out[0][1]["notFound"],
+        json!([first]),
+        "the older upload made room"
+    );
+}
+
 /// A bug that panics in a handler still gets the client an answer: a problem document.
 #[tokio::test]
 async fn a_panicking_handler_answers_a_problem_document() {

@@ -471,6 +471,16 @@ ALTER TABLE clients ADD COLUMN scopes TEXT;
     r#"
 UPDATE sessions SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER) WHERE revoked_at IS NULL;
 "#,
+    // 21: uploads expire and make room for newer ones (RFC 8620 §6.1), and a blob file goes
+    // once nothing is stored as it: uploads are found by age and by blob, and emails by blob in
+    // any account (the index by account and blob becomes one by blob and account, which serves
+    // the lookups of both).
+    r#"
+CREATE INDEX uploads_created ON uploads(created_at);
+CREATE INDEX uploads_blob ON uploads(blob_id);
+DROP INDEX emails_blob;
+CREATE INDEX emails_blob ON emails(blob_id, account);
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).

@@ -105,6 +105,33 @@ pub(crate) fn size_within(value: &impl Serialize, room: usize) -> Option<usize> 
         .map(|()| c.written)
 }
 
+/// What a method that builds a long list (`Email/get`, `Email/parse`) may still add to its
+/// response: measured as each object is built, so a call over the limit stops there instead of
+/// holding the whole list before the response's own check refuses it. (The one place a
+/// response is measured apart from being written: the objects are built long before.)
+pub(crate) struct OutputBudget {
+    room: usize,
+}
+
+impl OutputBudget {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Self {
+            room: limits.method_response,
+        }
+    }
+
+    /// Counts `value` against the budget; `false` once it no longer fits.
+    pub(crate) fn take(&mut self, value: &impl Serialize) -> bool {
+        match size_within(value, self.room) {
+            Some(n) => {
+                self.room -= n;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Which of an account's concurrency limits a request counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Endpoint {

@@ -367,6 +367,55 @@ async fn uploads_count_against_the_quota() {
     );
 }
 
+/// `Email/get` and `Email/parse` stop building a response that would not fit one method
+/// response, instead of holding the whole list until the response's own check refuses it.
+#[test]
+fn long_email_lists_stop_at_the_method_response_limit() {
+    let limits = Limits {
+        method_response: 5000,
+        ..Limits::default()
+    };
+    let f = fx("email-get-cap", Some(limits));
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {}", f.token)).unwrap(),
+    );
+    let a = authenticate(&f.jmap, &headers, source_of(&f.jmap, &headers, None)).unwrap();
+    let inbox = f.jmap.mail.mailbox_by_role(&f.account, "inbox").unwrap().id;
+    let mut ids = Vec::new();
+    let mut blobs = Vec::new();
+    for n in 0..3 {
+        let raw = message(n, &"z".repeat(3000));
+        let d = f
+            .jmap
+            .mail
+            .deliver(&f.account, &raw, &inbox, vec![], now())
+            .unwrap();
+        ids.push(d.id.to_string());
+        blobs.push(d.blob_id.to_string());
+    }
+    let call = |name: &str, args: Value| {
+        methods::call(&f.jmap, &a, name, args.as_object().unwrap()).map(|(v, _)| v)
+    };
+    let get = |max: u64| {
+        json!({"accountId": f.account, "ids": ids, "properties": ["bodyValues"],
+               "fetchAllBodyValues": true, "maxBodyValueBytes": max})
+    };
+    let e = call("Email/get", get(100_000)).unwrap_err();
+    assert_eq!(e.to_json()["type"], "requestTooLarge");
+    assert_eq!(
+        call("Email/get", get(100)).unwrap()["list"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let parse = json!({"accountId": f.account, "blobIds": blobs, "fetchAllBodyValues": true});
+    let e = call("Email/parse", parse).unwrap_err();
+    assert_eq!(e.to_json()["type"], "requestTooLarge");
+}
+
 /// A bug that panics in a handler still gets the client an answer: a problem document.
 #[tokio::test]
 async fn a_panicking_handler_answers_a_problem_document() {

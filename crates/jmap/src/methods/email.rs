@@ -13,6 +13,7 @@ use store::{BlobId, EmailAddress, EmailId, EmailRecord, MailboxId, ThreadId};
 
 use super::{MResult, MethodError, ids_arg, null_if_empty, set_error, state, strings_arg, utc};
 use crate::blob::{self, BlobRef};
+use crate::limits::OutputBudget;
 use crate::{Authed, Jmap, MAX_OBJECTS_IN_GET, now};
 
 const EMAIL_PROPERTIES: [&str; 26] = [
@@ -431,6 +432,7 @@ pub(super) fn email_get(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRes
     let wanted = Wanted::from(args)?;
     let found = read_emails(j, a, &ids, "Email/get", json!(wanted.props))?;
     let mut list = Vec::with_capacity(found.len());
+    let mut budget = OutputBudget::new(&j.limits);
     for (e, boxes) in &found {
         let raw = if wanted.needs_message() {
             j.mail
@@ -447,7 +449,11 @@ pub(super) fn email_get(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRes
             size: e.size,
             msg: msg.as_ref(),
         };
-        list.push(shown.to_json(&wanted));
+        let v = shown.to_json(&wanted);
+        if !budget.take(&v) {
+            return Err(too_large(&j.limits));
+        }
+        list.push(v);
     }
     let not_found: Vec<&String> = ids
         .iter()
@@ -455,6 +461,17 @@ pub(super) fn email_get(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRes
         .collect();
     Ok(
         json!({"accountId": a.account.id, "state": state(j, a)?, "list": list, "notFound": not_found}),
+    )
+}
+
+/// The answer to a call whose emails would not fit one method response.
+fn too_large(limits: &crate::limits::Limits) -> MethodError {
+    MethodError::new(
+        "requestTooLarge",
+        format!(
+            "the response to this call would exceed {} bytes; ask for fewer emails, fewer properties or a smaller maxBodyValueBytes",
+            limits.method_response
+        ),
     )
 }
 
@@ -488,6 +505,7 @@ pub(super) fn email_parse(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MR
     }
     let budget = j.limits.parse_bytes;
     let mut read = 0usize;
+    let mut output = OutputBudget::new(&j.limits);
     let (mut emails, mut blobs) = (Vec::new(), Vec::new());
     let mut parsed = Map::new();
     let mut not_parsable = Vec::new();
@@ -532,6 +550,9 @@ pub(super) fn email_parse(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MR
             && o.contains_key("blobId")
         {
             o.insert("blobId".into(), json!(id));
+        }
+        if !output.take(&v) {
+            return Err(too_large(&j.limits));
         }
         parsed.insert(id.clone(), v);
     }

@@ -6,8 +6,10 @@ Sender naming anyone but the sender (refused, and the refusal audited); and the 
 address without an account is the same wherever it is, so submissions cannot list accounts."""
 
 import pytest
+import requests
 
-from jmap_client import Client, api
+from conftest import HTTP_TIMEOUT_S
+from jmap_client import Client, api, auth
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,16 @@ def test_quota_limits_delivery_and_import(keypost, users):
     assert status["delivered"] == "no" and status["smtpReply"].startswith("552"), status
     assert gwen.one("Quota/get", {})["list"][0]["used"] == used, "nothing was stored"
 
-    out = gwen.one("Email/import", {"emails": {"i": {"blobId": gwen.upload(big), "mailboxIds": {gwen.mailbox("inbox"): True}}}})
+    # Uploads count against the quota too (RFC 8620 §6.1).
+    url = gwen.session["uploadUrl"].format(accountId=gwen.account)
+    r = requests.post(url, data=big, headers={**auth(gwen.token), "Content-Type": "message/rfc822"},
+                      timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 507 and r.json()["type"] == "urn:ietf:params:jmap:error:overQuota", r.text
+    # Uploaded while it fitted, the message is refused when it is imported into a full account.
+    keypost.cli("mail", "quota", "gwen@contoso.test", "1MB")
+    blob = gwen.upload(big)
+    keypost.cli("mail", "quota", "gwen@contoso.test", "1KB")
+    out = gwen.one("Email/import", {"emails": {"i": {"blobId": blob, "mailboxIds": {gwen.mailbox("inbox"): True}}}})
     assert out["notCreated"]["i"]["type"] == "overQuota"
 
     report = keypost.cli("mail", "quota", "gwen@contoso.test", "unlimited", json=True)

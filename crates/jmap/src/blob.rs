@@ -40,6 +40,8 @@ pub(crate) struct Fetched {
     pub(crate) bytes: Vec<u8>,
     /// The email whose message holds the blob (`None` for the account's own uploads).
     pub(crate) email: Option<EmailId>,
+    /// How many bytes were read from the store to find them: the whole message for a part.
+    pub(crate) read: usize,
 }
 
 /// Reads `blob` for the principal; `Ok(None)` when the account may not read it (or it does not
@@ -56,11 +58,12 @@ pub(crate) fn fetch(j: &Jmap, a: &Authed, blob: &BlobRef) -> mail::Result<Option
     } else {
         return Ok(None);
     };
+    let read = bytes.len();
     match blob {
-        BlobRef::Whole(_) => Ok(Some(Fetched { bytes, email })),
+        BlobRef::Whole(_) => Ok(Some(Fetched { bytes, email, read })),
         BlobRef::Part(_, part) => Ok(mail::Message::parse(&bytes)
             .ok()
             .and_then(|m| m.part_bytes(part))
-            .map(|(bytes, _)| Fetched { bytes, email })),
+            .map(|(bytes, _)| Fetched { bytes, email, read })),
     }
 }

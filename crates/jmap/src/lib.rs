@@ -16,7 +16,10 @@
 
 mod api;
 mod blob;
+mod limits;
 mod methods;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +63,20 @@ pub const MAX_QUERY_LIMIT: u64 = 1000;
 /// Where push notifications are streamed (RFC 8620 §7.3): the one route whose response is
 /// meant to stay open, which the HTTP edge bounds by a lifetime instead of the request deadline.
 pub const EVENTSOURCE_PATH: &str = "/jmap/eventsource";
+/// Most API requests one account may have running at once (`maxConcurrentRequests`).
+pub const MAX_CONCURRENT_REQUESTS: usize = 8;
+/// Most uploads one account may have running at once (`maxConcurrentUpload`).
+pub const MAX_CONCURRENT_UPLOAD: usize = 4;
+/// Most bytes the result references of one method call may copy from earlier responses
+/// (RFC 8620 §3.7). Lists of ids are what references are for; this is a thousand times the
+/// largest such list a query or /get returns.
+pub const MAX_REFERENCE_BYTES: usize = 1024 * 1024;
+/// Largest response of one method call, serialised (the output twin of `maxSizeRequest`).
+pub const MAX_SIZE_METHOD_RESPONSE: usize = MAX_SIZE_REQUEST;
+/// Largest API response, serialised.
+pub const MAX_SIZE_RESPONSE: usize = 2 * MAX_SIZE_METHOD_RESPONSE;
+/// Most blob bytes one `Email/parse` reads: one message of the largest size accepted.
+pub const MAX_PARSE_BYTES: usize = mail::MAX_MESSAGE_SIZE;
 
 /// The JMAP service.
 pub struct Jmap {
@@ -69,6 +86,8 @@ pub struct Jmap {
     audit: AuditLog,
     public_url: String,
     trusted_proxies: TrustedProxies,
+    limits: limits::Limits,
+    running: limits::Concurrency,
 }
 
 impl std::fmt::Debug for Jmap {
@@ -89,6 +108,8 @@ impl Jmap {
             store,
             public_url: public_url.trim_end_matches('/').to_owned(),
             trusted_proxies: TrustedProxies::default(),
+            limits: limits::Limits::default(),
+            running: limits::Concurrency::default(),
         }
     }
 
@@ -219,6 +240,20 @@ pub(crate) fn problem(status: StatusCode, kind: &str, detail: &str) -> Response 
     r
 }
 
+/// RFC 8620 §3.6.1's `limit` problem: the request went over the named limit of the session
+/// object.
+pub(crate) fn limit_problem(limit: &str, detail: &str) -> Response {
+    let body = json!({
+        "type": "urn:ietf:params:jmap:error:limit", "status": 400, "limit": limit, "detail": detail,
+    });
+    let mut r = (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}
+
 fn unauthorized(error: Option<&str>) -> Response {
     let challenge = match error {
         Some(e) => format!("Bearer realm=\"jmap\", error=\"{e}\""),
@@ -336,22 +371,40 @@ fn authenticate(j: &Jmap, headers: &HeaderMap, source: Source) -> Result<Authed,
 
 /// Runs `f` for an authenticated request on a blocking thread (the store is synchronous), or
 /// answers with the gate's refusal; then appends the audit events `f` recorded and releases
-/// the response only once they are durable.
+/// the response only once they are durable. A request to a limited `endpoint` counts against
+/// its account's concurrency limit from before `f` runs until its response leaves; one over
+/// the limit is refused at once with the `limit` problem (RFC 8620 §3.6.1).
 async fn with_auth(
     j: Arc<Jmap>,
     connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
+    endpoint: Option<limits::Endpoint>,
     f: impl FnOnce(&Jmap, &Authed) -> Response + Send + 'static,
 ) -> Response {
     let source = source_of(&j, &headers, peer(connect));
     // The events are queued inside the blocking task, so they are written even if this
     // request is dropped (the client went away) while the work runs.
-    let done = tokio::task::spawn_blocking(move || match authenticate(&j, &headers, source) {
-        Ok(a) => (f(&j, &a), a.flush()),
-        Err(r) => (r, None),
+    let done = tokio::task::spawn_blocking(move || {
+        let a = match authenticate(&j, &headers, source) {
+            Ok(a) => a,
+            Err(r) => return (r, None, None),
+        };
+        let permit = match endpoint.map(|e| (e, j.running.admit(&a.account.id, e))) {
+            None => None,
+            Some((_, Some(permit))) => Some(permit),
+            Some((e, None)) => {
+                let name = e.limit_name();
+                return (
+                    limit_problem(name, &format!("this account already runs its {name}")),
+                    None,
+                    None,
+                );
+            }
+        };
+        (f(&j, &a), a.flush(), permit)
     })
     .await;
-    let Ok((response, pending)) = done else {
+    let Ok((response, pending, _permit)) = done else {
         return problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "serverFail",
@@ -389,6 +442,7 @@ async fn session(
         j,
         connect,
         headers,
+        None,
         move |j, a| match methods::session_object(j, a) {
             Ok(v) => Json(v).into_response(),
             Err(e) => e.into_response(),
@@ -403,7 +457,14 @@ async fn api_call(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    with_auth(j, connect, headers, move |j, a| api::handle(j, a, &body)).await
+    with_auth(
+        j,
+        connect,
+        headers,
+        Some(limits::Endpoint::Api),
+        move |j, a| api::handle(j, a, &body),
+    )
+    .await
 }
 
 async fn download(
@@ -413,7 +474,7 @@ async fn download(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    with_auth(j, connect, headers, move |j, a| {
+    with_auth(j, connect, headers, None, move |j, a| {
         let not_found = || {
             problem(
                 StatusCode::NOT_FOUND,
@@ -489,7 +550,7 @@ async fn upload(
         .filter(|v| v.len() <= 255)
         .unwrap_or("application/octet-stream")
         .to_owned();
-    with_auth(j, connect, headers, move |j, a| {
+    with_auth(j, connect, headers, Some(limits::Endpoint::Upload), move |j, a| {
         if account != a.account.id.as_str() {
             return problem(StatusCode::NOT_FOUND, "notFound", "no such account");
         }
@@ -501,6 +562,9 @@ async fn upload(
             )
                 .into_response(),
             Err(mail::Error::NotAMessage(why)) => problem(StatusCode::PAYLOAD_TOO_LARGE, "limit", &why),
+            // 507, as WebDAV answers a write over quota (RFC 4331): retrying will not help
+            // until the account has room, which deleting mail makes.
+            Err(e @ mail::Error::OverQuota { .. }) => problem(StatusCode::INSUFFICIENT_STORAGE, "overQuota", &e.to_string()),
             Err(e) => methods::MethodError::server(e).into_response(),
         }
     })
@@ -596,32 +660,4 @@ async fn eventsource(
                 .event(ping_event),
         )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-
-    use super::*;
-
-    /// A bug that panics in a handler still gets the client an answer: a problem document.
-    #[tokio::test]
-    async fn a_panicking_handler_answers_a_problem_document() {
-        async fn bug() -> StatusCode {
-            panic!("a bug")
-        }
-        let routes = Router::new().route("/p", get(bug));
-        let request = Request::get("/p").body(Body::empty()).unwrap();
-        let r = guard_panics(routes).oneshot(request).await.unwrap();
-        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(
-            r.headers()[header::CONTENT_TYPE],
-            "application/problem+json"
-        );
-        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(body["type"], "urn:ietf:params:jmap:error:serverFail");
-    }
 }

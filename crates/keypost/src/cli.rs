@@ -791,7 +791,9 @@ pub(crate) fn open_mail(svc: &Services) -> Result<mail::Mail> {
     let blobs = Arc::new(store::FsBlobStore::open(
         &svc.config.data_dir.join("blobs"),
     )?);
-    Ok(mail::Mail::new(svc.store.clone(), blobs).with_default_quota(svc.config.mail_quota))
+    Ok(mail::Mail::new(svc.store.clone(), blobs)
+        .with_default_quota(svc.config.mail_quota)
+        .with_upload_policy(svc.config.uploads))
 }
 
 /// `KEYPOST_KEK`, taken out of the environment at start ([`take_kek_from_env`]).

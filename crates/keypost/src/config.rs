@@ -155,12 +155,19 @@ struct MailSection {
     /// Storage per account unless set per account (`keypost mail quota`): a size such as
     /// "10GiB" or "500MB", or "unlimited".
     quota: String,
+    /// How long an upload is kept (RFC 8620 §6.1: at least an hour).
+    upload_ttl: String,
+    /// Most bytes of uploads an account may have that no email of it is stored as yet (at
+    /// least the largest message); the oldest make room for new ones.
+    upload_pending: String,
 }
 
 impl Default for MailSection {
     fn default() -> Self {
         Self {
             quota: "10GiB".into(),
+            upload_ttl: "24h".into(),
+            upload_pending: "100MiB".into(),
         }
     }
 }
@@ -318,6 +325,8 @@ pub(crate) struct Config {
     pub(crate) kek_file: PathBuf,
     /// Default mail storage per account (`None`: unlimited).
     pub(crate) mail_quota: Option<u64>,
+    /// How long uploads are kept and how much of them an account may have pending.
+    pub(crate) uploads: mail::UploadPolicy,
     /// Seconds audit records are kept.
     pub(crate) audit_retention: i64,
     /// Seconds the issuance ledger keeps a row beyond what its token needs (see `Tokens`).
@@ -353,6 +362,24 @@ impl HsmSettings {
             pin: zeroize::Zeroizing::new(self.pin.as_str().to_owned()),
             realms: self.realms.clone(),
         }
+    }
+}
+
+impl MailSection {
+    fn upload_policy(&self) -> Result<mail::UploadPolicy> {
+        let ttl = secs("mail.upload_ttl", &self.upload_ttl)?;
+        if ttl < 3600 {
+            bail!("mail.upload_ttl must be at least 1h (RFC 8620 §6.1)");
+        }
+        let least = mail::MAX_MESSAGE_SIZE as u64;
+        let pending_bytes = size("mail.upload_pending", &self.upload_pending)?
+            .with_context(|| "mail.upload_pending cannot be unlimited")?;
+        if pending_bytes < least {
+            bail!(
+                "mail.upload_pending must be at least the largest message, {least} bytes (RFC 8620 §6.1)"
+            );
+        }
+        Ok(mail::UploadPolicy { ttl, pending_bytes })
     }
 }
 
@@ -587,6 +614,7 @@ impl FileConfig {
             key_policy,
             kek_file,
             mail_quota: size("mail.quota", &self.mail.quota)?,
+            uploads: self.mail.upload_policy()?,
             audit_retention: secs("audit.retention", &self.audit.retention)?,
             ledger_retention: secs("tokens.ledger_retention", &self.tokens.ledger_retention)?,
             syslog: match self.audit.syslog.trim() {
@@ -735,6 +763,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.mail_quota, Some(1 << 20));
+    }
+
+    #[test]
+    fn upload_policy() {
+        let c = Config::from_parts(None, "k", &[]).unwrap();
+        assert_eq!(c.uploads, mail::UploadPolicy::default());
+        let c = Config::from_parts(
+            None,
+            "k",
+            &env(&[
+                ("KEYPOST_MAIL_UPLOAD_TTL", "2h"),
+                ("KEYPOST_MAIL_UPLOAD_PENDING", "1GiB"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.uploads,
+            mail::UploadPolicy {
+                ttl: 7200,
+                pending_bytes: 1 << 30
+            }
+        );
+        for (key, bad) in [
+            ("KEYPOST_MAIL_UPLOAD_TTL", "59m"),
+            ("KEYPOST_MAIL_UPLOAD_PENDING", "1MiB"),
+            ("KEYPOST_MAIL_UPLOAD_PENDING", "unlimited"),
+        ] {
+            assert!(
+                Config::from_parts(None, "k", &env(&[(key, bad)])).is_err(),
+                "{key}={bad}"
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,9 @@ const DETECT_INTERVAL: Duration = Duration::from_millis(200);
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the ledger is pruned of long-expired tokens (the first pass at start).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
+/// How often expired uploads are forgotten (and their blobs removed if nothing else is stored
+/// as them): an upload outlives its time to live by at most this.
+const UPLOAD_EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
 /// How long a stopping server waits for background passes once every request is answered.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -42,6 +45,7 @@ pub(crate) fn run(config: Config) -> Result<()> {
         crate::cli::web_services(config.clone(), remote.clone())?
     };
     let mail = crate::cli::open_mail(&svc)?;
+    let expirer = mail.clone();
     let detector = Arc::new(
         detect::Detector::new(
             svc.store.clone(),
@@ -125,6 +129,13 @@ pub(crate) fn run(config: Config) -> Result<()> {
                 Ok(0) => {}
                 Ok(rows) => tracing::info!(rows, "pruned the ledger of long-expired tokens"),
                 Err(e) => tracing::error!(error = %e, "pruning the ledger failed"),
+            }
+        });
+        every(UPLOAD_EXPIRY_INTERVAL, "upload expiry", move || {
+            match expirer.expire_uploads(identity::now()) {
+                Ok((0, _)) => {}
+                Ok((uploads, files)) => tracing::info!(uploads, files, "expired uploads"),
+                Err(e) => tracing::error!(error = %e, "expiring uploads failed"),
             }
         });
         if let Some(target) = config.syslog.clone() {

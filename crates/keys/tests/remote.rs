@@ -11,10 +11,7 @@ use keys::{Algorithm, Custody, Error, Kek, KeyPolicy, RemoteSigner, SignService}
 use store::{KeyPurpose, Realm, RealmId, RealmKind, SqliteStore, Store};
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    store::clock::now()
 }
 
 fn realm(store: &Arc<dyn Store>, id: &str) -> RealmId {

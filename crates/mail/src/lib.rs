@@ -20,6 +20,7 @@ mod message;
 mod parse;
 mod sending;
 mod submit;
+mod uploads;
 mod vacation;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub use submit::{
     Envelope, MAX_ADDRESS_LEN, MAX_RECIPIENTS, NOT_DELIVERED, Recorder, Refusal, Submission,
     SubmitError, record_refusal,
 };
+pub use uploads::{MAX_PENDING_UPLOADS, UploadPolicy};
 
 #[doc(hidden)]
 pub mod fuzzing {
@@ -192,6 +194,7 @@ pub struct Mail {
     blobs: Arc<dyn BlobStore>,
     /// The limit for accounts without one of their own (`None`: unlimited).
     default_quota: Option<u64>,
+    uploads: UploadPolicy,
 }
 
 impl std::fmt::Debug for Mail {
@@ -207,6 +210,7 @@ impl Mail {
             store,
             blobs,
             default_quota: None,
+            uploads: UploadPolicy::default(),
         }
     }
 
@@ -310,6 +314,9 @@ impl Mail {
             self.quota(account)?.admits(raw.len() as u64)?;
         }
         if let Some(id) = existing {
+            // Stored again should the file have gone (see `store::blob`): a crash between an
+            // earlier delivery's commit and its second `put` is repaired by the retry.
+            self.blobs.put(raw)?;
             let existing = self
                 .store
                 .get_email(&id)?
@@ -352,6 +359,9 @@ impl Mail {
         };
         self.store
             .insert_email(&record, mailboxes, &meta.parents, &meta.search)?;
+        // Again, now that the email refers to it: a no-op unless an upload of the same bytes
+        // expired meanwhile and took the file (see `store::blob`).
+        self.blobs.put(raw)?;
         Ok(Delivered {
             id,
             thread_id,
@@ -483,34 +493,6 @@ impl Mail {
         // Make sure the default mailboxes exist before anyone asks what changed.
         self.mailboxes(account)?;
         Ok(self.store.mailbox_changes(account, since, max)?)
-    }
-
-    /// Stores an upload for `account` (JMAP upload) durably; returns its blob id.
-    pub fn upload(
-        &self,
-        account: &AccountId,
-        bytes: &[u8],
-        media_type: &str,
-        now: UnixTime,
-    ) -> Result<BlobId> {
-        if bytes.len() > MAX_MESSAGE_SIZE {
-            return Err(Error::NotAMessage(format!(
-                "{} bytes exceeds the {MAX_MESSAGE_SIZE}-byte limit",
-                bytes.len()
-            )));
-        }
-        let id = self.blobs.put(bytes)?;
-        self.store
-            .record_upload(account, &id, media_type, bytes.len() as u64, now)?;
-        Ok(id)
-    }
-
-    /// The bytes of a blob the account uploaded itself.
-    pub fn uploaded(&self, account: &AccountId, blob: &BlobId) -> Result<Option<Vec<u8>>> {
-        if !self.store.has_upload(account, blob)? {
-            return Ok(None);
-        }
-        Ok(self.blobs.get(blob)?)
     }
 
     /// Creates a mailbox (never one with a role: those exist from the start).

@@ -255,3 +255,179 @@ fn vacation_replies_follow_rfc_3834() {
         "other senders get theirs"
     );
 }
+
+/// A day after `T0`, uploads of the default policy have expired.
+const T0: i64 = 1_000_000;
+const DAY: i64 = 24 * 3600;
+
+impl Fx {
+    fn blob_file(&self, blob: &BlobId) -> std::path::PathBuf {
+        let (dir, file) = blob.as_str().split_at(2);
+        self.dir.join("blobs").join(dir).join(file)
+    }
+
+    fn second_account(&self) -> AccountId {
+        let bob = AccountId::new("bob").unwrap();
+        self.mail
+            .store
+            .create_account(&Account {
+                id: bob.clone(),
+                realm: RealmId::new("contoso").unwrap(),
+                email: "bob@contoso.test".into(),
+                display_name: "Bob".into(),
+                password_hash: "x".into(),
+                disabled: false,
+                role: Role::User,
+                created_at: 1,
+                must_change_password: false,
+                credential_epoch: 0,
+            })
+            .unwrap();
+        bob
+    }
+}
+
+#[test]
+fn uploads_count_against_the_quota_and_the_oldest_make_room() {
+    let f = fx("upload-quota");
+    let a = &f.account;
+    f.mail
+        .set_quota(a, store::QuotaSetting::Limit(FIRST.len() as u64 + 1000))
+        .unwrap();
+    let inbox = f.mail.mailbox_by_role(a, "inbox").unwrap().id;
+    f.mail.deliver(a, FIRST, &inbox, vec![], T0).unwrap();
+    // 1000 bytes left: the uploads pending count against them.
+    let first = f.mail.upload(a, &[b'1'; 600], "x/y", T0).unwrap();
+    assert_eq!(f.mail.pending_upload_bytes(a).unwrap(), 600);
+    let second = f.mail.upload(a, &[b'2'; 600], "x/y", T0 + 1).unwrap();
+    assert!(
+        f.mail.uploaded(a, &first).unwrap().is_none(),
+        "the oldest upload made room (RFC 8620 §6.1)"
+    );
+    assert!(!f.blob_file(&first).exists(), "and its file went");
+    assert_eq!(f.mail.uploaded(a, &second).unwrap().unwrap(), [b'2'; 600]);
+    match f.mail.upload(a, &[b'3'; 1001], "x/y", T0 + 2) {
+        Err(Error::OverQuota { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        f.mail.uploaded(a, &second).unwrap().is_some(),
+        "a refused upload forgets nothing"
+    );
+    // The same bytes again take no more room.
+    assert_eq!(
+        f.mail.upload(a, &[b'2'; 600], "x/y", T0 + 3).unwrap(),
+        second
+    );
+    assert_eq!(f.mail.pending_upload_bytes(a).unwrap(), 600);
+}
+
+#[test]
+fn pending_uploads_are_bounded_per_account() {
+    let f = fx("upload-pending");
+    let mail = f.mail.clone().with_upload_policy(UploadPolicy {
+        ttl: DAY,
+        pending_bytes: 1000,
+    });
+    let a = &f.account;
+    let blobs: Vec<BlobId> = (0..3u8)
+        .map(|i| mail.upload(a, &[i; 400], "x/y", T0 + i64::from(i)).unwrap())
+        .collect();
+    assert!(mail.uploaded(a, &blobs[0]).unwrap().is_none());
+    assert!(mail.uploaded(a, &blobs[1]).unwrap().is_some());
+    assert!(mail.uploaded(a, &blobs[2]).unwrap().is_some());
+    assert_eq!(mail.pending_upload_bytes(a).unwrap(), 800);
+    match mail.upload(a, &[9; 1001], "x/y", T0) {
+        Err(Error::NotAMessage(why)) => assert!(why.contains("1000-byte limit"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // An upload the account imported is no longer pending.
+    let inbox = mail.mailbox_by_role(a, "inbox").unwrap().id;
+    let raw = mail.upload(a, OTHER, "message/rfc822", T0 + 5).unwrap();
+    mail.deliver(a, OTHER, &inbox, vec![], T0 + 5).unwrap();
+    assert!(mail.uploaded(a, &raw).unwrap().is_some());
+    assert_eq!(mail.pending_upload_bytes(a).unwrap(), 800);
+}
+
+#[test]
+fn uploads_expire_and_their_files_go_unless_something_else_is_stored_as_them() {
+    let f = fx("upload-expiry");
+    let (a, bob) = (&f.account, f.second_account());
+    let lone = f
+        .mail
+        .upload(a, b"only an upload", "text/plain", T0)
+        .unwrap();
+    // The same bytes uploaded by two accounts, and a message that is also an email.
+    let shared = f.mail.upload(a, b"shared", "text/plain", T0).unwrap();
+    f.mail
+        .upload(&bob, b"shared", "text/plain", T0 + DAY)
+        .unwrap();
+    let imported = f.mail.upload(a, FIRST, "message/rfc822", T0).unwrap();
+    let inbox = f.mail.mailbox_by_role(&bob, "inbox").unwrap().id;
+    f.mail.deliver(&bob, FIRST, &inbox, vec![], T0).unwrap();
+    // Uploaded again late: kept a day from then.
+    let again = f.mail.upload(a, b"again", "text/plain", T0).unwrap();
+    f.mail
+        .upload(a, b"again", "text/plain", T0 + DAY - 10)
+        .unwrap();
+
+    assert_eq!(f.mail.expire_uploads(T0 + DAY - 1).unwrap(), (0, 0));
+    assert!(f.mail.uploaded(a, &lone).unwrap().is_some(), "kept a day");
+    assert_eq!(f.mail.expire_uploads(T0 + DAY + 1).unwrap(), (3, 1));
+    for gone in [&lone, &shared, &imported] {
+        assert!(f.mail.uploaded(a, gone).unwrap().is_none());
+    }
+    assert!(!f.blob_file(&lone).exists());
+    assert_eq!(f.mail.uploaded(&bob, &shared).unwrap().unwrap(), b"shared");
+    assert_eq!(f.mail.blob(&bob, &imported).unwrap().unwrap().1, FIRST);
+    assert!(f.mail.uploaded(a, &again).unwrap().is_some());
+    assert_eq!(f.mail.expire_uploads(T0 + 2 * DAY + 1).unwrap(), (2, 2));
+    assert!(!f.blob_file(&shared).exists() && !f.blob_file(&again).exists());
+    assert_eq!(f.mail.blob(&bob, &imported).unwrap().unwrap().1, FIRST);
+}
+
+/// A blob store whose file vanishes once right after it is stored, as when the expiry of an
+/// upload of the same bytes removes it between a writer's `put` and its commit.
+struct Vanishing {
+    inner: FsBlobStore,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl store::BlobStore for Vanishing {
+    fn put(&self, bytes: &[u8]) -> store::Result<BlobId> {
+        let id = self.inner.put(bytes)?;
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.inner.remove_unused(&id, &|| Ok(false))?;
+        }
+        Ok(id)
+    }
+    fn get(&self, id: &BlobId) -> store::Result<Option<Vec<u8>>> {
+        self.inner.get(id)
+    }
+    fn remove_unused(
+        &self,
+        id: &BlobId,
+        in_use: &dyn Fn() -> store::Result<bool>,
+    ) -> store::Result<bool> {
+        self.inner.remove_unused(id, in_use)
+    }
+}
+
+#[test]
+fn a_blob_removed_before_the_commit_that_refers_to_it_is_stored_again() {
+    let f = fx("vanishing");
+    let vanishing = Arc::new(Vanishing {
+        inner: FsBlobStore::open(&f.dir.join("blobs")).unwrap(),
+        armed: true.into(),
+    });
+    let mail = Mail::new(f.mail.store.clone(), vanishing.clone());
+    let a = &f.account;
+    let inbox = mail.mailbox_by_role(a, "inbox").unwrap().id;
+    let d = mail.deliver(a, FIRST, &inbox, vec![], T0).unwrap();
+    assert_eq!(mail.blob(a, &d.blob_id).unwrap().unwrap().1, FIRST);
+    vanishing
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let up = mail.upload(a, b"attachment", "text/plain", T0).unwrap();
+    assert_eq!(mail.uploaded(a, &up).unwrap().unwrap(), b"attachment");
+}

@@ -2,6 +2,15 @@
 //! each blob to a temporary file, fsyncs it, renames it into place and fsyncs the directory, so
 //! a blob is on disk before anything that refers to it is acknowledged. (An S3-compatible
 //! backend implements the same trait for the scale-out deployment.)
+//!
+//! Blobs are shared by content, so removing one races with a writer storing the same bytes:
+//! its `put` finds the file present and writes nothing, then it commits a row that refers to
+//! the blob. The protocol that makes removal safe without a lock shared by every process:
+//! a writer calls `put` before committing what refers to the blob *and again after* (a no-op
+//! unless the file went meanwhile), and [`BlobStore::remove_unused`] takes the file out of
+//! place before it asks whether anything refers to the blob, putting it back if so. Either the
+//! remover sees the writer's row, or the writer's second `put` finds the file gone and writes
+//! it again.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +24,10 @@ pub trait BlobStore: Send + Sync {
     fn put(&self, bytes: &[u8]) -> Result<BlobId>;
     /// The bytes of a blob, if stored.
     fn get(&self, id: &BlobId) -> Result<Option<Vec<u8>>>;
+    /// Removes a blob unless `in_use` (asked once the blob is out of reach of new readers)
+    /// says something refers to it; `true` if it was removed. See the module docs for why a
+    /// writer stores a blob again after committing what refers to it.
+    fn remove_unused(&self, id: &BlobId, in_use: &dyn Fn() -> Result<bool>) -> Result<bool>;
 }
 
 /// Blobs as files under `{root}/ab/cdef...`.
@@ -80,6 +93,38 @@ impl BlobStore for FsBlobStore {
             Err(e) => Err(io(e)),
         }
     }
+
+    fn remove_unused(&self, id: &BlobId, in_use: &dyn Fn() -> Result<bool>) -> Result<bool> {
+        // Asked first as well, so a blob in use is never out of place, even for a moment.
+        if in_use()? {
+            return Ok(false);
+        }
+        let (dir, path) = self.path(id);
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let aside = dir.join(format!(".gone-{}-{n}-{}", std::process::id(), id.as_str()));
+        match std::fs::rename(&path, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e)),
+        }
+        let keep = match in_use() {
+            Ok(keep) => keep,
+            Err(e) => {
+                // Unknown: put it back rather than risk removing what is referred to.
+                std::fs::rename(&aside, &path).map_err(io)?;
+                return Err(e);
+            }
+        };
+        if keep {
+            // A writer may have stored the same bytes meanwhile: replacing its file with this
+            // one changes nothing, the content is the same.
+            std::fs::rename(&aside, &path).map_err(io)?;
+            return Ok(false);
+        }
+        std::fs::remove_file(&aside).map_err(io)?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +144,39 @@ mod tests {
         assert_eq!(b.put(b"hello").unwrap(), id);
         assert_eq!(b.get(&id).unwrap().unwrap(), b"hello");
         assert!(b.get(&blob_id(b"other")).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_blob_is_removed_only_if_nothing_refers_to_it() {
+        let dir = std::env::temp_dir().join(format!("keypost-blobs-rm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let b = FsBlobStore::open(&dir).unwrap();
+        let id = b.put(b"hello").unwrap();
+        assert!(!b.remove_unused(&id, &|| Ok(true)).unwrap());
+        assert_eq!(b.get(&id).unwrap().unwrap(), b"hello");
+        // Referred to by the time it is out of place (a writer committed meanwhile): kept.
+        let asked = std::cell::Cell::new(0);
+        let second_time = || {
+            asked.set(asked.get() + 1);
+            Ok(asked.get() > 1)
+        };
+        assert!(!b.remove_unused(&id, &second_time).unwrap());
+        assert_eq!(b.get(&id).unwrap().unwrap(), b"hello");
+        assert!(b.remove_unused(&id, &|| Ok(false)).unwrap());
+        assert!(b.get(&id).unwrap().is_none());
+        assert!(
+            !b.remove_unused(&id, &|| Ok(false)).unwrap(),
+            "already gone"
+        );
+        // A writer's second put stores it again.
+        assert_eq!(b.put(b"hello").unwrap(), id);
+        assert_eq!(b.get(&id).unwrap().unwrap(), b"hello");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.join(&id.as_str()[..2]))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,6 +1,6 @@
 //! The rows Keypost stores. Plain data: meaning and policy live in the crates that use them.
 
-use crate::ids::{AccountId, ClientId, Jti, Kid, RealmId, SessionId};
+use crate::ids::{AccountId, BlobId, ClientId, Jti, Kid, RealmId, SessionId};
 use serde::{Deserialize, Serialize};
 
 /// Unix time in seconds. Injected by callers; the store never reads a clock.
@@ -692,6 +692,17 @@ pub struct Submission {
     pub send_at: UnixTime,
     /// Per-recipient outcome.
     pub delivery: Vec<Delivery>,
+}
+
+/// An upload no email of its account is stored as yet (RFC 8620 §6.1's unreferenced blob).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// The blob uploaded.
+    pub blob: BlobId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was (last) uploaded.
+    pub created_at: UnixTime,
 }
 
 /// An account's vacation response (JMAP VacationResponse, RFC 8621 §8).

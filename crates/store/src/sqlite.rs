@@ -518,6 +518,16 @@ CREATE INDEX accounts_role ON accounts(role, realm, email);
 CREATE INDEX audit_source_network ON audit(json_extract(details, '$.source_network'), time)
     WHERE operation IN ('SignInFailed', 'SignInThrottled', 'SignInSucceeded');
 "#,
+    // 25: uploads expire and make room for newer ones (RFC 8620 §6.1), and a blob file goes
+    // once nothing is stored as it: uploads are found by age and by blob, and emails by blob in
+    // any account (the index by account and blob becomes one by blob and account, which serves
+    // the lookups of both).
+    r#"
+CREATE INDEX uploads_created ON uploads(created_at);
+CREATE INDEX uploads_blob ON uploads(blob_id);
+DROP INDEX emails_blob;
+CREATE INDEX emails_blob ON emails(blob_id, account);
+"#,
 ];
 
 /// The migration that introduced the audit chain (1-based).

@@ -464,7 +464,8 @@ pub trait MailStore: Send + Sync {
         since: UnixTime,
         at: UnixTime,
     ) -> Result<bool>;
-    /// Records that `account` uploaded a blob (which gives it access to the blob).
+    /// Records that `account` uploaded a blob at `at` (which gives it access to the blob); the
+    /// same bytes uploaded again count from `at` anew.
     fn record_upload(
         &self,
         account: &AccountId,
@@ -475,6 +476,15 @@ pub trait MailStore: Send + Sync {
     ) -> Result<()>;
     /// Whether `account` uploaded the blob.
     fn has_upload(&self, account: &AccountId, blob: &BlobId) -> Result<bool>;
+    /// The account's uploads that no live email of the account is stored as, oldest first.
+    fn pending_uploads(&self, account: &AccountId) -> Result<Vec<PendingUpload>>;
+    /// Forgets `account`'s upload of `blob`; `true` if there was one.
+    fn delete_upload(&self, account: &AccountId, blob: &BlobId) -> Result<bool>;
+    /// Forgets up to `limit` uploads (of any account) made before `before`; the blobs they were.
+    fn expire_uploads(&self, before: UnixTime, limit: usize) -> Result<Vec<BlobId>>;
+    /// Whether anything is stored as `blob`: an email of any account (destroyed ones too) or an
+    /// upload. A blob file may be removed only when this is `false`.
+    fn blob_in_use(&self, blob: &BlobId) -> Result<bool>;
 }
 
 /// Identities, submissions and quotas: what an account sends as, what it sent, how much it

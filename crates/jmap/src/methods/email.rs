@@ -13,6 +13,7 @@ use store::{BlobId, EmailAddress, EmailId, EmailRecord, MailboxId, ThreadId};
 
 use super::{MResult, MethodError, ids_arg, null_if_empty, set_error, state, strings_arg, utc};
 use crate::blob::{self, BlobRef};
+use crate::limits::OutputBudget;
 use crate::{Authed, Jmap, MAX_OBJECTS_IN_GET, now};
 
 const EMAIL_PROPERTIES: [&str; 26] = [
@@ -431,6 +432,7 @@ pub(super) fn email_get(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRes
     let wanted = Wanted::from(args)?;
     let found = read_emails(j, a, &ids, "Email/get", json!(wanted.props))?;
     let mut list = Vec::with_capacity(found.len());
+    let mut budget = OutputBudget::new(&j.limits);
     for (e, boxes) in &found {
         let raw = if wanted.needs_message() {
             j.mail
@@ -447,7 +449,11 @@ pub(super) fn email_get(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRes
             size: e.size,
             msg: msg.as_ref(),
         };
-        list.push(shown.to_json(&wanted));
+        let v = shown.to_json(&wanted);
+        if !budget.take(&v) {
+            return Err(too_large(&j.limits));
+        }
+        list.push(v);
     }
     let not_found: Vec<&String> = ids
         .iter()
@@ -455,6 +461,17 @@ pub(super) fn email_get(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MRes
         .collect();
     Ok(
         json!({"accountId": a.account.id, "state": state(j, a)?, "list": list, "notFound": not_found}),
+    )
+}
+
+/// The answer to a call whose emails would not fit one method response.
+fn too_large(limits: &crate::limits::Limits) -> MethodError {
+    MethodError::new(
+        "requestTooLarge",
+        format!(
+            "the response to this call would exceed {} bytes; ask for fewer emails, fewer properties or a smaller maxBodyValueBytes",
+            limits.method_response
+        ),
     )
 }
 
@@ -478,39 +495,41 @@ pub(super) fn email_parse(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MR
             .map(|s| (*s).to_owned())
             .collect();
     }
-    let mut fetched = Vec::new();
-    let mut not_found = Vec::new();
+    // Each blob once, however often it is named, and one at a time: a blob's bytes are
+    // dropped once its Email is built, and the call reads at most `parse_bytes` in all.
+    let mut unique: Vec<&String> = Vec::with_capacity(blob_ids.len());
     for id in &blob_ids {
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
+    }
+    let budget = j.limits.parse_bytes;
+    let mut read = 0usize;
+    let mut output = OutputBudget::new(&j.limits);
+    let (mut emails, mut blobs) = (Vec::new(), Vec::new());
+    let mut parsed = Map::new();
+    let mut not_parsable = Vec::new();
+    let mut not_found = Vec::new();
+    for id in unique {
         let got = match BlobRef::parse(id) {
             Some(r) => blob::fetch(j, a, &r).map_err(MethodError::server)?,
             None => None,
         };
-        match got {
-            Some(f) => fetched.push((id, f)),
-            None => not_found.push(id),
+        let Some(f) = got else {
+            not_found.push(id);
+            continue;
+        };
+        read = read.saturating_add(f.read);
+        if read > budget {
+            // Refused whole, before any of it is answered: RFC 8621 §4.9 has no way to say
+            // "not parsed this time", and notParsable would tell the client the blob is broken.
+            return Err(MethodError::new(
+                "requestTooLarge",
+                format!("these blobs total more than {budget} bytes; parse fewer at once"),
+            ));
         }
-    }
-    let ev = a
-        .event(Operation::MailItemsAccessed)
-        .detail("operation", "Email/parse")
-        .detail(
-            "items",
-            fetched
-                .iter()
-                .filter_map(|(_, f)| f.email.as_ref().map(|e| e.to_string()))
-                .collect::<Vec<_>>(),
-        )
-        .detail(
-            "blobs",
-            fetched
-                .iter()
-                .map(|(id, _)| id.as_str())
-                .collect::<Vec<_>>(),
-        );
-    a.record(ev);
-    let mut parsed = Map::new();
-    let mut not_parsable = Vec::new();
-    for (id, f) in &fetched {
+        blobs.push(id.as_str());
+        emails.extend(f.email.as_ref().map(|e| e.to_string()));
         let Ok(msg) = Message::parse(&f.bytes) else {
             not_parsable.push(id);
             continue;
@@ -532,8 +551,17 @@ pub(super) fn email_parse(j: &Jmap, a: &Authed, args: &Map<String, Value>) -> MR
         {
             o.insert("blobId".into(), json!(id));
         }
-        parsed.insert((*id).clone(), v);
+        if !output.take(&v) {
+            return Err(too_large(&j.limits));
+        }
+        parsed.insert(id.clone(), v);
     }
+    let ev = a
+        .event(Operation::MailItemsAccessed)
+        .detail("operation", "Email/parse")
+        .detail("items", emails)
+        .detail("blobs", blobs);
+    a.record(ev);
     Ok(json!({
         "accountId": a.account.id, "parsed": null_if_empty(parsed),
         "notParsable": if not_parsable.is_empty() { Value::Null } else { json!(not_parsable) },

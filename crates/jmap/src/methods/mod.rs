@@ -21,7 +21,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::api::{CORE, MAIL, QUOTA, SUBMISSION, VACATION};
-use crate::{Authed, Jmap, MAX_CALLS_IN_REQUEST, MAX_OBJECTS_IN_GET, MAX_SIZE_REQUEST};
+use crate::{
+    Authed, Jmap, MAX_CALLS_IN_REQUEST, MAX_CONCURRENT_REQUESTS, MAX_CONCURRENT_UPLOAD,
+    MAX_OBJECTS_IN_GET, MAX_SIZE_REQUEST,
+};
 
 /// A method-level error (RFC 8620 §3.6.2).
 #[derive(Debug)]
@@ -75,9 +78,9 @@ pub(crate) fn session_object(j: &Jmap, a: &Authed) -> MResult {
         "capabilities": {
             CORE: {
                 "maxSizeUpload": MAX_SIZE_REQUEST,
-                "maxConcurrentUpload": 4,
+                "maxConcurrentUpload": MAX_CONCURRENT_UPLOAD,
                 "maxSizeRequest": MAX_SIZE_REQUEST,
-                "maxConcurrentRequests": 8,
+                "maxConcurrentRequests": MAX_CONCURRENT_REQUESTS,
                 "maxCallsInRequest": MAX_CALLS_IN_REQUEST,
                 "maxObjectsInGet": MAX_OBJECTS_IN_GET,
                 "maxObjectsInSet": MAX_OBJECTS_IN_GET,

@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, Row, Transaction, params};
 use super::{SqliteStore, from_json, json, parse_id, parse_opt};
 use crate::Result;
 use crate::ids::{AccountId, BlobId, EmailId, MailboxId, ThreadId};
-use crate::model::{EmailRecord, Mailbox};
+use crate::model::{EmailRecord, Mailbox, PendingUpload};
 use crate::traits::MailStore;
 
 /// Bumps and returns the account's modseq inside `tx`.
@@ -665,7 +665,8 @@ impl MailStore for SqliteStore {
     ) -> Result<()> {
         self.conn()?.execute(
             "INSERT INTO uploads(account, blob_id, media_type, size, created_at) VALUES (?,?,?,?,?) \
-             ON CONFLICT(account, blob_id) DO NOTHING",
+             ON CONFLICT(account, blob_id) DO UPDATE SET media_type = excluded.media_type, \
+             created_at = max(created_at, excluded.created_at)",
             params![account.as_str(), blob.as_str(), media_type, size as i64, at],
         )?;
         Ok(())
@@ -678,6 +679,65 @@ impl MailStore for SqliteStore {
             .query_row([account.as_str(), blob.as_str()], |_| Ok(()))
             .optional()?
             .is_some())
+    }
+
+    fn pending_uploads(&self, account: &AccountId) -> Result<Vec<PendingUpload>> {
+        let rows = self
+            .reader()?
+            .prepare_cached(
+                "SELECT blob_id, size, created_at FROM uploads u WHERE account = ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.blob_id = u.blob_id \
+                     AND e.account = ?1 AND e.destroyed_modseq IS NULL) \
+                 ORDER BY created_at, blob_id",
+            )?
+            .query_map([account.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(blob, size, created_at)| {
+                Ok(PendingUpload {
+                    blob: parse_id(blob)?,
+                    size: u64::try_from(size).unwrap_or(0),
+                    created_at,
+                })
+            })
+            .collect()
+    }
+
+    fn delete_upload(&self, account: &AccountId, blob: &BlobId) -> Result<bool> {
+        let n = self.conn()?.execute(
+            "DELETE FROM uploads WHERE account = ? AND blob_id = ?",
+            [account.as_str(), blob.as_str()],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn expire_uploads(&self, before: crate::model::UnixTime, limit: usize) -> Result<Vec<BlobId>> {
+        let rows = self
+            .conn()?
+            .prepare_cached(
+                "DELETE FROM uploads WHERE (account, blob_id) IN \
+                 (SELECT account, blob_id FROM uploads WHERE created_at < ? ORDER BY created_at LIMIT ?) \
+                 RETURNING blob_id",
+            )?
+            .query_map(params![before, limit as i64], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(parse_id).collect()
+    }
+
+    fn blob_in_use(&self, blob: &BlobId) -> Result<bool> {
+        Ok(self
+            .reader()?
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM emails WHERE blob_id = ?1) \
+                 OR EXISTS (SELECT 1 FROM uploads WHERE blob_id = ?1)",
+            )?
+            .query_row([blob.as_str()], |r| r.get(0))?)
     }
 
     fn update_mailbox(

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use identity::{Identity, NewClient};
 use keys::{Algorithm, Custody, Kek, KeyPurpose};
 use serde_json::json;
-use store::{AuditQuery, ClientId, Kid, RealmId, Role, SqliteStore, Store};
+use store::{AuditQuery, ClientId, Kid, RealmId, Role, Store};
 use zeroize::Zeroizing;
 
 use crate::config::Config;
@@ -781,10 +781,8 @@ pub(crate) struct Services {
 fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let db = config.data_dir.join("keypost.db");
-    Ok(Arc::new(
-        SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?,
-    ))
+    let store = store::StoreConfig::in_data_dir(&config.data_dir);
+    store::open(&store).with_context(|| format!("opening the store {store}"))
 }
 
 pub(crate) fn open_mail(svc: &Services) -> Result<mail::Mail> {

@@ -28,6 +28,9 @@ pub enum Error {
     /// write was stored. Whoever authenticated with the old credentials gets nothing more.
     #[error("credentials changed since the sign-in: {0}")]
     CredentialsChanged(String),
+    /// The store configuration names no backend this build has (an unknown URL scheme).
+    #[error("store configuration: {0}")]
+    Config(String),
     /// The backend failed.
     #[error("database error: {0}")]
     Backend(String),

@@ -15,12 +15,20 @@
 //! [`KeyStore`], [`LedgerStore`], [`SessionStore`], [`AuditStore`]); [`Store`] is all of them.
 //! Every method is synchronous: SQLite calls take microseconds, and async callers run whole
 //! units of work on a blocking thread instead of awaiting each statement.
+//!
+//! [`open`] chooses the backend from a [`StoreConfig`]. What every backend promises beyond the
+//! signatures (the group-commit contract, [`GENERATIONS_STALE_AFTER`]) is written on the traits,
+//! and checked by the contract suite (`contract`, compiled for tests and with the
+//! `contract-tests` feature) that every backend runs.
 #![forbid(unsafe_code)]
 
+mod backend;
 mod blob;
 pub mod chain;
 pub mod clock;
 mod completion;
+#[cfg(any(test, feature = "contract-tests"))]
+pub mod contract;
 mod email_query;
 mod error;
 mod ids;
@@ -28,6 +36,7 @@ mod model;
 mod sqlite;
 mod traits;
 
+pub use backend::{StoreConfig, open};
 pub use blob::{BlobStore, FsBlobStore, blob_id};
 pub use completion::Completion;
 pub use email_query::{
@@ -39,7 +48,7 @@ pub use ids::{
     SessionId, SubmissionId, ThreadId, push_jti_time_prefix,
 };
 pub use model::*;
-pub use sqlite::{GENERATIONS_STALE_AFTER, SqliteStore};
+pub use sqlite::SqliteStore;
 pub use traits::*;
 
 /// Result alias for storage operations.

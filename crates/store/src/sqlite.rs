@@ -738,14 +738,11 @@ impl SqliteStore {
     }
 }
 
-/// How old the generation counters a validator compares may be. Reading them costs a SQLite
-/// read (≈ 2.5 µs, as much as the rest of a cached validation), so they are read at most this
-/// often and shared between reads. A change this process makes is seen at once (every direct
-/// write empties the shared copy); one made by another process (the CLI, the signer, another
-/// node) is seen by every validation that starts this long after it committed, and a process
-/// that wrote waits this long before it closes its store, so a revoking command has taken
-/// effect everywhere when it returns.
-pub const GENERATIONS_STALE_AFTER: std::time::Duration = std::time::Duration::from_millis(25);
+// How this backend keeps `GENERATIONS_STALE_AFTER` (the contract is in traits.rs): the counters
+// are read at most that often and the copy shared between reads, since reading them costs a
+// SQLite read (≈ 2.5 µs, as much as the rest of a cached validation); every direct write of
+// this process empties the shared copy; and a store that wrote waits the bound out before it
+// closes, so a revoking command has taken effect everywhere when it returns.
 
 /// The writing connection, held for a write outside the group commit. Dropping it empties the
 /// shared generation counters: the write may have bumped one (the triggers of migration 4 do).

@@ -1,6 +1,33 @@
 //! The storage traits. One per subject so a crate asks only for what it uses; [`Store`] is the
 //! union the binary wires up. A PostgreSQL backend implements the same traits and passes the
-//! same tests.
+//! same tests: the contract suite (`store::contract`, run with `store::store_contract_tests!`;
+//! compiled for tests and with the `contract-tests` feature).
+//!
+//! # The group-commit contract
+//!
+//! The writes that issue tokens and append audit records ([`LedgerStore::submit_issuance`],
+//! [`AuditStore::submit_audit`]) are queued and answered by a [`Completion`](crate::Completion),
+//! so that a backend may commit many of them together (one fsync for a batch). Every backend
+//! promises:
+//!
+//! - **Durable before the answer.** A completion answers `Ok` only once the write is
+//!   committed durably (it survives a crash from then on) and visible to every read, of any
+//!   thread, that starts after the answer; its ids are those of the audit records, in the
+//!   order given. Nothing may be handed out (a token, a response) before the answer.
+//! - **One batch may share a commit; each write keeps its own answer.** Writes queued
+//!   together may go to disk in one transaction, but each is answered for itself, and each is
+//!   atomic: all of its rows or none.
+//! - **A write refused for its own reason changes nothing.** A write refused because of its
+//!   own content or the state it depends on (a jti taken, a refresh token used or no longer
+//!   live, a revoked family, changed credentials) leaves no row behind, consumes nothing it
+//!   would have consumed, and takes no place in an audit chain; the other writes of its batch
+//!   commit as if it had not been queued. A failure of the backend itself may fail the whole
+//!   batch, each completion answering the error; it never answers `Ok` for a write that did
+//!   not commit.
+//! - **No waiter hangs.** A completion whose write is abandoned (the backend shut down)
+//!   answers with an error.
+//!
+//! `commit::*` of the contract suite checks what the API can show of this.
 
 use crate::Result;
 use crate::ids::{
@@ -89,6 +116,15 @@ pub trait KeyStore: Send + Sync {
     fn key_generation(&self) -> Result<i64>;
 }
 
+/// How old the generation counters ([`LedgerStore::generations`]) may be, part of the contract
+/// every backend honours: a change committed through a store is seen by every `generations`
+/// call on that store that starts after the write returned; one committed by another process
+/// (the CLI, the signer, another node) by every call that starts this long after it committed;
+/// and a store that wrote waits this long before it closes, so that a revoking command has
+/// taken effect everywhere when it returns. Reading the counters may cost as much as the rest
+/// of a cached validation, so a backend may share one read between calls for this long.
+pub const GENERATIONS_STALE_AFTER: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// The issuance ledger.
 pub trait LedgerStore: Send + Sync {
     /// Durably records minted tokens. Must be on disk when this returns.
@@ -104,7 +140,8 @@ pub trait LedgerStore: Send + Sync {
     }
     /// Queues minted tokens and their audit records for one atomic durable write; the
     /// completion answers once they are on disk (or failed). The tokens must not be handed
-    /// out before it answers.
+    /// out before it answers. The write may share a commit with others and is answered for
+    /// itself, as the group-commit contract (module docs) says.
     ///
     /// `rotates` names the refresh token these tokens replace (and when): the same
     /// transaction marks it used, so a refresh costs one durable write. If it was used before
@@ -152,7 +189,7 @@ pub trait LedgerStore: Send + Sync {
     /// bumped by anything that can invalidate a token already issued (a revoked token, family
     /// or session, a disabled account), so a validator's cache of verified tokens is fresh
     /// exactly while the counters are unchanged. The values may be up to
-    /// [`crate::GENERATIONS_STALE_AFTER`] old for changes made by another process; a change
+    /// [`GENERATIONS_STALE_AFTER`] old for changes made by another process; a change
     /// committed through this store is seen by every call that starts after the write
     /// returned.
     fn generations(&self) -> Result<Generations>;
@@ -190,7 +227,8 @@ pub trait AuditStore: Send + Sync {
         self.submit_audit(records).wait()
     }
     /// Queues records for appending; the completion answers (ids in order) once they are
-    /// durable. Async callers `.await` it instead of blocking a thread.
+    /// durable, under the group-commit contract (module docs). Async callers `.await` it
+    /// instead of blocking a thread.
     fn submit_audit(&self, records: &[AuditRecord]) -> crate::Completion;
     /// Records matching a query, oldest first.
     fn search_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;

@@ -188,15 +188,29 @@ fn checkpoint_signed(custody: &Custody, chain: &str, c: &Checkpoint) -> Result<b
     }
 }
 
-/// Where the trusted part of a chain ends: its latest checkpoint or tombstone whose signature
-/// holds (position and link), or the genesis.
-fn trusted_start(
-    store: &dyn Store,
+/// The position and link of the latest of `checkpoints` whose signature holds.
+fn latest_signed_checkpoint(
     custody: &Custody,
     name: &str,
     checkpoints: &[Checkpoint],
+) -> Result<Option<(u64, Link)>, ChainError> {
+    for c in checkpoints.iter().rev() {
+        if let Ok(link) = <Link>::try_from(c.link.as_slice())
+            && checkpoint_signed(custody, name, c)?
+        {
+            return Ok(Some((c.seq, link)));
+        }
+    }
+    Ok(None)
+}
+
+/// Where a chain continues after retention: its tombstone, if its signature holds, or the
+/// genesis.
+fn trusted_tombstone(
+    store: &dyn Store,
+    custody: &Custody,
+    name: &str,
 ) -> Result<(u64, Link), ChainError> {
-    let mut start = (0, GENESIS);
     if let Some(t) = store.tombstone(name)?
         && let Ok(link) = <Link>::try_from(t.link.as_slice())
         && audit_signed(
@@ -208,8 +222,20 @@ fn trusted_start(
             t.time,
         )?
     {
-        start = (t.through_seq, link);
+        return Ok((t.through_seq, link));
     }
+    Ok((0, GENESIS))
+}
+
+/// Where the trusted part of a chain ends: its latest checkpoint or tombstone whose signature
+/// holds (position and link), or the genesis.
+fn trusted_start(
+    store: &dyn Store,
+    custody: &Custody,
+    name: &str,
+    checkpoints: &[Checkpoint],
+) -> Result<(u64, Link), ChainError> {
+    let mut start = trusted_tombstone(store, custody, name)?;
     for c in checkpoints.iter().rev() {
         if c.seq <= start.0 {
             break;
@@ -362,7 +388,26 @@ pub fn checkpoint(
     let signer = custody.signer();
     let mut record = heads.lock()?;
     let mut pass = Pass::default();
-    for (name, seq, link) in store.audit_heads()? {
+    let heads_now = store.audit_heads()?;
+    // A chain the signer signed and the database no longer has was deleted whole.
+    let gone: Vec<String> = record
+        .chains()
+        .filter(|c| !heads_now.iter().any(|(h, _, _)| h == c))
+        .map(str::to_owned)
+        .collect();
+    for chain in gone {
+        let known = record.get(&chain).map_or(0, |k| k.number);
+        let refusal = Refusal {
+            detail: format!(
+                "the chain is gone from the database; the signer signed its checkpoint {known}"
+            ),
+            chain,
+            problem: "chain_removed",
+        };
+        refuse(store, &refusal, now);
+        pass.refused.push(refusal);
+    }
+    for (name, seq, link) in heads_now {
         let checkpoints = store.checkpoints(&name)?;
         let anchor = match record.get(&name) {
             Some(known) => anchor_from_record(custody, &name, known, &checkpoints)?,
@@ -628,6 +673,17 @@ pub fn verify(
     const PAGE: u64 = 10_000;
     let heads = store.audit_heads()?;
     let mut names: Vec<String> = heads.iter().map(|(c, _, _)| c.clone()).collect();
+    // Chains the signer signed, or a mirror published, are held to account even if the
+    // database no longer has a trace of them (deleted whole).
+    let known = record
+        .iter()
+        .flat_map(|r| r.chains().map(str::to_owned).collect::<Vec<_>>())
+        .chain(evidence.published.iter().map(|c| c.chain.clone()));
+    for name in known {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
     // Records can sit in a chain that has no head (inserted by hand): find those chains too.
     let mut walks: std::collections::BTreeMap<String, Walk> = Default::default();
     let mut tombstone_problems: Vec<(String, Problem)> = Vec::new();
@@ -751,33 +807,42 @@ pub fn verify(
 pub fn expire(
     store: &dyn Store,
     custody: &Custody,
+    heads: &SignedHeads,
     before: UnixTime,
     now: UnixTime,
 ) -> Result<Vec<Tombstone>, ChainError> {
     let signer = custody.signer();
+    let record = heads.lock()?;
     let mut made = Vec::new();
     for (name, _, _) in store.audit_heads()? {
         let Some((old, _, _)) = store.expiry_point(&name, before)? else {
             continue;
         };
-        let Some(last) = store.checkpoints(&name)?.pop() else {
-            continue;
-        };
-        let Ok(last_link) = <Link>::try_from(last.link.as_slice()) else {
-            continue;
-        };
-        let start = match store.tombstone(&name)? {
-            Some(t) => match <Link>::try_from(t.link.as_slice()) {
-                Ok(l) => (t.through_seq, l),
-                Err(_) => continue,
+        // Only what a checkpoint the signer stands by covers may expire: the one its record
+        // names (or one extending it), or — for a chain it has no record of — the latest
+        // whose signature holds. A checkpoint row written by hand never steers retention.
+        let checkpoints = store.checkpoints(&name)?;
+        let (last_seq, last_link) = match record.get(&name) {
+            Some(known) => match anchor_from_record(custody, &name, known, &checkpoints)? {
+                Ok(anchor) => anchor.start,
+                Err(refusal) => {
+                    tracing::error!(target: "keypost::security", chain = %name, problem = refusal.problem,
+                        "audit checkpoints do not extend the signer's record: not expiring (run keypost audit verify)");
+                    continue;
+                }
             },
-            None => (0, GENESIS),
+            None => match latest_signed_checkpoint(custody, &name, &checkpoints)? {
+                Some(at) => at,
+                None => continue,
+            },
         };
-        let cut = old.min(last.seq);
+        // From the last tombstone whose signature holds (or the genesis).
+        let start = trusted_tombstone(store, custody, &name)?;
+        let cut = old.min(last_seq);
         if cut <= start.0 {
             continue;
         }
-        let link = match recompute(store, &name, start, last.seq, Some(cut))? {
+        let link = match recompute(store, &name, start, last_seq, Some(cut))? {
             Some((end, Some(at_cut))) if end == last_link => at_cut,
             _ => {
                 tracing::error!(target: "keypost::security", chain = %name,

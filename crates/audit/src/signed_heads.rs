@@ -159,6 +159,11 @@ pub struct HeadsGuard<'a> {
 }
 
 impl HeadsGuard<'_> {
+    /// Every chain the signer has signed a checkpoint of.
+    pub fn chains(&self) -> impl Iterator<Item = &str> {
+        self.contents.chains.keys().map(String::as_str)
+    }
+
     /// What the signer last signed for `chain`.
     pub fn get(&self, chain: &str) -> Option<&SignedHead> {
         self.contents.chains.get(chain)

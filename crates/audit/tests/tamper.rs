@@ -301,3 +301,86 @@ fn a_checkpoint_the_record_missed_is_adopted_when_it_extends_it() {
     assert!(pass.refused.is_empty(), "{:?}", pass.refused);
     assert_eq!(pass.made[0].number, 3);
 }
+
+/// A chain deleted whole — records, head and checkpoints — is missed by nobody who looks:
+/// the signer remembers signing it and refuses (audited), and verify names it.
+#[test]
+fn a_chain_deleted_whole_is_found() {
+    let b = bed("whole");
+    b.activity(3);
+    b.checkpoint(NOW + 1);
+    let db = b.intruder();
+    db.execute_batch(
+        "DELETE FROM audit WHERE chain = 'contoso'; \
+         DELETE FROM audit_heads WHERE chain = 'contoso'; \
+         DELETE FROM audit_checkpoints WHERE chain = 'contoso';",
+    )
+    .unwrap();
+    let pass = b.checkpoint(NOW + 2);
+    assert!(
+        pass.refused
+            .iter()
+            .any(|r| r.chain == "contoso" && r.problem == "chain_removed"),
+        "{:?}",
+        pass.refused
+    );
+    let problems = b.problems(&[]);
+    assert!(
+        problems
+            .iter()
+            .any(|p| matches!(p, Problem::SignedCheckpointMissing { number: 1, .. })),
+        "{problems:?}"
+    );
+}
+
+/// Retention never expires records on the word of a checkpoint row nobody signed: an intruder
+/// who backdates and relinks a chain and plants a checkpoint of its head gets no tombstone,
+/// and the records stay.
+#[test]
+fn retention_is_not_steered_by_a_planted_checkpoint() {
+    let b = bed("retention");
+    b.activity(4);
+    b.checkpoint(NOW + 1);
+    b.activity(2);
+    // Backdate everything, relink from the genesis, and plant a checkpoint at the head.
+    b.intruder()
+        .execute("UPDATE audit SET time = 0 WHERE chain = 'contoso'", [])
+        .unwrap();
+    let mut prev = store::chain::GENESIS;
+    let records = b.store.audit_chain_after_seq("contoso", 0, 10_000).unwrap();
+    let db = b.intruder_again();
+    for r in &records {
+        prev = store::chain::link(&prev, r.seq.unwrap(), &r.record, &r.details_text);
+        db.execute(
+            "UPDATE audit SET link = ? WHERE id = ?",
+            rusqlite::params![prev.to_vec(), r.record.id],
+        )
+        .unwrap();
+    }
+    let head = records.last().unwrap().seq.unwrap();
+    db.execute(
+        "UPDATE audit_heads SET link = ? WHERE chain = 'contoso'",
+        [prev.to_vec()],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO audit_checkpoints(chain, seq, link, time, kid, signature, number, prev) \
+         VALUES ('contoso', ?, ?, ?, 'planted', x'00', 2, x'00')",
+        rusqlite::params![head as i64, prev.to_vec(), NOW + 2],
+    )
+    .unwrap();
+    let made = chain::expire(&*b.store, &b.custody, &b.heads, NOW, NOW + 3).unwrap();
+    assert!(made.iter().all(|t| t.chain != "contoso"), "{made:?}");
+    assert_eq!(
+        b.store
+            .audit_chain_after_seq("contoso", 0, 10_000)
+            .unwrap()
+            .len(),
+        records.len(),
+        "no record of the chain expired"
+    );
+    // Without the signer's record, the planted row still vouches for nothing.
+    std::fs::remove_file(b.heads.path()).unwrap();
+    let made = chain::expire(&*b.store, &b.custody, &b.heads, NOW, NOW + 4).unwrap();
+    assert!(made.iter().all(|t| t.chain != "contoso"), "{made:?}");
+}

@@ -168,8 +168,13 @@ const TITLE_KID: usize = 64;
 
 /// What the refused-token rules de-duplicate on: the source address as recorded. A flood of
 /// tokens with made-up kids from one source is one alert that counts them, not one each.
+/// Where a refused token came from, as its alert counts it: the source's network (an IPv6 /64
+/// is one source, as for every limit: addresses within it are the sender's to pick).
 fn source(r: &AuditRecord) -> String {
-    r.source_ip.clone().unwrap_or_else(|| "(no source)".into())
+    match &r.source_ip {
+        Some(ip) => audit::network_key(ip, audit::DEFAULT_V6_PREFIX).unwrap_or_else(|| ip.clone()),
+        None => "(no source)".into(),
+    }
 }
 
 fn source_shown(r: &AuditRecord) -> String {

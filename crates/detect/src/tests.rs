@@ -614,3 +614,29 @@ fn recipients_are_the_tenants_enabled_admins_and_the_providers_for_high() {
     assert_eq!(names(None, Severity::Medium), ["boss@keypost.test"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Addresses of one IPv6 /64 are one source to the alerts too: rotating through them opens no
+/// new alert.
+#[test]
+fn one_ipv6_64_is_one_source_of_alerts() {
+    let (dir, store, mail) = parts("v6flood");
+    world(&*store);
+    let detector = Detector::new(store.clone(), mail.clone(), "k.test");
+    let log = AuditLog::new(store.clone());
+    for n in 0..5 {
+        let ip = format!("2001:db8:5:6::{n:x}");
+        log.record(
+            refused(Some("contoso"), "UnknownKid", Some("k"), Some(&ip)),
+            1_000,
+        )
+        .unwrap();
+    }
+    detector.run_once(1_001).unwrap();
+    let forged = alerts_of(&*store, "forged-token");
+    assert_eq!(forged.len(), 1, "{forged:#?}");
+    assert_eq!(
+        (forged[0].dedup_key.as_str(), forged[0].count),
+        ("2001:db8:5:6::/64", 5)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1557,8 +1557,13 @@ pub(crate) fn run(cmd: Command, config: Config) -> Result<()> {
                 }
                 None => svc.config.audit_retention,
             };
-            let made =
-                audit::chain::expire(&*svc.store, &svc.custody, now.saturating_sub(age), now)?;
+            let made = audit::chain::expire(
+                &*svc.store,
+                &svc.custody,
+                &svc.config.signed_heads(),
+                now.saturating_sub(age),
+                now,
+            )?;
             for t in &made {
                 let name = if t.chain.is_empty() {
                     "(provider)"

@@ -14,6 +14,12 @@ use store::chain::Checkpoint;
 const MAX_DOCUMENT: usize = 16 * 1024 * 1024;
 /// Most pages fetched from one URL.
 const MAX_PAGES: usize = 100_000;
+/// Most checkpoints read from one source: a chain checkpointed every minute for ten years.
+const MAX_CHECKPOINTS: usize = 6_000_000;
+/// How long one page may take, head and body.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a whole URL may take, every page.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The checkpoints `source` holds: an `http://` URL (paged), or a file.
 pub(crate) fn read(source: &str) -> Result<Vec<Checkpoint>> {
@@ -28,7 +34,11 @@ pub(crate) fn read(source: &str) -> Result<Vec<Checkpoint>> {
         bail!("{source} is larger than {MAX_DOCUMENT} bytes");
     }
     let text = std::fs::read(source).with_context(|| format!("reading {source}"))?;
-    parse(&text, source).map(|(c, _)| c)
+    let (checkpoints, _) = parse(&text, source)?;
+    if checkpoints.len() > MAX_CHECKPOINTS {
+        bail!("{source} holds more than {MAX_CHECKPOINTS} checkpoints");
+    }
+    Ok(checkpoints)
 }
 
 fn parse(bytes: &[u8], source: &str) -> Result<(Vec<Checkpoint>, Option<u64>)> {
@@ -42,7 +52,7 @@ fn fetch(url: &str) -> Result<Vec<Checkpoint>> {
         .enable_all()
         .build()
         .context("starting the HTTP client")?;
-    runtime.block_on(async {
+    let fetched = runtime.block_on(tokio::time::timeout(FETCH_TIMEOUT, async {
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let mut out = Vec::new();
         let mut after = 0u64;
@@ -52,25 +62,35 @@ fn fetch(url: &str) -> Result<Vec<Checkpoint>> {
             let uri: hyper::Uri = page_url
                 .parse()
                 .with_context(|| format!("{page_url:?} is not a URL"))?;
-            let response = tokio::time::timeout(Duration::from_secs(30), client.get(uri))
-                .await
-                .with_context(|| format!("{page_url}: no answer within 30 s"))?
-                .with_context(|| format!("fetching {page_url}"))?;
-            if !response.status().is_success() {
-                bail!("{page_url} answered {}", response.status());
-            }
-            let body = Limited::new(response.into_body(), MAX_DOCUMENT)
-                .collect()
-                .await
-                .map_err(|e| anyhow::anyhow!("reading {page_url}: {e}"))?
-                .to_bytes();
+            // The head and the whole body within the page's time: a mirror that trickles
+            // its answer is given up on, not waited for.
+            let body = tokio::time::timeout(PAGE_TIMEOUT, async {
+                let response = client
+                    .get(uri)
+                    .await
+                    .with_context(|| format!("fetching {page_url}"))?;
+                if !response.status().is_success() {
+                    bail!("{page_url} answered {}", response.status());
+                }
+                Ok(Limited::new(response.into_body(), MAX_DOCUMENT)
+                    .collect()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("reading {page_url}: {e}"))?
+                    .to_bytes())
+            })
+            .await
+            .with_context(|| format!("{page_url}: not read within {PAGE_TIMEOUT:?}"))??;
             let (page, next) = parse(&body, &page_url)?;
             out.extend(page);
+            if out.len() > MAX_CHECKPOINTS {
+                bail!("{url} holds more than {MAX_CHECKPOINTS} checkpoints");
+            }
             match next {
                 Some(n) if n > after => after = n,
                 _ => return Ok(out),
             }
         }
         bail!("{url}: more than {MAX_PAGES} pages")
-    })
+    }));
+    fetched.with_context(|| format!("{url}: not read within {FETCH_TIMEOUT:?}"))?
 }

@@ -214,6 +214,7 @@ fn key_schedule_step(
     match audit::chain::expire(
         identity.store(),
         custody,
+        heads,
         now.saturating_sub(retention),
         now,
     ) {

@@ -109,8 +109,8 @@ pub struct Account {
     /// new one at the next sign-in, before any token is issued.
     #[serde(default)]
     pub must_change_password: bool,
-    /// Moves on whenever what vouches for the account changes: a new password, the account
-    /// disabled or enabled. A session remembers the epoch its sign-in checked, and nothing is
+    /// Moves on whenever the account's password changes. A session remembers the epoch its
+    /// sign-in checked, and nothing is
     /// created or issued under a session whose epoch is no longer the account's — decided in
     /// the very transaction that writes it, so a sign-in that checked the old password just
     /// before a reset cannot slip its session in just after.

@@ -1218,7 +1218,7 @@ impl AccountStore for SqliteStore {
 
     fn set_account_disabled(&self, id: &AccountId, disabled: bool) -> Result<()> {
         let n = self.conn()?.execute(
-            "UPDATE accounts SET disabled = ?, credential_epoch = credential_epoch + 1 WHERE id = ?",
+            "UPDATE accounts SET disabled = ? WHERE id = ?",
             params![disabled, id.as_str()],
         )?;
         if n == 0 {

@@ -61,8 +61,10 @@ pub trait AccountStore: Send + Sync {
     fn find_account_by_email(&self, email: &str) -> Result<Option<Account>>;
     /// Accounts, optionally of one realm, ordered by email.
     fn list_accounts(&self, realm: Option<&RealmId>) -> Result<Vec<Account>>;
-    /// Enables or disables an account, moving its credential epoch on: a sign-in that
-    /// checked the account before cannot create a session or get tokens after.
+    /// Enables or disables an account. While it is disabled, no session is created and no
+    /// token issued for it — decided by those writes themselves, so a sign-in that checked the
+    /// account just before gets nothing — and its tokens do not validate; enabled again, its
+    /// sessions and tokens are as they were (a revocation is what ends them for good).
     fn set_account_disabled(&self, id: &AccountId, disabled: bool) -> Result<()>;
     /// Replaces an account's password hash (and whether it must be changed at the next
     /// sign-in) and, in the same transaction, moves its credential epoch on and ends every

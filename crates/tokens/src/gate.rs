@@ -152,6 +152,7 @@ impl Gate {
             .detail("reason", "Summarized")
             .detail("summarized", s.total())
             .detail("reasons", serde_json::json!(s.reasons))
+            .detail("kids", s.kids.clone())
             .detail("from", s.from)
             .detail("until", s.until);
         if let Some(realm) = realm {
@@ -274,15 +275,18 @@ impl Gate {
         p: &Presented,
         access: &Access<'_>,
     ) -> GateError {
-        // Garbage past its source's budget is counted, not written one by one.
-        if refusal_budget::is_garbage(reason)
+        // Refusals past their source's budget are counted, not written one by one.
+        if refusal_budget::budget_of(reason).is_some()
             && let Some(ip) = &access.source.ip
         {
             let network =
                 audit::network_key(ip, audit::DEFAULT_V6_PREFIX).unwrap_or_else(|| ip.clone());
-            let (admit, ended) = self
-                .budget
-                .admit((realm.cloned(), network), reason, access.now);
+            let (admit, ended) = self.budget.admit(
+                (realm.cloned(), network),
+                reason,
+                p.kid.as_deref(),
+                access.now,
+            );
             if let Some(summary) = ended
                 && let Err(e) = self.write_summary(&summary, access.now)
             {

@@ -16,28 +16,31 @@ use store::{RealmId, UnixTime};
 
 use crate::validate::Rejection;
 
-/// Refusals one source network has audited one by one per window.
+/// Refusals no detection rule looks at (not a token, no key named, a bad signature) one
+/// source network has audited one by one per window.
 pub(crate) const PER_WINDOW: u32 = 20;
+/// Refusals the detection rules do look at (a made-up key, a forbidden algorithm or header)
+/// audited one by one per window: enough that a probe is seen, with its kid, among a flood.
+pub(crate) const ALERTING_PER_WINDOW: u32 = 200;
+/// Distinct kids a summary keeps.
+const KIDS_KEPT: usize = 20;
 /// The window (seconds).
 pub(crate) const WINDOW: i64 = 60;
 /// Sources tracked at once; past it, a new source's refusals are audited one by one (the
 /// budget fails towards writing, never towards silence).
 const MAX_SOURCES: usize = 10_000;
 
-/// Whether a refusal was decided before anything about the token was shown genuine.
-pub(crate) fn is_garbage(reason: Rejection) -> bool {
+/// How many refusals for `reason` a source may have audited one by one per window; `None` for
+/// those always audited on their own (decided after a signature verified, or naming another
+/// realm's key: evidence of a key or a token that exists).
+pub(crate) fn budget_of(reason: Rejection) -> Option<u32> {
     use Rejection::*;
-    matches!(
-        reason,
-        Malformed
-            | KidMissing
-            | UnknownKid
-            | AlgorithmNotAllowed
-            | AlgorithmMismatch
-            | HeaderKeyForbidden
-            | CritUnsupported
-            | SignatureInvalid
-    )
+    match reason {
+        Malformed | KidMissing | SignatureInvalid => Some(PER_WINDOW),
+        UnknownKid | AlgorithmNotAllowed | AlgorithmMismatch | HeaderKeyForbidden
+        | CritUnsupported => Some(ALERTING_PER_WINDOW),
+        _ => None,
+    }
 }
 
 /// Whose refusals are counted together: the realm they were recorded in and the source's
@@ -48,8 +51,10 @@ pub(crate) type Key = (Option<RealmId>, String);
 struct Window {
     started: UnixTime,
     last: UnixTime,
-    audited: u32,
+    /// Audited one by one, per budget (the plain and the alerting one).
+    audited: HashMap<u32, u32>,
     counted: BTreeMap<&'static str, u64>,
+    kids: Vec<String>,
 }
 
 /// What a source's window held back: to be written as one record.
@@ -59,6 +64,8 @@ pub(crate) struct Summary {
     pub(crate) from: UnixTime,
     pub(crate) until: UnixTime,
     pub(crate) reasons: BTreeMap<&'static str, u64>,
+    /// The first distinct kids the counted tokens presented.
+    pub(crate) kids: Vec<String>,
 }
 
 impl Summary {
@@ -88,8 +95,12 @@ impl RefusalBudget {
         &self,
         key: Key,
         reason: Rejection,
+        kid: Option<&str>,
         now: UnixTime,
     ) -> (Admit, Option<Summary>) {
+        let Some(budget) = budget_of(reason) else {
+            return (Admit::Audit, None);
+        };
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let mut ended = None;
         if let Some(w) = windows.get(&key)
@@ -103,15 +114,23 @@ impl RefusalBudget {
         let w = windows.entry(key).or_insert(Window {
             started: now,
             last: now,
-            audited: 0,
+            audited: HashMap::new(),
             counted: BTreeMap::new(),
+            kids: Vec::new(),
         });
         w.last = w.last.max(now);
-        if w.audited < PER_WINDOW {
-            w.audited += 1;
+        let audited = w.audited.entry(budget).or_default();
+        if *audited < budget {
+            *audited += 1;
             return (Admit::Audit, ended);
         }
         *w.counted.entry(reason.name()).or_default() += 1;
+        if let Some(kid) = kid
+            && w.kids.len() < KIDS_KEPT
+            && !w.kids.iter().any(|k| k == kid)
+        {
+            w.kids.push(kid.chars().take(256).collect());
+        }
         (Admit::Counted, ended)
     }
 
@@ -137,6 +156,7 @@ fn summary(key: Key, w: Window) -> Option<Summary> {
         from: w.started,
         until: w.last,
         reasons: w.counted,
+        kids: w.kids,
     })
 }
 
@@ -153,7 +173,7 @@ mod tests {
         let b = RefusalBudget::default();
         for _ in 0..PER_WINDOW {
             assert_eq!(
-                b.admit(key("a"), Rejection::UnknownKid, 0),
+                b.admit(key("a"), Rejection::Malformed, None, 0),
                 (Admit::Audit, None)
             );
         }
@@ -161,19 +181,36 @@ mod tests {
             let reason = if i % 3 == 0 {
                 Rejection::Malformed
             } else {
-                Rejection::UnknownKid
+                Rejection::SignatureInvalid
             };
-            assert_eq!(b.admit(key("a"), reason, 10).0, Admit::Counted);
+            assert_eq!(b.admit(key("a"), reason, Some("k"), 10).0, Admit::Counted);
         }
+        // Refusals the rules alert on have a budget of their own, and are audited well past
+        // the plain one.
+        for _ in 0..ALERTING_PER_WINDOW {
+            assert_eq!(
+                b.admit(key("a"), Rejection::UnknownKid, Some("x"), 10).0,
+                Admit::Audit
+            );
+        }
+        assert_eq!(
+            b.admit(key("a"), Rejection::UnknownKid, Some("y"), 10).0,
+            Admit::Counted
+        );
         // Another source has a budget of its own.
-        assert_eq!(b.admit(key("b"), Rejection::Malformed, 10).0, Admit::Audit);
+        assert_eq!(
+            b.admit(key("b"), Rejection::Malformed, None, 10).0,
+            Admit::Audit
+        );
         assert!(b.due(WINDOW - 1).is_empty(), "the window is still open");
-        let (admit, ended) = b.admit(key("a"), Rejection::Malformed, WINDOW);
+        let (admit, ended) = b.admit(key("a"), Rejection::Malformed, None, WINDOW);
         assert_eq!(admit, Admit::Audit, "a new window, a new budget");
         let s = ended.unwrap();
-        assert_eq!((s.from, s.until, s.total()), (0, 10, 30));
+        assert_eq!((s.from, s.until, s.total()), (0, 10, 31));
         assert_eq!(s.reasons["Malformed"], 10);
-        assert_eq!(s.reasons["UnknownKid"], 20);
+        assert_eq!(s.reasons["SignatureInvalid"], 20);
+        assert_eq!(s.reasons["UnknownKid"], 1);
+        assert_eq!(s.kids, ["k", "y"]);
         // b's window held nothing back: it ends without a summary.
         assert!(b.due(WINDOW + 10).is_empty());
     }
@@ -189,8 +226,9 @@ mod tests {
             Rejection::WrongKeyPurpose,
             Rejection::Expired,
         ] {
-            assert!(!is_garbage(r), "{r:?}");
+            assert_eq!(budget_of(r), None, "{r:?}");
         }
-        assert!(is_garbage(Rejection::SignatureInvalid));
+        assert_eq!(budget_of(Rejection::SignatureInvalid), Some(PER_WINDOW));
+        assert_eq!(budget_of(Rejection::UnknownKid), Some(ALERTING_PER_WINDOW));
     }
 }

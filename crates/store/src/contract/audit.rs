@@ -50,21 +50,7 @@ pub fn audit_records_are_linked_per_chain(new: &NewStore) {
 /// below the API too is the backend's own test (SQLite: `audit_is_append_only_even_through_sql`).
 pub fn audit_records_are_appended_in_order_and_found_by_query(new: &NewStore) {
     let s = new();
-    let rec = AuditRecord {
-        id: 0,
-        time: 5,
-        realm: Some(RealmId::new("contoso").unwrap()),
-        actor: Some("a@contoso.test".into()),
-        operation: "SignInFailed".into(),
-        target: None,
-        result: "failure".into(),
-        source_ip: Some("127.0.0.1".into()),
-        user_agent: None,
-        client_id: None,
-        jti: None,
-        kid: None,
-        details: serde_json::json!({"reason": "bad password"}),
-    };
+    let rec = failed_sign_in();
     let ids = s.append_audit(&[rec.clone(), rec.clone()]).unwrap();
     assert_eq!(ids.len(), 2);
     assert!(ids[1] > ids[0]);

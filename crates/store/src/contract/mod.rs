@@ -70,7 +70,7 @@ macro_rules! store_contract_tests {
             mail::email_changes_are_exact_across_concurrent_writers,
             sessions::auth_codes_are_consumed_once,
             sessions::a_sign_in_from_before_a_password_reset_gets_no_session_and_no_tokens,
-            sessions::disabling_an_account_ends_what_its_sessions_may_issue,
+            sessions::a_disabled_account_gets_no_session_and_no_tokens,
         );
     };
     (@each $new:expr; $($module:ident :: $test:ident),* $(,)?) => {
@@ -124,6 +124,25 @@ pub fn assert_all_listed(listed: &[&str]) {
         listed, defined,
         "store_contract_tests! must list every contract test"
     );
+}
+
+/// A failed sign-in of `a@contoso.test` from 127.0.0.1 at time 5.
+pub fn failed_sign_in() -> AuditRecord {
+    AuditRecord {
+        id: 0,
+        time: 5,
+        realm: Some(RealmId::new("contoso").unwrap()),
+        actor: Some("a@contoso.test".into()),
+        operation: "SignInFailed".into(),
+        target: None,
+        result: "failure".into(),
+        source_ip: Some("127.0.0.1".into()),
+        user_agent: None,
+        client_id: None,
+        jti: None,
+        kid: None,
+        details: serde_json::json!({"reason": "bad password"}),
+    }
 }
 
 pub fn realm(id: &str, domains: &[&str]) -> Realm {

@@ -3,7 +3,9 @@
 //! several processes on one database file).
 
 use super::*;
-use crate::contract::{account_u1, client, entry, issue_rotating, realm, revoked_at};
+use crate::contract::{
+    account_u1, client, entry, failed_sign_in, issue_rotating, realm, revoked_at,
+};
 
 /// The store contract, against an in-memory database.
 mod contract {
@@ -288,21 +290,7 @@ fn a_refused_rotation_shows_another_process_revocation_at_once() {
 #[test]
 fn audit_is_append_only_even_through_sql() {
     let s = SqliteStore::in_memory().unwrap();
-    let rec = AuditRecord {
-        id: 0,
-        time: 5,
-        realm: Some(RealmId::new("contoso").unwrap()),
-        actor: Some("a@contoso.test".into()),
-        operation: "SignInFailed".into(),
-        target: None,
-        result: "failure".into(),
-        source_ip: Some("127.0.0.1".into()),
-        user_agent: None,
-        client_id: None,
-        jti: None,
-        kid: None,
-        details: serde_json::json!({"reason": "bad password"}),
-    };
+    let rec = failed_sign_in();
     let ids = s.append_audit(&[rec.clone(), rec]).unwrap();
     let conn = s.conn().unwrap();
     assert!(

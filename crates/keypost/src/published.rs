@@ -52,45 +52,50 @@ fn fetch(url: &str) -> Result<Vec<Checkpoint>> {
         .enable_all()
         .build()
         .context("starting the HTTP client")?;
-    let fetched = runtime.block_on(tokio::time::timeout(FETCH_TIMEOUT, async {
-        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let mut out = Vec::new();
-        let mut after = 0u64;
-        for _ in 0..MAX_PAGES {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            let page_url = format!("{url}{sep}after={after}");
-            let uri: hyper::Uri = page_url
-                .parse()
-                .with_context(|| format!("{page_url:?} is not a URL"))?;
-            // The head and the whole body within the page's time: a mirror that trickles
-            // its answer is given up on, not waited for.
-            let body = tokio::time::timeout(PAGE_TIMEOUT, async {
-                let response = client
-                    .get(uri)
-                    .await
-                    .with_context(|| format!("fetching {page_url}"))?;
-                if !response.status().is_success() {
-                    bail!("{page_url} answered {}", response.status());
+    // The timer is made inside the runtime (a tokio timer needs one to exist).
+    let fetched = runtime.block_on(async {
+        tokio::time::timeout(FETCH_TIMEOUT, async {
+            let client: Client<_, Empty<Bytes>> =
+                Client::builder(TokioExecutor::new()).build_http();
+            let mut out = Vec::new();
+            let mut after = 0u64;
+            for _ in 0..MAX_PAGES {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                let page_url = format!("{url}{sep}after={after}");
+                let uri: hyper::Uri = page_url
+                    .parse()
+                    .with_context(|| format!("{page_url:?} is not a URL"))?;
+                // The head and the whole body within the page's time: a mirror that trickles
+                // its answer is given up on, not waited for.
+                let body = tokio::time::timeout(PAGE_TIMEOUT, async {
+                    let response = client
+                        .get(uri)
+                        .await
+                        .with_context(|| format!("fetching {page_url}"))?;
+                    if !response.status().is_success() {
+                        bail!("{page_url} answered {}", response.status());
+                    }
+                    Ok(Limited::new(response.into_body(), MAX_DOCUMENT)
+                        .collect()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("reading {page_url}: {e}"))?
+                        .to_bytes())
+                })
+                .await
+                .with_context(|| format!("{page_url}: not read within {PAGE_TIMEOUT:?}"))??;
+                let (page, next) = parse(&body, &page_url)?;
+                out.extend(page);
+                if out.len() > MAX_CHECKPOINTS {
+                    bail!("{url} holds more than {MAX_CHECKPOINTS} checkpoints");
                 }
-                Ok(Limited::new(response.into_body(), MAX_DOCUMENT)
-                    .collect()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("reading {page_url}: {e}"))?
-                    .to_bytes())
-            })
-            .await
-            .with_context(|| format!("{page_url}: not read within {PAGE_TIMEOUT:?}"))??;
-            let (page, next) = parse(&body, &page_url)?;
-            out.extend(page);
-            if out.len() > MAX_CHECKPOINTS {
-                bail!("{url} holds more than {MAX_CHECKPOINTS} checkpoints");
+                match next {
+                    Some(n) if n > after => after = n,
+                    _ => return Ok(out),
+                }
             }
-            match next {
-                Some(n) if n > after => after = n,
-                _ => return Ok(out),
-            }
-        }
-        bail!("{url}: more than {MAX_PAGES} pages")
-    }));
+            bail!("{url}: more than {MAX_PAGES} pages")
+        })
+        .await
+    });
     fetched.with_context(|| format!("{url}: not read within {FETCH_TIMEOUT:?}"))?
 }

@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use store::{AuditQuery, RealmId};
 
-use super::output::{print_json, table, time};
+use super::output::{print_json, rfc3339, table};
 use super::{JsonFlag, parse_since, realm, services};
 use crate::config::Config;
 
@@ -293,7 +293,7 @@ pub(super) fn run(config: Config, cmd: AuditCmd, now: i64) -> Result<()> {
                     .map(|r| {
                         vec![
                             r.id.to_string(),
-                            time(r.time),
+                            rfc3339(r.time),
                             r.realm.map(|x| x.to_string()).unwrap_or_default(),
                             r.operation,
                             r.result,

@@ -10,7 +10,7 @@ use store::Kid;
 use zeroize::Zeroizing;
 
 use super::investigate::print_blast_radius;
-use super::output::{print_json, table, time};
+use super::output::{print_json, rfc3339, table};
 use super::{JsonFlag, realm, services};
 use crate::config::Config;
 
@@ -96,8 +96,8 @@ pub(super) fn run(config: Config, cmd: KeysCmd, now: i64) -> Result<()> {
                             k.alg,
                             k.state.as_str().into(),
                             k.origin.to_string(),
-                            time(k.activates_at),
-                            time(k.expires_at),
+                            rfc3339(k.activates_at),
+                            rfc3339(k.expires_at),
                         ]
                     })
                     .collect(),

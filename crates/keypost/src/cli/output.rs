@@ -9,13 +9,6 @@ pub(super) fn rfc3339(t: i64) -> String {
     .to_string()
 }
 
-pub(super) fn time(t: i64) -> String {
-    humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
-    )
-    .to_string()
-}
-
 pub(super) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())

@@ -19,7 +19,9 @@ use store::RealmId;
 use tokens::Audience;
 use zeroize::Zeroizing;
 
-use crate::service::{AuthRequest, AuthorizeError, Decision, Identity, LogoutOutcome, SCOPES};
+use crate::service::{
+    AuthRequest, AuthorizeError, AuthorizeParams, Decision, Identity, LogoutOutcome, SCOPES,
+};
 use crate::{Error, OAuthError, html, now};
 
 /// Largest request body any identity endpoint accepts.
@@ -171,22 +173,6 @@ impl Params {
     }
 }
 
-/// The parameters of an authorization request (RFC 6749 §4.1.1, OIDC, PKCE, RFC 8707).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct AuthorizeParams {
-    pub(crate) client_id: Option<String>,
-    pub(crate) redirect_uri: Option<String>,
-    pub(crate) response_type: Option<String>,
-    pub(crate) scope: Option<String>,
-    pub(crate) state: Option<String>,
-    pub(crate) nonce: Option<String>,
-    pub(crate) code_challenge: Option<String>,
-    pub(crate) code_challenge_method: Option<String>,
-    pub(crate) prompt: Option<String>,
-    pub(crate) max_age: Option<String>,
-    pub(crate) resource: Vec<String>,
-}
-
 const AUTHORIZE_FIELDS: [&str; 10] = [
     "client_id",
     "redirect_uri",
@@ -200,6 +186,7 @@ const AUTHORIZE_FIELDS: [&str; 10] = [
     "max_age",
 ];
 
+// The service owns the parameters' type; reading them from a query or form is this layer's.
 impl AuthorizeParams {
     fn from(p: &Params) -> Self {
         let g = |k: &str| p.get(k).map(str::to_owned);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use keys::{Custody, Kek, KeyPolicy};
 use store::{AuditQuery, AuditRecord, SqliteStore};
 
+use super::directory::check_redirect_uri;
 use super::*;
 
 const NOW: UnixTime = 1_800_000_000;
@@ -510,7 +511,7 @@ fn a_client_gets_only_the_scopes_it_was_registered_for() {
     );
 
     let ask = |client: &str, scope: &str| {
-        let params = crate::http::AuthorizeParams {
+        let params = AuthorizeParams {
             client_id: Some(client.into()),
             redirect_uri: Some(REDIRECT.into()),
             response_type: Some("code".into()),

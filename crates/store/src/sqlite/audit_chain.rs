@@ -4,7 +4,8 @@
 
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
-use super::{AUDIT_COLS, SqliteStore, audit_row, finish_audit, json};
+use super::audit::{AUDIT_COLS, audit_row, finish_audit};
+use super::{SqliteStore, json};
 use crate::chain::{self, ChainedRecord, Checkpoint, GENESIS, Link, Tombstone};
 use crate::model::AuditRecord;
 use crate::{Error, Kid, RealmId, Result};

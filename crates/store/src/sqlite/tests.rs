@@ -2,10 +2,14 @@
 //! and what only SQLite has (migrations, triggers reached by raw SQL, WAL, the reader pools,
 //! several processes on one database file).
 
+use rusqlite::params;
+
+use super::migrations::{AUDIT_CHAIN_MIGRATION, MIGRATIONS};
 use super::*;
 use crate::contract::{
     account_u1, client, entry, failed_sign_in, issue_rotating, realm, revoked_at,
 };
+use crate::ids::{ClientId, Jti, RealmId};
 
 /// The store contract, against an in-memory database.
 mod contract {

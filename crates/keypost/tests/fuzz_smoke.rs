@@ -1,13 +1,15 @@
 //! The bounded fuzz run of the test suite: the entry points of `fuzz/` (token parsing, message
-//! ingestion, the JMAP request, the signer's frames) over their seed corpus and a few thousand deterministic
-//! mutations of it. Any panic fails the test; long runs use cargo-fuzz (fuzz/README.md).
+//! ingestion, the JMAP request, the signer's frames) over every input of their corpus (what
+//! coverage-guided runs found, replayed on every test run) and a fixed number of deterministic
+//! mutations spread over it. Any panic fails the test; long runs use `fuzz/run.sh`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 
-/// Mutations per seed.
-const ROUNDS: usize = 5_000;
+/// Mutations per target, spread over its corpus (at least 64 per input): the run's length
+/// does not grow with the corpus beyond replaying it.
+const MUTATIONS: usize = 20_000;
 
 /// xorshift64: deterministic, so a failure reproduces.
 struct Rng(u64);
@@ -60,10 +62,11 @@ fn run(target: &str, f: impl Fn(&[u8])) {
     seeds.sort();
     assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
     let mut rng = Rng(0x6b65_7970_6f73_7421);
+    let rounds = (MUTATIONS / seeds.len()).max(64);
     for seed in &seeds {
         f(seed);
         let mut input = seed.clone();
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             mutate(&mut rng, &mut input);
             f(&input);
             if round % 64 == 63 {

@@ -191,6 +191,14 @@ fn read_object<'de, M: Members<'de>>(bytes: &'de [u8], out: &mut M::Out) -> Opti
     strict_object::<M>(text, out)
 }
 
+/// Whether `payload` is one strict JSON object of claims, as validation reads them: no
+/// duplicate member names (which `serde_json::Value` would resolve silently, to the last),
+/// bounded nesting. What the signer holds a payload to before anything else.
+pub(crate) fn is_strict_claims(payload: &[u8]) -> bool {
+    let mut claims = Claims::default();
+    read_object::<ClaimMembers>(payload, &mut claims).is_some()
+}
+
 /// Holds the [`plain`] reading of `doc`, as a header and as claims, to the general one:
 /// wherever the plain reading accepts, the general one accepts too and reads the same members.
 /// Panics otherwise (for tests and the fuzz target).

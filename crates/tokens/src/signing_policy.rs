@@ -57,6 +57,11 @@ fn check(
         return Err(NOT_THE_REALMS);
     }
     let bytes = B64.decode(payload).map_err(|_| NOT_THE_REALMS)?;
+    // Read as validation reads a token: a payload with two `iss` (relying parties disagree on
+    // which counts) is no token of the realm's.
+    if !crate::jose::is_strict_claims(&bytes) {
+        return Err(NOT_THE_REALMS);
+    }
     let claims: Value = serde_json::from_slice(&bytes).map_err(|_| NOT_THE_REALMS)?;
     let claims = claims.as_object().ok_or(NOT_THE_REALMS)?;
     let text = |k: &str| claims.get(k).and_then(Value::as_str);
@@ -187,6 +192,16 @@ mod tests {
         );
         assert_eq!(
             check(&realm, a, "at+jwt", &B64.encode("[1]"), NOW),
+            Err(NOT_THE_REALMS)
+        );
+        // Two `iss`, the realm's last: read by serde_json alone, the last would count.
+        let twice = access().to_string().replacen(
+            '{',
+            r#"{"iss":"https://keypost.test/realms/fabrikam","#,
+            1,
+        );
+        assert_eq!(
+            check(&realm, a, "at+jwt", &B64.encode(twice), NOW),
             Err(NOT_THE_REALMS)
         );
     }

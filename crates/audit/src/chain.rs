@@ -6,6 +6,7 @@
 //! Someone who can write the database but not use that key can edit records and even relink
 //! the whole chain, but cannot make a later checkpoint agree: that is what `verify` catches.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use keys::{Algorithm, Custody, SignService};
@@ -235,19 +236,13 @@ fn trusted_start(
     name: &str,
     checkpoints: &[Checkpoint],
 ) -> Result<(u64, Link), ChainError> {
-    let mut start = trusted_tombstone(store, custody, name)?;
-    for c in checkpoints.iter().rev() {
-        if c.seq <= start.0 {
-            break;
-        }
-        if let Ok(link) = <Link>::try_from(c.link.as_slice())
-            && checkpoint_signed(custody, name, c)?
-        {
-            start = (c.seq, link);
-            break;
-        }
-    }
-    Ok(start)
+    let tombstone = trusted_tombstone(store, custody, name)?;
+    Ok(
+        match latest_signed_checkpoint(custody, name, checkpoints)? {
+            Some(checkpoint) if checkpoint.0 > tombstone.0 => checkpoint,
+            _ => tombstone,
+        },
+    )
 }
 
 /// Recomputes `name` from the trusted `start` through position `end`, reading what is stored.
@@ -628,7 +623,7 @@ fn checkpoint_evidence(
     name: &str,
     checkpoints: &[Checkpoint],
     evidence: &Evidence<'_>,
-    record: Option<&HeadsGuard<'_>>,
+    record: Option<&BTreeMap<String, SignedHead>>,
     problems: &mut Vec<Problem>,
 ) -> Result<(), ChainError> {
     if let Some(known) = record.and_then(|r| r.get(name))
@@ -669,7 +664,11 @@ pub fn verify(
     only: Option<&str>,
     evidence: &Evidence<'_>,
 ) -> Result<Vec<ChainReport>, ChainError> {
-    let record = evidence.signed_heads.map(SignedHeads::lock).transpose()?;
+    // A copy, the lock released at once: a long verification must not hold up the signer.
+    let record = evidence
+        .signed_heads
+        .map(|h| h.lock().map(HeadsGuard::into_heads))
+        .transpose()?;
     const PAGE: u64 = 10_000;
     let heads = store.audit_heads()?;
     let mut names: Vec<String> = heads.iter().map(|(c, _, _)| c.clone()).collect();
@@ -677,7 +676,7 @@ pub fn verify(
     // database no longer has a trace of them (deleted whole).
     let known = record
         .iter()
-        .flat_map(|r| r.chains().map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|r| r.keys().cloned())
         .chain(evidence.published.iter().map(|c| c.chain.clone()));
     for name in known {
         if !names.contains(&name) {

@@ -159,6 +159,12 @@ pub struct HeadsGuard<'a> {
 }
 
 impl HeadsGuard<'_> {
+    /// What the file holds, the lock released: for a reader that takes long (`verify`) and
+    /// must not hold up the signer's next pass.
+    pub fn into_heads(self) -> BTreeMap<String, SignedHead> {
+        self.contents.chains
+    }
+
     /// Every chain the signer has signed a checkpoint of.
     pub fn chains(&self) -> impl Iterator<Item = &str> {
         self.contents.chains.keys().map(String::as_str)

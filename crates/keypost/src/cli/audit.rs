@@ -94,7 +94,9 @@ pub(crate) enum AuditCmd {
         out: JsonFlag,
     },
     /// Sign a checkpoint of every chain whose head moved since its last one (`serve` does this
-    /// every minute).
+    /// every minute). A chain that no longer extends the last checkpoint the signer signed
+    /// (its record beside the key-encryption key) is refused, audited and alerted, and the
+    /// command exits non-zero.
     Checkpoint,
     /// Expire records older than the retention (`audit.retention`, or --older-than): each
     /// chain's expired prefix is removed behind a tombstone signed with the audit key, from
